@@ -1,0 +1,3 @@
+from fusebundle.cli import main
+
+raise SystemExit(main())
