@@ -1,0 +1,184 @@
+"""The fusebundle command line: every user error ends as one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from fusebundle import __version__
+from fusebundle.errors import UserError
+
+EXIT_INTERRUPTED = 130
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so that cleanup code runs."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> NoReturn:
+    raise _Terminated()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("configs", nargs="+", metavar="CONFIG.yml",
+                   help="LinuxKit-style YAML files, merged in order")
+    p.add_argument("--docker-host", metavar="URL",
+                   help="Docker engine to use (default: $DOCKER_HOST or the local socket)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where image exports are kept (default: $FUSEBUNDLE_CACHE_DIR or "
+                        "$XDG_CACHE_HOME/fusebundle)")
+    p.add_argument("--pull", action="store_true", help="pull every image, even when present")
+    p.add_argument("--share-by-id", action="store_true",
+                   help="share one copy between bundles whose images have the same ID, "
+                        "not only the same name")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the fusebundle command."""
+    p = _Parser(prog="fusebundle",
+                description="LinuxKit-style container bundles as one tarball or a read-only "
+                            "FUSE filesystem.")
+    p.add_argument("--version", action="version", version=f"fusebundle {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    pk = sub.add_parser("pack", help="write the bundle tree as one tar",
+                        description="Write the tree of bundles as one tar, in the order "
+                                    "that moby build writes it.")
+    _common(pk)
+    pk.add_argument("-o", "--output", required=True, metavar="OUT.tar",
+                    help="output file, written atomically; '-' for stdout")
+    pk.set_defaults(run=cmd_pack)
+
+    cf = sub.add_parser("config", help="show each container's merged entry and config.json",
+                        description="Print, for each container, the YAML entry, the image "
+                                    "label, and the config.json and runtime.json they give.")
+    _common(cf)
+    cf.add_argument("--name", help="only the container with this name")
+    cf.set_defaults(run=cmd_config)
+    return p
+
+
+class _Session:
+    """The engine, the cache and the images of one command, created on demand."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from fusebundle.images import Cache, default_cache_dir
+        from fusebundle.progress import enabled
+
+        self.args = args
+        self.cache = Cache(args.cache_dir or default_cache_dir())
+        self.show_progress = enabled(args.quiet)
+        self._engine: Any = None
+        self._images: dict[str, Any] = {}
+
+    def engine(self) -> Any:
+        from fusebundle.images import DockerEngine
+
+        if self._engine is None:
+            self._engine = DockerEngine(self.args.docker_host)
+        return self._engine
+
+    def resolve(self, ref: str) -> Any:
+        from fusebundle.images import LazyImage
+
+        if ref not in self._images:
+            info = self.engine().inspect(ref, self.args.pull)
+            self._images[ref] = LazyImage(info, self.cache, self.engine(), self.show_progress)
+        return self._images[ref]
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, _Session]:
+    from fusebundle.config import load_config
+
+    cfg = load_config(args.configs)
+    if cfg.trust:
+        print("fusebundle: warning: trust: is not supported (no notary); images are used "
+              "as the engine has them", file=sys.stderr)
+    return cfg, _Session(args)
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    """fusebundle pack: build the view and write it as one tar."""
+    from fusebundle.pack import pack
+    from fusebundle.progress import Bar
+    from fusebundle.view import build_view
+
+    cfg, session = _load(args)
+    view = build_view(cfg, session.resolve, share_by_id=args.share_by_id)
+    for g in view.grafts():  # export and index everything before the output is opened
+        g.image.index()
+    bars: list[Bar] = []
+
+    def progress(total: int) -> Callable[[int], None]:
+        bars.append(Bar("pack", total, True))
+        return bars[-1].add
+
+    try:
+        pack(view, args.output, progress if session.show_progress else None)
+    finally:
+        for b in bars:
+            b.close()
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """fusebundle config: show how each container's config.json comes about."""
+    from fusebundle import oci
+    from fusebundle.view import image_label
+
+    cfg, session = _load(args)
+    id_map = cfg.id_map()
+    found = False
+    for c in cfg.containers():
+        if args.name and c.name != args.name:
+            continue
+        found = True
+        info = session.resolve(c.image).info
+        label = image_label(info, c.where)
+        spec, runtime = oci.build_oci(c.spec, label, info.config, id_map, c.where)
+        doc = {"bundle": c.bundle_path, "image": c.image, "imageId": info.id,
+               "id": id_map[c.name], "yaml": c.spec, "label": label,
+               "imageConfig": {k: info.config.get(k) for k in
+                               ("Entrypoint", "Cmd", "Env", "WorkingDir")},
+               "config.json": spec, "runtime.json (before rootfs mounts)": runtime}
+        print(json.dumps(doc, indent=2))
+    if args.name and not found:
+        raise UserError(f"no container named {args.name!r}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return int(args.run(args))
+    except UserError as e:
+        print(f"fusebundle: {e}", file=sys.stderr)
+        return e.exit_code
+    except _Terminated:
+        print("fusebundle: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        print("fusebundle: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): nothing useful left to say.
+        return 1
+    except Exception as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"fusebundle: internal error: {type(e).__name__}: {e} (--debug shows where)",
+              file=sys.stderr)
+        return 70

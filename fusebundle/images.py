@@ -1,0 +1,237 @@
+"""Images: inspect them in a Docker engine and keep their exported tars in a cache.
+
+The cache is content-addressed by image ID: `<cache>/exports/<hex>.tar` beside its index
+`<hex>.tar.idx`. A tar is written under a temporary name and renamed when complete, and an
+exclusive lock per image keeps two processes from exporting the same image at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fusebundle.errors import CorruptTar, EngineError, UserError
+from fusebundle.tarindex import TarIndex, open_index
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ImageInfo:
+    """What the engine says of one image reference: its ID and its config."""
+
+    ref: str
+    id: str
+    config: dict[str, Any]
+    size: int = 0
+
+    @property
+    def hex(self) -> str:
+        """The ID without its algorithm prefix, safe as a file name."""
+        return self.id.split(":", 1)[-1]
+
+
+class ImageSource(Protocol):
+    """Somewhere images come from: a Docker engine today, archives later."""
+
+    def inspect(self, ref: str, pull: bool) -> ImageInfo: ...
+
+    def export(self, info: ImageInfo, out: Any, progress: Progress | None) -> None: ...
+
+
+def default_cache_dir() -> str:
+    """$FUSEBUNDLE_CACHE_DIR, else $XDG_CACHE_HOME/fusebundle, else ~/.cache/fusebundle."""
+    env = os.environ.get("FUSEBUNDLE_CACHE_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fusebundle")
+
+
+@dataclass
+class Cache:
+    """Exported image tars and their indexes, by image ID."""
+
+    root: str
+    exports: int = 0  # how many images this process exported (a cache miss each)
+    _indexes: dict[str, TarIndex] = field(default_factory=dict)
+
+    def _dir(self) -> str:
+        d = os.path.join(self.root, "exports")
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cache directory {d}: {e.strerror}") from None
+        return d
+
+    def tar_path(self, info: ImageInfo) -> str:
+        """Where the export of this image lives (it may not exist yet)."""
+        return os.path.join(self._dir(), info.hex + ".tar")
+
+    @contextlib.contextmanager
+    def _locked(self, info: ImageInfo) -> Iterator[None]:
+        path = os.path.join(self._dir(), info.hex + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def ensure(self, info: ImageInfo, source: ImageSource,
+               progress: Progress | None = None) -> str:
+        """Export the image into the cache unless it is there; return the tar's path."""
+        path = self.tar_path(info)
+        if os.path.exists(path):
+            return path
+        with self._locked(info):
+            if os.path.exists(path):  # another process exported it while we waited
+                return path
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{info.hex}.",
+                                       suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    source.export(info, out, progress)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, path)
+            except OSError as e:
+                raise UserError(f"image {info.ref}: cannot write its export to the cache: "
+                                f"{e.strerror or e}") from None
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            self.exports += 1
+        return path
+
+    def index(self, info: ImageInfo, source: ImageSource,
+              progress: Progress | None = None) -> TarIndex:
+        """The index of the image's export, exporting and scanning as needed."""
+        if info.id in self._indexes:
+            return self._indexes[info.id]
+        path = self.ensure(info, source, progress)
+        try:
+            idx = open_index(path)
+        except CorruptTar as e:
+            raise CorruptTar(f"cached export of {info.ref} is corrupt ({e}); "
+                             f"delete {path} to export it again") from None
+        self._indexes[info.id] = idx
+        return idx
+
+
+def _engine_error(what: str, e: Exception) -> EngineError:
+    text = getattr(e, "explanation", None) or str(e) or type(e).__name__
+    return EngineError(f"{what}: {' '.join(str(text).split())}")
+
+
+class DockerEngine:
+    """Images from a Docker engine, through the Docker SDK."""
+
+    def __init__(self, host: str | None = None) -> None:
+        import docker  # imported here so that commands without an engine start fast
+
+        self._docker = docker
+        where = host or os.environ.get("DOCKER_HOST") or "the default socket"
+        try:
+            if host:
+                self.client = docker.DockerClient(base_url=host, version="auto")
+            else:
+                self.client = docker.from_env(version="auto")
+        except Exception as e:  # the SDK wraps every transport problem differently
+            raise _engine_error(f"cannot reach the Docker engine at {where}", e) from None
+        self.api = self.client.api
+
+    def _inspect(self, ref: str) -> dict[str, Any] | None:
+        try:
+            return self.api.inspect_image(ref)
+        except self._docker.errors.ImageNotFound:
+            return None
+        except self._docker.errors.DockerException as e:
+            raise _engine_error(f"image {ref}: inspect failed", e) from None
+        except Exception as e:
+            raise _engine_error(f"image {ref}: the Docker engine did not answer", e) from None
+
+    def _pull(self, ref: str) -> None:
+        from docker.utils import parse_repository_tag
+
+        repo, tag = parse_repository_tag(ref)
+        try:
+            for msg in self.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+                if isinstance(msg, dict) and msg.get("error"):
+                    raise EngineError(f"image {ref}: pull failed: {msg['error']}")
+        except self._docker.errors.DockerException as e:
+            raise _engine_error(f"image {ref}: not found and pull failed", e) from None
+        except EngineError:
+            raise
+        except Exception as e:
+            raise _engine_error(f"image {ref}: pull failed", e) from None
+
+    def inspect(self, ref: str, pull: bool) -> ImageInfo:
+        """Inspect an image, pulling it first when asked or when it is missing."""
+        data = None if pull else self._inspect(ref)
+        if data is None:
+            self._pull(ref)
+            data = self._inspect(ref)
+            if data is None:
+                raise EngineError(f"image {ref}: not found after pulling it")
+        return ImageInfo(ref=ref, id=data["Id"], config=data.get("Config") or {},
+                         size=int(data.get("Size") or 0))
+
+    def export(self, info: ImageInfo, out: Any, progress: Progress | None) -> None:
+        """Stream `docker export` of a temporary container into `out`; always remove it."""
+        try:
+            # Never started: the command only has to exist for create to accept images
+            # that have none.
+            cid = self.api.create_container(info.id, command=["/dev/null"])["Id"]
+        except self._docker.errors.DockerException as e:
+            raise _engine_error(f"image {info.ref}: cannot create a container", e) from None
+        try:
+            done = 0
+            for chunk in self.api.export(cid, chunk_size=1 << 20):
+                out.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done)
+        except self._docker.errors.DockerException as e:
+            raise _engine_error(f"image {info.ref}: export failed", e) from None
+        except OSError:
+            raise
+        except Exception as e:
+            raise _engine_error(f"image {info.ref}: export failed", e) from None
+        finally:
+            self._remove(cid)
+
+    def _remove(self, cid: str) -> None:
+        # A second Ctrl-C must not leave the container behind either.
+        for _ in range(3):
+            try:
+                self.api.remove_container(cid, force=True)
+                return
+            except KeyboardInterrupt:
+                continue
+            except self._docker.errors.NotFound:
+                return
+            except Exception:
+                return
+
+
+@dataclass
+class LazyImage:
+    """An inspected image whose export is fetched and indexed on first use."""
+
+    info: ImageInfo
+    cache: Cache
+    source: ImageSource
+    show_progress: bool = False
+
+    def index(self) -> TarIndex:
+        """The export's index; exports and scans the image the first time."""
+        from fusebundle.progress import Bar
+
+        with Bar(f"export {self.info.ref}", self.info.size, self.show_progress) as bar:
+            return self.cache.index(self.info, self.source, bar.to)

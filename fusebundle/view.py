@@ -1,0 +1,294 @@
+"""The tree as data: what `pack` writes and `mount` shows, in the reference's entry order.
+
+A view is a list of items: single entries the tool makes itself (prefix directories, config.json,
+runtime.json, tmp/, rootfs/, files:) and grafts, which place a filtered image export at a prefix.
+Grafts expand lazily from the image's index, so building a view never reads an image's data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fusebundle import oci
+from fusebundle.config import Config, FileSpec
+from fusebundle.config import Entry as ContainerEntry
+from fusebundle.entry import Entry, directory, regular
+from fusebundle.errors import ConfigError, UserError
+from fusebundle.images import ImageInfo
+from fusebundle.schema import parse_label
+from fusebundle.tarindex import IndexEntry, TarIndex
+
+LABEL = "org.mobyproject.config"
+
+# Names docker export always adds that make no sense in a bundle (matched at the image root).
+EXCLUDE = frozenset({b".dockerenv", b"Dockerfile", b"dev/console", b"dev/pts", b"dev/shm",
+                     b"etc/hostname"})
+# Column-aligned with spaces, byte for byte as the reference writes it (160 bytes).
+HOSTS = (b"127.0.0.1       localhost\n"
+         b"::1     localhost ip6-localhost ip6-loopback\n"
+         b"fe00::0 ip6-localnet\n"
+         b"ff00::0 ip6-mcastprefix\n"
+         b"ff02::1 ip6-allnodes\n"
+         b"ff02::2 ip6-allrouters\n")
+NO_RESOLV = b"\n# no resolv.conf configured\n"
+REPLACE = {b"etc/hosts": HOSTS, b"etc/resolv.conf": NO_RESOLV}
+INIT_RESOLV_LINK = b"/run/resolvconf/resolv.conf"
+
+# Entries docker writes when it creates the container: their mtimes are the creation time, so
+# they are pinned to keep output reproducible (to linuxkit's later default, 2017-04-18T16:30Z).
+DOCKER_CREATED = frozenset({b".dockerenv", b"dev", b"dev/console", b"dev/pts", b"dev/shm",
+                            b"etc", b"etc/hostname", b"etc/hosts", b"etc/mtab",
+                            b"etc/resolv.conf", b"proc", b"sys"})
+PINNED_MTIME_NS = 1492533000 * 1_000_000_000
+
+class ImageHandle(Protocol):
+    """An image whose export can be indexed on demand."""
+
+    info: ImageInfo
+
+    def index(self) -> TarIndex: ...
+
+
+@dataclass
+class Graft:
+    """An image's filtered export placed under `prefix` (b"" for init, else ending in '/')."""
+
+    prefix: bytes
+    image: ImageHandle
+    resolv_link: bytes | None = None  # init images: resolv.conf becomes this symlink
+
+
+@dataclass
+class View:
+    """The whole tree in output order."""
+
+    items: list[Entry | Graft] = field(default_factory=list)
+
+    def entries(self) -> Iterator[Entry]:
+        """Every entry in pack order (prefix dirs repeat, as in the reference)."""
+        for item in self.items:
+            if isinstance(item, Graft):
+                yield from graft_entries(item)
+            else:
+                yield item
+
+    def grafts(self) -> list[Graft]:
+        """The image grafts, in order."""
+        return [i for i in self.items if isinstance(i, Graft)]
+
+
+# ------------------------------------------------------------------------------ the filter
+def _mtime(name: bytes, e: IndexEntry) -> int:
+    return PINNED_MTIME_NS if name in DOCKER_CREATED else e.mtime_ns
+
+
+def _replaced(g: Graft, e: IndexEntry, content: bytes) -> Entry:
+    name = g.prefix + e.name
+    if e.name == b"etc/resolv.conf" and g.resolv_link is not None:
+        return Entry(path=name, type="l", mode=e.mode, uid=e.uid, gid=e.gid,
+                     mtime_ns=_mtime(e.name, e), linkname=g.resolv_link, xattrs=e.xattrs)
+    # An image may ship these as symlinks or links; a bundle gets a plain file either way.
+    mode = e.mode if e.type == "f" else 0o644
+    return Entry(path=name, type="f", mode=mode, uid=e.uid, gid=e.gid,
+                 mtime_ns=_mtime(e.name, e), size=len(content), data=content, xattrs=e.xattrs)
+
+
+def _kept(g: Graft, idx: TarIndex, e: IndexEntry) -> Entry:
+    name = g.prefix + e.name
+    if e.type == "h":
+        if e.linkname in EXCLUDE:
+            # The link's target is dropped: keep the link's bytes as a file of its own.
+            target = idx.find(e.linkname)
+            if target is not None and idx.entry(target).type == "f":
+                t = idx.entry(target)
+                return Entry(path=name, type="f", mode=e.mode, uid=e.uid, gid=e.gid,
+                             mtime_ns=_mtime(e.name, e), size=t.size, xattrs=e.xattrs,
+                             src=idx.tar_path, offset=t.offset)
+        return Entry(path=name, type="h", mode=e.mode, uid=e.uid, gid=e.gid,
+                     mtime_ns=_mtime(e.name, e), linkname=g.prefix + e.linkname,
+                     xattrs=e.xattrs)
+    return Entry(path=name, type=e.type, mode=e.mode, uid=e.uid, gid=e.gid,
+                 mtime_ns=_mtime(e.name, e), size=e.size, linkname=e.linkname,
+                 devmajor=e.devmajor, devminor=e.devminor, xattrs=e.xattrs,
+                 src=idx.tar_path if e.type == "f" else None, offset=e.offset)
+
+
+def filter_entry(g: Graft, idx: TarIndex, e: IndexEntry) -> Entry | None:
+    """What one export entry becomes in the tree, or None when it is dropped."""
+    if e.name in EXCLUDE:
+        return None
+    content = REPLACE.get(e.name)
+    if content is not None:
+        return _replaced(g, e, content)
+    return _kept(g, idx, e)
+
+
+def graft_entries(g: Graft) -> Iterator[Entry]:
+    """The graft's entries in export order, filtered and prefixed."""
+    idx = g.image.index()
+    for e in idx:
+        out = filter_entry(g, idx, e)
+        if out is not None:
+            yield out
+
+
+# ------------------------------------------------------------------------------ building
+def prefix_dirs(path: str) -> list[Entry]:
+    """A directory entry for every component of `path`, as the reference's tarPrefix."""
+    out: list[Entry] = []
+    parts = [p for p in path.split("/") if p]
+    for i in range(len(parts)):
+        out.append(directory("/".join(parts[: i + 1]).encode()))
+    return out
+
+
+def image_label(info: ImageInfo, where: str) -> dict | None:
+    text = (info.config.get("Labels") or {}).get(LABEL)
+    if not text:
+        return None
+    return parse_label(text, f"{where}: image {info.ref}: label {LABEL}")
+
+
+@dataclass
+class _Builder:
+    cfg: Config
+    resolve: Callable[[str], ImageHandle]
+    share_by_id: bool
+    view: View = field(default_factory=View)
+    first_root: dict[str, str] = field(default_factory=dict)  # de-dup key -> root dir
+
+    def add(self, item: Entry | Graft) -> None:
+        self.view.items.append(item)
+
+    def bundle(self, c: ContainerEntry, id_map: dict[str, int]) -> None:
+        handle = self.resolve(c.image)
+        info = handle.info
+        spec, runtime = oci.build_oci(c.spec, image_label(info, c.where), info.config, id_map,
+                                      c.where)
+        readonly = bool(spec.get("root", {}).get("readonly"))
+        prefix = c.bundle_path
+        own_root = f"{prefix}/{'rootfs' if readonly else 'lower'}"
+        key = info.id if self.share_by_id else c.image
+        shared_root = self.first_root.get(key)
+        if shared_root is None:
+            self.view.items.extend(prefix_dirs(own_root))
+            self.add(Graft(prefix=own_root.encode() + b"/", image=handle))
+            self.first_root[key] = root = own_root
+        else:
+            self.view.items.extend(prefix_dirs(prefix))
+            root = shared_root
+        self.add(regular(f"{prefix}/config.json".encode(), oci.config_json_bytes(spec)))
+        if not readonly:
+            tmp = f"{prefix}/tmp"
+            self.add(directory(tmp.encode()))
+            self.add(directory(f"{prefix}/rootfs".encode()))
+            oci.append_mount(runtime, {"destination": "/" + tmp, "type": "tmpfs",
+                                       "source": "tmpfs"})
+            oci.append_mount(runtime, {"destination": "/" + tmp,
+                                       "options": ["remount", "private"]})
+            oci.append_mount(runtime, {
+                "destination": f"/{prefix}/rootfs", "type": "overlay", "source": "overlay",
+                "options": [f"lowerdir=/{root}", f"upperdir=/{tmp}/upper",
+                            f"workdir=/{tmp}/work"]})
+        else:
+            if shared_root is not None:
+                self.add(directory(f"{prefix}/rootfs".encode()))
+            oci.append_mount(runtime, {"destination": f"/{prefix}/rootfs",
+                                       "source": "/" + root, "options": ["bind"]})
+        self.add(regular(f"{prefix}/runtime.json".encode(), oci.runtime_json_bytes(runtime)))
+
+    def files(self, id_map: dict[str, int]) -> None:
+        added: set[str] = set()
+        for f in self.cfg.files:
+            for item in file_entries(f, id_map, added):
+                self.add(item)
+
+
+def _file_id(v: object, id_map: dict[str, int], where: str) -> int:
+    if v is None or v in ("", "root"):
+        return 0
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and v in id_map:
+        return id_map[v]
+    raise ConfigError(f"{where}: unknown container name {v!r}")
+
+
+def _dir_mode(mode: int) -> int:
+    # Parents of a file get search permission wherever the file grants any access.
+    for rwx, x in ((0o700, 0o100), (0o070, 0o010), (0o007, 0o001)):
+        if mode & rwx:
+            mode |= x
+    return mode
+
+
+def _file_content(f: FileSpec) -> Entry | None:
+    """The content entry for a `source:` item, read lazily from the file; None if skipped."""
+    spec = f.spec
+    src = spec["source"]
+    if src.startswith("~/"):
+        src = os.path.expanduser("~") + src[1:]
+    try:
+        st = os.stat(src)
+    except OSError as e:
+        if spec.get("optional"):
+            return None
+        raise UserError(f"{f.where}: source {spec['source']}: {e.strerror}") from None
+    if not os.path.isfile(src) or not os.access(src, os.R_OK):
+        if spec.get("optional"):
+            return None
+        raise UserError(f"{f.where}: source {spec['source']}: not a readable file")
+    return Entry(path=b"", type="f", mode=0, size=st.st_size, src=os.path.abspath(src))
+
+
+def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str]) -> list[Entry]:
+    """Entries for one files: item: missing parents (once), then the item itself."""
+    spec = f.spec
+    path = spec["path"]
+    directory_kind = bool(spec.get("directory"))
+    mode = int(spec["mode"], 8) if "mode" in spec else (0o700 if directory_kind else 0o600)
+    uid = _file_id(spec.get("uid"), id_map, f"{f.where}: field 'uid'")
+    gid = _file_id(spec.get("gid"), id_map, f"{f.where}: field 'gid'")
+    body: Entry | None = None
+    if "source" in spec:
+        body = _file_content(f)
+        if body is None:
+            return []
+    elif "metadata" in spec:
+        raise UserError(f"{f.where}: metadata files are not supported yet")
+    out: list[Entry] = []
+    parts = path.split("/")[:-1]
+    for i in range(len(parts)):
+        parent = "/".join(parts[: i + 1])
+        if parent not in added:
+            out.append(directory(parent.encode(), _dir_mode(mode), uid, gid))
+            added.add(parent)
+    added.add(path)
+    name = path.encode()
+    if directory_kind:
+        out.append(directory(name, mode, uid, gid))
+    elif "symlink" in spec:
+        out.append(Entry(path=name, type="l", mode=mode, uid=uid, gid=gid,
+                         linkname=spec["symlink"].encode()))
+    elif body is not None:
+        out.append(Entry(path=name, type="f", mode=mode, uid=uid, gid=gid, size=body.size,
+                         src=body.src))
+    else:
+        out.append(regular(name, spec.get("contents", "").encode(), mode, uid, gid))
+    return out
+
+
+def build_view(cfg: Config, resolve: Callable[[str], ImageHandle],
+               share_by_id: bool = False) -> View:
+    """The tree for a config; `resolve` maps an image reference to its handle."""
+    b = _Builder(cfg, resolve, share_by_id)
+    id_map = cfg.id_map()
+    for ref in cfg.init:
+        b.add(Graft(prefix=b"", image=resolve(ref), resolv_link=INIT_RESOLV_LINK))
+    for c in cfg.containers():
+        b.bundle(c, id_map)
+    b.files(id_map)
+    return b.view
