@@ -124,9 +124,19 @@ class Cache:
         return idx
 
 
+_TRANSPORT = {"FileNotFoundError": "no such socket", "ConnectionRefusedError": "connection refused",
+              "Connection refused": "connection refused",
+              "PermissionError": "permission denied", "TimeoutError": "timed out"}
+
+
 def _engine_error(what: str, e: Exception) -> EngineError:
-    text = getattr(e, "explanation", None) or str(e) or type(e).__name__
-    return EngineError(f"{what}: {' '.join(str(text).split())}")
+    text = str(getattr(e, "explanation", None) or e or type(e).__name__)
+    # The SDK nests the socket's OSError several layers deep; its name says it best.
+    for marker, plain in _TRANSPORT.items():
+        if marker in text:
+            text = plain
+            break
+    return EngineError(f"{what}: {' '.join(text.split())}")
 
 
 class DockerEngine:

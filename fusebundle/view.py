@@ -62,10 +62,21 @@ class Graft:
 
 
 @dataclass
+class Bundle:
+    """Where one container's bundle is, and which graft holds its image."""
+
+    path: str  # e.g. containers/onboot/000-NAME
+    root: str  # the directory holding the image: its own lower/ or rootfs/, or a shared one
+    graft: Graft
+    readonly: bool
+
+
+@dataclass
 class View:
     """The whole tree in output order."""
 
     items: list[Entry | Graft] = field(default_factory=list)
+    bundles: list[Bundle] = field(default_factory=list)
 
     def entries(self) -> Iterator[Entry]:
         """Every entry in pack order (prefix dirs repeat, as in the reference)."""
@@ -159,6 +170,7 @@ class _Builder:
     share_by_id: bool
     view: View = field(default_factory=View)
     first_root: dict[str, str] = field(default_factory=dict)  # de-dup key -> root dir
+    grafts: dict[str, Graft] = field(default_factory=dict)  # de-dup key -> its graft
 
     def add(self, item: Entry | Graft) -> None:
         self.view.items.append(item)
@@ -175,11 +187,15 @@ class _Builder:
         shared_root = self.first_root.get(key)
         if shared_root is None:
             self.view.items.extend(prefix_dirs(own_root))
-            self.add(Graft(prefix=own_root.encode() + b"/", image=handle))
+            graft = Graft(prefix=own_root.encode() + b"/", image=handle)
+            self.add(graft)
             self.first_root[key] = root = own_root
+            self.grafts[key] = graft
         else:
             self.view.items.extend(prefix_dirs(prefix))
             root = shared_root
+            graft = self.grafts[key]
+        self.view.bundles.append(Bundle(path=prefix, root=root, graft=graft, readonly=readonly))
         self.add(regular(f"{prefix}/config.json".encode(), oci.config_json_bytes(spec)))
         if not readonly:
             tmp = f"{prefix}/tmp"

@@ -1,0 +1,137 @@
+"""Bad input: one clear line on stderr, a non-zero exit, no traceback, nothing left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from imagetools import RootfsBuilder, import_image
+
+
+@pytest.fixture(scope="module")
+def small_image(dockerd, tmp_path_factory) -> str:
+    tmp = tmp_path_factory.mktemp("bad")
+    r = RootfsBuilder().dir("etc").file("etc/motd", "hi\n").dir("bin")
+    for i in range(20):
+        r.file(f"bin/f{i:02d}", b"x" * 3000)
+    r.write(tmp / "small.tar")
+    import_image(dockerd.client, tmp / "small.tar", "fbtest/small:1", ['CMD ["/bin/f00"]'])
+    return "fbtest/small:1"
+
+
+def _fails(r, *words: str, code: int | None = None) -> None:
+    assert r.returncode != 0, r.stdout
+    if code is not None:
+        assert r.returncode == code, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert lines[0].startswith("fusebundle: ")
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def _nothing_left(tmp_path: Path) -> None:
+    assert not (tmp_path / "out.tar").exists()
+    assert list(tmp_path.glob(".fusebundle-*")) == []
+
+
+GOOD_ENTRY = "  - name: a\n    image: fbtest/small:1\n"
+
+CONFIG_CASES = {
+    "malformed": ("onboot:\n  - name: a\n   image: [oops\n", ["system.yml", "line"]),
+    "tabs-and-junk": ("onboot: [\n", ["system.yml"]),
+    "top-level-list": ("- a\n- b\n", ["mapping"]),
+    "unknown-top-key": ("onbot:\n" + GOOD_ENTRY, ["onbot"]),
+    "unknown-entry-key": ("onboot:\n" + GOOD_ENTRY + "    comand: [x]\n", ["comand", "a"]),
+    "wrong-type": ("onboot:\n" + GOOD_ENTRY + "    command: /bin/sh\n", ["command"]),
+    "missing-name": ("onboot:\n  - image: fbtest/small:1\n", ["name"]),
+    "missing-image": ("onboot:\n  - name: a\n", ["image"]),
+    "duplicate-service": ("services:\n" + GOOD_ENTRY + GOOD_ENTRY, ["duplicate", "a"]),
+    "unknown-uid-name": ("onboot:\n" + GOOD_ENTRY + "    uid: nobody-here\n",
+                         ["nobody-here", "uid"]),
+    "hostile-name": ("onboot:\n  - name: ../x\n    image: fbtest/small:1\n", ["name"]),
+    "hostile-file": ("files:\n  - path: ../../etc/passwd\n    contents: x\n", ["path"]),
+    "file-two-kinds": ("files:\n  - path: a\n    contents: x\n    symlink: b\n",
+                       ["contents", "symlink"]),
+    "bad-capability": ("onboot:\n" + GOOD_ENTRY + "    capabilities: [CAP_FLY]\n",
+                       ["CAP_FLY"]),
+    "bad-bind": ("onboot:\n" + GOOD_ENTRY + "    binds: [/only-one-part]\n", ["binds"]),
+    "negative-uid": ("onboot:\n" + GOOD_ENTRY + "    uid: -1\n", ["uid"]),
+    "yaml-1.1-bool-is-a-string": ("onboot:\n  - name: n\n    image: fbtest/small:1\n"
+                                  "    readonly: yes\n", ["readonly"]),
+    "duplicate-key": ("onboot:\n" + GOOD_ENTRY + "onboot:\n" + GOOD_ENTRY, ["onboot"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_config_errors(fb, tmp_path, case) -> None:
+    text, words = CONFIG_CASES[case]
+    cfg = tmp_path / "system.yml"
+    cfg.write_text(text)
+    r = fb("pack", cfg, "-o", tmp_path / "out.tar")
+    _fails(r, *words, code=2)
+    _nothing_left(tmp_path)
+
+
+def test_yaml_12_keeps_n_as_a_name(fb, small_image, tmp_path) -> None:
+    # YAML 1.1 would read `n` as false; the bundle must be called n.
+    cfg = tmp_path / "system.yml"
+    cfg.write_text("onboot:\n  - name: n\n    image: fbtest/small:1\n")
+    r = fb("pack", cfg, "-o", tmp_path / "out.tar")
+    assert r.returncode == 0, r.stderr
+    import tarfile
+    with tarfile.open(tmp_path / "out.tar") as t:
+        assert "containers/onboot/000-n/config.json" in t.getnames()
+
+
+def test_missing_config_file(fb, tmp_path) -> None:
+    _fails(fb("pack", tmp_path / "nope.yml", "-o", tmp_path / "out.tar"), "nope.yml")
+    _nothing_left(tmp_path)
+
+
+def test_missing_image_that_cannot_be_pulled(fb, tmp_path) -> None:
+    cfg = tmp_path / "system.yml"
+    cfg.write_text("onboot:\n  - name: a\n    image: fbtest/does-not-exist:1\n")
+    _fails(fb("pack", cfg, "-o", tmp_path / "out.tar", timeout=180),
+           "fbtest/does-not-exist:1")
+    _nothing_left(tmp_path)
+
+
+def test_engine_not_running(fb, tmp_path) -> None:
+    cfg = tmp_path / "system.yml"
+    cfg.write_text("onboot:\n" + GOOD_ENTRY)
+    r = fb("pack", cfg, "-o", tmp_path / "out.tar",
+           env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
+    _fails(r, "Docker engine", "no-engine.sock")
+    _nothing_left(tmp_path)
+
+
+def test_output_directory_missing(fb, small_image, tmp_path) -> None:
+    cfg = tmp_path / "system.yml"
+    cfg.write_text("onboot:\n" + GOOD_ENTRY)
+    _fails(fb("pack", cfg, "-o", tmp_path / "no-such-dir" / "out.tar"), "does not exist")
+    assert not (tmp_path / "no-such-dir").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "checksum"])
+def test_corrupt_cached_tar(fb, small_image, tmp_path, cache_dir, damage) -> None:
+    cfg = tmp_path / "system.yml"
+    cfg.write_text("onboot:\n" + GOOD_ENTRY)
+    first = tmp_path / "first.tar"
+    assert fb("pack", cfg, "-o", first).returncode == 0
+    (tar,) = (cache_dir / "exports").glob("*.tar")
+    size = tar.stat().st_size
+    with open(tar, "r+b") as f:
+        if damage == "truncate":
+            f.truncate(size // 2)
+        else:
+            f.seek(512 * 2 + 10)  # the third header (bin/f00) and some of its data
+            blob = bytearray(f.read(600))
+            for i in range(len(blob)):
+                blob[i] ^= 0x5A
+            f.seek(512 * 2 + 10)
+            f.write(blob)
+    r = fb("pack", cfg, "-o", tmp_path / "out.tar")
+    _fails(r, "corrupt", str(tar))
+    _nothing_left(tmp_path)
