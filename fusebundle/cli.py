@@ -116,8 +116,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
     cfg, session = _load(args)
     view = build_view(cfg, session.resolve, share_by_id=args.share_by_id)
-    for g in view.grafts():  # export and index everything before the output is opened
-        g.image.index()
+    view.prepare()  # export and index everything before the output is opened
     bars: list[Bar] = []
 
     def progress(total: int) -> Callable[[int], None]:

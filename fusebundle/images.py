@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -108,6 +109,46 @@ class Cache:
                     os.unlink(tmp)
             self.exports += 1
         return path
+
+    def nested(self, info: ImageInfo, outer: TarIndex, name: bytes) -> TarIndex:
+        """The index of a tar stored as a file inside an image's export (a kernel.tar).
+
+        The inner tar is copied out once, next to the export, so it can be indexed and
+        served like any other tar.
+        """
+        i = outer.find(name)
+        if i is None:
+            raise UserError(f"image {info.ref}: no {name.decode(errors='replace')} in it")
+        e = outer.entry(i)
+        tag = hashlib.sha256(name).hexdigest()[:16]
+        path = os.path.join(self._dir(), f"{info.hex}.inner-{tag}.tar")
+        if not os.path.exists(path):
+            with self._locked(info):
+                if not os.path.exists(path):
+                    self._copy_out(outer.tar_path, e.offset, e.size, path)
+        try:
+            return open_index(path)
+        except CorruptTar as err:
+            raise CorruptTar(f"image {info.ref}: {name.decode(errors='replace')} is not a "
+                             f"valid tar ({err})") from None
+
+    @staticmethod
+    def _copy_out(src: str, offset: int, size: int, dest: str) -> None:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), suffix=".part")
+        try:
+            with open(src, "rb") as f, os.fdopen(fd, "wb") as out:
+                f.seek(offset)
+                left = size
+                while left:
+                    chunk = f.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise CorruptTar(f"{src}: ends early inside an inner tar")
+                    out.write(chunk)
+                    left -= len(chunk)
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def index(self, info: ImageInfo, source: ImageSource,
               progress: Progress | None = None) -> TarIndex:
@@ -245,3 +286,7 @@ class LazyImage:
 
         with Bar(f"export {self.info.ref}", self.info.size, self.show_progress) as bar:
             return self.cache.index(self.info, self.source, bar.to)
+
+    def nested_index(self, name: bytes) -> TarIndex:
+        """The index of a tar file inside this image's export."""
+        return self.cache.nested(self.info, self.index(), name)

@@ -51,6 +51,8 @@ class ImageHandle(Protocol):
 
     def index(self) -> TarIndex: ...
 
+    def nested_index(self, name: bytes) -> TarIndex: ...
+
 
 @dataclass
 class Graft:
@@ -59,6 +61,46 @@ class Graft:
     prefix: bytes
     image: ImageHandle
     resolv_link: bytes | None = None  # init images: resolv.conf becomes this symlink
+
+
+@dataclass
+class KernelImage:
+    """The kernel: section: boot/cmdline, boot/kernel and the kernel tar's contents at the root.
+
+    As in the reference, entries come in the order the image's export holds the kernel file
+    and the kernel tar; everything else in the image is left out.
+    """
+
+    image: ImageHandle
+    cmdline: bytes
+    binary: bytes = b"kernel"
+    tar: bytes = b"kernel.tar"  # empty: no kernel tar
+
+    def entries(self) -> Iterator[Entry]:
+        """The kernel's entries, in the reference's order."""
+        idx = self.image.index()
+        found_kernel = found_tar = False
+        g = Graft(prefix=b"", image=self.image)
+        for e in idx:
+            out = filter_entry(g, idx, e)
+            if out is None:
+                continue
+            if e.name == self.binary:
+                found_kernel = True
+                yield directory(b"boot")
+                yield regular(b"boot/cmdline", self.cmdline)
+                yield Entry(path=b"boot/kernel", type="f", mode=out.mode, size=out.size,
+                            data=out.data, src=out.src, offset=out.offset)
+            elif self.tar and e.name == self.tar:
+                found_tar = True
+                inner = self.image.nested_index(self.tar)
+                for ie in inner:
+                    yield _kept(Graft(prefix=b"", image=self.image), inner, ie)
+        ref = self.image.info.ref
+        if not found_kernel:
+            raise UserError(f"kernel image {ref}: no {self.binary.decode()} file at its root")
+        if self.tar and not found_tar:
+            raise UserError(f"kernel image {ref}: no {self.tar.decode()} file at its root")
 
 
 @dataclass
@@ -75,7 +117,7 @@ class Bundle:
 class View:
     """The whole tree in output order."""
 
-    items: list[Entry | Graft] = field(default_factory=list)
+    items: list[Entry | Graft | KernelImage] = field(default_factory=list)
     bundles: list[Bundle] = field(default_factory=list)
 
     def entries(self) -> Iterator[Entry]:
@@ -83,12 +125,23 @@ class View:
         for item in self.items:
             if isinstance(item, Graft):
                 yield from graft_entries(item)
+            elif isinstance(item, KernelImage):
+                yield from item.entries()
             else:
                 yield item
 
     def grafts(self) -> list[Graft]:
         """The image grafts, in order."""
         return [i for i in self.items if isinstance(i, Graft)]
+
+    def prepare(self) -> None:
+        """Export and index every image now (pack wants all errors before it writes)."""
+        for item in self.items:
+            if isinstance(item, Graft):
+                item.image.index()
+            elif isinstance(item, KernelImage):
+                for _ in item.entries():
+                    pass
 
 
 # ------------------------------------------------------------------------------ the filter
@@ -172,7 +225,7 @@ class _Builder:
     first_root: dict[str, str] = field(default_factory=dict)  # de-dup key -> root dir
     grafts: dict[str, Graft] = field(default_factory=dict)  # de-dup key -> its graft
 
-    def add(self, item: Entry | Graft) -> None:
+    def add(self, item: Entry | Graft | KernelImage) -> None:
         self.view.items.append(item)
 
     def bundle(self, c: ContainerEntry, id_map: dict[str, int]) -> None:
@@ -302,6 +355,11 @@ def build_view(cfg: Config, resolve: Callable[[str], ImageHandle],
     """The tree for a config; `resolve` maps an image reference to its handle."""
     b = _Builder(cfg, resolve, share_by_id)
     id_map = cfg.id_map()
+    k = cfg.kernel
+    if k.image:
+        tar = "kernel.tar" if k.tar is None else ("" if k.tar == "none" else k.tar)
+        b.add(KernelImage(image=resolve(k.image), cmdline=k.cmdline.encode(),
+                          binary=(k.binary or "kernel").encode(), tar=tar.encode()))
     for ref in cfg.init:
         b.add(Graft(prefix=b"", image=resolve(ref), resolv_link=INIT_RESOLV_LINK))
     for c in cfg.containers():

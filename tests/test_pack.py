@@ -344,3 +344,70 @@ def test_several_config_files_merge(fb, images, tmp_path) -> None:
     names = {m.name for m in _read(out)[0]}
     assert {"containers/onboot/000-a", "containers/onboot/001-b",
             "containers/services/s"} <= names
+
+
+@pytest.fixture(scope="module")
+def kernel_image(dockerd, tmp_path_factory) -> str:
+    tmp = tmp_path_factory.mktemp("kernel")
+    modules = RootfsBuilder().dir("lib").dir("lib/modules").dir("lib/modules/6.1.0")
+    modules.file("lib/modules/6.1.0/modules.dep", "fake.ko:\n")
+    modules.file("lib/modules/6.1.0/fake.ko", b"\x00KO" * 100, mode=0o600)
+    r = RootfsBuilder()
+    r.file("System.map", "ffff T start\n")
+    r.file("bzImage", b"\x4d\x5a" + b"K" * 5000, mode=0o600)
+    r.file("kernel", b"\x4d\x5a" + b"k" * 70000, mode=0o644)
+    r.file("kernel.tar", modules.tobytes())
+    r.file("other.tar", modules.tobytes())
+    r.write(tmp / "kernel.tar")
+    import_image(dockerd.client, tmp / "kernel.tar", "fbtest/kernel:1", ['CMD ["/kernel"]'])
+    return "fbtest/kernel:1"
+
+
+def test_kernel_section(fb, kernel_image, images, tmp_path) -> None:
+    cfg = _yaml(tmp_path, """
+kernel:
+  image: fbtest/kernel:1
+  cmdline: "console=ttyS0 quiet"
+init:
+  - fbtest/dotted:1
+""")
+    out = tmp_path / "out.tar"
+    _pack(fb, cfg, out)
+    members, data = _read(out)
+    names = [m.name for m in members]
+    # kernel first, in the export's (lexical) order: kernel, then kernel.tar's contents
+    assert names[:9] == ["boot", "boot/cmdline", "boot/kernel", "lib", "lib/modules",
+                         "lib/modules/6.1.0", "lib/modules/6.1.0/modules.dep",
+                         "lib/modules/6.1.0/fake.ko", "bin"]
+    assert data["boot/cmdline"] == b"console=ttyS0 quiet"
+    assert data["boot/kernel"] == b"\x4d\x5a" + b"k" * 70000
+    assert data["lib/modules/6.1.0/fake.ko"] == b"\x00KO" * 100
+    assert _by_name(members)["lib/modules/6.1.0/fake.ko"].mode == 0o600
+    assert "System.map" not in names and "kernel.tar" not in names
+    assert "etc/motd" in names  # the init image follows
+
+
+def test_kernel_binary_and_tar_options(fb, kernel_image, tmp_path) -> None:
+    cfg = _yaml(tmp_path, """
+kernel:
+  image: fbtest/kernel:1
+  binary: bzImage
+  tar: none
+""")
+    out = tmp_path / "out.tar"
+    _pack(fb, cfg, out)
+    members, data = _read(out)
+    assert [m.name for m in members] == ["boot", "boot/cmdline", "boot/kernel"]
+    assert data["boot/kernel"] == b"\x4d\x5a" + b"K" * 5000
+    assert data["boot/cmdline"] == b""
+    assert _by_name(members)["boot/kernel"].mode == 0o600
+    cfg = _yaml(tmp_path, "kernel:\n  image: fbtest/kernel:1\n  tar: other.tar\n", "o.yml")
+    _pack(fb, cfg, out)
+    assert "lib/modules/6.1.0/fake.ko" in [m.name for m in _read(out)[0]]
+
+
+def test_kernel_missing_file_is_an_error(fb, kernel_image, tmp_path) -> None:
+    cfg = _yaml(tmp_path, "kernel:\n  image: fbtest/kernel:1\n  binary: vmlinuz\n")
+    r = fb("pack", cfg, "-o", tmp_path / "out.tar")
+    assert r.returncode != 0 and "vmlinuz" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out.tar").exists()
