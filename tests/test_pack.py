@@ -411,3 +411,79 @@ def test_kernel_missing_file_is_an_error(fb, kernel_image, tmp_path) -> None:
     r = fb("pack", cfg, "-o", tmp_path / "out.tar")
     assert r.returncode != 0 and "vmlinuz" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out.tar").exists()
+
+
+def _creates(dockerd, since: float, until: float) -> list[dict]:
+    """Container create events in [since, until]: one per export."""
+    return list(dockerd.client.api.events(since=int(since), until=int(until) + 1, decode=True,
+                                          filters={"type": "container", "event": "create"}))
+
+
+def test_cache_hit_creates_no_container(fb, images, tmp_path, dockerd) -> None:
+    import time
+
+    cfg = _yaml(tmp_path, SPECIAL_YAML)
+    t0 = time.time()
+    _pack(fb, cfg, tmp_path / "a.tar")
+    t1 = time.time()
+    assert len(_creates(dockerd, t0 - 1, t1)) == 2  # two images, one export each
+    time.sleep(1.1)  # event times have one-second resolution
+    t2 = time.time()
+    _pack(fb, cfg, tmp_path / "b.tar")
+    assert _creates(dockerd, t2, time.time()) == []
+
+
+def test_two_processes_share_one_cache(dockerd, tmp_path, cache_dir, fb) -> None:
+    import time
+
+    big = RootfsBuilder().dir("blob")
+    for i in range(8):
+        big.file(f"blob/{i}", os.urandom(4 << 20))
+    big.write(tmp_path / "big.tar")
+    import_image(dockerd.client, tmp_path / "big.tar", "fbtest/big:1", ['CMD ["/x"]'])
+    cfg = _yaml(tmp_path, "onboot:\n  - name: a\n    image: fbtest/big:1\n")
+    env = dict(os.environ, DOCKER_HOST=dockerd.host, FUSEBUNDLE_CACHE_DIR=str(cache_dir),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    time.sleep(1.1)
+    t0 = time.time()
+    procs = [subprocess.Popen([sys.executable, "-m", "fusebundle", "pack", str(cfg), "-o",
+                               str(tmp_path / f"out{i}.tar")], env=env,
+                              stderr=subprocess.PIPE) for i in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert len(_creates(dockerd, t0, time.time())) == 1
+    outs = {(tmp_path / f"out{i}.tar").read_bytes() for i in range(3)}
+    assert len(outs) == 1
+    assert [p.name for p in (cache_dir / "exports").iterdir() if p.suffix == ".part"] == []
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupted_export_leaves_nothing(dockerd, tmp_path, cache_dir, sig) -> None:
+    import signal
+    import time
+
+    big = RootfsBuilder().dir("blob")
+    for i in range(24):
+        big.file(f"blob/{i}", os.urandom(8 << 20))
+    big.write(tmp_path / "big.tar")
+    import_image(dockerd.client, tmp_path / "big.tar", "fbtest/bigger:1", ['CMD ["/x"]'])
+    (tmp_path / "big.tar").unlink()
+    cfg = _yaml(tmp_path, "onboot:\n  - name: a\n    image: fbtest/bigger:1\n")
+    env = dict(os.environ, DOCKER_HOST=dockerd.host, FUSEBUNDLE_CACHE_DIR=str(cache_dir),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    before = {c["Id"] for c in list_containers(dockerd.client)}
+    out = tmp_path / "out.tar"
+    p = subprocess.Popen([sys.executable, "-m", "fusebundle", "pack", str(cfg), "-o", str(out)],
+                         env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((cache_dir / "exports").glob("*.part")):
+        time.sleep(0.01)
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == (130 if sig == "SIGINT" else 143), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    assert [x.name for x in (cache_dir / "exports").iterdir() if x.suffix in (".part", ".tar")] \
+        == []
+    assert {c["Id"] for c in list_containers(dockerd.client)} == before
