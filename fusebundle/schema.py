@@ -347,6 +347,12 @@ def _namespace(field: str) -> Checker:
         if field != "net" and value == "none":
             raise ValueError(f"'none' is only a word for net; use 'new' for a new {field} "
                              "namespace or give a path")
+        # Anything else that is not a word is a namespace file, which runc wants absolute;
+        # a relative "path" is almost always a misspelt word.
+        words = ("host", "root", "new", "none") if field == "net" else ("host", "root", "new")
+        if value and value not in words and not value.startswith("/"):
+            raise ValueError(f"unknown namespace word {value!r}: expected "
+                             f"{', '.join(words)} or an absolute path")
 
     return _then(_str, check)
 

@@ -58,6 +58,8 @@ CONFIG_CASES = {
                        ["CAP_FLY"]),
     "bad-bind": ("onboot:\n" + GOOD_ENTRY + "    binds: [/only-one-part]\n", ["binds"]),
     "negative-uid": ("onboot:\n" + GOOD_ENTRY + "    uid: -1\n", ["uid"]),
+    "float-uid": ("onboot:\n" + GOOD_ENTRY + "    uid: 1.5\n", ["uid"]),
+    "namespace-word": ("onboot:\n" + GOOD_ENTRY + "    net: hots\n", ["net", "hots"]),
     "yaml-1.1-bool-is-a-string": ("onboot:\n  - name: n\n    image: fbtest/small:1\n"
                                   "    readonly: yes\n", ["readonly"]),
     "duplicate-key": ("onboot:\n" + GOOD_ENTRY + "onboot:\n" + GOOD_ENTRY, ["onboot"]),
@@ -135,3 +137,20 @@ def test_corrupt_cached_tar(fb, small_image, tmp_path, cache_dir, damage) -> Non
     r = fb("pack", cfg, "-o", tmp_path / "out.tar")
     _fails(r, "corrupt", str(tar))
     _nothing_left(tmp_path)
+
+
+def test_missing_source_file(fb, tmp_path) -> None:
+    cfg = tmp_path / "system.yml"
+    cfg.write_text(f"files:\n  - path: etc/x\n    source: {tmp_path}/absent\n")
+    _fails(fb("pack", cfg, "-o", tmp_path / "out.tar"), "etc/x", "absent")
+    _nothing_left(tmp_path)
+
+
+def test_trust_is_accepted_with_one_warning(fb, tmp_path) -> None:
+    cfg = tmp_path / "system.yml"
+    cfg.write_text("trust:\n  org: [linuxkit]\n  image: [a/b]\nfiles:\n  - path: x\n"
+                   "    contents: y\n")
+    r = fb("pack", cfg, "-o", tmp_path / "out.tar")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "trust" in r.stderr
+    assert (tmp_path / "out.tar").exists()

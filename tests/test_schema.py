@@ -117,7 +117,7 @@ def test_keys_keep_input_order():
     ("capabilities", ["CAP_CHOWN", "CAP_CHOWN"]), ("ambient", ["none"]),
     ("binds", ["/a:/b:"]), ("tmpfs", ["/t"]), ("tmpfs", ["/t:"]),
     ("rlimits", ["RLIMIT_NOFILE,unlimited,Unlimited", "cpu , 0 ,18446744073709551615"]),
-    ("net", "none"), ("net", ""), ("pid", "host"), ("ipc", "relative/path"),
+    ("net", "none"), ("net", ""), ("pid", "host"), ("ipc", "/run/netns/x"),
     ("sysctl", {}), ("mounts", [{"source": "mqueue"}, {"destination": "/dev"}]),
     ("resources", {"hugepageLimits": [{"pageSize": "2MB"}]}),
     ("runtime", {}), ("oomScoreAdj", -1000),
@@ -256,6 +256,12 @@ def test_value_errors(fields, expected):
 def test_none_is_only_a_word_for_net(field):
     # the reference would write a namespace with path "none" for these
     assert bad(**{field: "none"}).startswith(f"field '{field}': 'none' is only a word for net")
+
+
+@pytest.mark.parametrize("field", ["net", "ipc", "uts", "pid", "userns"])
+def test_relative_namespace_path_is_an_unknown_word(field):
+    assert "unknown namespace word 'hots'" in bad(**{field: "hots"})
+
 
 
 # ------------------------------------------------------------------------------ labels
