@@ -47,6 +47,7 @@ class FileSpec:
 
     spec: dict[str, Any]
     where: str
+    raw_path: str = ""  # the path as written (moby's metadata keeps a leading '/')
 
 
 @dataclass
@@ -195,7 +196,7 @@ def _parse_file(raw: object, where: str) -> FileSpec:
             raise ConfigError(f"{where}: field 'mode': {raw['mode']!r} is not an octal mode")
     if raw.get("metadata", "yaml") != "yaml":
         raise ConfigError(f"{where}: field 'metadata': only 'yaml' is supported")
-    return FileSpec(spec=spec, where=where)
+    return FileSpec(spec=spec, where=where, raw_path=raw["path"])
 
 
 def _parse_entry(raw: object, section: str, index: int, where: str) -> Entry:

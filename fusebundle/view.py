@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fusebundle import oci
+from fusebundle import metadata, oci
 from fusebundle.config import Config, FileSpec
 from fusebundle.config import Entry as ContainerEntry
 from fusebundle.entry import Entry, directory, regular
@@ -272,7 +272,7 @@ class _Builder:
     def files(self, id_map: dict[str, int]) -> None:
         added: set[str] = set()
         for f in self.cfg.files:
-            for item in file_entries(f, id_map, added):
+            for item in file_entries(f, id_map, added, cfg=self.cfg):
                 self.add(item)
 
 
@@ -313,7 +313,8 @@ def _file_content(f: FileSpec) -> Entry | None:
     return Entry(path=b"", type="f", mode=0, size=st.st_size, src=os.path.abspath(src))
 
 
-def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str]) -> list[Entry]:
+def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str], *,
+                 cfg: Config | None = None) -> list[Entry]:
     """Entries for one files: item: missing parents (once), then the item itself."""
     spec = f.spec
     path = spec["path"]
@@ -327,7 +328,9 @@ def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str]) -> list[E
         if body is None:
             return []
     elif "metadata" in spec:
-        raise UserError(f"{f.where}: metadata files are not supported yet")
+        if cfg is None:
+            raise TypeError("file_entries: a metadata file needs cfg")
+        spec = {**spec, "contents": metadata.moby_json(cfg).decode()}
     out: list[Entry] = []
     parts = path.split("/")[:-1]
     for i in range(len(parts)):

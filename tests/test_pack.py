@@ -413,24 +413,27 @@ def test_kernel_missing_file_is_an_error(fb, kernel_image, tmp_path) -> None:
     assert not (tmp_path / "out.tar").exists()
 
 
-def _creates(dockerd, since: float, until: float) -> list[dict]:
-    """Container create events in [since, until]: one per export."""
-    return list(dockerd.client.api.events(since=int(since), until=int(until) + 1, decode=True,
-                                          filters={"type": "container", "event": "create"}))
+def _creates(dockerd, since: float, until: float, image_ids: set[str]) -> list[dict]:
+    """Container create events from these images in [since, until]: one per export."""
+    events = dockerd.client.api.events(since=int(since), until=int(until) + 1, decode=True,
+                                       filters={"type": "container", "event": "create"})
+    return [e for e in events if e.get("from") in image_ids]
 
 
 def test_cache_hit_creates_no_container(fb, images, tmp_path, dockerd) -> None:
     import time
 
     cfg = _yaml(tmp_path, SPECIAL_YAML)
+    ids = set(images.values())
+    time.sleep(1.1)  # event times have one-second resolution
     t0 = time.time()
     _pack(fb, cfg, tmp_path / "a.tar")
     t1 = time.time()
-    assert len(_creates(dockerd, t0 - 1, t1)) == 2  # two images, one export each
-    time.sleep(1.1)  # event times have one-second resolution
+    assert len(_creates(dockerd, t0, t1, ids)) == 2  # two images, one export each
+    time.sleep(1.1)
     t2 = time.time()
     _pack(fb, cfg, tmp_path / "b.tar")
-    assert _creates(dockerd, t2, time.time()) == []
+    assert _creates(dockerd, t2, time.time(), ids) == []
 
 
 def test_two_processes_share_one_cache(dockerd, tmp_path, cache_dir, fb) -> None:
@@ -440,7 +443,7 @@ def test_two_processes_share_one_cache(dockerd, tmp_path, cache_dir, fb) -> None
     for i in range(8):
         big.file(f"blob/{i}", os.urandom(4 << 20))
     big.write(tmp_path / "big.tar")
-    import_image(dockerd.client, tmp_path / "big.tar", "fbtest/big:1", ['CMD ["/x"]'])
+    big_id = import_image(dockerd.client, tmp_path / "big.tar", "fbtest/big:1", ['CMD ["/x"]'])
     cfg = _yaml(tmp_path, "onboot:\n  - name: a\n    image: fbtest/big:1\n")
     env = dict(os.environ, DOCKER_HOST=dockerd.host, FUSEBUNDLE_CACHE_DIR=str(cache_dir),
                PYTHONPATH=str(Path(__file__).resolve().parent.parent))
@@ -452,7 +455,7 @@ def test_two_processes_share_one_cache(dockerd, tmp_path, cache_dir, fb) -> None
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
-    assert len(_creates(dockerd, t0, time.time())) == 1
+    assert len(_creates(dockerd, t0, time.time(), {big_id})) == 1
     outs = {(tmp_path / f"out{i}.tar").read_bytes() for i in range(3)}
     assert len(outs) == 1
     assert [p.name for p in (cache_dir / "exports").iterdir() if p.suffix == ".part"] == []
