@@ -66,6 +66,10 @@ def parser() -> argparse.ArgumentParser:
     _common(cf)
     cf.add_argument("--name", help="only the container with this name")
     cf.set_defaults(run=cmd_config)
+
+    from fusebundle import mountcmd
+
+    mountcmd.add_parsers(sub, _common)
     return p
 
 

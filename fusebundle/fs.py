@@ -1,0 +1,318 @@
+"""The FUSE renderer: a read-only pyfuse3 file system over a `tree.Tree`.
+
+Each FUSE call is a short method that renders tree nodes.  Nothing here changes once mounted,
+so entries and attributes are cached by the kernel for a long time and file pages are kept
+across opens.  Work that may block (exporting and indexing an image on first access, reading
+file data) runs in worker threads, so one slow request never holds up the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from fusebundle.errors import UserError
+from fusebundle.tree import Content, Stat, Tree
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 7 * 24 * 3600.0  # the tree never changes while mounted
+BLKSIZE = 128 * 1024  # st_blksize: what cat and cp use as their buffer size
+IO_THREADS = 16
+LOAD_THREADS = 4
+
+T = TypeVar("T")
+
+
+def _guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Turn unexpected exceptions into EIO (pyfuse3 would stop serving on them)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any) -> T:
+        try:
+            return await fn(*args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("%s%r failed", fn.__name__, args[1:3])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class _SourceError(Exception):
+    """Reading a file's bytes failed: the message says why, the reader gets EIO."""
+
+
+class Operations(pyfuse3.Operations):
+    """Read-only FUSE operations over a Tree."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree) -> None:
+        super().__init__()
+        self.tree = tree
+        self._files: dict[int, tuple[Content, int]] = {}  # fh -> (content, fd or -1)
+        self._dirs: dict[int, Any] = {}  # fh -> DirListing
+        self._next_fh = 1
+        self._fds: dict[str, int] = {}  # source path -> fd, opened once
+        self._load_locks: dict[str, trio.Lock] = {}
+        self._io = trio.CapacityLimiter(IO_THREADS)
+        self._loaders = trio.CapacityLimiter(LOAD_THREADS)
+        self._broken: set[str] = set()  # sources already reported broken
+        self._broken_lock = threading.Lock()
+        self._nowait = hasattr(os, "RWF_NOWAIT")
+
+    # -------------------------------------------------------------------------- helpers
+    def _attr(self, ino: int, st: Stat) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.entry_timeout = TIMEOUT
+        a.attr_timeout = TIMEOUT
+        a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_size, mtime = st
+        a.st_atime_ns = a.st_ctime_ns = a.st_mtime_ns = mtime
+        a.st_blksize = BLKSIZE
+        a.st_blocks = (a.st_size + 511) // 512
+        return a
+
+    def _stat(self, ino: int) -> pyfuse3.EntryAttributes:
+        try:
+            return self._attr(ino, self.tree.stat(ino))
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    async def _ready(self, ino: int) -> None:
+        """Load (export, index, build) the grafts the children of `ino` come from."""
+        for k in self.tree.pending(ino):
+            if self.tree.loaded(k):
+                continue
+            key = self.tree.image_key(k)
+            lock = self._load_locks.setdefault(key, trio.Lock())
+            async with lock:
+                if self.tree.loaded(k):
+                    continue
+                try:
+                    await trio.to_thread.run_sync(self.tree.load_graft, k,
+                                                  limiter=self._loaders)
+                except UserError as e:
+                    log.error("%s", e)
+                    raise pyfuse3.FUSEError(errno.EIO) from None
+                # Directories showing the graft's top now know their link counts: let the
+                # kernel ask again instead of keeping what it was told before.
+                self._invalidate(self.tree.graft_owners(k))
+
+    def _invalidate(self, inos: list[int]) -> None:
+        """Make the kernel ask again for attributes it may have cached (link counts)."""
+        for ino in inos:
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_inode(ino, attr_only=True)
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _report(self, key: str, message: str) -> None:
+        """Log a broken source once, not once per read."""
+        with self._broken_lock:
+            if key in self._broken:
+                return
+            self._broken.add(key)
+        log.error("%s; reads of its files answer EIO", message)
+
+    # -------------------------------------------------------------------------- metadata
+    @_guarded
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        attr = self._stat(inode)
+        if self.tree.changed:
+            self._invalidate(self.tree.take_changed())
+        return attr
+
+    @_guarded
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: Any = None) -> pyfuse3.EntryAttributes:
+        await self._ready(parent_inode)
+        if name == b".":
+            return self._stat(parent_inode)
+        if name == b"..":
+            return self._stat(self.tree.listdir(parent_inode).parent)
+        ino = self.tree.lookup(parent_inode, name)
+        if self.tree.changed:
+            self._invalidate(self.tree.take_changed())
+        if ino is None:
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = 0  # a negative entry, cached by the kernel like a positive one
+            a.entry_timeout = TIMEOUT
+            return a
+        return self._stat(ino)
+
+    @_guarded
+    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
+        target = self.tree.readlink(inode)
+        if target is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return target
+
+    @_guarded
+    async def opendir(self, inode: int, ctx: Any = None) -> int:
+        if not self.tree.is_dir(inode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        await self._ready(inode)
+        fh = self._new_fh()
+        self._dirs[fh] = self.tree.listdir(inode)
+        if self.tree.changed:
+            self._invalidate(self.tree.take_changed())
+        return fh
+
+    @_guarded
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        listing = self._dirs[fh]
+        stat, attr, reply = self.tree.stat, self._attr, pyfuse3.readdir_reply
+        for pos in range(start_id, len(listing) + 2):
+            if pos >= 2:
+                name, ino = listing[pos - 2]
+            elif pos == 0:
+                name, ino = b".", listing.ino
+            else:
+                name, ino = b"..", listing.parent
+            if not reply(token, name, attr(ino, stat(ino)), pos + 1):
+                return
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @_guarded
+    async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
+        files, size = self.tree.counts()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = BLKSIZE
+        s.f_frsize = 4096
+        s.f_blocks = (size + 4095) // 4096
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = files
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    @_guarded
+    async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
+        attrs = self.tree.xattrs(inode)
+        if attrs:
+            value = attrs.get(name.decode("utf-8", "surrogateescape"))
+            if value is not None:
+                return bytes(value)
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @_guarded
+    async def listxattr(self, inode: int, ctx: Any = None) -> Sequence[bytes]:
+        attrs = self.tree.xattrs(inode)
+        return [k.encode("utf-8", "surrogateescape") for k in attrs] if attrs else []
+
+    # -------------------------------------------------------------------------- data
+    @_guarded
+    async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        content = self.tree.content(inode)
+        if content is None:
+            raise pyfuse3.FUSEError(errno.EISDIR if self.tree.is_dir(inode) else errno.EINVAL)
+        fd = -1
+        if content.data is None and content.path is not None:
+            fd = self._fds.get(content.path, -1)
+            if fd < 0:
+                try:
+                    fd = os.open(content.path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as e:
+                    self._report(content.path, f"{content.path}: cannot open: {e.strerror}")
+                    raise pyfuse3.FUSEError(errno.EIO) from None
+                self._fds[content.path] = fd
+        fh = self._new_fh()
+        self._files[fh] = (content, fd)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_guarded
+    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray:
+        content, fd = self._files[fh]
+        if content.data is not None:
+            return content.data[off : off + size]
+        if off >= content.size:
+            return b""
+        n = min(size, content.size - off)
+        try:
+            # Bytes already in the page cache are read right here; only a read that would
+            # wait for the disk goes to a worker thread, where it holds up nobody.
+            data = self._pread(content, fd, off, n, os.RWF_NOWAIT) if self._nowait else None
+            if data is None:
+                data = await trio.to_thread.run_sync(self._pread, content, fd, off, n, 0,
+                                                     limiter=self._io)
+            return data
+        except _SourceError as e:
+            self._report(content.path or "?", str(e))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def _pread(self, content: Content, fd: int, off: int, n: int,
+               flags: int) -> bytearray | None:
+        """Read n bytes of a file from its source, or raise _SourceError.
+
+        With RWF_NOWAIT in `flags`, None when the bytes are not all in the page cache.
+        """
+        path = content.path
+        buf = bytearray(n)
+        try:
+            got = os.preadv(fd, [buf], content.offset + off, flags)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if flags and e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._nowait = False  # not on this file system: always use a thread
+                return None
+            raise _SourceError(f"{path}: read failed: {e.strerror}") from None
+        if got != n and flags:
+            return None  # partly cached: read the rest in a thread (or find it short there)
+        data = buf if got == n else buf[:got]
+        if content.graft >= 0:
+            # The tar must still be the one indexed: else the offsets may point anywhere.
+            if not self.tree.verify(content.graft):
+                raise _SourceError(f"{path}: changed or removed since it was indexed")
+        else:
+            try:
+                st = os.stat(path)  # type: ignore[arg-type]
+            except OSError as e:
+                raise _SourceError(f"{path}: {e.strerror}") from None
+            if st.st_size != content.size:
+                raise _SourceError(f"{path}: its size changed from {content.size} to "
+                                   f"{st.st_size} bytes")
+        if len(data) != n:
+            raise _SourceError(f"{path}: ends early ({len(data)} of {n} bytes at offset "
+                               f"{content.offset + off})")
+        return data
+
+    async def release(self, fh: int) -> None:
+        self._files.pop(fh, None)
+
+    async def flush(self, fh: int) -> None:
+        # Nothing is ever written: ENOSYS once and the kernel stops sending flush on close.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
+
+    def close_sources(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    # -------------------------------------------------------------------------- read-only
+    async def _erofs(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _erofs
+    create = write = setxattr = removexattr = _erofs

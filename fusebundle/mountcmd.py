@@ -1,0 +1,455 @@
+"""`fusebundle mount` and `fusebundle umount`: serve the tree as a read-only FUSE mount.
+
+    fusebundle mount system.yml /mnt/sys            # returns once the mount answers
+    fusebundle mount --expand system.yml /mnt/sys   # every bundle's rootfs/ shows its root
+    fusebundle umount /mnt/sys                      # returns after the server has exited
+
+By default the server runs in the background: the command forks, the child (in a session of
+its own) loads the configs, inspects the images and mounts, and tells the parent through a
+pipe once a stat of the mount point has been answered.  Until then the child writes to the
+terminal, so any error shows there and becomes the command's exit status; afterwards its log
+goes to --log (default: mount.log in the cache directory).  SIGINT, SIGTERM and SIGHUP
+unmount and end the server with status 0.
+
+The server's PID is kept in a small file keyed by the mount point, so that `umount` can wait
+for it to exit after unmounting.  `umount` also clears a mount whose server was killed
+("Transport endpoint is not connected").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fusebundle.errors import UserError
+
+log = logging.getLogger("fusebundle")
+
+FSNAME = "fusebundle"
+FSTYPE = "fuse." + FSNAME
+UMOUNT_TIMEOUT = 30.0
+READ_AHEAD_KB = 1024  # libfuse 3 reads up to 1 MiB per request
+
+
+# ------------------------------------------------------------------------------ the CLI
+def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register `mount` and `umount` on the subcommand parser of the fusebundle command."""
+    m = sub.add_parser(
+        "mount", help="serve the bundle tree as a read-only FUSE file system",
+        description="Mount the tree of bundles read-only at MNT. Nothing is extracted: files "
+                    "are read from the cached image exports on demand, and an image is "
+                    "exported the first time its part of the tree is used.")
+    common(m)
+    m.add_argument("mountpoint", metavar="MNT", help="an empty directory")
+    m.add_argument("--expand", action="store_true",
+                   help="show each container's root in its bundle's rootfs/ (so that "
+                        "`runc run --bundle` needs no mounts of its own)")
+    m.add_argument("-f", "--foreground", action="store_true",
+                   help="serve in the foreground, logging to stderr, until unmounted or "
+                        "interrupted")
+    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]",
+                   help="extra FUSE mount options, e.g. allow_other")
+    m.add_argument("--log", metavar="FILE",
+                   help="where the background server logs (default: mount.log in the cache "
+                        "directory)")
+    m.set_defaults(run=cmd_mount)
+
+    u = sub.add_parser("umount", help="unmount a fusebundle mount and wait for its server",
+                       description="Unmount MNT and wait until its server has exited; also "
+                                   "clears a stale mount left by a server that was killed.")
+    u.add_argument("mountpoint", metavar="MNT")
+    u.add_argument("-l", "--lazy", action="store_true",
+                   help="detach the mount even while it is busy")
+    u.add_argument("--timeout", type=float, default=UMOUNT_TIMEOUT, metavar="SECONDS",
+                   help=f"how long to wait for the server (default {UMOUNT_TIMEOUT:g})")
+    u.set_defaults(run=cmd_umount)
+
+
+# ------------------------------------------------------------------------------ mount table
+@dataclass
+class MountEntry:
+    point: str
+    fstype: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo writes space, tab, newline and backslash as \ooo.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts() -> list[MountEntry]:
+    """The mounts this process sees, in mount order."""
+    out = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            left, sep, right = line.partition(" - ")
+            fields = left.split()
+            rest = right.split()
+            if not sep or len(fields) < 5 or len(rest) < 2:
+                continue
+            out.append(MountEntry(_unescape(fields[4]), rest[0], _unescape(rest[1])))
+    return out
+
+
+def find_mount(path: str) -> MountEntry | None:
+    """The topmost mount at exactly `path`, or None."""
+    found = None
+    for m in mounts():
+        if m.point == path:
+            found = m
+    return found
+
+
+def _stale(path: str) -> bool:
+    """True if the FUSE mount at `path` has lost its server (statfs is never cached)."""
+    try:
+        os.statvfs(path)
+    except OSError as e:
+        return e.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    return False
+
+
+# ------------------------------------------------------------------------------ pid files
+def _run_dir() -> str:
+    if os.geteuid() == 0:
+        return "/run/fusebundle"
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return os.path.join(xdg, "fusebundle")
+    return f"/tmp/fusebundle-{os.geteuid()}"
+
+
+def _pid_file(mnt: str) -> str:
+    digest = hashlib.sha256(os.fsencode(mnt)).hexdigest()[:20]
+    return os.path.join(_run_dir(), digest + ".pid")
+
+
+def _write_pid_file(mnt: str) -> str | None:
+    path = _pid_file(mnt)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()}\n{mnt}\n")
+        os.replace(tmp, path)
+        return path
+    except OSError as e:
+        log.warning("cannot write %s (umount will not wait for the server): %s", path,
+                    e.strerror)
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def _server_pid(mnt: str) -> int | None:
+    """The PID of the server of `mnt`, if its pid file names a live fusebundle process."""
+    try:
+        with open(_pid_file(mnt)) as f:
+            pid_text, point = (f.read().split("\n") + [""])[:2]
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if point != mnt or not _alive(pid):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"fusebundle" not in f.read():
+                return None
+    except OSError:
+        return None
+    return pid
+
+
+# ------------------------------------------------------------------------------ mount
+def _check_mountpoint(arg: str) -> str:
+    """The absolute mount point; UserError unless it is an empty directory, not a mount."""
+    path = os.path.realpath(arg)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{arg}: mount point does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise UserError(f"{arg}: a stale mount is there (its server is gone); "
+                            f"clear it with: fusebundle umount {arg}") from None
+        raise UserError(f"{arg}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{arg}: mount point is not a directory")
+    m = find_mount(path)
+    if m is not None:
+        if _stale(path):
+            raise UserError(f"{arg}: a stale mount is there (its server is gone); "
+                            f"clear it with: fusebundle umount {arg}")
+        raise UserError(f"{arg}: already a mount point ({m.fstype})")
+    try:
+        if os.listdir(path):
+            raise UserError(f"{arg}: mount point is not empty")
+    except OSError as e:
+        raise UserError(f"{arg}: {e.strerror}") from None
+    return path
+
+
+def _options(args: argparse.Namespace) -> set[str]:
+    opts = {f"fsname={FSNAME}", f"subtype={FSNAME}", "ro", "default_permissions"}
+    for group in args.options:
+        for opt in group.split(","):
+            opt = opt.strip()
+            if not opt:
+                continue
+            if opt in ("rw", "default_permissions", "ro") or opt.startswith(("fsname=",
+                                                                             "subtype=")):
+                if opt == "rw":
+                    raise UserError("-o rw: the mount is read-only")
+                continue
+            opts.add(opt)
+    return opts
+
+
+def _setup_logging(mnt: str, debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s fusebundle[%(process)d] {mnt}: %(levelname)s: %(message)s"))
+    for name in ("fusebundle", "pyfuse3"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = [handler]
+        lg.setLevel(logging.DEBUG if debug else logging.INFO)
+        lg.propagate = False
+    if not debug:
+        logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    """fusebundle mount: serve in the foreground, or fork a server and wait until it answers."""
+    if args.foreground:
+        return serve(args, None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.setsid()
+        return serve(args, w)
+    os.close(w)
+    return _wait_ready(pid, r)
+
+
+def _wait_ready(pid: int, r: int) -> int:
+    """Parent side: 0 once the server says it answers, else the server's own exit status."""
+    try:
+        with os.fdopen(r, "rb") as f:
+            msg = f.read(1)
+        if msg == b"\0":
+            return 0
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
+            print("fusebundle: the mount server exited before the mount answered",
+                  file=sys.stderr)
+            return 1
+        return code if code > 0 else 128 - code
+    except BaseException:
+        # Interrupted while waiting: the server must not come up behind the user's back.
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+        raise
+
+
+def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
+    """Load, mount and serve until unmounted or signalled; `ready_fd` gets a byte once up."""
+    import pyfuse3
+    import trio
+
+    from fusebundle.cli import _load
+    from fusebundle.fs import Operations
+    from fusebundle.images import default_cache_dir
+    from fusebundle.tree import Tree
+    from fusebundle.view import build_view
+
+    mnt = _check_mountpoint(args.mountpoint)
+    options = _options(args)
+    quiet = args.quiet
+    args.quiet = True  # no progress bars from a file system server
+    args.cache_dir = os.path.abspath(args.cache_dir or default_cache_dir())
+    log_path = os.path.abspath(args.log or os.path.join(args.cache_dir, "mount.log"))
+    _setup_logging(mnt, args.debug)
+    log_fd = _open_log(log_path) if ready_fd is not None else -1
+    cfg, session = _load(args)
+    view = build_view(cfg, session.resolve, share_by_id=args.share_by_id)
+    tree = Tree(view, expand=args.expand)
+    ops = Operations(tree)
+    try:
+        pyfuse3.init(ops, mnt, options)
+    except RuntimeError:
+        # libfuse has said why on stderr.
+        raise UserError(f"{args.mountpoint}: mount failed") from None
+    pid_file = _write_pid_file(mnt)
+    if ready_fd is not None:
+        os.chdir("/")
+
+    def ready() -> None:
+        if ready_fd is None:
+            if not quiet:
+                print(f"fusebundle: serving {mnt}; Ctrl-C or `fusebundle umount {mnt}` "
+                      f"ends it", file=sys.stderr)
+            return
+        _detach(log_fd)
+        log.info("mounted")
+        os.write(ready_fd, b"\0")
+        os.close(ready_fd)
+
+    try:
+        trio.run(_main, mnt, ready)
+    finally:
+        pyfuse3.close(unmount=True)
+        ops.close_sources()
+        if pid_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(pid_file)
+    log.info("unmounted")
+    return 0
+
+
+def _open_log(path: str) -> int:
+    """The background server's log, opened before anything can go wrong; -1 if it cannot be."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        print(f"fusebundle: warning: {path}: {e.strerror}; the server will not log",
+              file=sys.stderr)
+        return -1
+
+
+def _detach(log_fd: int) -> None:
+    """Point stdin at /dev/null and stdout/stderr at the log: the caller's pipes close."""
+    null = os.open(os.devnull, os.O_RDWR)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(log_fd if log_fd >= 0 else null, 2)
+    os.close(null)
+    if log_fd >= 0:
+        os.close(log_fd)
+
+
+def _read_ahead(dev: int) -> None:
+    """Let the kernel read ahead up to the largest FUSE read (the default is 128 KiB)."""
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(f"{READ_AHEAD_KB}\n")
+    except OSError as e:
+        log.debug("cannot set %s: %s", path, e.strerror)
+
+
+async def _main(mnt: str, ready: Callable[[], None]) -> None:
+    import pyfuse3
+    import trio
+
+    async with trio.open_nursery() as nursery:
+
+        async def fuse_main() -> None:
+            try:
+                await pyfuse3.main()
+            finally:
+                nursery.cancel_scope.cancel()
+
+        async def signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM,
+                                           signal.SIGHUP) as received:
+                async for signum in received:
+                    log.info("%s: unmounting", signal.Signals(signum).name)
+                    pyfuse3.terminate()
+                    return
+
+        async def announce() -> None:
+            # The kernel answers this stat through our own loop: proof that the mount serves.
+            try:
+                st = await trio.to_thread.run_sync(os.stat, mnt)
+            except OSError as e:
+                log.error("the mount does not answer: %s", e.strerror)
+                pyfuse3.terminate()
+                return
+            _read_ahead(st.st_dev)
+            ready()
+
+        nursery.start_soon(fuse_main)
+        nursery.start_soon(signals)
+        nursery.start_soon(announce)
+
+
+# ------------------------------------------------------------------------------ umount
+def _unmount(mnt: str, lazy: bool) -> None:
+    fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmds = []
+    if fusermount:
+        cmds.append([fusermount, "-u", *(["-z"] if lazy else []), "-q", mnt])
+    cmds.append(["umount", *(["-l"] if lazy else []), mnt])
+    why = ""
+    for cmd in cmds:
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        except OSError as e:
+            why = e.strerror or str(e)
+            continue
+        if r.returncode == 0 or find_mount(mnt) is None:
+            return
+        why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+    if "busy" in why.lower():
+        raise UserError(f"{mnt}: busy (a process uses it); close it, or use umount --lazy")
+    raise UserError(f"{mnt}: cannot unmount: {why}")
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    """fusebundle umount: unmount, then wait for the server to exit."""
+    mnt = os.path.realpath(os.path.abspath(args.mountpoint))
+    m = find_mount(mnt)
+    if m is None:
+        raise UserError(f"{args.mountpoint}: not mounted")
+    if m.fstype != FSTYPE:
+        raise UserError(f"{args.mountpoint}: not a fusebundle mount (it is {m.fstype})")
+    pid = _server_pid(mnt)
+    _unmount(mnt, args.lazy or _stale(mnt))
+    if pid is not None:
+        deadline = time.monotonic() + args.timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise UserError(f"{args.mountpoint}: unmounted, but its server (pid {pid}) "
+                                f"has not exited after {args.timeout:g} s")
+            time.sleep(0.02)
+    with contextlib.suppress(OSError):
+        if _server_pid(mnt) is None:
+            os.unlink(_pid_file(mnt))
+    return 0

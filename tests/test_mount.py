@@ -1,0 +1,678 @@
+"""fusebundle mount on real FUSE mounts, against a real dockerd.
+
+The reference for every check is `fusebundle pack`: walking the mount must give exactly the
+entries, metadata and bytes that the pack tar holds (read header by header with tarfile, never
+extracted).  Every mount is unmounted by a finalizer, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from imagetools import T1, RootfsBuilder, busybox_bytes, import_image
+
+from fusebundle.mountcmd import _alive, _server_pid, find_mount
+
+REPO = Path(__file__).resolve().parent.parent
+CONFORMANCE = Path("/work/shared/conformance")
+SCENARIOS = sorted(p.stem for p in (CONFORMANCE / "scenarios").glob("*.yml"))
+CONFORMANCE_IMAGES = ("fbpub/busybox:1", "fbpub/app:1", "fbpub/conf:1")
+RUNC = "/usr/sbin/runc"
+CAP = bytes.fromhex("0100000200200000000000000000000000000000")
+
+HAVE_FUSE = (os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+             and os.geteuid() == 0)
+
+# Two images layered as init (they overlap in etc/ and bin/), with what docker export keeps of
+# xattrs, devices, FIFOs, hard links, setuid bits, long and non-UTF-8 names.
+SPECIAL_YML = """\
+init:
+  - fbtest/mnt-special:1
+  - fbtest/mnt-layer:1
+onboot:
+  - name: hello
+    image: fbpub/busybox:1
+    command: ["/bin/sh", "-c", "echo hello"]
+services:
+  - name: sp
+    image: fbtest/mnt-special:1
+    readonly: true
+  - name: sp2
+    image: fbtest/mnt-special:1
+files:
+  - path: etc/fb/extra.conf
+    contents: "x=1\\n"
+  - path: etc/motd
+    contents: "files wins\\n"
+    mode: "0644"
+  - path: containers/services/sp/rootfs/etc/injected
+    contents: "injected\\n"
+"""
+
+
+def _special_rootfs() -> RootfsBuilder:
+    r = RootfsBuilder()
+    r.dir("bin").file("bin/busybox", busybox_bytes(), mode=0o755).symlink("bin/sh", "busybox")
+    r.file("bin/ping", b"ping", mode=0o4755, xattrs={"security.capability": CAP})
+    r.dir("etc").file("etc/motd", "hi\n", mtime=T1).hardlink("etc/issue", "etc/motd")
+    r.dir("dev").chardev("dev/null", 1, 3).blockdev("dev/loop0", 7, 0)
+    r.fifo("dev/fifo", mode=0o600)
+    r.dir(b"d\xff", uid=1000, gid=1000).file(b"d\xff/f", b"x")
+    r.file("long/" + "n" * 150, "long name\n")
+    r.dir("data").file("data/big.bin", bytes(range(256)) * 8192)  # 2 MiB, many reads
+    return r
+
+
+def _layer_rootfs() -> RootfsBuilder:
+    r = RootfsBuilder()
+    r.dir("etc", mode=0o750).file("etc/motd", "layer\n", mode=0o600, mtime=T1)
+    r.file("etc/layer.conf", "l=1\n")
+    r.dir("bin").file("bin/ping", b"replaced", mode=0o755)
+    r.file("bin/sh", b"not a link any more", mode=0o755)
+    r.dir("opt").dir("opt/a").file("opt/a/b", "b\n")
+    return r
+
+
+# ------------------------------------------------------------------------------ fixtures
+def _has_image(client, ref: str) -> bool:
+    try:
+        client.api.inspect_image(ref)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def images(dockerd, tmp_path_factory) -> None:
+    """The conformance images and the two test images, in the test engine."""
+    client = dockerd.client
+    if not all(_has_image(client, ref) for ref in CONFORMANCE_IMAGES):
+        if not (CONFORMANCE / "load_images.sh").exists():
+            pytest.skip(f"no conformance images and no {CONFORMANCE}/load_images.sh")
+        d = tmp_path_factory.mktemp("rootfs")
+        env = {**os.environ, "DOCKER_CLI": os.environ.get("DOCKER_CLI", "/usr/bin/docker"),
+               "PYTHON": sys.executable}
+        sock = dockerd.host.removeprefix("unix://")
+        for cmd in ([sys.executable, str(CONFORMANCE / "make_images.py"), str(d)],
+                    ["bash", str(CONFORMANCE / "load_images.sh"), sock, str(d)]):
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                pytest.skip(f"cannot load the conformance images: {cmd[1]}: "
+                            f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    d = tmp_path_factory.mktemp("images")
+    for name, builder in (("mnt-special", _special_rootfs), ("mnt-layer", _layer_rootfs)):
+        tar = builder().write(d / f"{name}.tar")
+        import_image(client, tar, f"fbtest/{name}:1", ['CMD ["/bin/sh"]'])
+
+
+class Mounts:
+    """Mounts a test made: `fb mount` in the background, always unmounted at the end."""
+
+    def __init__(self, fb: Callable[..., subprocess.CompletedProcess], tmp: Path) -> None:
+        self.fb = fb
+        self.tmp = tmp
+        self.points: list[Path] = []
+
+    def point(self) -> Path:
+        p = self.tmp / f"mnt{len(self.points)}"
+        p.mkdir()
+        self.points.append(p)
+        return p
+
+    def mount(self, config: str | Path, *args: str, mnt: Path | None = None) -> Path:
+        mnt = mnt or self.point()
+        r = self.fb("mount", *args, config, mnt)
+        assert r.returncode == 0, r.stderr
+        assert find_mount(str(mnt)) is not None
+        return mnt
+
+    def cleanup(self) -> None:
+        for p in self.points:
+            if find_mount(str(p)) is None:
+                continue
+            pid = _server_pid(str(p))
+            r = self.fb("umount", p)
+            if r.returncode != 0 or find_mount(str(p)) is not None:
+                subprocess.run(["fusermount3", "-uz", str(p)], check=False)
+                subprocess.run(["umount", "-l", str(p)], check=False,
+                               stderr=subprocess.DEVNULL)
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def mounts(fb, tmp_path, images) -> Iterator[Mounts]:
+    if not HAVE_FUSE:
+        pytest.skip("needs /dev/fuse, fusermount3 and root")
+    m = Mounts(fb, tmp_path)
+    try:
+        yield m
+    finally:
+        m.cleanup()
+
+
+@pytest.fixture
+def special_yml(tmp_path) -> Path:
+    p = tmp_path / "special.yml"
+    p.write_text(SPECIAL_YML)
+    return p
+
+
+def _scenario(name: str) -> Path:
+    return CONFORMANCE / "scenarios" / f"{name}.yml"
+
+
+# ------------------------------------------------------------------------------ listings
+def _norm(name: str) -> str:
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+_TYPES = {tarfile.REGTYPE: "f", tarfile.AREGTYPE: "f", tarfile.DIRTYPE: "d",
+          tarfile.SYMTYPE: "l", tarfile.CHRTYPE: "c", tarfile.BLKTYPE: "b",
+          tarfile.FIFOTYPE: "p"}
+
+
+def pack_listing(tar: Path) -> tuple[dict[str, tuple], dict[str, str]]:
+    """What extracting the pack tar gives: path -> metadata (later entries win), and the
+    hard links (path -> the path they link to)."""
+    want: dict[str, tuple] = {}
+    links: dict[str, str] = {}
+    with tarfile.open(tar, encoding="utf-8", errors="surrogateescape") as t:
+        for ti in t:
+            name = _norm(ti.name)
+            if not name:
+                continue
+            if ti.islnk():
+                links[name] = _norm(ti.linkname)
+                want.pop(name, None)
+                continue
+            links.pop(name, None)
+            typ = _TYPES[ti.type]
+            data = t.extractfile(ti).read() if typ == "f" else None  # type: ignore[union-attr]
+            xattrs = {k.removeprefix("SCHILY.xattr."): v.encode("utf-8", "surrogateescape")
+                      for k, v in ti.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+            want[name] = (typ, ti.mode & 0o7777, ti.uid, ti.gid, int(ti.mtime),
+                          len(data) if data is not None else 0,
+                          hashlib.sha256(data).hexdigest() if data is not None else None,
+                          ti.linkname if typ == "l" else "",
+                          (ti.devmajor, ti.devminor) if typ in "cb" else None, xattrs)
+    return want, links
+
+
+def _kind(mode: int) -> str:
+    for test, k in ((stat.S_ISDIR, "d"), (stat.S_ISREG, "f"), (stat.S_ISLNK, "l"),
+                    (stat.S_ISCHR, "c"), (stat.S_ISBLK, "b"), (stat.S_ISFIFO, "p")):
+        if test(mode):
+            return k
+    return "?"
+
+
+def mount_listing(root: Path) -> tuple[dict[str, tuple], dict[str, tuple[int, int]]]:
+    """Walk the mount: path -> metadata in pack_listing's terms, and path -> (ino, nlink)."""
+    got: dict[str, tuple] = {}
+    inodes: dict[str, tuple[int, int]] = {}
+    base = os.fsencode(root)
+    for d, dirs, files in os.walk(base):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            st = os.lstat(p)
+            rel = os.fsdecode(os.path.relpath(p, base))
+            k = _kind(st.st_mode)
+            data = None
+            if k == "f":
+                with open(p, "rb") as f:
+                    data = f.read()
+            xattrs = {a: os.getxattr(p, a, follow_symlinks=False)
+                      for a in os.listxattr(p, follow_symlinks=False)}
+            got[rel] = (k, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime),
+                        st.st_size if k == "f" else 0,
+                        hashlib.sha256(data).hexdigest() if data is not None else None,
+                        os.fsdecode(os.readlink(p)) if k == "l" else "",
+                        (os.major(st.st_rdev), os.minor(st.st_rdev)) if k in "cb" else None,
+                        xattrs)
+            if k == "f" and len(data or b"") != st.st_size:
+                got[rel] = (*got[rel][:5], f"read {len(data or b'')} bytes", *got[rel][6:])
+            inodes[rel] = (st.st_ino, st.st_nlink)
+    return got, inodes
+
+
+def assert_same_tree(tar: Path, mnt: Path) -> dict[str, tuple]:
+    want, links = pack_listing(tar)
+    got, inodes = mount_listing(mnt)
+    missing = sorted(set(want) - set(got) - set(links))
+    extra = sorted(set(got) - set(want) - set(links))
+    assert not missing and not extra, f"missing {missing[:10]}, extra {extra[:10]}"
+    diffs = [(n, w, got[n]) for n, w in want.items() if got[n] != w]
+    assert not diffs, "\n".join(f"{n}:\n  pack  {w}\n  mount {g}" for n, w, g in diffs[:10])
+    names_of: dict[int, int] = {}
+    for ino, _ in inodes.values():
+        names_of[ino] = names_of.get(ino, 0) + 1
+    for link, target in links.items():
+        assert inodes[link][0] == inodes[target][0], f"{link} is not the inode of {target}"
+        assert got[link] == got[target]
+    for name, (ino, nlink) in inodes.items():
+        if got[name][0] == "f":
+            assert nlink == names_of[ino], f"{name}: st_nlink {nlink}, {names_of[ino]} names"
+    return got
+
+
+def _pack(fb, config: Path, out: Path, *args: str) -> Path:
+    r = fb("pack", "-q", *args, config, "-o", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+# ------------------------------------------------------------------------------ the tree
+@pytest.mark.skipif(not SCENARIOS, reason="no conformance scenarios")
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_mount_shows_the_pack_tree(scenario, fb, mounts, tmp_path):
+    config = _scenario(scenario)
+    tar = _pack(fb, config, tmp_path / "pack.tar")
+    mnt = mounts.mount(config)
+    m = find_mount(str(mnt))
+    assert m is not None and m.fstype == "fuse.fusebundle" and m.source == "fusebundle"
+    assert_same_tree(tar, mnt)
+
+
+def test_layers_files_and_special_entries(fb, mounts, special_yml, tmp_path):
+    tar = _pack(fb, special_yml, tmp_path / "pack.tar")
+    mnt = mounts.mount(special_yml)
+    got = assert_same_tree(tar, mnt)
+    # the later init image wins, files: wins over both, directories merge
+    assert (mnt / "etc/motd").read_text() == "files wins\n"
+    assert (mnt / "bin/ping").read_bytes() == b"replaced"
+    assert {"layer.conf", "issue", "fb", "hosts"} <= set(os.listdir(mnt / "etc"))
+    assert got["etc/resolv.conf"][7] == "/run/resolvconf/resolv.conf"
+    assert got["dev/null"][0] == "c" and got["dev/null"][8] == (1, 3)
+    assert got["dev/fifo"][0] == "p"
+    lower = "containers/services/sp/rootfs"
+    assert got[f"{lower}/bin/ping"][9] == {"security.capability": CAP}
+    assert got[f"{lower}/bin/ping"][1] == 0o4755
+    assert (mnt / lower / "etc/injected").read_text() == "injected\n"
+    assert (mnt / lower / "etc/hosts").stat().st_size == 160
+    with pytest.raises(OSError) as e:
+        os.getxattr(mnt / lower / "bin/busybox", "user.nope")
+    assert e.value.errno == errno.ENODATA
+    s = os.statvfs(mnt)
+    assert s.f_files > 0 and s.f_bfree == 0 and s.f_namemax == 255
+
+
+def test_lazy_export_and_stable_inodes(fb, mounts, cache_dir):
+    mnt = mounts.mount(_scenario("basic"))
+    exports = cache_dir / "exports"
+
+    def exported() -> int:
+        return len(list(exports.glob("*.tar"))) if exports.exists() else 0
+
+    assert exported() == 0  # mounting exported nothing
+    app = mnt / "containers/onboot/001-app-setup"
+    assert sorted(os.listdir(app)) == ["config.json", "lower", "rootfs", "runtime.json", "tmp"]
+    assert (app / "lower").is_dir()
+    assert exported() == 0  # nor did looking at a bundle, or at its lower/ itself
+    bb = mnt / "containers/onboot/000-hello/lower/bin/busybox"
+    ino = bb.stat().st_ino
+    assert exported() == 1  # only the image that was used
+    assert bb.stat().st_ino == ino
+    assert os.lstat(mnt / "containers/onboot/000-hello/lower/bin/sh").st_ino != ino
+    assert exported() == 1
+    assert (app / "lower/app/VERSION").stat().st_ino != ino
+    assert exported() == 2
+
+
+# ------------------------------------------------------------------------------ --expand, runc
+def test_expand_shows_each_root_with_shared_inodes(fb, mounts, tmp_path):
+    mnt = mounts.mount(_scenario("shared"), "--expand")
+    bundles = mnt / "containers"
+    first = bundles / "onboot/000-app-first"
+    for b in ("onboot/002-app-again", "onshutdown/000-app-flush", "services/app"):
+        root = bundles / b / "rootfs"
+        assert sorted(os.listdir(root)) == sorted(os.listdir(first / "lower")), b
+        f = root / "app/bin/server"
+        assert f.stat().st_ino == (first / "lower/app/bin/server").stat().st_ino
+        assert f.read_bytes() == (first / "lower/app/bin/server").read_bytes()
+        # directories are distinct inodes at each place (the kernel needs one path each)
+        assert (root / "app").stat().st_ino != (first / "lower/app").stat().st_ino
+    assert sorted(os.listdir(first / "rootfs")) == sorted(os.listdir(first / "lower"))
+    # --expand changes nothing outside rootfs/
+    tar = _pack(fb, _scenario("shared"), tmp_path / "pack.tar")
+    want, links = pack_listing(tar)
+    got, _ = mount_listing(mnt)
+    for name, w in want.items():
+        assert got[name] == w, name
+
+
+def _runc(bundle: Path, state: Path, name: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run([RUNC, "--root", str(state), "run", "--bundle", str(bundle),
+                               name], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=60, check=False)
+    finally:
+        subprocess.run([RUNC, "--root", str(state), "delete", "-f", name],
+                       capture_output=True, check=False)
+
+
+@pytest.mark.skipif(not os.access(RUNC, os.X_OK), reason=f"no {RUNC}")
+def test_runc_runs_a_bundle_straight_from_the_mount(mounts, tmp_path):
+    mnt = mounts.mount(_scenario("basic"), "--expand")
+    bundle = mnt / "containers/onboot/000-hello"
+    state = tmp_path / "runc"
+    state.mkdir()
+    r = _runc(bundle, state, f"fbtest-{uuid.uuid4().hex[:8]}")
+    if r.returncode != 0:
+        # Is it runc that cannot run here? The same bundle from a plain directory tells.
+        copy = tmp_path / "copy"
+        copy.mkdir()
+        shutil.copy(bundle / "config.json", copy / "config.json")
+        shutil.copytree(bundle / "rootfs", copy / "rootfs", symlinks=True)
+        control = _runc(copy, state, f"fbtest-{uuid.uuid4().hex[:8]}")
+        if control.returncode != 0:
+            pytest.skip(f"runc cannot run containers here: {control.stderr.strip()[-300:]}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "hello\n"
+
+
+# ------------------------------------------------------------------------------ reading
+def test_parallel_readers_agree(fb, mounts, special_yml, tmp_path):
+    tar = _pack(fb, special_yml, tmp_path / "pack.tar")
+    want, _ = pack_listing(tar)
+    expected = {n: w[6] for n, w in want.items() if w[0] == "f"}
+    mnt = mounts.mount(special_yml)
+    results: list[dict[str, str] | BaseException] = [{} for _ in range(16)]
+
+    def reader(k: int) -> None:
+        try:
+            names = list(expected)
+            names = names[k % len(names):] + names[: k % len(names)]  # start at different places
+            out = {}
+            for n in names:
+                h = hashlib.sha256()
+                with open(mnt / n, "rb", buffering=0) as f:
+                    while chunk := f.read(4096 * (1 + k)):
+                        h.update(chunk)
+                out[n] = h.hexdigest()
+            results[k] = out
+        except BaseException as e:
+            results[k] = e
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for r in results:
+        assert r == expected
+
+
+def test_every_change_is_erofs(mounts):
+    mnt = mounts.mount(_scenario("basic"))
+    cfg = mnt / "containers/onboot/000-hello/config.json"
+    lower = mnt / "containers/onboot/000-hello/lower"
+    attempts: list[tuple[str, Callable[[], object]]] = [
+        ("write", lambda: os.open(cfg, os.O_WRONLY)),
+        ("create", lambda: os.open(mnt / "containers/new", os.O_WRONLY | os.O_CREAT)),
+        ("mkdir", lambda: os.mkdir(lower / "newdir")),
+        ("unlink", lambda: os.unlink(lower / "etc/motd")),
+        ("rmdir", lambda: os.rmdir(lower / "tmp")),
+        ("rename", lambda: os.rename(lower / "etc/motd", lower / "etc/motd2")),
+        ("link", lambda: os.link(lower / "etc/motd", lower / "etc/motd2")),
+        ("symlink", lambda: os.symlink("x", lower / "etc/sym")),
+        ("chmod", lambda: os.chmod(cfg, 0o600)),
+        ("chown", lambda: os.chown(cfg, 1, 1)),
+        ("truncate", lambda: os.truncate(cfg, 0)),
+        ("utime", lambda: os.utime(cfg, (0, 0))),
+        ("setxattr", lambda: os.setxattr(cfg, "user.x", b"1")),
+        ("removexattr", lambda: os.removexattr(cfg, "user.x")),
+        ("mknod", lambda: os.mkfifo(lower / "fifo")),
+    ]
+    for what, fn in attempts:
+        with pytest.raises(OSError) as e:
+            fn()
+        assert e.value.errno == errno.EROFS, what
+    assert cfg.read_bytes().startswith(b"{")
+
+
+def test_changed_source_tar_reads_eio(dockerd, mounts, special_yml, cache_dir):
+    mnt = mounts.mount(special_yml)
+    lower = mnt / "containers/onboot/000-hello/lower"
+    assert (lower / "etc/motd").read_bytes()  # exports busybox into this test's cache
+    special = mnt / "containers/services/sp/rootfs"
+    assert (special / "long").is_dir()
+
+    def export(ref: str) -> Path:
+        image_id = dockerd.client.api.inspect_image(ref)["Id"]
+        return cache_dir / "exports" / (image_id.split(":")[-1] + ".tar")
+
+    busybox = export("fbpub/busybox:1")
+    with open(busybox, "r+b") as f:
+        f.truncate(busybox.stat().st_size // 2)
+    export("fbtest/mnt-special:1").unlink()
+    for path in (lower / "bin/busybox", special / "data/big.bin"):
+        with pytest.raises(OSError) as e:
+            path.read_bytes()
+        assert e.value.errno == errno.EIO, path
+    # metadata still answers; the log says why
+    assert (lower / "bin/busybox").stat().st_size > 0
+    log = (cache_dir / "mount.log").read_text()
+    assert "changed or removed since it was indexed" in log
+
+
+# ------------------------------------------------------------------------------ lifecycle
+def _wait(cond: Callable[[], bool], timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_sigterm_unmounts_and_exits_0(dockerd, cache_dir, mounts):
+    mnt = mounts.point()
+    env = {**os.environ, "DOCKER_HOST": dockerd.host, "FUSEBUNDLE_CACHE_DIR": str(cache_dir),
+           "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "fusebundle", "mount", "-f", "-q",
+                             _scenario("basic"), mnt], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait(lambda: find_mount(str(mnt)) is not None or proc.poll() is not None)
+        assert (mnt / "containers").is_dir()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert find_mount(str(mnt)) is None
+        assert os.listdir(mnt) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_killed_server_then_umount_leaves_a_clean_mount_point(fb, mounts):
+    mnt = mounts.mount(_scenario("basic"))
+    pid = _server_pid(str(mnt))
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert _wait(lambda: not _alive(pid))
+    with pytest.raises(OSError) as e:
+        os.statvfs(mnt)
+    assert e.value.errno == errno.ENOTCONN
+    r = fb("mount", _scenario("basic"), mnt)
+    assert r.returncode != 0 and "stale" in r.stderr and "Traceback" not in r.stderr
+    r = fb("umount", mnt)
+    assert r.returncode == 0, r.stderr
+    assert find_mount(str(mnt)) is None and os.listdir(mnt) == []
+    mounts.mount(_scenario("basic"), mnt=mnt)  # reusable
+    assert (mnt / "containers").is_dir()
+    pid = _server_pid(str(mnt))
+    r = fb("umount", mnt)
+    assert r.returncode == 0, r.stderr
+    assert find_mount(str(mnt)) is None
+    assert pid is not None and not os.path.exists(f"/proc/{pid}/cmdline") or \
+        _server_pid(str(mnt)) is None
+
+
+def test_bad_mount_points_are_one_line_errors(fb, mounts, tmp_path):
+    config = _scenario("basic")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    busy = mounts.mount(config)
+    for mnt, words in ((tmp_path / "missing", "does not exist"), (full, "not empty"),
+                       (afile, "not a directory"), (busy, "already a mount point")):
+        r = fb("mount", config, mnt)
+        assert r.returncode != 0
+        assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = fb("umount", tmp_path)
+    assert r.returncode != 0 and "not mounted" in r.stderr
+    r = fb("mount", tmp_path / "nope.yml", mounts.point())
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------ the model alone
+class _Image:
+    """An image handle over a tar on disk (what images.LazyImage is for an engine)."""
+
+    def __init__(self, tar: Path) -> None:
+        from fusebundle.images import ImageInfo
+
+        self.tar = tar
+        self.info = ImageInfo(ref=tar.name, id="sha256:" + tar.stem, config={})
+        self.calls = 0
+
+    def index(self):
+        from fusebundle.tarindex import open_index
+
+        self.calls += 1
+        return open_index(str(self.tar))
+
+
+def _odd_rootfs() -> RootfsBuilder:
+    """What a hand-made (not docker-exported) tar may hold."""
+    r = RootfsBuilder(raw_names=True)
+    r.dir("./", mode=0o700, mtime=T1)  # the image root itself (the index leaves it out)
+    r.dir("./etc").file("./etc/hosts", "mine\n", mode=0o600).file("./etc/hostname", "h\n")
+    r.file("Dockerfile", "FROM x\n")
+    r.hardlink("etc/name-copy", "etc/hostname")  # to a dropped name: a file of its own
+    r.file("dup", "first\n").file("dup", "second\n", mode=0o640)
+    r.dir("d", mode=0o700).dir("d/", mode=0o750).file("d/f", "f\n")
+    r.file("x/y/z", "implicit parents\n")
+    r.file("f", "target\n", xattrs={"user.a": b"1", "trusted.b": b"\x00\xff"})
+    r.hardlink("l1", "f").hardlink("l2", "l1").hardlink("dangling", "nope")
+    r.symlink("s", "../f").fifo("p").chardev("c", 4, 5).blockdev("b", 8, 1)
+    r.file("big", bytes(range(256)) * 700)
+    return r
+
+
+def _later_wins(entries) -> dict[bytes, object]:
+    """Path -> Entry as extracting the entries in order leaves them (hard links resolved)."""
+    out: dict[bytes, object] = {}
+    for e in entries:
+        path = b"/".join(p for p in e.path.split(b"/") if p)
+        if not path:
+            continue
+        if e.type == "h":
+            target = out.get(b"/".join(p for p in e.linkname.split(b"/") if p))
+            if target is None:
+                continue
+            out[path] = target
+        else:
+            out[path] = e
+    return out
+
+
+def _bytes_of(entry=None, content=None) -> bytes:
+    data, src, offset, size = ((entry.data, entry.src, entry.offset, entry.size) if entry
+                               else (content.data, content.path, content.offset, content.size))
+    if data is not None:
+        return data
+    with open(src, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["columns", "entries"])
+def test_tree_renders_what_the_view_lists(tmp_path, fast, monkeypatch):
+    from fusebundle import tree as treemod
+    from fusebundle.entry import directory, regular
+    from fusebundle.view import INIT_RESOLV_LINK, Graft, View
+
+    if not fast:  # what an index without the arrays tree.py reads directly gets
+        monkeypatch.setattr(treemod, "_numeric_columns", lambda idx: None)
+        monkeypatch.setattr(treemod, "_fast_columns", lambda idx: None)
+    odd = _Image(_odd_rootfs().write(tmp_path / "odd.tar"))
+    layer = _Image(_layer_rootfs().write(tmp_path / "layer.tar"))
+    items = [
+        Graft(prefix=b"", image=odd, resolv_link=INIT_RESOLV_LINK),
+        Graft(prefix=b"", image=layer, resolv_link=INIT_RESOLV_LINK),
+        directory(b"containers"), directory(b"containers/b"), directory(b"containers/b/lower"),
+        Graft(prefix=b"containers/b/lower/", image=odd),
+        regular(b"containers/b/config.json", b"{}"),
+        directory(b"etc", 0o700), regular(b"etc/motd", b"files\n"),
+        regular(b"containers/b/lower/etc/extra", b"into an image\n"),
+    ]
+    view = View(items=items)
+    t = treemod.Tree(view)
+    assert odd.calls == 0 and layer.calls == 0  # nothing indexed before it is needed
+    for k in range(len(t.grafts)):
+        t.load_graft(k)
+    want = _later_wins(view.entries())
+    seen: set[bytes] = set()
+
+    def walk(ino: int, prefix: bytes) -> None:
+        listing = t.listdir(ino)
+        names = [listing[i][0] for i in range(len(listing))]
+        assert names == sorted(names)
+        for name, child in (listing[i] for i in range(len(listing))):
+            path = prefix + name
+            seen.add(path)
+            assert t.lookup(ino, name) == child, path
+            if path not in want:  # a parent the tar only implies: a plain directory
+                assert path.rsplit(b"/", 2)[-2:] in ([b"x"], [b"x", b"y"], [b"lower", b"x"])
+                assert t.stat(child)[0] == stat.S_IFDIR | 0o755
+                walk(child, path + b"/")
+                continue
+            e = want[path]
+            st = t.stat(child)
+            assert stat.S_IFMT(st[0]) == {"f": stat.S_IFREG, "d": stat.S_IFDIR,
+                                          "l": stat.S_IFLNK, "c": stat.S_IFCHR,
+                                          "b": stat.S_IFBLK, "p": stat.S_IFIFO}[e.type], path
+            assert (stat.S_IMODE(st[0]), st[2], st[3], st[6]) == \
+                (e.mode, e.uid, e.gid, e.mtime_ns), path
+            assert dict(t.xattrs(child) or {}) == dict(e.xattrs or {}), path
+            if e.type == "f":
+                assert st[5] == e.size and _bytes_of(content=t.content(child)) == _bytes_of(e)
+            if e.type == "l":
+                assert t.readlink(child) == e.linkname and st[5] == len(e.linkname)
+            if e.type in "cb":
+                assert st[4] == os.makedev(e.devmajor, e.devminor)
+            if e.type == "d":
+                walk(child, path + b"/")
+
+    walk(treemod.ROOT_INO, b"")
+    assert set(want) - seen == set()
+    root = t.stat(treemod.ROOT_INO)
+    assert stat.S_ISDIR(root[0])
+    lower = t.lookup(t.lookup(t.lookup(treemod.ROOT_INO, b"containers"), b"b"), b"lower")
+    assert stat.S_IMODE(t.stat(lower)[0]) == 0o755  # the index leaves out the "./" entry
+    f = t.lookup(lower, b"f")
+    assert t.stat(f)[1] == 3  # f, l1, l2
+    assert t.lookup(lower, b"l2") == f and t.lookup(lower, b"dangling") is None
+    assert t.lookup(lower, b"Dockerfile") is None
