@@ -1,0 +1,413 @@
+#!/usr/bin/env python3
+"""fusebundle against ratarmount, archivemount and plain tar/cat, measured in one run.
+
+Run through scripts/bench, which installs the peers and starts a private dockerd. Inputs are
+generated deterministically and go through the real path: imported into the engine, exported by
+fusebundle into its cache, and exported once more (`docker export`) for the peers, as their
+users would. Every number is the median of --runs runs with the page cache warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FB = [str(REPO / ".venv/bin/python"), "-m", "fusebundle"]
+
+
+# ------------------------------------------------------------------------------ inputs
+def write_small(path: Path, files: int) -> None:
+    """`files` files of 0-4 KiB in nested directories, deterministic."""
+    rnd = random.Random(20261128)
+    with open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as t:
+        made: set[str] = set()
+        for i in range(files):
+            d = f"tree/d{i // 1000:03d}/e{(i // 100) % 10}"
+            for part in (f"tree/d{i // 1000:03d}", d) if d not in made else ():
+                if part not in made:
+                    ti = tarfile.TarInfo(part)
+                    ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1600000000
+                    t.addfile(ti)
+                    made.add(part)
+            size = rnd.randint(0, 4096)
+            ti = tarfile.TarInfo(f"{d}/f{i:06d}.dat")
+            ti.size, ti.mode, ti.mtime = size, 0o644, 1600000000
+            t.addfile(ti, io.BytesIO(rnd.randbytes(size)))
+
+
+def write_large(path: Path, size: int) -> None:
+    """One file of `size` bytes of incompressible data."""
+    block = random.Random(7).randbytes(1 << 20)
+
+    class Source(io.RawIOBase):
+        left = size
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+            n = min(len(b), self.left, len(block))
+            b[:n] = block[:n]
+            self.left -= n
+            return n
+
+    with open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as t:
+        ti = tarfile.TarInfo("big")
+        ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+        t.addfile(ti)
+        ti = tarfile.TarInfo("big/blob.bin")
+        ti.size, ti.mode = size, 0o644
+        t.addfile(ti, io.BufferedReader(Source(), 1 << 20))
+
+
+# ------------------------------------------------------------------------------ helpers
+@dataclass
+class Timed:
+    seconds: float
+    rss_kb: int = 0
+
+
+def run(cmd: list[str], **kw: object) -> Timed:
+    """Run a command to completion; its wall time and peak RSS (from wait4)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, **kw)  # type: ignore[call-overload]
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}")
+    return Timed(dt, usage.ru_maxrss)
+
+
+def shell(cmd: str) -> Timed:
+    return run(["bash", "-c", cmd], stdout=subprocess.DEVNULL)
+
+
+def wait_mounted(mnt: Path, proc: subprocess.Popen | None, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not os.path.ismount(mnt):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server for {mnt} exited with {proc.returncode}")
+        if time.time() > deadline:
+            raise RuntimeError(f"{mnt} did not come up")
+        time.sleep(0.002)
+
+
+def unmount(mnt: Path, proc: subprocess.Popen | None = None) -> None:
+    subprocess.run(["fusermount3", "-u", str(mnt)], stderr=subprocess.DEVNULL, check=False)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def vm_hwm_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def drop_to(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+# ------------------------------------------------------------------------------ servers
+@dataclass
+class Server:
+    """One FUSE server under test: how to mount a source at a mount point in the foreground."""
+
+    name: str
+    start: Callable[[Path], subprocess.Popen]
+    root: str  # the image's tree, relative to the mount point
+    large_file: str
+
+
+@dataclass
+class Bench:
+    work: Path
+    runs: int
+    small_files: int
+    large_size: int
+    host: str
+    ratarmount: str
+    results: dict[str, dict[str, float | str]] = field(default_factory=dict)
+
+    def note(self, metric: str, who: str, value: float | str) -> None:
+        self.results.setdefault(metric, {})[who] = value
+        shown = f"{value:.3f}" if isinstance(value, float) else value
+        print(f"  {metric:<34} {who:<14} {shown}", file=sys.stderr, flush=True)
+
+    # -- engine ---------------------------------------------------------------------------
+    def docker(self):  # noqa: ANN201 - the SDK's client
+        import docker
+
+        return docker.DockerClient(base_url=self.host, version="auto")
+
+    def import_image(self, tar: Path, ref: str) -> None:
+        repo, tag = ref.rsplit(":", 1)
+        self.docker().api.import_image(src=str(tar), repository=repo, tag=tag,
+                                       changes=['CMD ["/none"]'])
+
+    def docker_export(self, ref: str, out: Path) -> float:
+        api = self.docker().api
+        t0 = time.perf_counter()
+        cid = api.create_container(ref, command=["/dev/null"])["Id"]
+        try:
+            with open(out, "wb") as f:
+                for chunk in api.export(cid, chunk_size=1 << 20):
+                    f.write(chunk)
+        finally:
+            api.remove_container(cid, force=True)
+        return time.perf_counter() - t0
+
+    # -- the three mounters -----------------------------------------------------------------
+    def fb_server(self, cfg: Path, cache: Path) -> Server:
+        env = dict(os.environ, DOCKER_HOST=self.host, FUSEBUNDLE_CACHE_DIR=str(cache))
+
+        def start(mnt: Path) -> subprocess.Popen:
+            return subprocess.Popen([*FB, "mount", "-f", str(cfg), str(mnt)], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        return Server("fusebundle", start, "containers/onboot/000-small/lower",
+                      "containers/onboot/001-large/lower/big/blob.bin")
+
+    def rat_server(self, tar: Path) -> Server:
+        def start(mnt: Path) -> subprocess.Popen:
+            return subprocess.Popen([self.ratarmount, "-f", str(tar), str(mnt)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        return Server("ratarmount", start, ".", "big/blob.bin")
+
+    def am_server(self, tar: Path) -> Server:
+        def start(mnt: Path) -> subprocess.Popen:
+            return subprocess.Popen(["archivemount", "-f", "-o", "ro,readonly", str(tar),
+                                     str(mnt)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+
+        return Server("archivemount", start, ".", "big/blob.bin")
+
+    @contextlib.contextmanager
+    def mounted(self, server: Server) -> Iterator[tuple[Path, subprocess.Popen]]:
+        mnt = self.work / f"mnt-{server.name}"
+        drop_to(mnt)
+        proc = server.start(mnt)
+        try:
+            wait_mounted(mnt, proc)
+            yield mnt, proc
+        finally:
+            unmount(mnt, proc)
+
+    def first_listing(self, server: Server) -> float:
+        """Mount and list the image's top directory: the time to a browsable tree."""
+        mnt = self.work / f"mnt-{server.name}"
+        drop_to(mnt)
+        t0 = time.perf_counter()
+        proc = server.start(mnt)
+        try:
+            wait_mounted(mnt, proc)
+            os.listdir(mnt / server.root)
+            return time.perf_counter() - t0
+        finally:
+            unmount(mnt, proc)
+
+    # -- measurements -----------------------------------------------------------------------
+    def median(self, f: Callable[[], float]) -> float:
+        return statistics.median(f() for _ in range(self.runs))
+
+    def measure(self) -> None:
+        w = self.work
+        print("inputs:", file=sys.stderr)
+        write_small(w / "small.rootfs.tar", self.small_files)
+        write_large(w / "large.rootfs.tar", self.large_size)
+        self.import_image(w / "small.rootfs.tar", "fbbench/small:1")
+        self.import_image(w / "large.rootfs.tar", "fbbench/large:1")
+        (w / "small.rootfs.tar").unlink()
+        (w / "large.rootfs.tar").unlink()
+        cfg = w / "bench.yml"
+        cfg.write_text("onboot:\n  - name: small\n    image: fbbench/small:1\n"
+                       "  - name: large\n    image: fbbench/large:1\n")
+        small_tar, large_tar = w / "small.tar", w / "large.tar"
+        export_small = self.median(lambda: self.docker_export("fbbench/small:1", small_tar))
+        self.docker_export("fbbench/large:1", large_tar)
+        self.note("docker export, small image", "docker", export_small)
+        cache = w / "cache"
+        fb = self.fb_server(cfg, cache)
+        rat_small, am_small = self.rat_server(small_tar), self.am_server(small_tar)
+        rat_index = Path(str(small_tar) + ".index.sqlite")
+
+        # 1. image -> browsable tree with nothing cached, then with the index saved
+        def fb_cold() -> float:
+            shutil.rmtree(cache, ignore_errors=True)
+            return self.first_listing(fb)
+
+        def rat_cold() -> float:
+            rat_index.unlink(missing_ok=True)
+            return export_small + self.first_listing(rat_small)
+
+        self.note("tree, nothing cached (s)", "fusebundle", self.median(fb_cold))
+        self.note("tree, nothing cached (s)", "ratarmount", self.median(rat_cold))
+        self.note("tree, nothing cached (s)", "archivemount",
+                  self.median(lambda: export_small + self.first_listing(am_small)))
+        self.first_listing(fb)  # warm both caches once
+        self.first_listing(rat_small)
+        self.note("remount, index saved (s)", "fusebundle",
+                  self.median(lambda: self.first_listing(fb)))
+        self.note("remount, index saved (s)", "ratarmount",
+                  self.median(lambda: self.first_listing(rat_small)))
+
+        # 2. find over the small tree, a fresh mount each time
+        for s in (fb, rat_small, am_small):
+            def find(s: Server = s) -> float:
+                with self.mounted(s) as (mnt, _):
+                    return shell(f"find {mnt / s.root} > /dev/null").seconds
+            self.note("find, small image (s)", s.name, self.median(find))
+
+        # 3. cat of the large file through each mount, and of the tar itself (the limit)
+        shell(f"cat {large_tar} > /dev/null")
+        limit = self.median(lambda: shell(f"cat {large_tar} > /dev/null").seconds)
+        gb = self.large_size / 1e9
+        self.note("cat large file (GB/s)", "limit (tar)", gb / limit)
+        rat_large, am_large = self.rat_server(large_tar), self.am_server(large_tar)
+        for s in (fb, rat_large, am_large):
+            def cat(s: Server = s) -> float:
+                with self.mounted(s) as (mnt, _):
+                    return shell(f"cat {mnt / s.large_file} > /dev/null").seconds
+            runs = self.runs if s is not am_large else 1  # archivemount is very slow here
+            rate = gb / statistics.median(cat() for _ in range(runs))
+            self.note("cat large file (GB/s)", s.name, rate)
+
+        # 4 and 5. tar of the small tree through each mount, then the server's peak RSS
+        extracted = w / "extracted-small"
+        drop_to(extracted)
+        shell(f"tar -C {extracted} -xf {small_tar}")
+        self.note("tar -cf small tree (s)", "limit (disk)",
+                  self.median(lambda: shell(f"tar -C {extracted} -cf - . | wc -c").seconds))
+        for s in (fb, rat_small, am_small):
+            if s is am_small and self.small_files > 20000:
+                self.note("tar -cf small tree (s)", s.name, "skipped (> 1 h)")
+                continue
+            times, rss = [], []
+            for _ in range(self.runs):
+                with self.mounted(s) as (mnt, proc):
+                    times.append(shell(f"tar -C {mnt / s.root} -cf - . | wc -c").seconds)
+                    rss.append(vm_hwm_kb(proc.pid))
+            self.note("tar -cf small tree (s)", s.name, statistics.median(times))
+            self.note("server RSS after tar (MiB)", s.name, statistics.median(rss) / 1024)
+
+        # 6. pack of both images against tar -cf of the extracted tree
+        out = w / "pack.tar"
+        env = dict(os.environ, DOCKER_HOST=self.host, FUSEBUNDLE_CACHE_DIR=str(cache))
+        packs = [run([*FB, "pack", "-q", str(cfg), "-o", str(out)], env=env)
+                 for _ in range(self.runs)]
+        tree = w / "extracted-pack"
+        drop_to(tree)
+        shell(f"tar -C {tree} -xf {out}")
+        tars = [run(["tar", "-C", str(tree), "-cf", str(w / "tar-cf.tar"), "."])
+                for _ in range(self.runs)]
+        self.note("pack both images (s)", "fusebundle",
+                  statistics.median(p.seconds for p in packs))
+        self.note("pack both images (s)", "tar -cf", statistics.median(t.seconds for t in tars))
+        self.note("pack peak RSS (MB)", "fusebundle",
+                  statistics.median(p.rss_kb for p in packs) / 1000)
+        self.note("pack peak RSS (MB)", "tar -cf", statistics.median(t.rss_kb for t in tars) / 1000)
+
+
+# ------------------------------------------------------------------------------ report
+TARGETS = [
+    # metric, peer for the ratio, how the target reads, check(fb, peer) -> met
+    ("tree, nothing cached (s)", "ratarmount", "<= 1/3 of ratarmount",
+     lambda f, p: f <= p / 3),
+    ("remount, index saved (s)", "ratarmount", "<= 0.15 s", lambda f, p: f <= 0.15),
+    ("find, small image (s)", "ratarmount", "<= 1/2 ratarmount, <= archivemount", None),
+    ("cat large file (GB/s)", "ratarmount", ">= 1.5x ratarmount, >= 60 % of limit", None),
+    ("tar -cf small tree (s)", "ratarmount", "<= 1/10 of ratarmount",
+     lambda f, p: f <= p / 10),
+    ("server RSS after tar (MiB)", "ratarmount", "<= 60 MiB", lambda f, p: f <= 60),
+    ("pack both images (s)", "tar -cf", "<= 1.5x tar -cf", lambda f, p: f <= 1.5 * p),
+    ("pack peak RSS (MB)", "tar -cf", "<= 100 MB", lambda f, p: f <= 100),
+]
+
+
+def _met(metric: str, r: dict[str, float | str]) -> str:
+    f = r.get("fusebundle")
+    if not isinstance(f, float):
+        return "?"
+    if metric.startswith("find"):
+        ok = f <= float(r["ratarmount"]) / 2 and f <= float(r["archivemount"])
+    elif metric.startswith("cat"):
+        ok = f >= 1.5 * float(r["ratarmount"]) and f >= 0.6 * float(r["limit (tar)"])
+    else:
+        check = next(t[3] for t in TARGETS if t[0] == metric)
+        peer = r.get(next(t[1] for t in TARGETS if t[0] == metric))
+        ok = check(f, float(peer)) if isinstance(peer, float) else False
+    return "yes" if ok else "NO"
+
+
+def report(results: dict[str, dict[str, float | str]]) -> str:
+    cols = ["fusebundle", "ratarmount", "archivemount", "limit (tar)", "limit (disk)",
+            "tar -cf", "docker"]
+    cols = [c for c in cols if any(c in r for r in results.values())]
+    lines = ["| metric | " + " | ".join(cols) + " | fusebundle / ratarmount | target | met |",
+             "|---" * (len(cols) + 4) + "|"]
+    for metric, r in results.items():
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+        f, p = r.get("fusebundle"), r.get("ratarmount") or r.get("tar -cf")
+        ratio = f"{f / p:.2f}" if isinstance(f, float) and isinstance(p, float) and p else ""
+        target = next((t[2] for t in TARGETS if t[0] == metric), "")
+        met = _met(metric, r) if target else ""
+        lines.append(f"| {metric} | " + " | ".join(cells) + f" | {ratio} | {target} | {met} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="10k files and 256 MiB, 3 runs")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = ap.parse_args()
+    host = os.environ["DOCKER_HOST"]
+    ratarmount = os.environ.get("RATARMOUNT", "ratarmount")
+    with tempfile.TemporaryDirectory(prefix="fbbench.", dir="/var/tmp") as tmp:
+        b = Bench(work=Path(tmp), runs=args.runs,
+                  small_files=10_000 if args.quick else 100_000,
+                  large_size=(256 << 20) if args.quick else (1 << 30),
+                  host=host, ratarmount=ratarmount)
+        try:
+            b.measure()
+        finally:
+            for m in Path(tmp).glob("mnt-*"):
+                unmount(m)
+    print(f"\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+          f"{'quick' if args.quick else 'full'} inputs ({b.small_files} files, "
+          f"{b.large_size >> 20} MiB), median of {args.runs} runs\n")
+    print(report(b.results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(b.results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
