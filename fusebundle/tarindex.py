@@ -24,10 +24,11 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import NamedTuple
 
 from fusebundle.errors import CorruptTar
 
-__all__ = ["IndexEntry", "TarIndex", "open_index", "FORMAT_MAGIC", "FORMAT_VERSION"]
+__all__ = ["Columns", "IndexEntry", "TarIndex", "open_index", "FORMAT_MAGIC", "FORMAT_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -591,6 +592,27 @@ def _decode_xattrs(data: bytes, n: int) -> dict[int, dict[str, bytes]]:
     return result
 
 
+class Columns(NamedTuple):
+    """The index's arrays, for renderers that walk many entries without an object each.
+
+    Entry i's name is names[name_ends[i-1]:name_ends[i]] (0 for i == 0); links likewise.
+    """
+
+    types: bytes
+    modes: array.array[int]
+    uids: array.array[int]
+    gids: array.array[int]
+    sizes: array.array[int]
+    mtimes: array.array[int]
+    offsets: array.array[int]
+    devmajors: array.array[int]
+    devminors: array.array[int]
+    names: bytes
+    name_ends: array.array[int]
+    links: bytes
+    link_ends: array.array[int]
+
+
 class TarIndex:
     """Columnar index of the members of one tar file, in archive order."""
 
@@ -630,6 +652,12 @@ class TarIndex:
         self._links = b""
         self._xattrs = {}
         self._by_name = None
+
+    def columns(self) -> Columns:
+        """The arrays behind the entries (read-only by convention)."""
+        return Columns(self._types, self._modes, self._uids, self._gids, self._sizes,
+                       self._mtimes, self._offsets, self._devmajors, self._devminors,
+                       self._names, self._name_ends, self._links, self._link_ends)
 
     def __len__(self) -> int:
         return len(self._types)

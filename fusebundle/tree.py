@@ -350,17 +350,18 @@ class GraftTree:
         return Content(size=size, path=self.idx.tar_path, offset=offset, graft=self.k)
 
 
-_NUMERIC = ("_modes", "_uids", "_gids", "_sizes", "_mtimes", "_offsets", "_devmajors",
-            "_devminors", "_link_ends")
+_NUMERIC = ("modes", "uids", "gids", "sizes", "mtimes", "offsets", "devmajors", "devminors",
+            "link_ends")
 
 
 def _numeric_columns(idx: TarIndex) -> tuple[Sequence[int], ...] | None:
     """The index's per-field arrays, when it has them: attributes without an IndexEntry.
 
-    TarIndex keeps its fields as arrays but offers them only entry by entry; reading them
-    directly halves the cost of a readdir.  Anything unexpected falls back to entry().
+    Reading the arrays directly halves the cost of a readdir against entry() objects.
+    Anything unexpected falls back to entry().
     """
-    cols = tuple(getattr(idx, name, None) for name in _NUMERIC)
+    columns = idx.columns()
+    cols = tuple(getattr(columns, name) for name in _NUMERIC)
     n = len(idx)
     if any(not isinstance(c, array.array) or len(c) != n for c in cols):
         return None
@@ -386,11 +387,8 @@ def _columns(idx: TarIndex) -> tuple[list[bytes], bytearray, dict[int, bytes]]:
 
 def _fast_columns(idx: TarIndex) -> tuple[list[bytes], bytearray, dict[int, bytes]] | None:
     """_columns from the index's name and link blobs: no IndexEntry objects (5x faster)."""
-    blob = getattr(idx, "_names", None)
-    ends = getattr(idx, "_name_ends", None)
-    codes = getattr(idx, "_types", None)
-    lblob = getattr(idx, "_links", None)
-    lends = getattr(idx, "_link_ends", None)
+    c = idx.columns()
+    blob, ends, codes, lblob, lends = c.names, c.name_ends, c.types, c.links, c.link_ends
     if (not isinstance(blob, bytes) or not isinstance(lblob, bytes)
             or not isinstance(codes, bytes) or not isinstance(ends, array.array)
             or not isinstance(lends, array.array) or len(codes) != len(idx)
