@@ -197,30 +197,36 @@ class DockerEngine:
             raise _engine_error(f"cannot reach the Docker engine at {where}", e) from None
         self.api = self.client.api
 
-    def _inspect(self, ref: str) -> dict[str, Any] | None:
+    @contextlib.contextmanager
+    def _reported(self, what: str) -> Iterator[None]:
+        """Turn whatever the SDK raises into one EngineError line; our own errors pass."""
+        import requests
+
         try:
-            return self.api.inspect_image(ref)
-        except self._docker.errors.ImageNotFound:
-            return None
-        except self._docker.errors.DockerException as e:
-            raise _engine_error(f"image {ref}: inspect failed", e) from None
-        except Exception as e:
-            raise _engine_error(f"image {ref}: the Docker engine did not answer", e) from None
+            yield
+        except (self._docker.errors.DockerException, requests.RequestException) as e:
+            # Checked first: both are OSError subclasses, but the engine's, not ours.
+            raise _engine_error(what, e) from None
+        except (EngineError, OSError):
+            raise  # e.g. the cache's disk is full: the caller says so
+        except Exception as e:  # the SDK wraps some transport problems in other types
+            raise _engine_error(what, e) from None
+
+    def _inspect(self, ref: str) -> dict[str, Any] | None:
+        with self._reported(f"image {ref}: inspect failed"):
+            try:
+                return self.api.inspect_image(ref)
+            except self._docker.errors.ImageNotFound:
+                return None
 
     def _pull(self, ref: str) -> None:
         from docker.utils import parse_repository_tag
 
         repo, tag = parse_repository_tag(ref)
-        try:
+        with self._reported(f"image {ref}: not found and pull failed"):
             for msg in self.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
                 if isinstance(msg, dict) and msg.get("error"):
                     raise EngineError(f"image {ref}: pull failed: {msg['error']}")
-        except self._docker.errors.DockerException as e:
-            raise _engine_error(f"image {ref}: not found and pull failed", e) from None
-        except EngineError:
-            raise
-        except Exception as e:
-            raise _engine_error(f"image {ref}: pull failed", e) from None
 
     def inspect(self, ref: str, pull: bool) -> ImageInfo:
         """Inspect an image, pulling it first when asked or when it is missing."""
@@ -235,25 +241,18 @@ class DockerEngine:
 
     def export(self, info: ImageInfo, out: Any, progress: Progress | None) -> None:
         """Stream `docker export` of a temporary container into `out`; always remove it."""
-        try:
+        with self._reported(f"image {info.ref}: cannot create a container"):
             # Never started: the command only has to exist for create to accept images
             # that have none.
             cid = self.api.create_container(info.id, command=["/dev/null"])["Id"]
-        except self._docker.errors.DockerException as e:
-            raise _engine_error(f"image {info.ref}: cannot create a container", e) from None
         try:
-            done = 0
-            for chunk in self.api.export(cid, chunk_size=1 << 20):
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done)
-        except self._docker.errors.DockerException as e:
-            raise _engine_error(f"image {info.ref}: export failed", e) from None
-        except OSError:
-            raise
-        except Exception as e:
-            raise _engine_error(f"image {info.ref}: export failed", e) from None
+            with self._reported(f"image {info.ref}: export failed"):
+                done = 0
+                for chunk in self.api.export(cid, chunk_size=1 << 20):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done)
         finally:
             self._remove(cid)
 
