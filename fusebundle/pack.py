@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 BLOCK = 512
 TYPEFLAGS = {"f": b"0", "h": b"1", "l": b"2", "c": b"3", "b": b"4", "d": b"5", "p": b"6"}
 SMALL = 64 * 1024  # files below this are read into the write buffer: fewer syscalls
+WINDOW = 1 << 20  # small files are read from the source this much at a time
 FLUSH_AT = 1 << 20
 MAX_OCTAL_8 = 0o7777777
 MAX_OCTAL_12 = 0o77777777777
@@ -124,6 +125,9 @@ class _Writer:
         self.pos = 0
         self.buf = bytearray()
         self.sources: dict[str, int] = {}
+        # The last window read from a source: small files lie one after another in a tar,
+        # so one read serves many of them.
+        self.window = (-1, 0, b"")
 
     def write(self, data: bytes) -> None:
         self.buf += data
@@ -153,10 +157,7 @@ class _Writer:
     def copy(self, path: str, offset: int, size: int) -> None:
         src = self._source(path)
         if size <= SMALL:
-            data = os.pread(src, size, offset)
-            if len(data) != size:
-                raise _short(path, offset, size)
-            self.write(data)
+            self.write(self._small(path, src, offset, size))
             return
         self.flush()
         done = 0
@@ -166,6 +167,17 @@ class _Writer:
                 raise _short(path, offset, size)
             done += n
             self.pos += n
+
+    def _small(self, path: str, src: int, offset: int, size: int) -> bytes:
+        wsrc, wstart, data = self.window
+        if wsrc != src or not wstart <= offset or offset + size > wstart + len(data):
+            data = os.pread(src, max(size, WINDOW), offset)
+            self.window = (src, offset, data)
+            wstart = offset
+        piece = data[offset - wstart : offset - wstart + size]
+        if len(piece) != size:
+            raise _short(path, offset, size)
+        return piece
 
     def _transfer(self, src: int, offset: int, count: int) -> int:
         count = min(count, 1 << 30)

@@ -83,15 +83,19 @@ class Timed:
 
 
 def run(cmd: list[str], **kw: object) -> Timed:
-    """Run a command to completion; its wall time and peak RSS (from wait4)."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, **kw)  # type: ignore[call-overload]
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    dt = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}")
-    return Timed(dt, usage.ru_maxrss)
+    """Run a command to completion; its wall time and peak RSS.
+
+    The RSS comes from GNU time: wait4's ru_maxrss would count the pages of this Python
+    process that the child holds between fork and exec.
+    """
+    with tempfile.NamedTemporaryFile("r") as rss:
+        t0 = time.perf_counter()
+        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], check=False,
+                           **kw)  # type: ignore[call-overload]
+        dt = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}")
+        return Timed(dt, int(rss.read().split()[-1]))
 
 
 def shell(cmd: str) -> Timed:
