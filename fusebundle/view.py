@@ -272,7 +272,7 @@ class _Builder:
     def files(self, id_map: dict[str, int]) -> None:
         added: set[str] = set()
         for f in self.cfg.files:
-            for item in file_entries(f, id_map, added, cfg=self.cfg):
+            for item in file_entries(f, id_map, added, self.cfg):
                 self.add(item)
 
 
@@ -294,8 +294,8 @@ def _dir_mode(mode: int) -> int:
     return mode
 
 
-def _file_content(f: FileSpec) -> Entry | None:
-    """The content entry for a `source:` item, read lazily from the file; None if skipped."""
+def _source_file(f: FileSpec) -> tuple[str, int] | None:
+    """(absolute path, size) of a `source:` item's file, or None when optional and missing."""
     spec = f.spec
     src = spec["source"]
     if src.startswith("~/"):
@@ -310,11 +310,11 @@ def _file_content(f: FileSpec) -> Entry | None:
         if spec.get("optional"):
             return None
         raise UserError(f"{f.where}: source {spec['source']}: not a readable file")
-    return Entry(path=b"", type="f", mode=0, size=st.st_size, src=os.path.abspath(src))
+    return os.path.abspath(src), st.st_size
 
 
-def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str], *,
-                 cfg: Config | None = None) -> list[Entry]:
+def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str],
+                 cfg: Config) -> list[Entry]:
     """Entries for one files: item: missing parents (once), then the item itself."""
     spec = f.spec
     path = spec["path"]
@@ -322,14 +322,12 @@ def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str], *,
     mode = int(spec["mode"], 8) if "mode" in spec else (0o700 if directory_kind else 0o600)
     uid = _file_id(spec.get("uid"), id_map, f"{f.where}: field 'uid'")
     gid = _file_id(spec.get("gid"), id_map, f"{f.where}: field 'gid'")
-    body: Entry | None = None
+    source: tuple[str, int] | None = None
     if "source" in spec:
-        body = _file_content(f)
-        if body is None:
+        source = _source_file(f)
+        if source is None:
             return []
     elif "metadata" in spec:
-        if cfg is None:
-            raise TypeError("file_entries: a metadata file needs cfg")
         spec = {**spec, "contents": metadata.moby_json(cfg).decode()}
     out: list[Entry] = []
     parts = path.split("/")[:-1]
@@ -345,9 +343,9 @@ def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str], *,
     elif "symlink" in spec:
         out.append(Entry(path=name, type="l", mode=mode, uid=uid, gid=gid,
                          linkname=spec["symlink"].encode()))
-    elif body is not None:
-        out.append(Entry(path=name, type="f", mode=mode, uid=uid, gid=gid, size=body.size,
-                         src=body.src))
+    elif source is not None:
+        out.append(Entry(path=name, type="f", mode=mode, uid=uid, gid=gid, size=source[1],
+                         src=source[0]))
     else:
         out.append(regular(name, spec.get("contents", "").encode(), mode, uid, gid))
     return out

@@ -309,7 +309,7 @@ def test_path_without_a_config_where_falls_back_to_the_normalised_path() -> None
 def test_file_entries_writes_the_metadata(tmp_path: Path) -> None:
     cfg = _load(tmp_path, ONBOOT_ONLY)
     added: set[str] = set()
-    out = file_entries(cfg.files[0], cfg.id_map(), added, cfg=cfg)
+    out = file_entries(cfg.files[0], cfg.id_map(), added, cfg)
     assert [(e.path, e.type, e.mode) for e in out] == [(b"etc", "d", 0o700),
                                                        (b"etc/linuxkit-config", "f", 0o600)]
     assert out[1].data == moby_json(cfg)
