@@ -29,9 +29,13 @@ keeps the inode of alias 0, so a file is one inode wherever it shows.
 from __future__ import annotations
 
 import array
+import contextlib
+import json
 import logging
 import os
 import stat
+import tempfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -51,6 +55,7 @@ from fusebundle.view import (
 log = logging.getLogger(__name__)
 
 ROOT_INO = 1
+_TREE_FORMAT = 1  # of the arrays saved beside an index; bump when _build changes
 GRAFT_SHIFT = 48
 ALIAS_SHIFT = 32
 LOCAL_MASK = (1 << ALIAS_SHIFT) - 1
@@ -86,6 +91,13 @@ class Content:
     path: str | None = None  # else in this file at `offset`
     offset: int = 0
     graft: int = -1  # the graft whose tar `path` is, -1 for a files: source
+
+
+def _crc(blobs: list[bytes]) -> int:
+    crc = 0
+    for b in blobs:
+        crc = zlib.crc32(b, crc)
+    return crc
 
 
 def graft_ino(k: int, alias: int, local: int) -> int:
@@ -139,7 +151,78 @@ class GraftTree:
         self.over: dict[int, Entry] = {}  # entries the filter changed
         self.size = 0  # bytes of regular files, for statfs
         self.cols = _numeric_columns(idx)
-        self._build()
+        # The arrays are saved beside the index: a later mount loads them instead of building
+        # them again, which is faster and never holds the build's temporaries.
+        if not self._load_saved():
+            self._build()
+            self._save()
+        try:
+            self.size = os.path.getsize(idx.tar_path)  # close enough for statfs
+        except OSError:
+            self.size = 0
+
+    # -- the saved arrays -------------------------------------------------------------------
+    _ARRAYS = ("parent", "kids", "kid_lo", "kid_hi", "nsub", "name_off")
+
+    def _saved_path(self) -> str:
+        # Init grafts turn resolv.conf into a symlink: their types differ, so their own file.
+        return self.idx.tar_path + (".tree-init" if self.graft.resolv_link else ".tree")
+
+    def _stat_key(self) -> list[int]:
+        st = os.stat(self.idx.tar_path)
+        return [st.st_size, st.st_mtime_ns, st.st_ino, self.n]
+
+    def _save(self) -> None:
+        blobs = [self.types, self.names] + [getattr(self, a).tobytes() for a in self._ARRAYS]
+        pairs = [array.array("q", d) for d in (self.links.keys(), self.links.values(),
+                                                self.nlinks.keys(), self.nlinks.values(),
+                                                self.over.keys())]
+        blobs += [a.tobytes() for a in pairs]
+        head = {"format": _TREE_FORMAT, "stat": self._stat_key(), "root_entry": self.root_entry,
+                "lengths": [len(b) for b in blobs], "crc": _crc(blobs)}
+        path = self._saved_path()
+        try:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(json.dumps(head).encode() + b"\n")
+                    for b in blobs:
+                        f.write(b)
+                os.replace(tmp, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        except OSError as e:  # a read-only cache still works: the next mount builds again
+            log.debug("%s: not saved: %s", path, e)
+
+    def _load_saved(self) -> bool:
+        try:
+            with open(self._saved_path(), "rb") as f:
+                head = json.loads(f.readline())
+                if (head.get("format") != _TREE_FORMAT or head.get("stat") != self._stat_key()
+                        or not self.idx.verify_unchanged()):
+                    return False
+                blobs = [f.read(n) for n in head["lengths"]]
+        except (OSError, ValueError, TypeError, AttributeError):
+            return False
+        if ([len(b) for b in blobs] != head["lengths"] or len(blobs) != 2 + 6 + 5
+                or head.get("crc") != _crc(blobs)):
+            return False
+        self.types, self.names = blobs[0], blobs[1]
+        for name, blob in zip(self._ARRAYS, blobs[2:8], strict=True):
+            a = array.array("I")
+            a.frombytes(blob)
+            setattr(self, name, a)
+        lk, lv, nk, nv, over = (array.array("q", b) for b in blobs[8:])
+        self.links = dict(zip(lk, lv, strict=True))
+        self.nlinks = dict(zip(nk, nv, strict=True))
+        self.root_entry = head["root_entry"]
+        for i in over:
+            out = filter_entry(self.graft, self.idx, self.idx.entry(i))
+            if out is None:
+                return False
+            self.over[i] = out
+        return True
 
     # The structure is built from the names alone: one pass to map every path to its last
     # entry, one pass to hang every surviving entry under its parent, one sort for the order
@@ -211,10 +294,6 @@ class GraftTree:
         self.kids, self.kid_lo, self.kid_hi, self.nsub = kids, kid_lo, kid_hi, nsub
         self.parent = parent
         self.names, self.name_off = b"".join(base_names), name_off
-        try:
-            self.size = os.path.getsize(idx.tar_path)  # close enough for statfs
-        except OSError:
-            self.size = 0
 
     def _dir_id(self, path: bytes, by_path: dict[bytes, int], types: bytearray,
                 kid_pairs: list[tuple[int, bytes, int]]) -> int:

@@ -608,8 +608,9 @@ def _bytes_of(entry=None, content=None) -> bytes:
         return f.read(size)
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["columns", "entries"])
-def test_tree_renders_what_the_view_lists(tmp_path, fast, monkeypatch):
+@pytest.mark.parametrize("fast,saved", [(True, False), (False, False), (True, True)],
+                         ids=["columns", "entries", "saved-arrays"])
+def test_tree_renders_what_the_view_lists(tmp_path, fast, saved, monkeypatch):
     from fusebundle import tree as treemod
     from fusebundle.entry import directory, regular
     from fusebundle.view import INIT_RESOLV_LINK, Graft, View
@@ -617,18 +618,33 @@ def test_tree_renders_what_the_view_lists(tmp_path, fast, monkeypatch):
     if not fast:  # what an index without the arrays tree.py reads directly gets
         monkeypatch.setattr(treemod, "_numeric_columns", lambda idx: None)
         monkeypatch.setattr(treemod, "_fast_columns", lambda idx: None)
-    odd = _Image(_odd_rootfs().write(tmp_path / "odd.tar"))
-    layer = _Image(_layer_rootfs().write(tmp_path / "layer.tar"))
-    items = [
-        Graft(prefix=b"", image=odd, resolv_link=INIT_RESOLV_LINK),
-        Graft(prefix=b"", image=layer, resolv_link=INIT_RESOLV_LINK),
-        directory(b"containers"), directory(b"containers/b"), directory(b"containers/b/lower"),
-        Graft(prefix=b"containers/b/lower/", image=odd),
-        regular(b"containers/b/config.json", b"{}"),
-        directory(b"etc", 0o700), regular(b"etc/motd", b"files\n"),
-        regular(b"containers/b/lower/etc/extra", b"into an image\n"),
-    ]
-    view = View(items=items)
+    odd_tar = _odd_rootfs().write(tmp_path / "odd.tar")
+    layer_tar = _layer_rootfs().write(tmp_path / "layer.tar")
+
+    def items_for(odd: _Image, layer: _Image) -> list:
+        return [
+            Graft(prefix=b"", image=odd, resolv_link=INIT_RESOLV_LINK),
+            Graft(prefix=b"", image=layer, resolv_link=INIT_RESOLV_LINK),
+            directory(b"containers"), directory(b"containers/b"),
+            directory(b"containers/b/lower"),
+            Graft(prefix=b"containers/b/lower/", image=odd),
+            regular(b"containers/b/config.json", b"{}"),
+            directory(b"etc", 0o700), regular(b"etc/motd", b"files\n"),
+            regular(b"containers/b/lower/etc/extra", b"into an image\n"),
+        ]
+
+    if saved:  # a first mount builds and saves the arrays; this one must only load them
+        first = treemod.Tree(View(items=items_for(_Image(odd_tar), _Image(layer_tar))))
+        for k in range(len(first.grafts)):
+            first.load_graft(k)
+        assert (tmp_path / "odd.tar.tree").exists() and (tmp_path / "odd.tar.tree-init").exists()
+
+        def no_build(self: object) -> None:
+            raise AssertionError("built again instead of loading the saved arrays")
+
+        monkeypatch.setattr(treemod.GraftTree, "_build", no_build)
+    odd, layer = _Image(odd_tar), _Image(layer_tar)
+    view = View(items=items_for(odd, layer))
     t = treemod.Tree(view)
     assert odd.calls == 0 and layer.calls == 0  # nothing indexed before it is needed
     for k in range(len(t.grafts)):
