@@ -9,7 +9,7 @@ mounts, ids) are checked here too, so that errors come early and name the field.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -150,36 +150,36 @@ def _list(item: Checker) -> Checker:
     return check
 
 
+def _members(v: Any, path: str, what: str) -> Iterator[tuple[str, str, Any]]:
+    """(key, path of the member, value) of a mapping whose keys must be strings."""
+    if not isinstance(v, dict):
+        raise _Invalid(path, f"expected {what}, got {_kind(v)}")
+    for key, value in v.items():
+        if not isinstance(key, str):
+            raise _Invalid(path, f"keys must be strings, got {_kind(key)} {key!r}")
+        yield str(key), _join(path, str(key)), value
+
+
 def _obj(fields: dict[str, Checker]) -> Checker:
     """A mapping with only the given keys (additionalProperties: false)."""
 
     def check(v: Any, path: str) -> dict:
-        if not isinstance(v, dict):
-            raise _Invalid(path, f"expected a mapping, got {_kind(v)}")
         out: dict[str, Any] = {}
-        for key, value in v.items():
-            if not isinstance(key, str):
-                raise _Invalid(path, f"keys must be strings, got {_kind(key)} {key!r}")
-            sub = _join(path, str(key))
+        for key, sub, value in _members(v, path, "a mapping"):
             if key not in fields:
                 raise _Invalid(sub, None)
-            out[str(key)] = fields[key](value, sub)
+            out[key] = fields[key](value, sub)
         return out
 
     return check
 
 
 def _str_map(v: Any, path: str) -> dict[str, str]:
-    if not isinstance(v, dict):
-        raise _Invalid(path, f"expected a mapping of strings, got {_kind(v)}")
     out: dict[str, str] = {}
-    for key, value in v.items():
-        if not isinstance(key, str):
-            raise _Invalid(path, f"keys must be strings, got {_kind(key)} {key!r}")
-        sub = _join(path, str(key))
+    for key, sub, value in _members(v, path, "a mapping of strings"):
         if not isinstance(value, str):
             raise _Invalid(sub, f"expected a string (quote numbers), got {_kind(value)}")
-        out[str(key)] = str(value)
+        out[key] = str(value)  # plain str, not a loader subclass
     return out
 
 
