@@ -873,46 +873,46 @@ class Tree:
             return self.grafts[tree.k].owners.get(alias, self.grafts[tree.k].prefix_ino)
         return graft_ino(tree.k, alias, p)
 
-    def readlink(self, ino: int) -> bytes | None:
+    def _renderer(self, ino: int) -> tuple[SynNode | None, GraftTree | None, int]:
+        """What shows `ino`: (node, None, 0) for a synthetic node's own entry, (None, tree,
+        local) for a graft entry (also one a synthetic node stands for), and (None, None, 0)
+        for an unknown inode or a graft not loaded yet."""
         node = self._syn(ino)
         if node is not None:
-            if node.gattr is not None:
-                k, local = node.gattr
-                tree = self.grafts[k].tree
-                return tree.readlink(local) if tree is not None else None
-            return node.entry.linkname if node.entry.type == "l" else None
+            if node.gattr is None:
+                return node, None, 0
+            k, local = node.gattr
+            return None, self.grafts[k].tree, local
         g = self._graft(ino)
-        return g[0].readlink(g[2]) if g is not None else None
+        return (None, g[0], g[2]) if g is not None else (None, None, 0)
+
+    def readlink(self, ino: int) -> bytes | None:
+        node, tree, local = self._renderer(ino)
+        if tree is not None:
+            return tree.readlink(local)
+        if node is not None and node.entry.type == "l":
+            return node.entry.linkname
+        return None
 
     def xattrs(self, ino: int) -> Mapping[str, bytes] | None:
-        node = self._syn(ino)
-        if node is not None:
-            if node.gattr is not None:
-                k, local = node.gattr
-                tree = self.grafts[k].tree
-                return tree.xattrs(local) if tree is not None else None
-            return node.entry.xattrs
-        g = self._graft(ino)
-        return g[0].xattrs(g[2]) if g is not None else None
+        node, tree, local = self._renderer(ino)
+        if tree is not None:
+            return tree.xattrs(local)
+        return node.entry.xattrs if node is not None else None
 
     def content(self, ino: int) -> Content | None:
         """Where a regular file's bytes are; None for anything else."""
-        node = self._syn(ino)
-        if node is not None:
-            if node.gattr is not None:
-                k, local = node.gattr
-                tree = self.grafts[k].tree
-                return tree.content(local) if tree is not None else None
-            e = node.entry
-            if e.type != "f":
-                return None
-            if e.data is not None:
-                return Content(size=len(e.data), data=e.data)
-            if e.src is not None:
-                return Content(size=e.size, path=e.src, offset=e.offset)
-            return Content(size=0, data=b"")
-        g = self._graft(ino)
-        return g[0].content(g[2]) if g is not None else None
+        node, tree, local = self._renderer(ino)
+        if tree is not None:
+            return tree.content(local)
+        if node is None or node.entry.type != "f":
+            return None
+        e = node.entry
+        if e.data is not None:
+            return Content(size=len(e.data), data=e.data)
+        if e.src is not None:
+            return Content(size=e.size, path=e.src, offset=e.offset)
+        return Content(size=0, data=b"")
 
     def counts(self) -> tuple[int, int]:
         """(inodes, bytes) known so far, for statfs."""
