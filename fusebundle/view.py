@@ -12,16 +12,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fusebundle import metadata, oci
+from fusebundle import metadata, oci, schema
 from fusebundle.config import Config, FileSpec
 from fusebundle.config import Entry as ContainerEntry
 from fusebundle.entry import Entry, directory, regular
 from fusebundle.errors import ConfigError, UserError
 from fusebundle.images import ImageInfo
-from fusebundle.schema import parse_label
+from fusebundle.schema import LABEL_KEY
 from fusebundle.tarindex import IndexEntry, TarIndex
-
-LABEL = "org.mobyproject.config"
 
 # Names docker export always adds that make no sense in a bundle (matched at the image root).
 EXCLUDE = frozenset({b".dockerenv", b"Dockerfile", b"dev/console", b"dev/pts", b"dev/shm",
@@ -210,10 +208,8 @@ def prefix_dirs(path: str) -> list[Entry]:
 
 
 def image_label(info: ImageInfo, where: str) -> dict | None:
-    text = (info.config.get("Labels") or {}).get(LABEL)
-    if not text:
-        return None
-    return parse_label(text, f"{where}: image {info.ref}: label {LABEL}")
+    """The image's validated org.mobyproject.config label, errors naming the container."""
+    return schema.image_label(info.config, f"{where}: image {info.ref}: label {LABEL_KEY}")
 
 
 @dataclass
