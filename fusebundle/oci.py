@@ -142,8 +142,8 @@ def _capabilities(entry: dict, label: dict | None) -> dict[str, list[str]]:
     return {k: list(v) for k, v in sets.items() if v}
 
 
-def _id_numeric(value: Any, id_map: dict[str, int], where: str, field: str,
-                from_label: bool) -> int:
+def id_numeric(value: Any, id_map: dict[str, int], where: str, field: str,
+               from_label: bool = False) -> int:
     """idNumeric: a number as is, '' or 'root' is 0, any other string a container's id."""
     if isinstance(value, int) and not isinstance(value, bool):
         if not 0 <= value <= 2**32 - 1:
@@ -162,11 +162,11 @@ def _id_numeric(value: Any, id_map: dict[str, int], where: str, field: str,
 def _user(entry: dict, label: dict | None, id_map: dict[str, int], where: str) -> dict:
     user: dict[str, Any] = {}
     for key in ("uid", "gid"):
-        user[key] = _id_numeric(_pick(entry, label, key, 0), id_map, where, key,
+        user[key] = id_numeric(_pick(entry, label, key, 0), id_map, where, key,
                                 key not in entry)
     gids = _pick(entry, label, "additionalGids", [])
     from_label = "additionalGids" not in entry
-    groups = [_id_numeric(g, id_map, where, f"additionalGids[{i}]", from_label)
+    groups = [id_numeric(g, id_map, where, f"additionalGids[{i}]", from_label)
               for i, g in enumerate(gids)]
     if groups:
         user["additionalGids"] = groups

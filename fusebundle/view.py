@@ -16,7 +16,7 @@ from fusebundle import metadata, oci, schema
 from fusebundle.config import Config, FileSpec
 from fusebundle.config import Entry as ContainerEntry
 from fusebundle.entry import Entry, directory, regular
-from fusebundle.errors import ConfigError, UserError
+from fusebundle.errors import UserError
 from fusebundle.images import ImageInfo
 from fusebundle.schema import LABEL_KEY
 from fusebundle.tarindex import IndexEntry, TarIndex
@@ -272,16 +272,6 @@ class _Builder:
                 self.add(item)
 
 
-def _file_id(v: object, id_map: dict[str, int], where: str) -> int:
-    if v is None or v in ("", "root"):
-        return 0
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and v in id_map:
-        return id_map[v]
-    raise ConfigError(f"{where}: unknown container name {v!r}")
-
-
 def _dir_mode(mode: int) -> int:
     # Parents of a file get search permission wherever the file grants any access.
     for rwx, x in ((0o700, 0o100), (0o070, 0o010), (0o007, 0o001)):
@@ -316,8 +306,8 @@ def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str],
     path = spec["path"]
     directory_kind = bool(spec.get("directory"))
     mode = int(spec["mode"], 8) if "mode" in spec else (0o700 if directory_kind else 0o600)
-    uid = _file_id(spec.get("uid"), id_map, f"{f.where}: field 'uid'")
-    gid = _file_id(spec.get("gid"), id_map, f"{f.where}: field 'gid'")
+    uid = oci.id_numeric(spec.get("uid", 0), id_map, f.where, "field 'uid'")
+    gid = oci.id_numeric(spec.get("gid", 0), id_map, f.where, "field 'gid'")
     source: tuple[str, int] | None = None
     if "source" in spec:
         source = _source_file(f)
