@@ -102,7 +102,8 @@ class _Session:
         return self._images[ref]
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, _Session]:
+def load_session(args: argparse.Namespace) -> tuple[Any, _Session]:
+    """The merged config of the command's files, and a session to resolve its images."""
     from fusebundle.config import load_config
 
     cfg = load_config(args.configs)
@@ -118,7 +119,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from fusebundle.progress import Bar
     from fusebundle.view import build_view
 
-    cfg, session = _load(args)
+    cfg, session = load_session(args)
     view = build_view(cfg, session.resolve, share_by_id=args.share_by_id)
     view.prepare()  # export and index everything before the output is opened
     bars: list[Bar] = []
@@ -140,7 +141,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     from fusebundle import oci
     from fusebundle.view import image_label
 
-    cfg, session = _load(args)
+    cfg, session = load_session(args)
     id_map = cfg.id_map()
     found = False
     for c in cfg.containers():

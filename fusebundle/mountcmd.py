@@ -290,7 +290,7 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     import pyfuse3
     import trio
 
-    from fusebundle.cli import _load
+    from fusebundle.cli import load_session
     from fusebundle.fs import Operations
     from fusebundle.images import default_cache_dir
     from fusebundle.tree import Tree
@@ -304,7 +304,7 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     log_path = os.path.abspath(args.log or os.path.join(args.cache_dir, "mount.log"))
     _setup_logging(mnt, args.debug)
     log_fd = _open_log(log_path) if ready_fd is not None else -1
-    cfg, session = _load(args)
+    cfg, session = load_session(args)
     view = build_view(cfg, session.resolve, share_by_id=args.share_by_id)
     tree = Tree(view, expand=args.expand)
     ops = Operations(tree)

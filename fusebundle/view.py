@@ -93,7 +93,7 @@ class KernelImage:
                 found_tar = True
                 inner = self.image.nested_index(self.tar)
                 for ie in inner:
-                    yield _kept(Graft(prefix=b"", image=self.image), inner, ie)
+                    yield _kept(g, inner, ie)
         ref = self.image.info.ref
         if not found_kernel:
             raise UserError(f"kernel image {ref}: no {self.binary.decode()} file at its root")
