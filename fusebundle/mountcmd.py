@@ -378,11 +378,13 @@ async def _main(mnt: str, ready: Callable[[], None]) -> None:
     import pyfuse3
     import trio
 
+    from fusebundle import loop
+
     async with trio.open_nursery() as nursery:
 
         async def fuse_main() -> None:
             try:
-                await pyfuse3.main()
+                await loop.main(pyfuse3)
             finally:
                 nursery.cancel_scope.cancel()
 
