@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fusebundle import engineapi
 from fusebundle.errors import CorruptTar, EngineError, UserError
 from fusebundle.tarindex import TarIndex, open_index
 
@@ -181,30 +182,45 @@ def _engine_error(what: str, e: Exception) -> EngineError:
 
 
 class DockerEngine:
-    """Images from a Docker engine, through the Docker SDK."""
+    """Images from a Docker engine, through the Docker SDK (inspect straight over the socket)."""
 
     def __init__(self, host: str | None = None) -> None:
-        import docker  # imported here so that commands without an engine start fast
+        self._host = host
+        self._socket = engineapi.socket_path(host)
+        self._docker: Any = None
+        self._client: Any = None
 
-        self._docker = docker
-        where = host or os.environ.get("DOCKER_HOST") or "the default socket"
-        try:
-            if host:
-                self.client = docker.DockerClient(base_url=host, version="auto")
-            else:
-                self.client = docker.from_env(version="auto")
-        except Exception as e:  # the SDK wraps every transport problem differently
-            raise _engine_error(f"cannot reach the Docker engine at {where}", e) from None
-        self.api = self.client.api
+    def _sdk(self) -> Any:
+        """The docker module, once a client is connected; EngineError if it cannot be."""
+        if self._client is None:
+            import docker  # imported on first need: a warm mount never needs it
+
+            self._docker = docker
+            where = self._host or os.environ.get("DOCKER_HOST") or "the default socket"
+            try:
+                if self._host:
+                    self._client = docker.DockerClient(base_url=self._host, version="auto")
+                else:
+                    self._client = docker.from_env(version="auto")
+            except Exception as e:  # the SDK wraps every transport problem differently
+                raise _engine_error(f"cannot reach the Docker engine at {where}", e) from None
+        return self._docker
+
+    @property
+    def api(self) -> Any:
+        """The SDK's low-level client."""
+        self._sdk()
+        return self._client.api
 
     @contextlib.contextmanager
     def _reported(self, what: str) -> Iterator[None]:
         """Turn whatever the SDK raises into one EngineError line; our own errors pass."""
         import requests
 
+        docker = self._sdk()
         try:
             yield
-        except (self._docker.errors.DockerException, requests.RequestException) as e:
+        except (docker.errors.DockerException, requests.RequestException) as e:
             # Checked first: both are OSError subclasses, but the engine's, not ours.
             raise _engine_error(what, e) from None
         except (EngineError, OSError):
@@ -213,6 +229,13 @@ class DockerEngine:
             raise _engine_error(what, e) from None
 
     def _inspect(self, ref: str) -> dict[str, Any] | None:
+        if self._socket is not None:
+            try:
+                data = engineapi.inspect_image(self._socket, ref)
+            except engineapi.NotFound:
+                return None
+            if data is not None:
+                return data
         with self._reported(f"image {ref}: inspect failed"):
             try:
                 return self.api.inspect_image(ref)

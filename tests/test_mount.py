@@ -335,6 +335,47 @@ def test_lazy_export_and_stable_inodes(fb, mounts, cache_dir):
     assert exported() == 2
 
 
+def _resident_pages(path: Path) -> tuple[int, int]:
+    """(pages of the file in the page cache, pages in all), by mincore on a mapping of it.
+
+    Opening the file is part of the question: the mapping itself reads nothing.
+    """
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    size = path.stat().st_size
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vec = ctypes.create_string_buffer(pages)
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+            return sum(b & 1 for b in vec.raw), pages
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def test_small_files_reach_the_page_cache_with_their_open(mounts):
+    mnt = mounts.mount(_scenario("basic"))
+    small = mnt / "containers/onboot/001-app-setup/lower/app/VERSION"
+    big = mnt / "containers/onboot/000-hello/lower/bin/busybox"
+    assert 0 < small.stat().st_size <= 128 * 1024 < big.stat().st_size
+    # Opened, never read: a small file's bytes are already there, a big one's are not.
+    assert _resident_pages(small) == (1, 1)
+    resident, pages = _resident_pages(big)
+    assert resident == 0 < pages
+
+
 # ------------------------------------------------------------------------------ --expand, runc
 def test_expand_shows_each_root_with_shared_inodes(fb, mounts, tmp_path):
     mnt = mounts.mount(_scenario("shared"), "--expand")
