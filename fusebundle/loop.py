@@ -29,7 +29,7 @@ YIELD_EVERY = 64  # requests taken without parking before trio gets a turn anywa
 # pyfuse3 starts a task whenever it reads a request while none is parked, up to this many; the
 # extra ones end at the next park.  It bounds the handlers that may await (a read from disk,
 # an image's first export) at once, and the tasks started and ended per YIELD_EVERY requests.
-MAX_TASKS = 2
+MAX_TASKS = 4
 
 
 class _Waiter:
