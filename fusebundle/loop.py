@@ -3,14 +3,16 @@
 pyfuse3's session loop parks a task in trio's epoll (a lock, a registration, a full scheduler
 pass) before every request, even when the next one is already queued.  On the 2-core bench
 machine that costs more than the request itself: an open+close pair took 115 µs, of which our
-handlers are a few.  `install` replaces that wait with one that first polls /dev/fuse for a
+handlers are a few.  `main` replaces that wait with one that first polls /dev/fuse for a
 short spin and returns at once when a request is there; only an idle server parks in trio.
 Polling while busy also keeps this CPU awake, so the kernel need not wake it for the next
 request (a vCPU wake-up is dear in a VM).  Measured: open+close 115 → 26 µs.
 
-The replacement keeps pyfuse3's rule that only one task waits on the fd: a task finding
-another already parked retires instead of queueing behind it, so a handler awaiting a thread
-never stops the others, and a request is never read by two tasks.
+The replacement keeps pyfuse3's rule that only one task waits on the fd, so a request is
+never read by two tasks.  A task finding another already parked waits as a spare; whenever a
+task takes a request (whose handler may await a thread), one spare is woken to look for the
+next, so a slow handler never stops the others.  Spares end when the session does: pyfuse3's
+wait says so, `terminate` is called, or the fd reports the mount gone.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
+
 log = logging.getLogger(__name__)
 
 SPIN = 50e-6  # seconds to poll for the next request before parking in trio
 YIELD_EVERY = 64  # requests taken without parking before trio gets a turn anyway
-# pyfuse3 starts a task whenever it reads a request while none is parked, up to this many; the
-# extra ones end at the next park.  It bounds the handlers that may await (a read from disk,
-# an image's first export) at once, and the tasks started and ended per YIELD_EVERY requests.
-MAX_TASKS = 4
+# pyfuse3 starts a task whenever it reads a request while none is parked, up to this many.
+# Tasks with nothing to do wait as spares rather than end, so this bounds the handlers that
+# may await at once (a read from disk, an image's first export) and nothing else.
+MAX_TASKS = 32
+WATCH_EVERY = 1.0  # seconds between looks at whether the mount still exists
+_GONE = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
 class _Waiter:
@@ -41,31 +47,75 @@ class _Waiter:
         self._parked_wait = parked_wait
         self._parked = False  # a task is inside pyfuse3's own wait (never more than one)
         self._taken = 0
+        self._spares = trio.lowlevel.ParkingLot()
+        self._spare_called = False  # one spare is already woken to look for work
+        self.closed = False
 
-    def _queued(self) -> bool:
-        """Whether a request is queued now or within SPIN seconds."""
+    def _queued(self) -> int:
+        """The fd's poll events once a request is queued (now or within SPIN seconds), or 0."""
         poll = self._poll.poll
-        if poll(0):
-            return True
-        end = time.perf_counter() + SPIN
-        while time.perf_counter() < end:
-            if poll(0):
-                return True
-        return False
+        got = poll(0)
+        if not got:
+            end = time.perf_counter() + SPIN
+            while not got and time.perf_counter() < end:
+                got = poll(0)
+        return got[0][1] if got else 0
+
+    def _gone(self) -> bool:
+        """Whether the fd says the mount is gone (unmounted or aborted)."""
+        return any(ev & _GONE for _, ev in self._poll.poll(0))
+
+    def close(self) -> None:
+        """The session is over: every spare ends, and so does every later call."""
+        self.closed = True
+        self._spares.unpark_all()
+
+    def _taking(self, events: int) -> bool:
+        """About to read a request whose handler may await: have a spare ready to follow."""
+        if events & _GONE:
+            self.close()  # pyfuse3 ends this task when it reads nothing; the spares go too
+        elif self._spares and not self._spare_called:
+            self._spare_called = True
+            self._spares.unpark()
+        return True
+
+    async def _spare(self) -> None:
+        """Wait until called for, or until the session ends."""
+        await self._spares.park()
+        self._spare_called = False
+
+    async def watch(self) -> None:
+        """Close once the mount is gone: a task may have read the unmount without telling us."""
+        while not self.closed:
+            await trio.sleep(WATCH_EVERY)
+            if self._gone():
+                self.close()
 
     async def __call__(self) -> bool:
-        if self._parked:
-            return False  # another task already waits for the fd: this one ends
-        # Nobody else waits on the fd, so between this poll and pyfuse3's read of the request
-        # (no await in between) no other task can take it.
-        self._taken += 1
-        if self._taken % YIELD_EVERY and self._queued():
-            return True
-        self._parked = True
-        try:
-            return await self._parked_wait()
-        finally:
-            self._parked = False
+        while not self.closed:
+            if self._parked:
+                # Another task waits on the fd; only one may, or two could read one request.
+                await self._spare()
+                continue
+            # Nobody else waits on the fd, so between this poll and pyfuse3's read of the
+            # request (no await in between) no other task can take it.
+            self._taken += 1
+            events = self._queued() if self._taken % YIELD_EVERY else 0
+            if events:
+                return self._taking(events)
+            self._parked = True
+            try:
+                ok = await self._parked_wait()
+            finally:
+                self._parked = False
+            if not ok:
+                self.close()
+                return False
+            return self._taking(_GONE if self._gone() else 0)
+        return False
+
+
+_current: _Waiter | None = None
 
 
 def _fuse_fd() -> int | None:
@@ -88,8 +138,21 @@ async def main(pyfuse3: Any) -> None:
         log.debug("pyfuse3's request wait left as it is (fd %s, hook %s)", fd, stock)
         await pyfuse3.main()
         return
-    pyfuse3._wait_fuse_readable = _Waiter(fd, stock)
+    global _current
+    _current = _Waiter(fd, stock)
+    pyfuse3._wait_fuse_readable = _current
     try:
-        await pyfuse3.main(max_tasks=MAX_TASKS)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_current.watch)
+            await pyfuse3.main(max_tasks=MAX_TASKS)
+            nursery.cancel_scope.cancel()
     finally:
         pyfuse3._wait_fuse_readable = stock
+        _current = None
+
+
+def terminate(pyfuse3: Any) -> None:
+    """End the main loop: pyfuse3's own terminate, and the spares waiting here."""
+    pyfuse3.terminate()
+    if _current is not None:
+        _current.close()

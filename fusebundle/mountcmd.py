@@ -393,7 +393,7 @@ async def _main(mnt: str, ready: Callable[[], None]) -> None:
                                            signal.SIGHUP) as received:
                 async for signum in received:
                     log.info("%s: unmounting", signal.Signals(signum).name)
-                    pyfuse3.terminate()
+                    loop.terminate(pyfuse3)
                     return
 
         async def announce() -> None:
@@ -402,7 +402,7 @@ async def _main(mnt: str, ready: Callable[[], None]) -> None:
                 st = await trio.to_thread.run_sync(os.stat, mnt)
             except OSError as e:
                 log.error("the mount does not answer: %s", e.strerror)
-                pyfuse3.terminate()
+                loop.terminate(pyfuse3)
                 return
             _read_ahead(st.st_dev)
             ready()

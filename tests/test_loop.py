@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -30,8 +31,9 @@ class Stock:
 def pipe() -> Iterator[tuple[int, int]]:
     r, w = os.pipe()
     yield r, w
-    os.close(r)
-    os.close(w)
+    for fd in (r, w):
+        with contextlib.suppress(OSError):  # a test may have closed one
+            os.close(fd)
 
 
 def test_a_queued_request_is_taken_without_parking(pipe):
@@ -69,28 +71,81 @@ def test_an_idle_fd_parks_in_the_stock_wait(pipe):
     assert trio.run(main) is True
 
 
-def test_a_second_task_retires_while_one_is_parked(pipe):
+def test_a_second_task_waits_as_a_spare_and_follows(pipe):
     r, w = pipe
     stock = Stock()
     waiter = loop._Waiter(r, stock)
+    order: list[str] = []
 
-    async def main() -> list[bool]:
-        got: list[bool] = []
+    async def main() -> None:
+        with trio.fail_after(5):
+            await run()
+
+    async def run() -> None:
+        async with trio.open_nursery() as n:
+
+            async def call(name: str) -> None:
+                assert await waiter()
+                order.append(name)
+
+            n.start_soon(call, "first")
+            await trio.testing.wait_all_tasks_blocked()
+            os.write(w, b"x")  # even with a request queued, only the parked task may read it
+            n.start_soon(call, "spare")
+            await trio.testing.wait_all_tasks_blocked()
+            assert order == [] and stock.calls == 1
+            assert stock.release is not None
+            stock.release.set()  # the parked task takes its request and wakes the spare
+
+    trio.run(main)
+    assert order == ["first", "spare"]
+    assert stock.calls == 1  # the spare found the request queued: no second park
+
+
+def test_spares_end_with_the_session(pipe):
+    r, w = pipe
+    stock = Stock()
+    waiter = loop._Waiter(r, stock)
+    got: list[bool] = []
+
+    async def main() -> None:
+        with trio.fail_after(5):
+            await run()
+
+    async def run() -> None:
         async with trio.open_nursery() as n:
 
             async def call() -> None:
                 got.append(await waiter())
 
-            n.start_soon(call)
+            for _ in range(3):
+                n.start_soon(call)
             await trio.testing.wait_all_tasks_blocked()
-            os.write(w, b"x")  # even with a request queued, only the parked task may read
-            got.append(await waiter())
+            assert got == [] and stock.calls == 1
+            waiter.close()  # what loop.terminate does
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [False, False]
             assert stock.release is not None
             stock.release.set()
-        return got
 
-    assert trio.run(main) == [False, True]
-    assert stock.calls == 1
+    trio.run(main)
+    assert got == [False, False, True]
+
+
+def test_a_gone_fd_closes_the_waiter(pipe):
+    r, w = pipe
+    waiter = loop._Waiter(r, Stock())
+    assert not waiter._gone()
+    os.close(w)  # the writer goes away: POLLHUP, as /dev/fuse says POLLERR once unmounted
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(waiter.watch)
+            await trio.sleep(loop.WATCH_EVERY * 1.5)
+            assert waiter.closed
+
+    trio.run(main)
+    assert trio.run(waiter.__call__) is False
 
 
 def test_trio_gets_a_turn_every_so_often(pipe):

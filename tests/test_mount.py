@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -426,6 +427,55 @@ def test_runc_runs_a_bundle_straight_from_the_mount(mounts, tmp_path):
             pytest.skip(f"runc cannot run containers here: {control.stderr.strip()[-300:]}")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "hello\n"
+
+
+def test_requests_waiting_for_an_export_hold_up_nobody(dockerd, mounts, cache_dir):
+    import fcntl
+
+    mnt = mounts.mount(_scenario("basic"))
+    app = mnt / "containers/onboot/001-app-setup/lower"
+    hello = mnt / "containers/onboot/000-hello"
+    # Holding the cache's lock for fbpub/app:1 keeps its export, and every request below
+    # app's lower/, waiting as long as the test likes.
+    image_hex = dockerd.client.api.inspect_image("fbpub/app:1")["Id"].split(":", 1)[1]
+    (cache_dir / "exports").mkdir(exist_ok=True)
+    lock = os.open(cache_dir / "exports" / f"{image_hex}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    assert app.is_dir()  # the directory itself is known without the export
+    listings: list[list[str]] = []
+
+    def listing() -> None:
+        # Each opendir is a request of its own (lookups of one directory may be serialized
+        # by the kernel, opens are not), and each waits in the server for the export.
+        listings.append(sorted(os.listdir(app)))
+
+    waiting = [threading.Thread(target=listing, daemon=True) for _ in range(10)]
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for t in waiting:
+            t.start()
+        time.sleep(1)
+        assert not listings and all(t.is_alive() for t in waiting)
+        # Meanwhile the rest of the mount answers, another image's first export included.
+        others: dict[str, object] = {}
+
+        def other() -> None:
+            others["config"] = json.loads((hello / "config.json").read_bytes())
+            others["busybox"] = (hello / "lower/bin/busybox").stat().st_size
+
+        t = threading.Thread(target=other, daemon=True)
+        t.start()
+        t.join(60)
+        assert not t.is_alive(), "the mount stopped answering while an export waited"
+        assert others["config"]["process"]["args"] == ["/bin/sh", "-c", "echo hello"]
+        assert others["busybox"] > 0
+        assert not listings  # still waiting
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+    for t in waiting:
+        t.join(60)
+    assert len(listings) == 10 and "app" in listings[0]
+    assert all(names == listings[0] for names in listings)
 
 
 # ------------------------------------------------------------------------------ reading
