@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import itertools
 import logging
 import os
 import threading
@@ -83,15 +84,11 @@ class Operations(pyfuse3.Operations):
         a.entry_timeout = TIMEOUT
         a.attr_timeout = TIMEOUT
         a.st_blksize = BLKSIZE
-        self._fill(a, ino, st)
-        return a
-
-    @staticmethod
-    def _fill(a: pyfuse3.EntryAttributes, ino: int, st: Stat) -> None:
         a.st_ino = ino
         a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_size, mtime = st
         a.st_atime_ns = a.st_ctime_ns = a.st_mtime_ns = mtime
         a.st_blocks = (a.st_size + 511) // 512
+        return a
 
     def _stat(self, ino: int) -> pyfuse3.EntryAttributes:
         try:
@@ -188,13 +185,10 @@ class Operations(pyfuse3.Operations):
         reply = pyfuse3.readdir_reply
         # A listing can be 100k entries: one attributes object, refilled (the reply copies it).
         a = self._row
+        dots = [(name, ino, self.tree.stat(ino))
+                for name, ino in ((b".", listing.ino), (b"..", listing.parent))[start_id:]]
         pos = start_id
-        for name, ino in ((b".", listing.ino), (b"..", listing.parent))[pos:]:
-            self._fill(a, ino, self.tree.stat(ino))
-            if not reply(token, name, a, pos + 1):
-                return
-            pos += 1
-        for name, ino, st in listing.rows(pos - 2):
+        for name, ino, st in itertools.chain(dots, listing.rows(max(start_id - 2, 0))):
             a.st_ino = ino
             a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, size, mtime = st
             a.st_size = size
@@ -266,7 +260,7 @@ class Operations(pyfuse3.Operations):
         """
         if not 0 < content.size <= PRELOAD:
             return
-        data: bytes | bytearray | None = content.data
+        data: bytes | memoryview | None = content.data
         if data is None:
             if not self._nowait:
                 return
@@ -367,4 +361,3 @@ class Operations(pyfuse3.Operations):
 
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _erofs
     create = write = setxattr = removexattr = _erofs
-
