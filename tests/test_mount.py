@@ -478,6 +478,46 @@ def test_requests_waiting_for_an_export_hold_up_nobody(dockerd, mounts, cache_di
     assert all(names == listings[0] for names in listings)
 
 
+def test_a_directory_too_big_for_one_reply_lists_whole(dockerd, mounts, tmp_path):
+    # 4000 entries with long names are several readdirplus replies: each must resume where
+    # the last one stopped, neither repeating nor skipping an entry.
+    names = sorted(f"{i:05d}-{'x' * 80}" for i in range(4000))
+    r = RootfsBuilder().dir("big")
+    for i, name in enumerate(names):
+        if i % 10 == 0:
+            r.dir(f"big/{name}")
+        else:
+            r.file(f"big/{name}", f"{i}\n")
+    r.write(tmp_path / "big.tar")
+    import_image(dockerd.client, tmp_path / "big.tar", "fbtest/bigdir:1", ['CMD ["/x"]'])
+    cfg = tmp_path / "big.yml"
+    cfg.write_text("onboot:\n  - name: big\n    image: fbtest/bigdir:1\n")
+    mnt = mounts.mount(cfg)
+    big = mnt / "containers/onboot/000-big/lower/big"
+    seen: list[tuple[str, int, bool]] = []
+
+    def scan() -> None:
+        # A listing that restarts instead of resuming never ends: bounded, so it fails.
+        with os.scandir(big) as it:
+            for e in it:
+                seen.append((e.name, e.inode(), e.is_dir(follow_symlinks=False)))
+                if len(seen) > len(names):
+                    return
+
+    t = threading.Thread(target=scan, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the listing did not end"
+    assert [n for n, _, _ in seen] == names
+    assert len({ino for _, ino, _ in seen}) == len(names)
+    for i, (name, ino, is_dir) in enumerate(seen):
+        assert is_dir == (i % 10 == 0)
+        if i % 397 == 0:
+            assert os.lstat(big / name).st_ino == ino
+    assert (big / names[1]).read_text() == "1\n"
+    assert os.stat(big).st_nlink == 2 + 400
+
+
 # ------------------------------------------------------------------------------ reading
 def test_parallel_readers_agree(fb, mounts, special_yml, tmp_path):
     tar = _pack(fb, special_yml, tmp_path / "pack.tar")
