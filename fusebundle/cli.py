@@ -87,7 +87,7 @@ class _Session:
         self._images: dict[str, Any] = {}
 
     def engine(self) -> Any:
-        from fusebundle.images import DockerEngine
+        from fusebundle.sources.engine import DockerEngine
 
         if self._engine is None:
             self._engine = DockerEngine(self.args.docker_host)

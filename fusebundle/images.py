@@ -1,4 +1,4 @@
-"""Images: inspect them in a Docker engine and keep their exported tars in a cache.
+"""Images exported by an engine, kept in a cache as tars beside their indexes.
 
 The cache is content-addressed by image ID: `<cache>/exports/<hex>.tar` beside its index
 `<hex>.tar.idx`. A tar is written under a temporary name and renamed when complete, and an
@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fusebundle import engineapi
-from fusebundle.errors import CorruptTar, EngineError, UserError
+from fusebundle.errors import CorruptTar, UserError
 from fusebundle.tarindex import TarIndex, open_index
 
 Progress = Callable[[int], None]
@@ -126,7 +125,7 @@ class Cache:
         if not os.path.exists(path):
             with self._locked(info):
                 if not os.path.exists(path):
-                    self._copy_out(outer.tar_path, e.offset, e.size, path)
+                    self._copy_out(e.src, e.offset, e.size, path)
         try:
             return open_index(path)
         except CorruptTar as err:
@@ -164,133 +163,6 @@ class Cache:
                              f"delete {path} to export it again") from None
         self._indexes[info.id] = idx
         return idx
-
-
-_TRANSPORT = {"FileNotFoundError": "no such socket", "ConnectionRefusedError": "connection refused",
-              "Connection refused": "connection refused",
-              "PermissionError": "permission denied", "TimeoutError": "timed out"}
-
-
-def _engine_error(what: str, e: Exception) -> EngineError:
-    text = str(getattr(e, "explanation", None) or e or type(e).__name__)
-    # The SDK nests the socket's OSError several layers deep; its name says it best.
-    for marker, plain in _TRANSPORT.items():
-        if marker in text:
-            text = plain
-            break
-    return EngineError(f"{what}: {' '.join(text.split())}")
-
-
-class DockerEngine:
-    """Images from a Docker engine, through the Docker SDK (inspect straight over the socket)."""
-
-    def __init__(self, host: str | None = None) -> None:
-        self._host = host
-        self._socket = engineapi.socket_path(host)
-        self._docker: Any = None
-        self._client: Any = None
-
-    def _sdk(self) -> Any:
-        """The docker module, once a client is connected; EngineError if it cannot be."""
-        if self._client is None:
-            import docker  # imported on first need: a warm mount never needs it
-
-            self._docker = docker
-            where = self._host or os.environ.get("DOCKER_HOST") or "the default socket"
-            try:
-                if self._host:
-                    self._client = docker.DockerClient(base_url=self._host, version="auto")
-                else:
-                    self._client = docker.from_env(version="auto")
-            except Exception as e:  # the SDK wraps every transport problem differently
-                raise _engine_error(f"cannot reach the Docker engine at {where}", e) from None
-        return self._docker
-
-    @property
-    def api(self) -> Any:
-        """The SDK's low-level client."""
-        self._sdk()
-        return self._client.api
-
-    @contextlib.contextmanager
-    def _reported(self, what: str) -> Iterator[None]:
-        """Turn whatever the SDK raises into one EngineError line; our own errors pass."""
-        import requests
-
-        docker = self._sdk()
-        try:
-            yield
-        except (docker.errors.DockerException, requests.RequestException) as e:
-            # Checked first: both are OSError subclasses, but the engine's, not ours.
-            raise _engine_error(what, e) from None
-        except (EngineError, OSError):
-            raise  # e.g. the cache's disk is full: the caller says so
-        except Exception as e:  # the SDK wraps some transport problems in other types
-            raise _engine_error(what, e) from None
-
-    def _inspect(self, ref: str) -> dict[str, Any] | None:
-        if self._socket is not None:
-            try:
-                data = engineapi.inspect_image(self._socket, ref)
-            except engineapi.NotFound:
-                return None
-            if data is not None:
-                return data
-        with self._reported(f"image {ref}: inspect failed"):
-            try:
-                return self.api.inspect_image(ref)
-            except self._docker.errors.ImageNotFound:
-                return None
-
-    def _pull(self, ref: str) -> None:
-        from docker.utils import parse_repository_tag
-
-        repo, tag = parse_repository_tag(ref)
-        with self._reported(f"image {ref}: not found and pull failed"):
-            for msg in self.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
-                if isinstance(msg, dict) and msg.get("error"):
-                    raise EngineError(f"image {ref}: pull failed: {msg['error']}")
-
-    def inspect(self, ref: str, pull: bool) -> ImageInfo:
-        """Inspect an image, pulling it first when asked or when it is missing."""
-        data = None if pull else self._inspect(ref)
-        if data is None:
-            self._pull(ref)
-            data = self._inspect(ref)
-            if data is None:
-                raise EngineError(f"image {ref}: not found after pulling it")
-        return ImageInfo(ref=ref, id=data["Id"], config=data.get("Config") or {},
-                         size=int(data.get("Size") or 0))
-
-    def export(self, info: ImageInfo, out: Any, progress: Progress | None) -> None:
-        """Stream `docker export` of a temporary container into `out`; always remove it."""
-        with self._reported(f"image {info.ref}: cannot create a container"):
-            # Never started: the command only has to exist for create to accept images
-            # that have none.
-            cid = self.api.create_container(info.id, command=["/dev/null"])["Id"]
-        try:
-            with self._reported(f"image {info.ref}: export failed"):
-                done = 0
-                for chunk in self.api.export(cid, chunk_size=1 << 20):
-                    out.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done)
-        finally:
-            self._remove(cid)
-
-    def _remove(self, cid: str) -> None:
-        # A second Ctrl-C must not leave the container behind either.
-        for _ in range(3):
-            try:
-                self.api.remove_container(cid, force=True)
-                return
-            except KeyboardInterrupt:
-                continue
-            except self._docker.errors.NotFound:
-                return
-            except Exception:
-                return
 
 
 @dataclass

@@ -92,6 +92,8 @@ class IndexEntry:
     devminor: int
     offset: int
     xattrs: dict[str, bytes] = field(hash=False)
+    # The file the data is in at `offset`: the tar itself, or for a merged image one layer's.
+    src: str = field(default="", compare=False)
 
 
 class _Corrupt(Exception):
@@ -688,11 +690,12 @@ class TarIndex:
             devminor=self._devminors[i],
             offset=self._offsets[i],
             xattrs=dict(attrs) if attrs else {},
+            src=self.tar_path,
         )
 
     def __iter__(self) -> Iterator[IndexEntry]:
         """Yield every member in archive order."""
-        names, links, xattrs = self._names, self._links, self._xattrs
+        names, links, xattrs, tar_path = self._names, self._links, self._xattrs, self.tar_path
         name_start = link_start = 0
         columns = zip(
             self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
@@ -716,9 +719,14 @@ class TarIndex:
                 minor,
                 off,
                 dict(attrs) if attrs else {},
+                tar_path,
             )
             name_start = n_end
             link_start = l_end
+
+    def data_path(self, i: int) -> str:
+        """The file holding entry i's data (at its offset): here always the tar itself."""
+        return self.tar_path
 
     def find(self, name: bytes) -> int | None:
         """Index of the last member called *name* (already normalised), or None."""

@@ -451,7 +451,7 @@ class GraftTree:
         else:
             e = self.idx.entry(i)
             size, offset = e.size, e.offset
-        return Content(size=size, path=self.idx.tar_path, offset=offset, graft=self.k)
+        return Content(size=size, path=self.idx.data_path(i), offset=offset, graft=self.k)
 
 
 _NUMERIC = ("modes", "uids", "gids", "sizes", "mtimes", "offsets", "devmajors", "devminors",

@@ -75,7 +75,7 @@ def test_a_warm_inspect_never_imports_the_sdk(dockerd, image, tmp_path):
     _unix(dockerd)
     code = (
         "import sys\n"
-        "from fusebundle.images import DockerEngine\n"
+        "from fusebundle.sources.engine import DockerEngine\n"
         f"info = DockerEngine({dockerd.host!r}).inspect({image!r}, False)\n"
         "print(info.id, info.config['Env'], 'docker' in sys.modules)\n"
     )
