@@ -7,10 +7,24 @@ archives are made by real tools (a private dockerd's `docker save`, `skopeo copy
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
 import pytest
+from imagetools import RootfsBuilder, busybox_bytes, import_image
 
 from fusebundle.errors import UserError
+from fusebundle.sources import manifest as mf
 from fusebundle.sources import reference
+from fusebundle.sources.archive import DockerArchive
+from fusebundle.sources.base import NotFound, Platform
+from fusebundle.sources.oci import OCILayout
 
 H = "86e0e091d0da6bde2456dbb48306f3956bbeb2eae1b5b9a43045843f69fe4aaa"
 D = "sha256:" + H
@@ -101,3 +115,260 @@ def test_reference_other_digest_algorithms_are_named_unsupported() -> None:
 def test_reference_normalise_helper() -> None:
     assert reference.normalise("alpine") == "docker.io/library/alpine:latest"
     assert reference.normalise("Not A Ref") is None
+
+
+# -- images from a real engine, saved and copied by real tools --------------------------------
+AMD64 = Platform("linux", "amd64")
+APP = "fbsrc/app:2"  # four layers over the base: files, a whiteout, one layer twice
+BASE = "fbsrc/base:1"
+
+DOCKERFILE = """\
+FROM fbsrc/base:1
+RUN echo one > /a && mkdir /d && echo x > /d/f
+RUN rm /d/f && echo two > /a2
+RUN echo same > /s && touch -d "2020-01-01 00:00:00" /s
+RUN echo same > /s && touch -d "2020-01-01 00:00:00" /s
+"""
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def read_all(f: Any) -> bytes:
+    with f:
+        return f.read()
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert message and "\n" not in message
+    return message
+
+
+def docker_cli(engine: Any, *args: str) -> None:
+    subprocess.run(["docker", "-H", engine.host, *args], check=True, capture_output=True,
+                   timeout=120)
+
+
+def skopeo(*args: str) -> None:
+    subprocess.run(["skopeo", "--insecure-policy", *args], check=True, capture_output=True,
+                   timeout=120)
+
+
+class Built:
+    """The test images: engine facts, a docker-save tar and a skopeo-made OCI layout."""
+
+    def __init__(self, root: Path, engine: Any) -> None:
+        self.root = root
+        self.api = engine.client.api
+        self.app = self.api.inspect_image(APP)
+        self.base = self.api.inspect_image(BASE)
+        self.save = root / "save.tar"
+        docker_cli(engine, "save", "-o", str(self.save), APP, BASE)
+        self.layout = root / "layout"
+        skopeo("copy", f"docker-archive:{self.save}:{APP}", f"oci:{self.layout}:v2")
+        index = json.loads((self.layout / "index.json").read_text())
+        self.manifest_digest = index["manifests"][0]["digest"]
+
+    def copy_layout(self, dest: Path) -> Path:
+        shutil.copytree(self.layout, dest)
+        return dest
+
+
+@pytest.fixture(scope="module")
+def built(dockerd, tmp_path_factory) -> Built:
+    tmp = tmp_path_factory.mktemp("sources")
+    r = RootfsBuilder()
+    r.dir("bin").file("bin/busybox", busybox_bytes(), mode=0o755)
+    for applet in ("sh", "echo", "rm", "mkdir", "touch"):
+        r.symlink("bin/" + applet, "busybox")
+    r.dir("etc").file("etc/motd", "base\n").dir("tmp", mode=0o1777)
+    import_image(dockerd.client, r.write(tmp / "base.tar"), BASE,
+                 ['CMD ["/bin/sh"]', "ENV PATH=/bin"])
+    ctx = tmp / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(DOCKERFILE)
+    dockerd.client.images.build(path=str(ctx), tag=APP, rm=True, network_mode="none")
+    return Built(tmp, dockerd)
+
+
+def test_docker_archive_2010_resolves_as_the_engine_has_it(built: Built) -> None:
+    src = DockerArchive(str(built.save))
+    assert src.name == f"docker-archive:{built.save}"
+    image = src.resolve(APP, AMD64)
+    assert image.config_digest == built.app["Id"]
+    assert [layer.diff_id for layer in image.layers] == built.app["RootFS"]["Layers"]
+    assert len(image.layers) == 5  # base + four RUNs (the last two make the same layer)
+    assert image.layers[3].diff_id == image.layers[4].diff_id  # saved as a symlink
+    assert image.name == "docker.io/fbsrc/app:2" and image.ref == APP
+    assert image.platform == "linux/amd64" and image.manifest_digest == ""
+    for layer in image.layers:
+        assert layer.media_type == mf.DOCKER_LAYER and layer.digest == layer.diff_id
+        data = read_all(src.open_blob(image, layer))
+        assert sha256(data) == layer.diff_id and len(data) == layer.size
+    # The base is in the same archive; full and familiar names find it.
+    base = src.resolve("docker.io/fbsrc/base:1", AMD64)
+    assert base.config_digest == built.base["Id"]
+    assert base.layers[0].diff_id == image.layers[0].diff_id
+
+
+def test_save_20_10_repeats_a_layer_as_a_symlink(built: Built) -> None:
+    # The fact the archive reader relies on: what docker 20.10 writes for a repeated layer.
+    with tarfile.open(built.save) as t:
+        links = [m for m in t.getmembers() if m.issym() and m.name.endswith("/layer.tar")]
+    assert links and all(m.linkname.startswith("../") for m in links)
+
+
+def test_oci_layout_from_skopeo_by_tag(built: Built) -> None:
+    src = OCILayout(str(built.layout))
+    assert src.name == f"oci:{built.layout}"
+    image = src.resolve("fbsrc/app:v2", AMD64)  # skopeo wrote ref.name "v2": the tag alone
+    assert image.manifest_digest == built.manifest_digest
+    assert [layer.diff_id for layer in image.layers] == built.app["RootFS"]["Layers"]
+    config = json.loads(image.config_bytes)
+    assert config["rootfs"]["diff_ids"] == built.app["RootFS"]["Layers"]
+    assert image.config["Cmd"] == built.app["Config"]["Cmd"]
+    for layer in image.layers:
+        assert layer.media_type == mf.OCI_LAYER_GZIP
+        blob = read_all(src.open_blob(image, layer))
+        assert sha256(blob) == layer.digest and len(blob) == layer.size
+        assert sha256(gzip.decompress(blob)) == layer.diff_id
+
+
+def _edit_index(layout: Path, edit: Any) -> None:
+    path = layout / "index.json"
+    index = json.loads(path.read_text())
+    edit(index)
+    path.write_text(json.dumps(index))
+
+
+def _annotate(**annotations: str) -> Any:
+    def edit(index: dict) -> None:
+        index["manifests"][0]["annotations"] = annotations
+    return edit
+
+
+def test_oci_layout_by_full_name_as_linuxkit_writes_it(built: Built, tmp_path: Path) -> None:
+    layout = built.copy_layout(tmp_path / "linuxkit")
+    _edit_index(layout, _annotate(**{mf.REF_NAME: "docker.io/fbsrc/app:2"}))
+    src = OCILayout(str(layout))
+    for ref in ("fbsrc/app:2", "docker.io/fbsrc/app:2", "index.docker.io/fbsrc/app:2"):
+        assert src.resolve(ref, AMD64).manifest_digest == built.manifest_digest
+    with pytest.raises(NotFound) as exc:
+        src.resolve("fbsrc/app:3", AMD64)
+    assert one_line(exc) == f"oci:{layout}: no image fbsrc/app:3 (it has: docker.io/fbsrc/app:2)"
+    # A familiar name written as ref.name matches the normalised reference too.
+    _edit_index(layout, _annotate(**{mf.REF_NAME: "fbsrc/app:2"}))
+    assert src.resolve("docker.io/fbsrc/app:2", AMD64).manifest_digest == built.manifest_digest
+
+
+def test_oci_layout_by_containerd_name_and_by_digest(built: Built, tmp_path: Path) -> None:
+    layout = built.copy_layout(tmp_path / "ctrname")
+    _edit_index(layout, _annotate(**{mf.CONTAINERD_NAME: "docker.io/fbsrc/app:2"}))
+    src = OCILayout(str(layout))
+    assert src.resolve(APP, AMD64).manifest_digest == built.manifest_digest
+    pinned = f"fbsrc/app@{built.manifest_digest}"
+    image = OCILayout(str(built.layout)).resolve(pinned, AMD64)
+    assert image.manifest_digest == built.manifest_digest
+    assert image.name == f"docker.io/fbsrc/app@{built.manifest_digest}"
+    other = "sha256:" + "0" * 64
+    with pytest.raises(NotFound, match=f"no image fbsrc/app@{other} "):
+        OCILayout(str(built.layout)).resolve(f"fbsrc/app@{other}", AMD64)
+
+
+# -- hand-written indexes: platforms, attestations, LinuxKit's partial cache -------------------
+def put_blob(layout: Path, data: bytes, media_type: str, **extra: Any) -> dict[str, Any]:
+    digest = sha256(data)
+    (layout / "blobs" / "sha256" / digest[7:]).write_bytes(data)
+    return {"mediaType": media_type, "digest": digest, "size": len(data), **extra}
+
+
+def blob_file(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest[7:]
+
+
+def _manifest_of(layout: Path, digest: str) -> dict[str, Any]:
+    return json.loads(blob_file(layout, digest).read_bytes())
+
+
+def _variant(layout: Path, base: dict[str, Any], arch: str, variant: str = "") -> dict:
+    """A manifest of the same layers whose config says ARCH/VARIANT; returns its descriptor."""
+    config = json.loads(blob_file(layout, base["config"]["digest"]).read_bytes())
+    config["architecture"] = arch
+    if variant:
+        config["variant"] = variant
+    cdesc = put_blob(layout, json.dumps(config).encode(), mf.OCI_CONFIG)
+    doc = dict(base, config=cdesc)
+    platform = {"os": "linux", "architecture": arch, **({"variant": variant} if variant else {})}
+    return put_blob(layout, json.dumps(doc).encode(), mf.OCI_MANIFEST, platform=platform)
+
+
+@pytest.fixture
+def multi(built: Built, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A layout whose one name is an index: an attestation, linux/amd64, linux/arm64/v8."""
+    layout = built.copy_layout(tmp_path / "multi")
+    base = _manifest_of(layout, built.manifest_digest)
+    amd = _variant(layout, base, "amd64")
+    arm = _variant(layout, base, "arm64", "v8")
+    att = put_blob(layout, json.dumps(dict(base, layers=[])).encode(), mf.OCI_MANIFEST,
+                   platform={"os": "unknown", "architecture": "unknown"},
+                   annotations={"vnd.docker.reference.type": "attestation-manifest",
+                                "vnd.docker.reference.digest": amd["digest"]})
+    index = {"schemaVersion": 2, "mediaType": mf.OCI_INDEX, "manifests": [att, amd, arm]}
+    idesc = put_blob(layout, json.dumps(index).encode(), mf.OCI_INDEX,
+                     annotations={mf.REF_NAME: "docker.io/fbsrc/multi:1"})
+    _edit_index(layout, lambda i: i.update(manifests=[idesc]))
+    return layout, {"amd64": amd["digest"], "arm64": arm["digest"], "index": idesc["digest"]}
+
+
+def test_index_picks_the_platform_and_skips_attestations(multi) -> None:
+    layout, digests = multi
+    src = OCILayout(str(layout))
+    amd = src.resolve("fbsrc/multi:1", AMD64)
+    assert amd.manifest_digest == digests["amd64"] and amd.platform == "linux/amd64"
+    for plat in ("linux/arm64", "linux/arm64/v8"):
+        arm = src.resolve("fbsrc/multi:1", Platform.parse(plat))
+        assert arm.manifest_digest == digests["arm64"] and arm.platform == "linux/arm64/v8"
+    assert arm.layers == amd.layers
+    with pytest.raises(NotFound) as exc:
+        src.resolve("fbsrc/multi:1", Platform.parse("linux/s390x"))
+    assert one_line(exc).endswith(
+        "no image for platform linux/s390x (it has: linux/amd64, linux/arm64/v8)")
+    with pytest.raises(NotFound, match=r"it has: linux/amd64, linux/arm64/v8\)"):
+        src.resolve("fbsrc/multi:1", Platform.parse("linux/arm64/v7"))
+    # Pinned by the index digest or by one platform's manifest digest.
+    assert src.resolve(f"fbsrc/multi@{digests['index']}", AMD64).manifest_digest == \
+        digests["amd64"]
+    assert src.resolve(f"fbsrc/multi@{digests['arm64']}", Platform.parse("linux/arm64")
+                       ).manifest_digest == digests["arm64"]
+
+
+def test_other_platforms_blobs_may_be_missing_but_not_the_chosen_ones(multi) -> None:
+    layout, digests = multi
+    arm = _manifest_of(layout, digests["arm64"])
+    blob_file(layout, digests["arm64"]).unlink()  # as LinuxKit's cache keeps only one
+    blob_file(layout, arm["config"]["digest"]).unlink()
+    src = OCILayout(str(layout))
+    assert src.resolve("fbsrc/multi:1", AMD64).manifest_digest == digests["amd64"]
+    with pytest.raises(UserError) as exc:
+        OCILayout(str(layout)).resolve("fbsrc/multi:1", Platform.parse("linux/arm64"))
+    assert one_line(exc) == (f"oci:{layout}: fbsrc/multi:1: manifest blob {digests['arm64']} "
+                             "is missing from the layout")
+
+
+def test_choose_on_a_docker_manifest_list() -> None:
+    def desc(arch: str, variant: str = "", digit: str = "1") -> dict[str, Any]:
+        plat = {"os": "linux", "architecture": arch, **({"variant": variant} if variant else {})}
+        return {"mediaType": mf.DOCKER_MANIFEST, "digest": "sha256:" + digit * 64, "size": 1,
+                "platform": plat}
+    listing = {"schemaVersion": 2, "mediaType": mf.DOCKER_MANIFEST_LIST,
+               "manifests": [desc("arm", "v6", "1"), desc("arm", "", "2"), desc("arm64", "", "3")]}
+    assert mf.choose(listing, Platform.parse("linux/arm"), "x")["digest"] == "sha256:" + "2" * 64
+    assert mf.choose(listing, Platform.parse("linux/arm/v6"), "x")["digest"] == \
+        "sha256:" + "1" * 64
+    assert mf.choose(listing, Platform.parse("linux/arm64/v8"), "x")["digest"] == \
+        "sha256:" + "3" * 64
+    with pytest.raises(NotFound, match=r"^x: no image for platform linux/amd64 \(it has: "
+                       r"linux/arm, linux/arm/v6, linux/arm64\)$"):
+        mf.choose(listing, AMD64, "x")
