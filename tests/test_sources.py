@@ -372,3 +372,100 @@ def test_choose_on_a_docker_manifest_list() -> None:
     with pytest.raises(NotFound, match=r"^x: no image for platform linux/amd64 \(it has: "
                        r"linux/arm, linux/arm/v6, linux/arm64\)$"):
         mf.choose(listing, AMD64, "x")
+
+
+# -- a Docker >= 25 save: an OCI layout inside the tar, beside manifest.json -------------------
+def tar_dir(src: Path, dest: Path) -> Path:
+    with tarfile.open(dest, "w") as t:
+        for path in sorted(src.rglob("*")):
+            t.add(path, arcname=str(path.relative_to(src)), recursive=False)
+    return dest
+
+
+def member_bytes(archive: Path, name: str) -> bytes:
+    with tarfile.open(archive) as t:
+        f = t.extractfile(name)
+        assert f is not None
+        return f.read()
+
+
+def save_manifest(archive: Path) -> list[dict[str, Any]]:
+    return json.loads(member_bytes(archive, "manifest.json"))
+
+
+@pytest.fixture(scope="module")
+def save25(built: Built, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """What docker >= 25 saves for APP and BASE: uncompressed OCI layers, blobs by digest."""
+    tmp = tmp_path_factory.mktemp("save25")
+    layout = tmp / "layout"
+    skopeo("copy", "--dest-oci-accept-uncompressed-layers",
+           f"docker-archive:{built.save}:{APP}", f"oci:{layout}:2")
+    app = _manifest_of(layout, json.loads((layout / "index.json").read_text())
+                       ["manifests"][0]["digest"])
+    # skopeo labels the layers it left uncompressed "+gzip" (containers/image does, as the
+    # notes say); docker >= 25 labels them plain tar.
+    for layer in app["layers"]:
+        layer["mediaType"] = mf.OCI_LAYER
+    app_desc = put_blob(layout, json.dumps(app).encode(), mf.OCI_MANIFEST)
+    # The base: its own config as docker keeps it, and the layer it shares with APP.
+    items = {i["RepoTags"][0]: i for i in save_manifest(built.save)}
+    base_config = member_bytes(built.save, items[BASE]["Config"])
+    cdesc = put_blob(layout, base_config, mf.OCI_CONFIG)
+    base = {"schemaVersion": 2, "mediaType": mf.OCI_MANIFEST, "config": cdesc,
+            "layers": app["layers"][:1]}
+    base_desc = put_blob(layout, json.dumps(base).encode(), mf.OCI_MANIFEST)
+    # Both tagged "2" in ref.name; only the containerd name tells them apart.
+    app_desc["annotations"] = {mf.CONTAINERD_NAME: "docker.io/fbsrc/app:2", mf.REF_NAME: "2"}
+    base_desc["annotations"] = {mf.CONTAINERD_NAME: "docker.io/fbsrc/base:2", mf.REF_NAME: "2"}
+    _edit_index(layout, lambda i: i.update(manifests=[app_desc, base_desc]))
+    # manifest.json also lists BASE as fbsrc/base:1, which index.json does not have (as
+    # docker 25 left untagged images out): the archive falls back to manifest.json for it.
+    blobs = "blobs/sha256/"
+    listing = [
+        {"Config": blobs + app["config"]["digest"][7:], "RepoTags": [APP],
+         "Layers": [blobs + d["digest"][7:] for d in app["layers"]]},
+        {"Config": blobs + cdesc["digest"][7:], "RepoTags": [BASE, "fbsrc/base:2"],
+         "Layers": [blobs + app["layers"][0]["digest"][7:]]},
+    ]
+    (layout / "manifest.json").write_text(json.dumps(listing) + "\n")
+    return tar_dir(layout, tmp / "save25.tar"), {"app": app_desc["digest"],
+                                                 "base": base_desc["digest"]}
+
+
+def test_docker_archive_25_reads_the_layout_inside(built: Built, save25) -> None:
+    archive, digests = save25
+    src = DockerArchive(str(archive))
+    app = src.resolve(APP, AMD64)
+    assert app.manifest_digest == digests["app"]
+    assert [layer.diff_id for layer in app.layers] == built.app["RootFS"]["Layers"]
+    for layer in app.layers:
+        assert layer.media_type == mf.OCI_LAYER and layer.digest == layer.diff_id
+        assert sha256(read_all(src.open_blob(app, layer))) == layer.diff_id
+    base = src.resolve("docker.io/fbsrc/base:2", AMD64)  # by the containerd name
+    assert base.manifest_digest == digests["base"]
+    assert base.config_digest == built.base["Id"]
+    # Not in index.json, but in manifest.json: no manifest digest, the same image.
+    old = src.resolve(BASE, AMD64)
+    assert old.manifest_digest == "" and old.config_digest == built.base["Id"]
+    assert sha256(read_all(src.open_blob(old, old.layers[0]))) == old.layers[0].diff_id
+    with pytest.raises(NotFound) as exc:
+        src.resolve("fbsrc/app:1", AMD64)
+    message = one_line(exc)
+    assert message.startswith(f"docker-archive:{archive}: no image fbsrc/app:1 (it has: ")
+    for name in ("docker.io/fbsrc/app:2", "docker.io/fbsrc/base:2", "fbsrc/base:1"):
+        assert name in message
+
+
+def test_the_tag_alone_must_not_be_ambiguous(save25, tmp_path: Path) -> None:
+    archive, _ = save25
+    with tarfile.open(archive) as t:
+        t.extractall(tmp_path / "layout", filter="data")
+    layout = tmp_path / "layout"
+    def drop_names(index: dict) -> None:
+        for desc in index["manifests"]:
+            desc["annotations"] = {mf.REF_NAME: "2"}
+    _edit_index(layout, drop_names)
+    with pytest.raises(UserError) as exc:
+        OCILayout(str(layout)).resolve(APP, AMD64)
+    assert one_line(exc) == (f"oci:{layout}: {APP}: the tag '2' alone names 2 different "
+                             "images; name it in full")
