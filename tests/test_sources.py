@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -469,3 +471,195 @@ def test_the_tag_alone_must_not_be_ambiguous(save25, tmp_path: Path) -> None:
         OCILayout(str(layout)).resolve(APP, AMD64)
     assert one_line(exc) == (f"oci:{layout}: {APP}: the tag '2' alone names 2 different "
                              "images; name it in full")
+
+
+# -- bad input: each one line that names the source, the image and the blob --------------------
+def _rewrite_tar(src: Path, dest: Path, change: dict[str, bytes | None]) -> Path:
+    """A copy of tar SRC with members' data replaced (None drops the member)."""
+    with tarfile.open(src) as tin, tarfile.open(dest, "w") as tout:
+        for m in tin.getmembers():
+            if m.name in change:
+                data = change[m.name]
+                if data is None:
+                    continue
+                m.size = len(data)
+                tout.addfile(m, io.BytesIO(data))
+            else:
+                tout.addfile(m, tin.extractfile(m) if m.isfile() else None)
+    return dest
+
+
+def test_archive_without_the_image_names_what_it_has(built: Built) -> None:
+    with pytest.raises(NotFound) as exc:
+        DockerArchive(str(built.save)).resolve("fbsrc/nope", AMD64)
+    message = one_line(exc)
+    prefix = f"docker-archive:{built.save}: no image fbsrc/nope (it has: "
+    assert message.startswith(prefix) and message.endswith(")")
+    assert sorted(message[len(prefix):-1].split(", ")) == [APP, BASE]
+    # A 20.10 save carries no manifest digests, so a pinned reference cannot match.
+    with pytest.raises(NotFound, match="no image fbsrc/app@sha256:"):
+        DockerArchive(str(built.save)).resolve(f"fbsrc/app@sha256:{'1' * 64}", AMD64)
+
+
+def test_layout_missing_blobs(built: Built, tmp_path: Path) -> None:
+    layout = built.copy_layout(tmp_path / "l")
+    src = OCILayout(str(layout))
+    image = src.resolve("fbsrc/app:v2", AMD64)
+    top = image.layers[-1]
+    blob_file(layout, top.digest).unlink()
+    with pytest.raises(UserError) as exc:
+        src.open_blob(image, top)
+    assert one_line(exc) == (f"oci:{layout}: fbsrc/app:v2: layer blob {top.digest} is missing "
+                             "from the layout")
+    config = _manifest_of(layout, built.manifest_digest)["config"]["digest"]
+    blob_file(layout, config).unlink()
+    with pytest.raises(UserError) as exc:
+        OCILayout(str(layout)).resolve("fbsrc/app:v2", AMD64)
+    assert one_line(exc) == (f"oci:{layout}: fbsrc/app:v2: config blob {config} is missing "
+                             "from the layout")
+
+
+@pytest.mark.parametrize("which", ["manifest", "config"])
+def test_layout_corrupt_blob_is_named(built: Built, tmp_path: Path, which: str) -> None:
+    layout = built.copy_layout(tmp_path / "l")
+    digest = built.manifest_digest
+    if which == "config":
+        digest = _manifest_of(layout, digest)["config"]["digest"]
+    path = blob_file(layout, digest)
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x20  # one flipped bit, still JSON of the same size
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError) as exc:
+        OCILayout(str(layout)).resolve("fbsrc/app:v2", AMD64)
+    assert one_line(exc) == (f"oci:{layout}: fbsrc/app:v2 ({which}): blob {digest} is corrupt "
+                             f"(its content hashes to {sha256(bytes(data))})")
+
+
+def test_archive_corrupt_config_is_named(built: Built, tmp_path: Path) -> None:
+    item = next(i for i in save_manifest(built.save) if i["RepoTags"] == [APP])
+    config = member_bytes(built.save, item["Config"]).replace(b'"Cmd"', b'"cmd"')
+    bad = _rewrite_tar(built.save, tmp_path / "bad.tar", {item["Config"]: config})
+    with pytest.raises(UserError) as exc:
+        DockerArchive(str(bad)).resolve(APP, AMD64)
+    assert one_line(exc) == (f"docker-archive:{bad}: {APP} (config): blob {built.app['Id']} "
+                             f"is corrupt (its content hashes to {sha256(config)})")
+
+
+def test_unknown_layer_media_type_is_named(built: Built, tmp_path: Path) -> None:
+    layout = built.copy_layout(tmp_path / "l")
+    doc = _manifest_of(layout, built.manifest_digest)
+    doc["layers"][1]["mediaType"] = "application/vnd.example.layer.v1+squashfs"
+    desc = put_blob(layout, json.dumps(doc).encode(), mf.OCI_MANIFEST,
+                    annotations={mf.REF_NAME: "v2"})
+    _edit_index(layout, lambda i: i.update(manifests=[desc]))
+    with pytest.raises(UserError) as exc:
+        OCILayout(str(layout)).resolve("fbsrc/app:v2", AMD64)
+    assert one_line(exc) == (
+        f"oci:{layout}: fbsrc/app:v2 (manifest): layer {doc['layers'][1]['digest']} has an "
+        "unknown media type 'application/vnd.example.layer.v1+squashfs'")
+
+
+def test_not_a_layout(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as exc:
+        OCILayout(str(tmp_path)).resolve("alpine", AMD64)
+    assert one_line(exc) == f"oci:{tmp_path}: not an OCI image layout (no oci-layout file)"
+    with pytest.raises(UserError) as exc:
+        OCILayout(str(tmp_path / "nope")).resolve("alpine", AMD64)
+    assert one_line(exc) == f"oci:{tmp_path / 'nope'}: no such directory"
+    (tmp_path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(UserError, match=rf"^oci:{tmp_path}: index.json: not valid JSON"):
+        OCILayout(str(tmp_path)).resolve("alpine", AMD64)
+
+
+def test_not_an_archive(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"\x01" * 1024)
+    with pytest.raises(UserError) as exc:
+        DockerArchive(str(junk)).resolve("alpine", AMD64)
+    assert one_line(exc).startswith(f"docker-archive:{junk}: not a readable tar: ")
+    plain = RootfsBuilder().file("hello", "hi").write(tmp_path / "plain.tar")
+    with pytest.raises(UserError) as exc:
+        DockerArchive(str(plain)).resolve("alpine", AMD64)
+    assert one_line(exc) == (f"docker-archive:{plain}: not a docker save archive "
+                             "(no manifest.json or index.json)")
+    with pytest.raises(UserError) as exc:
+        DockerArchive(str(tmp_path / "none.tar")).resolve("alpine", AMD64)
+    assert one_line(exc) == f"docker-archive:{tmp_path / 'none.tar'}: no such file"
+
+
+def test_truncated_archive(built: Built, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.tar"
+    data = built.save.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError) as exc:
+        DockerArchive(str(cut)).resolve(APP, AMD64)
+    assert "truncated" in one_line(exc) and one_line(exc).startswith(f"docker-archive:{cut}: ")
+    # Cut after it was indexed: the blob's reader raises instead of ending short.
+    cut.write_bytes(data)
+    src = DockerArchive(str(cut))
+    image = src.resolve(APP, AMD64)
+    big = max(image.layers, key=lambda layer: layer.size)
+    with src.open_blob(image, big) as f:
+        head = f.read(512)
+        os.truncate(cut, len(data) // 2)
+        with pytest.raises(UserError) as exc:
+            f.read()
+    assert len(head) == 512
+    assert one_line(exc).endswith("truncated (the archive ends inside it)")
+
+
+def test_archive_symlink_out_of_the_archive_is_refused(tmp_path: Path) -> None:
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "2" * 64]}})
+    r = RootfsBuilder()
+    r.file("manifest.json", json.dumps([{"Config": "c.json", "RepoTags": ["x:1"],
+                                         "Layers": ["l/layer.tar"]}]))
+    r.file("c.json", config).dir("l").symlink("l/layer.tar", "../../etc/passwd")
+    archive = r.write(tmp_path / "evil.tar")
+    with pytest.raises(UserError) as exc:
+        DockerArchive(str(archive)).resolve("x:1", AMD64)
+    assert one_line(exc) == (f"docker-archive:{archive}: member l/layer.tar links outside the "
+                             "archive (../../etc/passwd)")
+
+
+def test_single_platform_image_of_another_platform(built: Built) -> None:
+    with pytest.raises(NotFound) as exc:
+        DockerArchive(str(built.save)).resolve(APP, Platform.parse("linux/arm64"))
+    assert one_line(exc) == (f"docker-archive:{built.save}: {APP}: no image for platform "
+                             "linux/arm64 (it has: linux/amd64)")
+    with pytest.raises(NotFound, match=r"fbsrc/app:v2: no image for platform linux/ppc64le "
+                       r"\(it has: linux/amd64\)$"):
+        OCILayout(str(built.layout)).resolve("fbsrc/app:v2", Platform.parse("linux/ppc64le"))
+
+
+def test_manifest_checks_without_a_layout() -> None:
+    config = {"mediaType": mf.DOCKER_CONFIG, "digest": D, "size": 2}
+    layer = {"mediaType": mf.DOCKER_LAYER_GZIP, "digest": D, "size": 3}
+    doc = {"schemaVersion": 2, "mediaType": mf.DOCKER_MANIFEST, "config": config,
+           "layers": [layer, dict(layer, mediaType=mf.DOCKER_FOREIGN_LAYER_GZIP)]}
+    got_config, got_layers = mf.parse_manifest(json.dumps(doc).encode(), "w")
+    assert got_config == config and [d["mediaType"] for d in got_layers] == [
+        mf.DOCKER_LAYER_GZIP, mf.DOCKER_FOREIGN_LAYER_GZIP]
+    for bad, message in [
+        ({"schemaVersion": 1, "fsLayers": []}, "w: Docker schema 1 manifests are not supported"),
+        ({"schemaVersion": 2, "mediaType": mf.OCI_INDEX, "manifests": []},
+         "w: an image index where an image manifest was expected"),
+        (dict(doc, config=dict(config, mediaType="application/vnd.cncf.helm.config.v1+json")),
+         "w: not a container image (config media type "
+         "'application/vnd.cncf.helm.config.v1+json')"),
+        (dict(doc, layers=[dict(layer, digest="sha512:" + "a" * 128)]),
+         "w: layer: digest sha512:" + "a" * 73 + " is not sha256:<64 hex> "
+         "(only sha256 is supported)"),
+    ]:
+        with pytest.raises(UserError) as exc:
+            mf.parse_manifest(json.dumps(bad).encode(), "w")
+        assert one_line(exc) == message
+    # The config must list one diff_id per layer.
+    cfg = json.dumps({"rootfs": {"type": "layers", "diff_ids": [D]}}).encode()
+    with pytest.raises(UserError) as exc:
+        mf.image_from("r", "n", "s", "linux/amd64", "", cfg, got_layers)
+    assert one_line(exc) == "s: r: config lists 1 diff_ids for 2 layers"
+    image = mf.image_from("r", "n", "s", "linux/amd64", "", cfg, got_layers[:1])
+    assert image.layers[0].diff_id == D and image.layers[0].size == 3
+    assert image.config_digest == sha256(cfg)
