@@ -209,6 +209,9 @@ def test_docker_archive_2010_resolves_as_the_engine_has_it(built: Built) -> None
         assert layer.media_type == mf.DOCKER_LAYER and layer.digest == layer.diff_id
         data = read_all(src.open_blob(image, layer))
         assert sha256(data) == layer.diff_id and len(data) == layer.size
+    # Another reader of the same archive (a later step, say) serves the image's blobs too.
+    fresh = DockerArchive(str(built.save))
+    assert sha256(read_all(fresh.open_blob(image, image.layers[4]))) == image.layers[4].diff_id
     # The base is in the same archive; full and familiar names find it.
     base = src.resolve("docker.io/fbsrc/base:1", AMD64)
     assert base.config_digest == built.base["Id"]

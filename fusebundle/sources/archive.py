@@ -162,15 +162,18 @@ class DockerArchive:
             if not isinstance(doc, list) or not all(isinstance(i, dict) for i in doc):
                 raise UserError(f"{self.name}: manifest.json is not a list of images")
             for item in doc:
-                if not isinstance(item.get("Config"), str) or not isinstance(
-                        item.get("Layers"), list) or not all(
-                        isinstance(p, str) for p in item["Layers"]):
-                    raise UserError(f"{self.name}: manifest.json item without Config or Layers")
-                tags = item.get("RepoTags") or []
-                if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-                    raise UserError(f"{self.name}: manifest.json RepoTags is not a list of names")
+                self._check_item(item)
             self._manifest = doc
         return self._manifest
+
+    def _check_item(self, item: dict[str, Any]) -> None:
+        layers = item.get("Layers")
+        if not isinstance(item.get("Config"), str) or not isinstance(layers, list) or \
+                not all(isinstance(p, str) for p in layers):
+            raise UserError(f"{self.name}: manifest.json item without Config or Layers")
+        tags = item.get("RepoTags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise UserError(f"{self.name}: manifest.json RepoTags is not a list of names")
 
     def _tagged(self) -> list[str]:
         names = [t for item in self.manifest() for t in (item.get("RepoTags") or [])]
@@ -247,6 +250,10 @@ class DockerArchive:
     def open_blob(self, image: ResolvedImage, layer: LayerRef) -> BinaryIO:
         """The layer blob, read in place from the archive."""
         path = self._layer_paths.get(layer.digest)
+        if path is None and not image.manifest_digest:
+            # An image resolved by another DockerArchive object: find its members again.
+            self.resolve(image.ref, Platform.parse(image.platform))
+            path = self._layer_paths.get(layer.digest)
         if path is None:
             return self._layout.open_blob(image, layer)
         if not self.files.exists(path):
