@@ -14,7 +14,7 @@ import json
 import os
 import posixpath
 import threading
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from fusebundle.errors import CorruptTar, UserError
 from fusebundle.sources import manifest as mf
@@ -53,18 +53,35 @@ class _Member(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
+    def _short(self) -> UserError:
+        # The archive shrank after it was indexed: never hand out a silently short blob.
+        return UserError(f"{self._what}: truncated (the archive ends inside it)")
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to `size` bytes (all that is left if negative); one pread, no copy."""
+        left = self._size - self._pos
+        want = left if size is None or size < 0 else min(size, left)
+        if want <= 0:
+            return b""
+        data = os.pread(self._fd, want, self._offset + self._pos)
+        if len(data) < want:
+            raise self._short()
+        self._pos += want
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
     def readinto(self, buf: Any) -> int:
         view = memoryview(buf).cast("B")
         want = min(len(view), self._size - self._pos)
         if want <= 0:
             return 0
-        data = os.pread(self._fd, want, self._offset + self._pos)
-        if len(data) < want:
-            # The archive shrank after it was indexed: never hand out a silently short blob.
-            raise UserError(f"{self._what}: truncated (the archive ends inside it)")
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        got = os.preadv(self._fd, [view[:want]], self._offset + self._pos)
+        if got < want:
+            raise self._short()
+        self._pos += want
+        return want
 
     def close(self) -> None:
         if not self.closed:
@@ -91,6 +108,8 @@ class TarFiles:
                     self._index = TarIndex.scan(self.path)
                 except CorruptTar as e:
                     raise CorruptTar(f"{self.name}: not a readable tar: {e}") from None
+                except OSError as e:
+                    raise UserError(f"{self.name}: {e.strerror or e}") from None
             return self._index
 
     def member(self, path: str) -> tuple[int, int] | None:
@@ -120,7 +139,7 @@ class TarFiles:
     def exists(self, path: str) -> bool:
         return self.member(path) is not None
 
-    def read(self, path: str, limit: int) -> bytes:
+    def read(self, path: str, limit: int = mf.MAX_METADATA) -> bytes:
         with self.open(path) as f:
             data = f.read(limit + 1)
         if len(data) > limit:
@@ -132,9 +151,12 @@ class TarFiles:
         if where is None:
             raise UserError(f"{self.name}: no member {path} in the archive")
         offset, size = where
-        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        raw = _Member(fd, offset, size, f"{self.name}: member {path}")
-        return io.BufferedReader(raw, 1 << 20)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise UserError(f"{self.name}: {e.strerror or e}") from None
+        # Unbuffered: the store reads in large chunks, and each read is one pread.
+        return cast(BinaryIO, _Member(fd, offset, size, f"{self.name}: member {path}"))
 
 
 class DockerArchive:

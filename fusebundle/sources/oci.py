@@ -27,7 +27,7 @@ class Files(Protocol):
         """True if `path` is a regular file (or a link to one) in the tree."""
         ...
 
-    def read(self, path: str, limit: int) -> bytes:
+    def read(self, path: str, limit: int = mf.MAX_METADATA) -> bytes:
         """The whole file; UserError if it is larger than `limit` bytes."""
         ...
 
@@ -48,15 +48,18 @@ class DirFiles:
     def exists(self, path: str) -> bool:
         return os.path.isfile(self._path(path))
 
-    def read(self, path: str, limit: int) -> bytes:
-        with open(self._path(path), "rb") as f:
+    def read(self, path: str, limit: int = mf.MAX_METADATA) -> bytes:
+        with self.open(path) as f:
             data = f.read(limit + 1)
         if len(data) > limit:
             raise UserError(f"{self._path(path)}: larger than {limit} bytes")
         return data
 
     def open(self, path: str) -> BinaryIO:
-        return open(self._path(path), "rb")
+        try:
+            return open(self._path(path), "rb")
+        except OSError as e:
+            raise UserError(f"{self._path(path)}: {e.strerror or e}") from None
 
 
 def blob_path(digest: str, what: str) -> str:
