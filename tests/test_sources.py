@@ -18,6 +18,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 from imagetools import RootfsBuilder, busybox_bytes, import_image
 
@@ -52,7 +53,7 @@ NORMALISED = [
     ("test-com:8080/foo", "test-com:8080/foo:latest", "test-com:8080/foo:latest"),
     ("test_com/foo", "docker.io/test_com/foo:latest", "test_com/foo:latest"),
     ("xn--n3h.com:18080/foo", "xn--n3h.com:18080/foo:latest", "xn--n3h.com:18080/foo:latest"),
-    ("Foo/bar", "Foo/bar:latest", "Foo/bar:latest"),
+    # IPv6 domains: distribution's grammar today (the 20.10 engine here still rejects them).
     ("[fc00::1]:5000/docker/docker", "[fc00::1]:5000/docker/docker:latest",
      "[fc00::1]:5000/docker/docker:latest"),
     ("dock__er/docker---rules", "docker.io/dock__er/docker---rules:latest",
@@ -70,7 +71,7 @@ INVALID = [
     "docker/", "[fc00::1]", "fc00::1:5000/debian", "[fe80::1%eth0]:5000/debian", H,
     "alpine:", "alpine:-tag", "alpine:" + "t" * 129, "alpine@", "alpine@sha256:abc",
     f"alpine@sha256:{H.upper()}", f"alpine@sha256:{H}00", "alpine@:" + H,
-    "a" * 250 + "/" + "b" * 10, "alpine:1:2", "ALPINE",
+    "a" * 250 + "/" + "b" * 10, "alpine:1:2", "ALPINE", "Foo/bar",
 ]
 
 
@@ -666,3 +667,28 @@ def test_manifest_checks_without_a_layout() -> None:
     image = mf.image_from("r", "n", "s", "linux/amd64", "", cfg, got_layers[:1])
     assert image.layers[0].diff_id == D and image.layers[0].size == 3
     assert image.config_digest == sha256(cfg)
+
+
+# input tagged in the engine -> the engine's RepoTags entry (docker's familiar form)
+ENGINE_TAGS = ["docker.io/library/fbnorm:1", "index.docker.io/fbsrc/y:2", "docker.io/fbsrc/z:3",
+               "localhost:5000/x:1", "localhost/x:2", "example.com:8000/a/b:c",
+               "127.0.0.1:5000/lib:4"]
+ENGINE_REJECTS = ["Foo/bar", "docker/Docker", "-docker", "dock..er/docker", "docker///docker",
+                  "a" * 250 + "/" + "b" * 10]
+
+
+def test_familiar_names_are_the_engines(dockerd, built: Built) -> None:
+    api = dockerd.client.api
+    for text in ENGINE_TAGS:
+        repo, _, tag = text.rpartition(":")
+        api.tag(built.base["Id"], repo, tag)
+    tags = set(api.inspect_image(built.base["Id"])["RepoTags"])
+    assert {reference.parse(t).familiar for t in ENGINE_TAGS} <= tags
+    for t in ENGINE_TAGS:
+        api.remove_image(reference.parse(t).familiar)
+    for repo in ENGINE_REJECTS:
+        with pytest.raises(docker.errors.APIError,
+                           match="invalid reference format|more than 255 characters"):
+            api.tag(built.base["Id"], repo, "1")
+        with pytest.raises(UserError):
+            reference.parse(repo + ":1")

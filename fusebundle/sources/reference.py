@@ -3,9 +3,12 @@
 `alpine` is `docker.io/library/alpine:latest`; `localhost:5000/x:1` keeps its domain;
 `name@sha256:...` pins a digest (and then no default tag is added).  The grammar is the one
 of distribution's `reference` package (the domain, path, tag and digest productions), with
-its normalisation rules: the first path component is a domain if it contains "." or ":",
-is "localhost", or has capitals; `index.docker.io` is `docker.io`; a single-component Docker
-Hub path lives under `library/`.
+its normalisation rules as Docker 20.10 applies them: the first path component is a domain
+if it contains "." or ":" or is "localhost"; `index.docker.io` is `docker.io`; a
+single-component Docker Hub path lives under `library/`.  (distribution >= 0.5 also takes a
+first component with capitals for a domain; the 20.10 engine, like us, calls it an invalid
+lowercase repository name.  Bracketed IPv6 domains, which 20.10 rejects, are accepted as
+distribution does today.)
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def split_domain(name: str) -> tuple[str, str]:
     first, slash, rest = name.partition("/")
     if not slash:
         domain, path = DEFAULT_DOMAIN, name
-    elif first == "localhost" or any(c in first for c in ".:") or first.lower() != first:
+    elif first == "localhost" or any(c in first for c in ".:"):
         domain, path = first, rest
     else:
         domain, path = DEFAULT_DOMAIN, name
