@@ -251,7 +251,7 @@ class DockerArchive:
     def resolve(self, ref: str, platform: Platform) -> ResolvedImage:
         """The image `ref` names in the archive, for `platform`."""
         parsed = reference.parse(ref)
-        if self.files.exists("index.json"):
+        if self.files.exists("index.json") and self.files.exists("oci-layout"):
             # Docker >= 25: the OCI layout inside has manifest digests and media types.
             desc = self._layout.find(ref, parsed)
             if desc is not None:
