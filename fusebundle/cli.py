@@ -67,9 +67,10 @@ def parser() -> argparse.ArgumentParser:
     cf.add_argument("--name", help="only the container with this name")
     cf.set_defaults(run=cmd_config)
 
-    from fusebundle import mountcmd
+    from fusebundle import cachecmd, mountcmd
 
     mountcmd.add_parsers(sub, _common)
+    cachecmd.add_parsers(sub)
     return p
 
 

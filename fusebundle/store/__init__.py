@@ -1,0 +1,416 @@
+"""The layer store: each layer once, as an uncompressed tar keyed by its diff_id, indexed once.
+
+Layout under the cache directory (`exports/` beside it belongs to images.Cache):
+
+    layers/sha256/<hex>.tar        the layer's tar; sha256 of it = the diff_id
+    layers/sha256/<hex>.tar.idx    its tarindex (anything else named <hex>.tar.* is derived too)
+    locks/<hex>.ingest             exclusive while one process writes the layer
+    locks/<hex>.use                shared while a process uses it (`hold`); `prune` skips it then
+    locks/images                   shared while a record is written; `prune` cleans temps under it
+    images/<hash>.json             image records (records.py)
+
+A layer appears under its final name only complete and verified: it is written to a temporary
+name in the same directory, checked, fsynced and indexed, then renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from fusebundle.errors import CorruptTar, UserError
+from fusebundle.sources.base import LayerRef, ResolvedImage
+from fusebundle.store import locks, records
+from fusebundle.store.records import ImageRecord, digest_hex
+from fusebundle.store.unpack import ReadError, WriteError, unpack
+from fusebundle.tarindex import TarIndex, open_index
+
+__all__ = ["BadLayer", "ImageRecord", "LayerInfo", "PruneReport", "Store", "StoreError"]
+
+# Bounds the open lock files of one prune pass (two per layer).
+_PRUNE_BATCH = 200
+
+
+class StoreError(UserError):
+    """The store cannot be read or written (permissions, a full disk, a missing layer)."""
+
+
+class BadLayer(StoreError):
+    """A layer blob failed its checks: digest, diff_id, compression, or its tar."""
+
+
+@dataclass
+class LayerInfo:
+    """A stored layer, for `cache ls` and `cache prune`."""
+
+    diff_id: str
+    size: int  # bytes of the tar and everything derived beside it
+    used_by: list[str] = field(default_factory=list)  # names of the image records using it
+
+
+@dataclass
+class PruneReport:
+    """What `prune` did."""
+
+    removed: list[LayerInfo] = field(default_factory=list)
+    in_use: list[LayerInfo] = field(default_factory=list)  # unused by images, held by a process
+    kept: int = 0  # layers some image record uses
+    temps: list[tuple[str, int]] = field(default_factory=list)  # stale temporary files removed
+    bad_records: list[tuple[str, str]] = field(default_factory=list)  # (path, why), removed
+
+    @property
+    def freed(self) -> int:
+        """Bytes freed in all."""
+        return sum(x.size for x in self.removed) + sum(n for _, n in self.temps)
+
+
+def _warn_stderr(message: str) -> None:
+    print(f"fusebundle: warning: {message}", file=sys.stderr)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
+
+
+class Store:
+    """Layers and image records under one cache directory."""
+
+    def __init__(self, root: str, warn: Callable[[str], None] | None = None) -> None:
+        self.root = root
+        self.ingested = 0  # layers this object decompressed (a miss each)
+        self._warn = warn or _warn_stderr
+        self._layers = os.path.join(root, "layers", "sha256")
+        self._locks = os.path.join(root, "locks")
+        self._images = os.path.join(root, "images")
+        self._held: dict[str, int | None] = {}
+        self._indexes: dict[str, TarIndex] = {}
+
+    # ------------------------------------------------------------------ paths and locks
+    def _mkdir(self, d: str) -> str:
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cache directory {d}: {e.strerror}") from None
+        return d
+
+    @staticmethod
+    def _hex(diff_id: str) -> str:
+        h = digest_hex(diff_id)
+        if h is None:
+            raise StoreError(f"layer diff_id {diff_id!r}: expected sha256:<64 hex digits>")
+        return h
+
+    def layer_path(self, diff_id: str) -> str:
+        """Where the layer's tar is (or will be): root/layers/sha256/<hex>.tar."""
+        return os.path.join(self._layers, self._hex(diff_id) + ".tar")
+
+    def has_layer(self, diff_id: str) -> bool:
+        """True if the layer is stored (complete and verified: nothing else has its name)."""
+        return os.path.exists(self.layer_path(diff_id))
+
+    def _lock_path(self, hex_: str, what: str) -> str:
+        return os.path.join(self._locks, f"{hex_}.{what}")
+
+    def hold(self, diff_ids: Iterable[str]) -> None:
+        """Keep `prune` off these layers (present or still to come) until close()."""
+        for d in diff_ids:
+            if d not in self._held:
+                path = self._lock_path(self._hex(d), "use")
+                self._mkdir(self._locks)
+                self._held[d] = locks.take(path, shared=True)
+
+    def close(self) -> None:
+        """Release every layer this object holds."""
+        for fd in self._held.values():
+            locks.release(fd)
+        self._held.clear()
+        self._indexes.clear()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ layers
+    def ingest(self, layer: LayerRef, open_blob: Callable[[], BinaryIO], what: str,
+               progress: Callable[[int], None] | None = None) -> str:
+        """Make the layer's tar present and indexed, reading its blob only if it is missing;
+        return the tar's path.  `progress(n)` gets the blob bytes read so far.
+
+        The layer stays held (see `hold`) until close().  Every failure is one line naming
+        `what` and the blob's digest, and leaves nothing of the layer behind.
+        """
+        path = self.layer_path(layer.diff_id)
+        if digest_hex(layer.digest) is None:
+            raise BadLayer(f"image {what}: layer digest {layer.digest!r}: expected "
+                           "sha256:<64 hex digits>")
+        self.hold([layer.diff_id])
+        if os.path.exists(path):
+            return path
+        self._mkdir(self._layers)
+        with locks.held(self._lock_path(self._hex(layer.diff_id), "ingest")):
+            if os.path.exists(path):  # another process stored it while we waited
+                return path
+            self._clean_temps(self._hex(layer.diff_id))  # left by a process that was killed
+            self._write(layer, open_blob, what, progress, path)
+        self.ingested += 1
+        return path
+
+    def _write(self, layer: LayerRef, open_blob: Callable[[], BinaryIO], what: str,
+               progress: Callable[[int], None] | None, path: str) -> None:
+        where = f"image {what}: layer {layer.digest}"
+        hex_ = os.path.basename(path)[: -len(".tar")]
+        fd, tmp = tempfile.mkstemp(dir=self._layers, prefix=f".{hex_}.", suffix=".part")
+        placed = False
+        try:
+            os.fchmod(fd, 0o644)
+            try:
+                with open_blob() as src:
+                    got = unpack(src, fd, progress)
+            except ReadError as e:
+                raise BadLayer(f"{where}: {e}") from None
+            except WriteError as e:
+                raise StoreError(f"{where}: cannot write {tmp}: {e}") from None
+            except OSError as e:  # from open_blob
+                raise BadLayer(f"{where}: cannot read the blob: {e.strerror or e}") from None
+            problem = _verdict(layer, got.blob_digest, got.blob_size, got.tar_digest,
+                               got.compression, got.problem)
+            if problem:
+                raise BadLayer(f"{where}: {problem}")
+            os.fsync(fd)
+            try:
+                index = TarIndex.scan(tmp)
+            except CorruptTar as e:
+                raise BadLayer(f"{where}: not a valid tar: "
+                               f"{str(e).removeprefix(tmp + ': ')}") from None
+            index.save(path + ".idx")  # the index keys on size, mtime and inode: rename keeps them
+            os.replace(tmp, path)
+            placed = True
+            with contextlib.suppress(OSError):
+                dfd = os.open(self._layers, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as e:
+            raise StoreError(f"{where}: cannot store it: {e.strerror or e}") from None
+        finally:
+            os.close(fd)
+            if not placed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path + ".idx")
+
+    def layer_index(self, diff_id: str) -> TarIndex:
+        """The index of a stored layer (loaded from beside it, or scanned once); held."""
+        if diff_id in self._indexes:
+            return self._indexes[diff_id]
+        self.hold([diff_id])
+        path = self.layer_path(diff_id)
+        if not os.path.exists(path):
+            raise StoreError(f"layer {diff_id} is not in the store {self.root}")
+        try:
+            index = open_index(path)
+        except CorruptTar as e:
+            raise CorruptTar(f"stored layer {diff_id} is corrupt ({e}); delete {path} to "
+                             "fetch it again") from None
+        self._indexes[diff_id] = index
+        return index
+
+    def _clean_temps(self, hex_: str) -> list[tuple[str, int]]:
+        # Callers hold the layer's ingest lock (and for prune its use lock): no live process
+        # is writing these.
+        gone = []
+        with contextlib.suppress(FileNotFoundError):
+            for n in sorted(os.listdir(self._layers)):
+                if n.startswith(f".{hex_}."):
+                    p = os.path.join(self._layers, n)
+                    size = _size(p)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(p)
+                        gone.append((p, size))
+        return gone
+
+    # ------------------------------------------------------------------ image records
+    def put_image(self, image: ResolvedImage) -> None:
+        """Record the image (config bytes, layers, source, manifest digest, time), replacing
+        the record of the same name and platform."""
+        for x in image.layers:
+            self._hex(x.diff_id)
+            if digest_hex(x.digest) is None:
+                raise StoreError(f"image {image.name}: layer digest {x.digest!r}: expected "
+                                 "sha256:<64 hex digits>")
+        self._mkdir(self._images)
+        self._mkdir(self._locks)
+        try:
+            with locks.held(os.path.join(self._locks, "images"), shared=True):
+                records.write(self._images, image)
+        except OSError as e:
+            raise StoreError(f"image {image.name}: cannot record it in {self._images}: "
+                             f"{e.strerror or e}") from None
+
+    def _record(self, path: str) -> ImageRecord | None:
+        try:
+            return records.read(path)
+        except records.BadRecord as e:
+            if os.path.exists(path):
+                self._warn(f"ignoring the corrupt image record {path}: {e}")
+            return None
+
+    def find_image(self, name: str, platform: str) -> ResolvedImage | None:
+        """The recorded image of this normalised name and platform; for a name@sha256:...,
+        also a record with that manifest digest.  None if there is none."""
+        path = os.path.join(self._images, records.file_name(name, platform))
+        rec = self._record(path) if os.path.exists(path) else None
+        if rec is not None:
+            return rec.image
+        _, _, digest = name.rpartition("@")
+        if digest_hex(digest) is not None:
+            for r in self.images():
+                if r.image.manifest_digest == digest and r.image.platform == platform:
+                    return r.image
+        return None
+
+    def images(self) -> list[ImageRecord]:
+        """Every readable record, by name and platform; corrupt ones are warned about."""
+        good, bad = records.scan(self._images)
+        for path, why in bad:
+            self._warn(f"ignoring the corrupt image record {path}: {why}")
+        return good
+
+    def layers(self) -> list[LayerInfo]:
+        """Every stored layer, by diff_id, with its size and the images using it."""
+        users: dict[str, set[str]] = {}
+        for r in self.images():
+            for x in r.image.layers:
+                users.setdefault(x.diff_id, set()).add(r.image.name)
+        files = self._layer_files()
+        return [LayerInfo("sha256:" + h, sum(map(_size, files[h])),
+                          sorted(users.get("sha256:" + h, ())))
+                for h in sorted(files) if os.path.join(self._layers, h + ".tar") in files[h]]
+
+    def _layer_files(self) -> dict[str, list[str]]:
+        """hex -> the paths of <hex>.tar and everything derived beside it (<hex>.tar.*)."""
+        out: dict[str, list[str]] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for n in sorted(os.listdir(self._layers)):
+                h, sep, rest = n.partition(".")
+                if sep and (rest == "tar" or rest.startswith("tar.")) and \
+                        digest_hex("sha256:" + h) is not None:
+                    out.setdefault(h, []).append(os.path.join(self._layers, n))
+        return out
+
+    # ------------------------------------------------------------------ prune
+    def prune(self) -> PruneReport:
+        """Remove the layers no image record uses, and stale temporary files; a layer some
+        live process holds is kept whatever the records say."""
+        report = PruneReport()
+        hexes = sorted(self._candidates())
+        for i in range(0, len(hexes), _PRUNE_BATCH):
+            self._prune_batch(hexes[i : i + _PRUNE_BATCH], report)
+        self._prune_images(report)
+        return report
+
+    def _candidates(self) -> set[str]:
+        # Layers, their temporary files (.<hex>.*) and lock files (<hex>.use) name the layer.
+        found: set[str] = set()
+        for d in (self._layers, self._locks):
+            with contextlib.suppress(FileNotFoundError):
+                for n in os.listdir(d):
+                    h = n.lstrip(".")[:64]
+                    if digest_hex("sha256:" + h) is not None:
+                        found.add(h)
+        return found
+
+    def _prune_batch(self, hexes: list[str], report: PruneReport) -> None:
+        taken: dict[str, tuple[int, int]] = {}
+        busy: list[str] = []
+        try:
+            for h in hexes:
+                use = locks.take(self._lock_path(h, "use"), wait=False)
+                ingest = locks.take(self._lock_path(h, "ingest"), wait=False) if use else None
+                if use is None or ingest is None:
+                    locks.release(use)
+                    busy.append(h)
+                else:
+                    taken[h] = (use, ingest)
+            # Read only now: whoever records an image holds its layers until the record is
+            # written, so a record we cannot see yet belongs to a layer we could not lock.
+            used = {x.diff_id for r in self.images() for x in r.image.layers}
+            stored = self._layer_files()
+            for h in busy:
+                if h in stored and "sha256:" + h not in used:
+                    report.in_use.append(LayerInfo("sha256:" + h, sum(map(_size, stored[h]))))
+                elif h in stored:
+                    report.kept += 1
+            for h in taken:
+                report.temps += self._clean_temps(h)
+                diff_id = "sha256:" + h
+                if diff_id in used:
+                    report.kept += h in stored
+                    continue
+                files = stored.get(h, [])
+                if files:
+                    size = sum(_size(p) for p in files)
+                    # The tar first: without it the rest is garbage to the next prune.
+                    for p in sorted(files, key=lambda p: not p.endswith(".tar")):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(p)
+                    report.removed.append(LayerInfo(diff_id, size))
+                for what in ("ingest", "use"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._lock_path(h, what))
+        except OSError as e:
+            raise StoreError(f"cache prune in {self.root}: {e.strerror or e}") from None
+        finally:
+            for use, ingest in taken.values():
+                locks.release(ingest)
+                locks.release(use)
+
+    def _prune_images(self, report: PruneReport) -> None:
+        if not os.path.isdir(self._images):
+            return
+        fd = locks.take(os.path.join(self._mkdir(self._locks), "images"), wait=False)
+        if fd is None:
+            return  # a record is being written; its temp file is not stale
+        try:
+            _, bad = records.scan(self._images)
+            for path, why in bad:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    report.bad_records.append((path, why))
+            for n in sorted(os.listdir(self._images)):
+                if n.startswith(".") and n.endswith(".tmp"):
+                    p = os.path.join(self._images, n)
+                    size = _size(p)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(p)
+                        report.temps.append((p, size))
+        finally:
+            locks.release(fd)
+
+
+def _verdict(layer: LayerRef, blob_digest: str, blob_size: int, tar_digest: str,
+             compression: str, problem: str) -> str:
+    """What is wrong with a blob that was read to its end, most fundamental first; "" if
+    nothing is."""
+    if blob_digest != layer.digest:
+        sizes = (f" ({blob_size} bytes, the manifest says {layer.size})"
+                 if layer.size >= 0 and layer.size != blob_size else "")
+        return f"blob digest mismatch: its bytes hash to {blob_digest}{sizes}"
+    if problem:
+        return problem
+    if tar_digest != layer.diff_id:
+        return (f"diff_id mismatch: the {compression} blob holds a tar hashing to {tar_digest}, "
+                f"the image config says {layer.diff_id}")
+    return ""

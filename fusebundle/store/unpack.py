@@ -1,0 +1,298 @@
+"""Stream a layer blob once: hash it, decompress it, hash the tar it holds and write that tar.
+
+The compression is sniffed from the first bytes (gzip, zstd, else a plain tar), never taken
+from a media type.  Decompression runs in the calling thread while a second thread hashes both
+sides and writes the tar: igzip, sha256 and write(2) all release the GIL, so on two cores the
+two halves overlap (scripts/bench_store.py measures it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
+
+import zstandard
+from isal import isal_zlib
+
+CHUNK = 1 << 20  # blob bytes per read
+MAX_OUT = 8 << 20  # tar bytes per igzip call, so a gzip bomb cannot take all memory at once
+ZSTD_SLICE = 128 << 10  # zstd has no output limit per call; smaller inputs bound it somewhat
+QUEUE_DEPTH = 8
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+_RAW, _TAR, _BOTH = range(3)
+
+
+class StreamError(Exception):
+    """Internal: the blob does not decode; the text says how."""
+
+
+class ReadError(Exception):
+    """Internal: reading the blob failed; the text says how."""
+
+
+class WriteError(Exception):
+    """Internal: writing the tar failed; the text says how."""
+
+
+def _zstd_frame_start(head: bytes) -> bool:
+    # A zstd frame, or a skippable frame (magic 0x184D2A5?, little-endian): zstd:chunked and
+    # the seekable format keep their tables in those.
+    return head[:4] == ZSTD_MAGIC or (head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50)
+
+
+def sniff(head: bytes) -> str:
+    """'gzip', 'zstd' or 'tar', from the first four bytes of a blob."""
+    if head[:2] == GZIP_MAGIC:
+        return "gzip"
+    if len(head) >= 4 and _zstd_frame_start(head):
+        return "zstd"
+    return "tar"
+
+
+class _Decoder(Protocol):
+    def feed(self, data: bytes) -> Iterator[bytes]: ...
+
+    def finish(self) -> None: ...
+
+
+class _Members:
+    """A stream of concatenated members (gzip) or frames (zstd), each decoded by a fresh object.
+
+    Between members, the next bytes must start another member; anything else is trailing data.
+    """
+
+    kind = ""
+    magic_len = 0
+
+    def __init__(self) -> None:
+        self._member: Any = None
+        self._between = b""  # bytes after a member's end, too few yet to tell what they start
+
+    def _starts_member(self, head: bytes) -> bool:
+        raise NotImplementedError
+
+    def _new(self) -> Any:
+        raise NotImplementedError
+
+    def _decode(self, member: Any, data: bytes) -> tuple[Iterator[bytes], bytes | None]:
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while data:
+            if self._member is None:
+                data = self._between + data
+                if len(data) < self.magic_len:
+                    self._between = bytes(data)
+                    return
+                self._between = b""
+                if not self._starts_member(data[: self.magic_len]):
+                    raise StreamError(f"trailing data after the {self.kind} stream")
+                self._member = self._new()
+            outs, rest = self._decode(self._member, data)
+            yield from outs
+            if rest is None:  # the member goes on in the next read
+                return
+            self._member = None
+            data = rest
+
+    def finish(self) -> None:
+        if self._member is not None:
+            raise StreamError(f"the {self.kind} stream ends early (truncated)")
+        if self._between:
+            raise StreamError(f"trailing data after the {self.kind} stream")
+
+
+class _Gunzip(_Members):
+    kind = "gzip"
+    magic_len = 2
+
+    def _starts_member(self, head: bytes) -> bool:
+        return head == GZIP_MAGIC
+
+    def _new(self) -> Any:
+        return isal_zlib.decompressobj(wbits=31)
+
+    def _decode(self, member: Any, data: bytes) -> tuple[Iterator[bytes], bytes | None]:
+        d = member
+        outs: list[bytes] = []
+        try:
+            out = d.decompress(data, MAX_OUT)
+            while True:
+                if out:
+                    outs.append(out)
+                tail = d.unconsumed_tail
+                if d.eof or (not tail and len(out) < MAX_OUT):
+                    break
+                out = d.decompress(tail, MAX_OUT)
+        except isal_zlib.error as e:
+            raise StreamError(f"corrupt gzip data ({e})") from None
+        return iter(outs), (d.unused_data if d.eof else None)
+
+
+class _Unzstd(_Members):
+    kind = "zstd"
+    magic_len = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dctx = zstandard.ZstdDecompressor()
+
+    def _starts_member(self, head: bytes) -> bool:
+        return _zstd_frame_start(head)
+
+    def _new(self) -> Any:
+        return self._dctx.decompressobj()
+
+    def _decode(self, member: Any, data: bytes) -> tuple[Iterator[bytes], bytes | None]:
+        d = member
+        outs: list[bytes] = []
+        view = memoryview(data)
+        try:
+            for i in range(0, len(view), ZSTD_SLICE):
+                out = d.decompress(view[i : i + ZSTD_SLICE])
+                if out:
+                    outs.append(out)
+                if d.eof:
+                    rest = d.unused_data + bytes(view[i + ZSTD_SLICE :])
+                    return iter(outs), rest
+        except zstandard.ZstdError as e:
+            raise StreamError(f"corrupt zstd data ({e})") from None
+        return iter(outs), None
+
+
+class _Plain:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        yield data
+
+    def finish(self) -> None:
+        pass
+
+
+def _decoder(kind: str) -> _Decoder:
+    return {"gzip": _Gunzip, "zstd": _Unzstd}.get(kind, _Plain)()
+
+
+@dataclass
+class Outcome:
+    """What one pass over a blob found."""
+
+    compression: str  # gzip, zstd or tar
+    blob_digest: str  # "sha256:<hex>" of the bytes read
+    blob_size: int
+    tar_digest: str  # of the bytes written (meaningless when `problem` is set)
+    tar_size: int
+    problem: str  # "" when the blob decoded cleanly
+
+
+class _Sink(threading.Thread):
+    """Hashes blob and tar bytes and writes the tar, off the decompressing thread."""
+
+    def __init__(self, out_fd: int) -> None:
+        super().__init__(name="fusebundle-layer-sink", daemon=True)
+        self.out_fd = out_fd
+        self.blob_hash = hashlib.sha256()
+        self.tar_hash = hashlib.sha256()
+        self.error: OSError | None = None
+        self.stop = False  # set on the way out of an error: drain the queue, do nothing
+        self.q: queue.Queue[tuple[int, bytes] | None] = queue.Queue(QUEUE_DEPTH)
+
+    def run(self) -> None:
+        while (item := self.q.get()) is not None:
+            if self.stop or self.error is not None:
+                continue
+            kind, data = item
+            try:
+                if kind != _TAR:
+                    self.blob_hash.update(data)
+                if kind != _RAW:
+                    if kind == _TAR:
+                        self.tar_hash.update(data)
+                    self._write(data)
+            except OSError as e:
+                self.error = e
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.out_fd, view)
+            view = view[n:]
+
+    def put(self, kind: int, data: bytes) -> None:
+        self.q.put((kind, data))
+
+    def close(self) -> None:
+        """Wait for everything queued to be hashed and written."""
+        self.q.put(None)
+        self.join()
+
+
+def _read(src: BinaryIO, n: int) -> bytes:
+    try:
+        return src.read(n)
+    except OSError as e:
+        raise ReadError(f"cannot read the blob: {e.strerror or e}") from None
+
+
+def unpack(src: BinaryIO, out_fd: int, progress: Callable[[int], None] | None = None) -> Outcome:
+    """Read `src` to its end once, writing the tar it holds to `out_fd`.
+
+    Raises ReadError if reading fails, WriteError if writing does; a blob that does not decode
+    is read to its end anyway (so its digest can be reported first) and named in `problem`.
+    """
+    head = b""
+    while len(head) < 4 and (more := _read(src, CHUNK)):
+        head += more
+    compression = sniff(head)
+    decoder = _decoder(compression)
+    plain = compression == "tar"
+    sink = _Sink(out_fd)
+    sink.start()
+    done, size, tar_size, problem = 0, 0, 0, ""
+    try:
+        data = head
+        while data:
+            size += len(data)
+            if problem:
+                sink.put(_RAW, data)
+            elif plain:
+                sink.put(_BOTH, data)
+                tar_size += len(data)
+            else:
+                sink.put(_RAW, data)
+                try:
+                    for out in decoder.feed(data):
+                        sink.put(_TAR, out)
+                        tar_size += len(out)
+                except StreamError as e:
+                    problem = str(e)
+            if sink.error is not None:
+                break
+            if progress is not None and size - done >= CHUNK:
+                progress(size)
+                done = size
+            data = _read(src, CHUNK)
+        if not problem:
+            try:
+                decoder.finish()
+            except StreamError as e:
+                problem = str(e)
+    except BaseException:
+        sink.stop = True
+        raise
+    finally:
+        sink.close()
+    if sink.error is not None:
+        raise WriteError(sink.error.strerror or str(sink.error))
+    if progress is not None:
+        progress(size)
+    blob = "sha256:" + sink.blob_hash.hexdigest()
+    tar = blob if plain else "sha256:" + sink.tar_hash.hexdigest()
+    return Outcome(compression, blob, size, tar, tar_size, problem)
