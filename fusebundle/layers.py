@@ -20,8 +20,9 @@ import sys
 import tempfile
 import zlib
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
+from operator import itemgetter, methodcaller
 
 from fusebundle.errors import CorruptTar
 from fusebundle.tarindex import IndexEntry, TarIndex
@@ -33,7 +34,9 @@ _F, _H, _L, _D = b"fhld"
 _WH = b".wh."
 _OPAQUE = b".wh..wh..opq"
 _AUFS_META = b".wh..wh."  # AUFS bookkeeping (.wh..wh.plnk, ...): never shown, never a rule
-_IMPLICIT = -1  # cur[] value of a directory that only its children imply
+# A directory only its children imply is in cur[] as -2 - (the ordinal of the child that
+# implied it): negative, and still datable against whiteouts above it.
+_IMPLIED = -2
 _SECOND = 1_000_000_000
 _CAP = "security.capability"
 # view.PINNED_MTIME_NS (the view pins these mtimes again); not imported: view imports images,
@@ -96,6 +99,7 @@ class _Merge:
         self.link_ino: dict[int, int] = {}  # hard-link ordinal -> the entry that is the inode
         self.meta: dict[int, int] = {}  # inode -> ordinal of the last header applied to it
         self.syn = _Synthetic(self.bases[-1])
+        self.suspects: list[int] = []  # entries registered below a non-directory
 
     # -- messages ---------------------------------------------------------------------------
     def fail(self, layer: int, name: bytes, why: str) -> CorruptTar:
@@ -130,6 +134,9 @@ class _Merge:
         skip = self._whiteouts(layer, names) if c.names.find(_WH) >= 0 else frozenset()
         cur, kill, types = self.cur, self.kill, self.types
         links = _split(c.links, c.link_ends) if _H in c.types else None
+        if self._apply_bulk(layer, names, links, skip):
+            return
+        suspects = self.suspects
         for i, name in enumerate(names):
             if skip and i in skip:
                 continue
@@ -143,15 +150,78 @@ class _Merge:
                 assert links is not None
                 self._link(layer, o, name, links[i])
             cur[name] = o
-            # Register the directories the name implies, so a later non-directory there
-            # knows it replaces a directory.
-            p = _parent(name)
-            while p:
-                q = cur.get(p)
-                if q is not None and (not kill or self._alive(p, q)):
-                    break
-                cur[p] = _IMPLICIT
-                p = _parent(p)
+            # The directories a name implies are registered, so that a non-directory put
+            # there later knows it replaces a directory (and whiteouts can date them).
+            j = name.rfind(b"/")
+            if j > 0:
+                q = cur.get(name[:j])
+                if q is None or kill:
+                    self._imply(name[:j], o)
+                elif q >= 0 and types[q] != _D:
+                    suspects.append(o)  # below a non-directory: settle() decides
+
+    def _apply_bulk(self, layer: int, names: list[bytes], links: list[bytes] | None,
+                    skip: set[int] | frozenset[int]) -> bool:
+        """apply() with dict and set operations in C, for a layer where the order of its own
+        entries cannot matter (no duplicates, nothing below a non-directory of its own).
+
+        Returns False, having changed nothing, when the layer needs the ordered loop.
+        """
+        base, cur, kill, types = self.bases[layer], self.cur, self.kill, self.types
+        new = dict(zip(names, range(base, base + len(names)), strict=True))
+        if len(new) != len(names):
+            return False
+        for i in skip:
+            del new[names[i]]
+        parents = {n.rpartition(b"/")[0] for n in new}
+        parents.discard(b"")
+        implied = set()
+        for p in parents:
+            while p and p not in implied:
+                q = new.get(p)
+                if q is None:
+                    q = cur.get(p)
+                    if q is None or (kill and not self._alive(p, q if q >= 0 else _IMPLIED - q)):
+                        implied.add(p)  # not there: this layer implies it, and its parents
+                        p = _parent(p)
+                        continue
+                if q >= 0 and types[q] != _D:
+                    return False  # below a non-directory: let the ordered loop sort it out
+                break
+        if links is not None:
+            pos = types.find(_H, base, base + len(names))
+            while pos >= 0:
+                name = names[pos - base]
+                if new.get(name) == pos:
+                    target = links[pos - base]
+                    t = _IMPLIED if target in implied else new.get(target)
+                    if t is not None and t < pos:
+                        self._link_to(layer, pos, name, target, t)
+                    else:
+                        self._link(layer, pos, name, target)
+                pos = types.find(_H, pos + 1, base + len(names))
+        for name in new.keys() & cur.keys():
+            o, prev = new[name], cur[name]
+            if types[o] != _D and (
+                    prev < 0 or types[prev] == _D or (kill and not self._alive(name, prev))):
+                kill[name] = o  # a non-directory replaces a directory: its subtree goes
+        cur.update(new)
+        marker = _IMPLIED - base
+        for p in implied:
+            cur[p] = marker
+        return True
+
+    def _imply(self, p: bytes, o: int) -> None:
+        """Register p and its parents as directories, implied by entry o where not present."""
+        cur, types = self.cur, self.types
+        while p:
+            q = cur.get(p)
+            if q is not None and (not self.kill or self._alive(p, q if q >= 0 else _IMPLIED - q)):
+                if q >= 0 and types[q] != _D:
+                    self.suspects.append(o)
+                return
+            cur[p] = _IMPLIED - o
+            p = _parent(p)
 
     def _check_names(self, layer: int, names: list[bytes], links: list[bytes]) -> None:
         """Names the scanner should already have refused: never trust a stored index."""
@@ -201,6 +271,9 @@ class _Merge:
         if t is None or (t >= 0 and self.kill and not self._alive(target, t)):
             raise self.fail(layer, name, f"hard link to {_show(target)}, which is not in this "
                             "layer or below")
+        self._link_to(layer, o, name, target, t)
+
+    def _link_to(self, layer: int, o: int, name: bytes, target: bytes, t: int) -> None:
         if self._is_dir(t):
             raise self.fail(layer, name, f"hard link to the directory {_show(target)}")
         ino = self.link_ino.get(t, t)
@@ -209,25 +282,36 @@ class _Merge:
 
     # -- the merged tree --------------------------------------------------------------------
     def settle(self) -> None:
-        """Drop what was hidden, check every survivor hangs under a directory, add the rest."""
-        cur, kill = self.cur, self.kill
-        dead = [p for p, o in cur.items() if o < 0 or (kill and not self._alive(p, o))]
+        """Drop what was hidden, check survivors hang under directories, add implied ones."""
+        cur, kill, syn = self.cur, self.kill, self.syn
+        dead = []
+        implied = []
+        for p, o in cur.items():
+            if o < 0:
+                if kill and not self._alive(p, _IMPLIED - o):
+                    dead.append(p)
+                else:
+                    implied.append(p)
+            elif kill and not self._alive(p, o):
+                dead.append(p)
         for p in dead:
             del cur[p]
-        syn = self.syn
-        for name, o in list(cur.items()):
+        for p in implied:
+            cur[p] = syn.add(_D, 0o755)  # a directory no layer has a header for
+        for o in self.suspects:
+            layer = self.layer_of(o)
+            c = self.layers[layer].columns()
+            i = o - self.bases[layer]
+            name = c.names[c.name_ends[i - 1] if i else 0 : c.name_ends[i]]
+            if cur.get(name) != o:
+                continue  # replaced or hidden since
             p = _parent(name)
             while p:
-                q = cur.get(p)
-                if q is None:
-                    cur[p] = syn.add(_D, 0o755)  # a directory no layer has a header for
-                    p = _parent(p)
-                    continue
+                q = cur.get(p, _IMPLIED)
                 if not self._is_dir(q):
-                    layer = self.layer_of(o) if o < syn.base else 0
                     kind = "symlink" if self.types[q] == _L else "non-directory"
                     raise self.fail(layer, name, f"is below {_show(p)}, a {kind}")
-                break
+                p = _parent(p)
 
     def init_layer(self) -> None:
         """docker's init layer: what every container (and so every export) has."""
@@ -355,7 +439,7 @@ class MergedIndex(TarIndex):
     @classmethod
     def _build(cls, m: _Merge, path: str, all_xattrs: bool) -> MergedIndex:
         syn = m.syn
-        order = sorted(m.cur, key=_walk_key)
+        order = sorted(m.cur, key=_WALK_KEY)
         cur = m.cur
         ino = [cur[name] for name in order]  # type, size, data, devices, symlink target
         meta = ino[:]  # mode, owner, mtime, xattrs
@@ -380,42 +464,52 @@ class MergedIndex(TarIndex):
         self._layer_paths = [x.tar_path for x in m.layers]
         self._layer_stats = [list(_stat_key_of(x)) for x in m.layers]
 
-        def gather(attr: str, typecode: str, refs: list[int], row: int | None) -> array.array:
+        pick_ino = _getter(ino)
+        pick_meta = _getter(meta) if hard or meta != ino else pick_ino
+
+        def gather(attr: str, typecode: str, pick: Callable, row: int | None) -> array.array:
             src = array.array(typecode)
             for x in m.layers:
                 src.extend(getattr(x.columns(), attr))
             if row is None:
-                src.extend([0] * len(syn.rows))
+                src.extend(array.array(typecode, [0]) * len(syn.rows))
             else:
-                src.extend([r[row] for r in syn.rows])
-            return array.array(typecode, map(src.__getitem__, refs))
+                src.extend(array.array(typecode, [r[row] for r in syn.rows]))
+            return array.array(typecode, pick(src))
 
-        types = bytearray(map((m.types + syn.types).__getitem__, ino))
+        types = bytearray(pick_ino(m.types + syn.types))
         for k in hard:
             types[k] = _H
         self._types = bytes(types)
-        self._modes = gather("modes", "H", meta, 0)
-        self._uids = gather("uids", "I", meta, 1)
-        self._gids = gather("gids", "I", meta, 2)
-        mtimes = gather("mtimes", "q", meta, 3)
+        self._modes = gather("modes", "H", pick_meta, 0)
+        self._uids = gather("uids", "I", pick_meta, 1)
+        self._gids = gather("gids", "I", pick_meta, 2)
+        mtimes = gather("mtimes", "q", pick_meta, 3)
         self._mtimes = array.array("q", [t - t % _SECOND for t in mtimes])  # docker truncates
         del mtimes
-        sizes = gather("sizes", "q", ino, None)
-        offsets = gather("offsets", "q", ino, None)
-        majors = gather("devmajors", "I", ino, None)
-        minors = gather("devminors", "I", ino, None)
+        sizes = gather("sizes", "q", pick_ino, None)
+        self._offsets = gather("offsets", "q", pick_ino, None)
+        zeros = array.array("I", bytes(4 * len(ino)))
+        if any(_nonzero(x.columns().devmajors) or _nonzero(x.columns().devminors)
+               for x in m.layers):
+            majors = gather("devmajors", "I", pick_ino, None)
+            minors = gather("devminors", "I", pick_ino, None)
+        else:
+            majors, minors = zeros, zeros[:]
         for k in hard:
             sizes[k] = majors[k] = minors[k] = 0
-        self._sizes, self._offsets = sizes, offsets
-        self._devmajors, self._devminors = majors, minors
+        self._sizes, self._devmajors, self._devminors = sizes, majors, minors
         self._names = b"".join(order)
         self._name_ends = array.array("q", accumulate(map(len, order)))
-        layer_no = array.array("H")
-        for layer, x in enumerate(m.layers):
-            layer_no.extend(array.array("H", [layer]) * len(x))
-        layer_no.extend(array.array("H", [0]) * len(syn.rows))  # no data: any layer will do
-        self._srcs = array.array("H", map(layer_no.__getitem__, ino))
-        del layer_no
+        if len(m.layers) > 1:
+            layer_no = array.array("H")
+            for layer, x in enumerate(m.layers):
+                layer_no.extend(array.array("H", [layer]) * len(x))
+            layer_no.extend(array.array("H", [0]) * len(syn.rows))  # no data: any will do
+            self._srcs = array.array("H", pick_ino(layer_no))
+            del layer_no
+        else:
+            self._srcs = array.array("H", bytes(2 * len(ino)))
         self._links, self._link_ends = cls._link_column(m, types, ino, hard)
         self._xattrs = cls._xattr_column(m, meta, all_xattrs)
         return self
@@ -546,10 +640,16 @@ class MergedIndex(TarIndex):
         return self
 
 
-def _walk_key(name: bytes) -> bytes:
-    # Pre-order with each directory's names sorted as bytes is a plain sort of the paths once
-    # '/' sorts below every byte a name can hold (NUL cannot).
-    return name.replace(b"/", b"\x00")
+# Pre-order with each directory's names sorted as bytes is a plain sort of the paths once '/'
+# sorts below every byte a name can hold (NUL cannot).
+_WALK_KEY = methodcaller("replace", b"/", b"\x00")
+
+
+def _getter(refs: list[int]) -> Callable[[Sequence[int]], tuple[int, ...]]:
+    """refs -> a function picking those items of a sequence, in one C loop."""
+    if len(refs) >= 2:
+        return itemgetter(*refs)
+    return lambda seq: tuple(seq[i] for i in refs)
 
 
 def _all(codes: bytes | bytearray, code: int) -> Iterator[int]:
@@ -557,6 +657,11 @@ def _all(codes: bytes | bytearray, code: int) -> Iterator[int]:
     while pos >= 0:
         yield pos
         pos = codes.find(code, pos + 1)
+
+
+def _nonzero(a: array.array) -> bool:
+    raw = a.tobytes()
+    return raw.count(0) != len(raw)
 
 
 def _crc(blobs: list[bytes]) -> int:

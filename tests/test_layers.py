@@ -792,3 +792,104 @@ def test_merge_of_docker_built_image_equals_umoci(built: dict[str, Any]) -> None
     # umoci does not re-apply a link header's metadata (notes 3.7); none differ here
     assert got == want
     assert len(got[0]) > 40 and frozenset({b"data/keep.txt", b"data/keep-link"}) in got[1]
+
+
+# ------------------------------------------------------------------------------ downstream
+class _Handle:
+    """The least an ImageHandle needs to be for view and tree: an index."""
+
+    def __init__(self, idx: TarIndex) -> None:
+        self.idx = idx
+
+    def index(self) -> TarIndex:
+        return self.idx
+
+
+def _view_entries(idx: TarIndex, prefix: bytes) -> list[tuple]:
+    g = view.Graft(prefix=prefix, image=_Handle(idx))  # type: ignore[arg-type]
+    out = []
+    for e in view.graft_entries(g):
+        body = e.data
+        if body is None and e.src is not None:
+            with open(e.src, "rb") as f:
+                body = os.pread(f.fileno(), e.size, e.offset)
+        out.append((e.path, e.type, e.mode, e.uid, e.gid, e.mtime_ns, e.size, e.linkname,
+                    e.devmajor, e.devminor, dict(e.xattrs or {}), body))
+    return out
+
+
+def _tree_walk(idx: TarIndex, prefix: bytes) -> list[tuple]:
+    from fusebundle.tree import GraftTree
+    g = view.Graft(prefix=prefix, image=_Handle(idx))  # type: ignore[arg-type]
+    t = GraftTree(0, g, idx)
+    out = []
+
+    def walk(d: int, path: bytes) -> None:
+        for pos in range(t.child_count(d)):
+            name, i = t.child(d, pos)
+            c = t.content(i)
+            body = None
+            if c is not None:
+                body = c.data
+                if body is None and c.path is not None:
+                    with open(c.path, "rb") as f:
+                        body = os.pread(f.fileno(), c.size, c.offset)
+            out.append((path + name, t.stat(i), t.readlink(i), dict(t.xattrs(i) or {}), body))
+            if t.is_dir(i):
+                walk(i, path + name + b"/")
+
+    walk(t.root, b"")
+    return out
+
+
+@pytest.mark.parametrize("prefix", [b"", b"containers/onboot/000-x/lower/"])
+def test_view_and_tree_see_the_merged_image_as_the_export(built: dict[str, Any],
+                                                          prefix: bytes) -> None:
+    tmp = built["tmp"]
+    merged = merge([TarIndex.scan(str(p)) for p in built["layers"]], built["digests"],
+                   "fbtest/layers:1", str(tmp / "view.idx"))
+    merged.save()  # the tree keeps its arrays beside the index
+    export = TarIndex.scan(str(built["export"]))
+    got, want = _view_entries(merged, prefix), _view_entries(export, prefix)
+    assert got == want and len(got) > 40
+    assert _tree_walk(merged, prefix) == _tree_walk(export, prefix)
+
+
+# ------------------------------------------------------------------------------ more choices
+def test_duplicates_in_a_layer_last_one_wins_in_tar_order(tmp_path: Path) -> None:
+    b = RootfsBuilder().file("f", "first").file("f", "second").file("a/b/c", "c")
+    b.file("a/b", "file now")  # replaces the directory its layer implied just before
+    b.dir("x").file("x/y", "y").dir("x", mode=0o700)  # dir again: merged, new attributes
+    r = by_name(flatten(tmp_path, b))
+    assert r[b"f"][10] == b"second"
+    assert r[b"a/b"][1] == "f" and b"a/b/c" not in r
+    assert r[b"x"][2] == 0o700 and b"x/y" in r
+
+
+def test_char_device_0_0_is_a_device_not_a_whiteout(tmp_path: Path) -> None:
+    # overlay2 would take it for its own whiteout format; in a layer tar it is a device
+    low = RootfsBuilder().file("keep", "k")
+    up = RootfsBuilder().chardev("keep", 0, 0).chardev("new", 0, 0)
+    r = by_name(flatten(tmp_path, low, up))
+    assert r[b"keep"][1] == "c" and r[b"keep"][8] == (0, 0) and r[b"new"][1] == "c"
+
+
+def test_overlay_opaque_xattr_is_no_marker(tmp_path: Path) -> None:
+    low = RootfsBuilder().dir("d").file("d/old", "o")
+    up = RootfsBuilder().dir("d", xattrs={"trusted.overlay.opaque": "y"}).file("d/new", "n")
+    m = flatten(tmp_path, low, up)
+    assert names(m) == [b"d", b"d/new", b"d/old"]
+    assert by_name(m)[b"d"][9] == {}
+
+
+def test_whiteout_of_a_dir_also_hides_what_only_implied_it(tmp_path: Path) -> None:
+    low = RootfsBuilder().file("d/e/f", "f")  # d and d/e implied
+    up = RootfsBuilder().file(".wh.d").file("d2/x", "x")
+    assert names(flatten(tmp_path, low, up)) == [b"d2", b"d2/x"]
+
+
+def test_a_single_layer_and_an_empty_layer(tmp_path: Path) -> None:
+    m = flatten(tmp_path, RootfsBuilder().file("a", "a"), RootfsBuilder())
+    assert names(m) == [b"a"] and len(m) == 1 + len(INIT_NAMES)
+    assert {m.data_path(i) for i in range(len(m))} <= {str(tmp_path / "layer0.tar"),
+                                                       str(tmp_path / "layer1.tar")}
