@@ -16,6 +16,7 @@ import json
 import re
 import secrets
 import socket
+import ssl
 import tarfile
 import threading
 from collections.abc import Callable
@@ -127,6 +128,7 @@ class FakeRegistry:
     log: list[Seen] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)  # token -> scope
     server: ThreadingHTTPServer | None = None
+    tls: tuple[str, str] | None = None  # (certificate file, key file): serve HTTPS only
 
     # -- content ---------------------------------------------------------------------------
     def put(self, repo: str, tag: str, image: Image) -> None:
@@ -161,7 +163,12 @@ class FakeRegistry:
         handler = _handler_for(self)
         self.server = ThreadingHTTPServer((self.host, 0), handler)
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
         return self
 
     def stop(self) -> None:

@@ -480,6 +480,58 @@ def test_https_by_default_and_insecure_hosts(fake: FakeRegistry, image: Image,
     assert got.manifest_digest == image.digest
 
 
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and this machine's loopback name."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path_factory.mktemp("tls")
+    names = "IP:127.0.0.1" + (f",DNS:{_loopback_name()}" if _loopback_name() else "")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"),
+                    "-subj", "/CN=fusebundle-test", "-addext", f"subjectAltName={names}"],
+                   check=True, capture_output=True)
+    return str(d / "cert.pem"), str(d / "key.pem")
+
+
+@pytest.fixture
+def tls_fake(self_signed: tuple[str, str]) -> Iterator[FakeRegistry]:
+    reg = FakeRegistry(tls=self_signed).start()
+    yield reg
+    reg.stop()
+
+
+def test_loopback_https_with_a_self_signed_certificate(tls_fake: FakeRegistry, image: Image,
+                                                       docker_config: Path) -> None:
+    # As docker: 127.0.0.0/8 is tried on HTTPS first, its certificate not checked.
+    tls_fake.put("fb/app", "1", image)
+    reg = registry(docker_config)
+    got = reg.resolve(f"{tls_fake.address}/fb/app:1", AMD64)
+    check_blobs(reg, got, image)
+    assert tls_fake.requests()  # the server only speaks TLS: they all came that way
+
+
+def test_named_host_certificate_is_checked(tls_fake: FakeRegistry, image: Image,
+                                           docker_config: Path, self_signed: tuple[str, str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    name = _loopback_name()
+    if name is None:
+        pytest.skip("no host name that resolves to loopback")
+    tls_fake.put("fb/app", "1", image)
+    where = f"{name}:{tls_fake.server.server_address[1]}"  # type: ignore[union-attr]
+    with pytest.raises(RegistryError) as e:
+        registry(docker_config).resolve(f"{where}/fb/app:1", AMD64)
+    assert "TLS failure" in one_line(e.value) and "certificate verify failed" in str(e.value)
+    assert not tls_fake.requests()
+    # --insecure-registry: the certificate is not checked.
+    got = registry(docker_config, insecure=[where]).resolve(f"{where}/fb/app:1", AMD64)
+    assert got.manifest_digest == image.digest
+    # The system's CA store (here: OpenSSL's SSL_CERT_FILE) is what is trusted, not a bundle.
+    monkeypatch.setenv("SSL_CERT_FILE", self_signed[0])
+    got = registry(docker_config).resolve(f"{where}/fb/app:1", AMD64)
+    assert got.manifest_digest == image.digest
+
+
 # -- Debian's docker-registry, fed by dockerd and skopeo --------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:

@@ -18,7 +18,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -222,9 +222,12 @@ class Authenticator:
         """Drop a grant the registry no longer takes (an expired or revoked token)."""
         self._grants.pop((host, repository), None)
 
-    def answer(self, client: Any, host: str, domain: str, repository: str,
-               challenge: str) -> str:
-        """The Authorization value that answers CHALLENGE (a WWW-Authenticate header)."""
+    def answer(self, client_for: Callable[[str], Any], host: str, domain: str,
+               repository: str, challenge: str) -> str:
+        """The Authorization value that answers CHALLENGE (a WWW-Authenticate header).
+
+        `client_for(host)` is the httpx client to reach a token service on `host` with.
+        """
         scheme, params = parse_challenge(challenge)
         creds = self.credentials(domain)
         where = f"registry {host}: {repository}"
@@ -234,15 +237,15 @@ class Authenticator:
                              "has none for it")
             grant = _Grant(creds.basic(), float("inf"))
         elif scheme == "bearer" and params.get("realm"):
-            grant = self._token(client, where, params, repository, creds)
+            grant = self._token(client_for, where, params, repository, creds)
         else:
             raise Denied(f"{where}: unsupported authentication challenge {scheme!r}")
         self._secrets.add(grant.header.split(" ", 1)[-1])
         self._grants[(host, repository)] = grant
         return grant.header
 
-    def _token(self, client: Any, where: str, params: dict[str, str], repository: str,
-               creds: Credentials | None) -> _Grant:
+    def _token(self, client_for: Callable[[str], Any], where: str, params: dict[str, str],
+               repository: str, creds: Credentials | None) -> _Grant:
         """A bearer token from the realm, for pulling REPOSITORY."""
         realm = params["realm"]
         parts = urlsplit(realm)
@@ -257,6 +260,7 @@ class Authenticator:
         if params.get("service"):
             query["service"] = params["service"]
         used = "with credentials" if creds is not None else "anonymously"
+        client = client_for(parts.netloc)
         if creds is not None and creds.identity_token:
             form = dict(query, grant_type="refresh_token", refresh_token=creds.identity_token,
                         client_id="fusebundle")

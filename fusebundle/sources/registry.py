@@ -89,33 +89,44 @@ class Registry:
         self.max_wait = max_wait
         self._timeout = (timeout, connect_timeout)
         self._auth = Authenticator(DockerConfig(docker_config), self.insecure)
-        self._client: httpx.Client | None = None
-        self._pinged: set[str] = set()
+        self._clients: dict[bool, httpx.Client] = {}  # by "verify the certificate"
+        self._bases: dict[str, str] = {}  # host -> "https://host" or "http://host", once pinged
         self._lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _http(self) -> httpx.Client:
+    def _http(self, verify: bool = True) -> httpx.Client:
+        """The client that verifies certificates (system CAs), or the one that does not."""
         with self._lock:
-            if self._client is None:
+            client = self._clients.get(verify)
+            if client is None:
                 import httpx  # only commands that reach a registry pay for importing it
 
                 read, connect = self._timeout
-                self._client = httpx.Client(
+                # trust_env off: no .netrc credentials slipped in, no proxy from the environment.
+                client = httpx.Client(
                     follow_redirects=True, trust_env=False,
+                    verify=ssl.create_default_context() if verify else False,
                     timeout=httpx.Timeout(read, connect=connect),
                     headers={"User-Agent": "fusebundle"})
-            return self._client
+                self._clients[verify] = client
+            return client
+
+    def _client_for(self, host: str) -> httpx.Client:
+        """Certificates are checked except where plain HTTP would be allowed anyway (as docker)."""
+        return self._http(verify=not plain_http_allowed(host, self.insecure))
 
     def close(self) -> None:
         """Close the connections (the object may be used again; it reconnects)."""
         with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
 
-    def _url(self, host: str, path: str) -> str:
-        scheme = "http" if plain_http_allowed(host, self.insecure) else "https"
-        return f"{scheme}://{host}{path}"
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _reason(self, exc: BaseException) -> str:
         """A transport error as a short phrase, scrubbed of anything secret."""
@@ -128,12 +139,13 @@ class Registry:
 
     def _send(self, where: str, host: str, domain: str, repo: str, path: str, *,
               headers: dict[str, str] | None = None, stream: bool = False,
-              challenge: bool = True) -> httpx.Response:
+              challenge: bool = True, base: str = "", tries: int = 0) -> httpx.Response:
         """GET host/path with auth and bounded retries; the response of any final status."""
         import httpx
 
-        client = self._http()
-        url = self._url(host, path)
+        client = self._client_for(host)
+        url = (base or self._bases[host]) + path
+        tries = tries or self.tries
         attempt = 0
         answered = False
         while True:
@@ -145,13 +157,18 @@ class Registry:
             try:
                 response = client.send(client.build_request("GET", url, headers=sent),
                                        stream=stream)
-            except httpx.TransportError as e:
+            except httpx.RequestError as e:
                 if _caused_by(e, (ssl.SSLError,)) or "SSL" in str(e):
                     raise RegistryError(f"{where}: TLS failure ({self._reason(e)})") from None
                 if _caused_by(e, (socket.gaierror,)):
                     raise RegistryError(f"{where}: unreachable (cannot resolve {host})") from None
-                if attempt >= self.tries:
-                    raise RegistryError(f"{where}: unreachable after {self.tries} tries "
+                if not isinstance(e, httpx.NetworkError | httpx.TimeoutException |
+                                  httpx.RemoteProtocolError):
+                    # Too many redirects, a redirect to ftp:, ...: trying again changes nothing.
+                    raise RegistryError(f"{where}: {self._reason(e)}") from None
+                if attempt >= tries:
+                    raise RegistryError(f"{where}: unreachable after {tries} "
+                                        f"{'try' if tries == 1 else 'tries'} "
                                         f"({self._reason(e)})") from None
                 self._sleep_before(attempt)
                 continue
@@ -162,8 +179,8 @@ class Registry:
                 if offer:
                     self._auth.forget(host, repo)
                     try:
-                        self._auth.answer(client, host, domain, repo, offer)
-                    except httpx.TransportError as e:
+                        self._auth.answer(self._client_for, host, domain, repo, offer)
+                    except httpx.RequestError as e:
                         raise RegistryError(f"{where}: the token service is unreachable "
                                             f"({self._reason(e)})") from None
                     answered = True
@@ -173,8 +190,8 @@ class Registry:
             if status == 429 or status >= 500:
                 wait = _retry_after(response.headers.get("retry-after"), self.max_wait)
                 response.close()
-                if attempt >= self.tries:
-                    raise RegistryError(f"{where}: gave up after {self.tries} tries "
+                if attempt >= tries:
+                    raise RegistryError(f"{where}: gave up after {tries} tries "
                                         f"(last answer HTTP {status})")
                 self._sleep_before(attempt, wait)
                 continue
@@ -187,16 +204,31 @@ class Registry:
         return Denied(f"{where}: access denied (HTTP {status}, asked {how})")
 
     def _ping(self, host: str, domain: str) -> None:
-        """GET /v2/ once per host: is a registry there at all?"""
-        if host in self._pinged:
+        """GET /v2/ once per host: is a registry there, and on HTTPS or (where allowed) HTTP?
+
+        As docker does, a host where plain HTTP is allowed is tried on HTTPS first (its
+        certificate not checked), then on HTTP.
+        """
+        if host in self._bases:
             return
         where = f"registry {host}"
-        response = self._send(where, host, domain, "", "/v2/", challenge=False)
-        response.close()
-        if response.status_code not in (200, 401):
-            raise RegistryError(f"{where}: not a registry (GET /v2/ answered HTTP "
-                                f"{response.status_code})")
-        self._pinged.add(host)
+        schemes = ["https", "http"] if plain_http_allowed(host, self.insecure) else ["https"]
+        for scheme in schemes:
+            last = scheme == schemes[-1]
+            try:
+                response = self._send(where, host, domain, "", "/v2/", challenge=False,
+                                      base=f"{scheme}://{host}", tries=0 if last else 1)
+            except RegistryError:
+                if last:
+                    raise
+                continue
+            response.close()
+            if response.status_code in (200, 401):
+                self._bases[host] = f"{scheme}://{host}"
+                return
+            if last or response.status_code != 400:  # 400: HTTP sent to an HTTPS port
+                raise RegistryError(f"{where}: not a registry (GET /v2/ answered HTTP "
+                                    f"{response.status_code})")
 
     def _read_small(self, response: httpx.Response, where: str) -> bytes:
         """The body of a manifest or config, refusing one too big to be one."""
@@ -290,6 +322,7 @@ class Registry:
         """A stream of the layer blob's exact bytes, resumed across dropped connections."""
         parsed = reference.parse(image.name)
         host = registry_host(parsed.domain)
+        self._ping(host, parsed.domain)  # the image may come from the store, not resolve()
         stream = _BlobStream(self, host, parsed.domain, parsed.path, layer.digest, layer.size)
         return io.BufferedReader(stream, _CHUNK)  # type: ignore[return-value]
 
