@@ -130,6 +130,32 @@ def test_bearer_token_with_config_credentials(fake: FakeRegistry, image: Image,
         assert PASSWORD not in text and auth not in text and token not in text
 
 
+def test_revoked_token_is_asked_again(fake: FakeRegistry, image: Image,
+                                      docker_config: Path) -> None:
+    fake.auth = "bearer"
+    fake.put("fb/app", "1", image)
+    reg = registry(docker_config)
+    got = reg.resolve(f"{fake.address}/fb/app:1", AMD64)
+    assert len(fake.requests(lambda s: s.path.startswith("/token"))) == 1
+    fake.tokens.clear()  # the registry forgets it (expired early, revoked)
+    check_blobs(reg, got, image)
+    assert len(fake.requests(lambda s: s.path.startswith("/token"))) == 2
+
+
+def test_blobs_stream_from_several_threads(fake: FakeRegistry, docker_config: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    image = make_image([{f"f{i}": os.urandom(300_000)} for i in range(6)])
+    fake.auth = "bearer"
+    fake.put("fb/app", "1", image)
+    fake.misbehave(blob_path(image, 2), "drop:100000")
+    reg = registry(docker_config)
+    got = reg.resolve(f"{fake.address}/fb/app:1", AMD64)
+    with ThreadPoolExecutor(4) as pool:
+        blobs = list(pool.map(lambda i: read_all(reg, got, i), range(6)))
+    assert blobs == image.layers
+
+
 def test_bearer_wrong_password_is_one_line_without_it(fake: FakeRegistry, image: Image,
                                                       docker_config: Path) -> None:
     fake.auth, fake.users, fake.anonymous_pull = "bearer", {"alice": "other"}, False

@@ -201,7 +201,9 @@ class Registry:
         creds = self._auth.credentials(domain)
         how = (f"with credentials from {creds.origin}" if creds is not None
                else "anonymously; no credentials for it in the docker config")
-        return Denied(f"{where}: access denied (HTTP {status}, asked {how})")
+        # Docker Hub and others answer 401 for a repository that does not exist, to hide it.
+        return Denied(f"{where}: access denied (HTTP {status}, asked {how}; or there is no "
+                      "such repository)")
 
     def _ping(self, host: str, domain: str) -> None:
         """GET /v2/ once per host: is a registry there, and on HTTPS or (where allowed) HTTP?
