@@ -12,7 +12,6 @@ import base64
 import contextlib
 import gzip
 import hashlib
-import io
 import json
 import logging
 import os
@@ -601,12 +600,17 @@ def real_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait()
 
 
-def _skopeo(*args: str) -> None:
+def _skopeo_out(*args: str) -> bytes:
     if shutil.which("skopeo") is None:
         pytest.skip("skopeo is not installed")
     done = subprocess.run(["skopeo", "--insecure-policy", *args], capture_output=True,
-                          text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout
+
+
+def _skopeo(*args: str) -> None:
+    _skopeo_out(*args)
 
 
 @pytest.fixture(scope="module")
@@ -658,13 +662,19 @@ def test_real_registry_docker_push(pushed: dict, tmp_path: Path) -> None:
 
 def test_real_registry_oci_typed(pushed: dict, real_registry: str, tmp_path: Path) -> None:
     dest = f"{real_registry}/fb/oci:1"
-    _skopeo("copy", "--format", "oci", "--src-daemon-host", pushed["engine"],
-            "--dest-tls-verify=false", "docker-daemon:fbreg-two:1", f"docker://{dest}")
+    _skopeo("copy", "--format", "oci", "--src-tls-verify=false", "--dest-tls-verify=false",
+            f"docker://{pushed['ref']}", f"docker://{dest}")
     reg = Registry(docker_config=str(tmp_path))
     got = reg.resolve(dest, Platform.host())
     assert got.layers[0].media_type.startswith("application/vnd.oci.image.layer.v1.tar")
     assert [layer.diff_id for layer in got.layers] == pushed["layers"]
     assert json.loads(got.config_bytes)["rootfs"]["diff_ids"] == pushed["layers"]
+    # Converting to OCI, skopeo rewrites the config (docker-only fields go): its own view of
+    # the image is the oracle here, not the engine's ID.
+    assert got.config_bytes == _skopeo_out("inspect", "--config", "--raw",
+                                           "--tls-verify=false", f"docker://{dest}")
+    assert got.manifest_digest == sha256(_skopeo_out("inspect", "--raw", "--tls-verify=false",
+                                                     f"docker://{dest}"))
     _check_blobs_hash(reg, got)
 
 
@@ -686,7 +696,7 @@ def _oci_layout(d: Path, images: list[Image], tag: str) -> None:
 
 
 def test_real_registry_multi_platform(real_registry: str, tmp_path: Path) -> None:
-    amd = make_image([{"arch": b"amd64\n"}, {"more": io.BytesIO(os.urandom(5000)).read()}])
+    amd = make_image([{"arch": b"amd64\n"}, {"more": os.urandom(5000)}])
     arm = make_image([{"arch": b"arm64\n"}], arch="arm64", variant="v8")
     _oci_layout(tmp_path / "layout", [amd, arm], "multi")
     dest = f"{real_registry}/fb/multi:1"
@@ -699,6 +709,12 @@ def test_real_registry_multi_platform(real_registry: str, tmp_path: Path) -> Non
     assert got.manifest_digest == amd.digest
     assert [layer.diff_id for layer in got.layers] == amd.diff_ids
     _check_blobs_hash(reg, got)
+    # Pinned by the index's digest: fetched by digest, then narrowed to the platform.
+    index = _skopeo_out("inspect", "--raw", "--tls-verify=false", f"docker://{dest}")
+    assert json.loads(index)["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    pinned = reg.resolve(f"{real_registry}/fb/multi@{sha256(index)}", Platform("linux", "arm64"))
+    assert pinned.manifest_digest == arm.digest
+    assert pinned.name == f"{real_registry}/fb/multi@{sha256(index)}"
     with pytest.raises(NotFound) as e:
         reg.resolve(dest, Platform("linux", "riscv64"))
     assert "linux/amd64, linux/arm64/v8" in one_line(e.value)
