@@ -23,6 +23,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakeregistry import DOCKER_LIST, FakeRegistry, Image, make_image, sha256
@@ -336,7 +337,7 @@ def test_drops_without_progress_are_bounded(fake: FakeRegistry, image: Image,
     got = reg.resolve(f"{fake.address}/fb/app:1", AMD64)
     with pytest.raises(RegistryError) as e:
         read_all(reg, got, 1)
-    assert "connection dropped 3 times at byte 1000" in one_line(e.value)
+    assert "connection dropped 3 times, the last at byte 1000" in one_line(e.value)
 
 
 def test_wrong_bytes(fake: FakeRegistry, image: Image, docker_config: Path) -> None:
@@ -721,3 +722,49 @@ def test_real_registry_multi_platform(real_registry: str, tmp_path: Path) -> Non
     with pytest.raises(NotFound) as e:
         reg.resolve(f"{real_registry}/fb/multi:nosuch", AMD64)
     assert one_line(e.value).startswith("registry: no image")
+
+
+# -- into the layer store (runs once the store is merged beside this source) ------------------
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Any]:
+    store_mod = pytest.importorskip("fusebundle.store")
+    s = store_mod.Store(str(tmp_path / "cache"))
+    yield s
+    s.close()
+
+
+def _stored(store: Any) -> list[str]:
+    root = Path(store.root)
+    return sorted(p.name for p in root.rglob("*") if p.is_file() and "locks" not in p.parts)
+
+
+def test_store_ingest_resumed_blob(fake: FakeRegistry, image: Image, docker_config: Path,
+                                   store: Any) -> None:
+    fake.put("fb/app", "1", image)
+    fake.misbehave(blob_path(image, 1), "drop:250000", "norange", "drop:900000")
+    reg = registry(docker_config)
+    got = reg.resolve(f"{fake.address}/fb/app:1", AMD64)
+    for layer in got.layers:
+        path = store.ingest(layer, lambda x=layer: reg.open_blob(got, x), got.name)
+        assert sha256(Path(path).read_bytes()) == layer.diff_id
+    # Stored once: a second ingest reads nothing from the registry.
+    before = len(fake.requests(lambda s: "/blobs/" in s.path))
+    for layer in got.layers:
+        store.ingest(layer, lambda x=layer: reg.open_blob(got, x), got.name)
+    assert len(fake.requests(lambda s: "/blobs/" in s.path)) == before
+
+
+@pytest.mark.parametrize("fault", ["flip", "short:1000", "drops"])
+def test_store_keeps_nothing_of_a_bad_blob(fake: FakeRegistry, image: Image,
+                                           docker_config: Path, store: Any,
+                                           fault: str) -> None:
+    fake.put("fb/app", "1", image)
+    faults = ["drop:1000", *["drop:0"] * 9] if fault == "drops" else [fault]
+    fake.misbehave(blob_path(image, 1), *faults)
+    reg = registry(docker_config, tries=3)
+    got = reg.resolve(f"{fake.address}/fb/app:1", AMD64)
+    layer = got.layers[1]
+    with pytest.raises(UserError) as e:
+        store.ingest(layer, lambda: reg.open_blob(got, layer), got.name)
+    assert layer.digest in one_line(e.value)
+    assert _stored(store) == []

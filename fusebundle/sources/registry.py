@@ -42,6 +42,7 @@ MANIFEST_ACCEPT = ", ".join((manifest.OCI_INDEX, manifest.OCI_MANIFEST,
 _CHUNK = 1 << 20
 _HUB_HOST = "registry-1.docker.io"
 _MAX_INDEX_DEPTH = 2  # an index may name an index (rare); deeper is a loop or hostile
+_MAX_RESUMES = 50  # per blob: a line that drops after every few bytes is not worth more
 
 
 def registry_host(domain: str) -> str:
@@ -346,6 +347,7 @@ class _BlobStream(io.RawIOBase):
         self._response: httpx.Response | None = None
         self._chunks: Iterator[bytes] | None = None
         self._failures = 0  # consecutive drops without a byte in between
+        self._resumes = 0
         self._done = False
         self._open()
 
@@ -404,10 +406,11 @@ class _BlobStream(io.RawIOBase):
             except httpx.TransportError as e:
                 self._drop()
                 self._failures += 1
-                if self._failures >= self._registry.tries:
+                self._resumes += 1
+                if self._failures >= self._registry.tries or self._resumes > _MAX_RESUMES:
                     raise RegistryError(
-                        f"{self._where}: connection dropped {self._failures} times at byte "
-                        f"{self._received} ({self._registry._reason(e)})") from None
+                        f"{self._where}: connection dropped {self._resumes} times, the last "
+                        f"at byte {self._received} ({self._registry._reason(e)})") from None
                 self._registry._sleep_before(self._failures)
                 continue
             if chunk is None:
