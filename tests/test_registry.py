@@ -395,7 +395,9 @@ def test_redirect_resumes_at_storage(fake: FakeRegistry, image: Image,
 
 
 def test_signed_redirect_url_stays_out_of_errors(fake: FakeRegistry, image: Image,
-                                                 docker_config: Path) -> None:
+                                                 docker_config: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     storage = FakeRegistry().start()
     try:
         fake.storage = storage
@@ -407,6 +409,8 @@ def test_signed_redirect_url_stays_out_of_errors(fake: FakeRegistry, image: Imag
         with pytest.raises(RegistryError) as e:
             read_all(reg, got, 1)
         assert "s3cr3t" not in one_line(e.value)
+        assert f"{storage.address}/v2/storage/blobs" in caplog.text  # httpx logged the hop...
+        assert "s3cr3t" not in caplog.text  # ...without its signature
     finally:
         storage.stop()
 

@@ -112,7 +112,8 @@ class DockerConfig:
         server = DOCKER_HUB_SERVER if domain == "docker.io" else domain
         doc = self._load()
         helpers = doc.get("credHelpers") if isinstance(doc.get("credHelpers"), dict) else {}
-        helper = helpers.get(server) or helpers.get(domain) or doc.get("credsStore")
+        helper = (helpers.get(server) or helpers.get(_config_hostname(server))
+                  or helpers.get(domain) or doc.get("credsStore"))
         if isinstance(helper, str) and helper:
             found = _run_helper(helper, server)
             if found is not None:

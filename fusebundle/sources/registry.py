@@ -13,11 +13,12 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import io
+import logging
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from fusebundle.errors import UserError
@@ -42,6 +43,9 @@ MANIFEST_ACCEPT = ", ".join((manifest.OCI_INDEX, manifest.OCI_MANIFEST,
 _CHUNK = 1 << 20
 _HUB_HOST = "registry-1.docker.io"
 _MAX_INDEX_DEPTH = 2  # an index may name an index (rare); deeper is a loop or hostile
+# A logger's filters see only its own records, so each one that logs URLs or headers is named.
+_HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2",
+                 "httpcore.proxy")
 _MAX_RESUMES = 50  # per blob: a line that drops after every few bytes is not worth more
 
 
@@ -76,6 +80,19 @@ def _retry_after(value: str | None, cap: float) -> float | None:
     return min(max(seconds, 0.0), cap)
 
 
+class _ScrubLog(logging.Filter):
+    """Keeps secrets and signed URLs (blob redirects carry keys) out of httpx's request log."""
+
+    def __init__(self, secrets: Callable[[], Iterable[str]]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage(), self._secrets())
+        record.args = None
+        return True
+
+
 class Registry:
     """A `LayerSource` reading from the registries references name (docker.io and others)."""
 
@@ -92,6 +109,7 @@ class Registry:
         self._auth = Authenticator(DockerConfig(docker_config), self.insecure)
         self._clients: dict[bool, httpx.Client] = {}  # by "verify the certificate"
         self._bases: dict[str, str] = {}  # host -> "https://host" or "http://host", once pinged
+        self._log_filter: _ScrubLog | None = None
         self._lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -110,6 +128,10 @@ class Registry:
                     timeout=httpx.Timeout(read, connect=connect),
                     headers={"User-Agent": "fusebundle"})
                 self._clients[verify] = client
+                if self._log_filter is None:
+                    self._log_filter = _ScrubLog(self._auth.secrets)
+                    for name in _HTTP_LOGGERS:
+                        logging.getLogger(name).addFilter(self._log_filter)
             return client
 
     def _client_for(self, host: str) -> httpx.Client:
@@ -122,6 +144,10 @@ class Registry:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+            if self._log_filter is not None:
+                for name in _HTTP_LOGGERS:
+                    logging.getLogger(name).removeFilter(self._log_filter)
+                self._log_filter = None
 
     def __enter__(self) -> Registry:
         return self
