@@ -285,6 +285,51 @@ def test_429_honours_retry_after(fake: FakeRegistry, image: Image, docker_config
     assert len(fake.requests(lambda s: s.path == "/v2/fb/app/manifests/1")) == 2
 
 
+def test_retry_after_is_capped(fake: FakeRegistry, image: Image, docker_config: Path) -> None:
+    fake.put("fb/app", "1", image)
+    fake.misbehave("/v2/fb/app/manifests/1", "429:3600")
+    start = time.monotonic()
+    got = registry(docker_config, max_wait=0.2).resolve(f"{fake.address}/fb/app:1", AMD64)
+    assert time.monotonic() - start < 5
+    assert got.manifest_digest == image.digest
+
+
+def test_retry_after_forms() -> None:
+    import email.utils
+
+    from fusebundle.sources.registry import _retry_after
+
+    assert _retry_after("7", 30) == 7
+    assert _retry_after("90", 30) == 30
+    assert _retry_after(None, 30) is None and _retry_after("soon", 30) is None
+    later = email.utils.formatdate(time.time() + 12, usegmt=True)
+    assert 9 <= (_retry_after(later, 30) or 0) <= 12
+
+
+def test_challenge_parsing() -> None:
+    from fusebundle.sources.regauth import parse_challenge
+
+    scheme, params = parse_challenge(
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+        'scope="repository:library/alpine:pull,push"')
+    assert scheme == "bearer"
+    assert params == {"realm": "https://auth.docker.io/token", "service": "registry.docker.io",
+                      "scope": "repository:library/alpine:pull,push"}
+    assert parse_challenge('Basic realm="Registry Realm"') == ("basic", {"realm": "Registry Realm"})
+
+
+def test_where_plain_http_is_allowed() -> None:
+    from fusebundle.sources.regauth import plain_http_allowed
+
+    for host in ("localhost", "localhost:5000", "127.0.0.1:5000", "127.9.8.7", "[::1]:5000"):
+        assert plain_http_allowed(host), host
+    for host in ("example.com", "example.com:5000", "10.0.0.1:5000", "registry-1.docker.io"):
+        assert not plain_http_allowed(host), host
+    assert plain_http_allowed("build-host:5000", ["build-host:5000"])
+    assert plain_http_allowed("build-host:5000", ["build-host"])
+    assert not plain_http_allowed("build-host:5000", ["other:5000"])
+
+
 def test_5xx_then_success(fake: FakeRegistry, image: Image, docker_config: Path) -> None:
     fake.put("fb/app", "1", image)
     fake.misbehave(blob_path(image, 1), "500", "503")
