@@ -107,7 +107,7 @@ def load_session(args: argparse.Namespace) -> tuple[Any, _Session]:
     from fusebundle.config import load_config
 
     cfg = load_config(args.configs)
-    if cfg.trust:
+    if cfg.trust and not args.quiet:
         print("fusebundle: warning: trust: is not supported (no notary); images are used "
               "as the engine has them", file=sys.stderr)
     return cfg, _Session(args)
@@ -150,7 +150,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         found = True
         info = session.resolve(c.image).info
         label = image_label(info, c.where)
-        spec, runtime = oci.build_oci(c.spec, label, info.config, id_map, c.where)
+        spec, runtime = oci.build_oci(c.spec, label, info.config, id_map, c.where,
+                                      cfg.volume_map())
         doc = {"bundle": c.bundle_path, "image": c.image, "imageId": info.id,
                "id": id_map[c.name], "yaml": c.spec, "label": label,
                "imageConfig": {k: info.config.get(k) for k in

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fusebundle import metadata, oci, schema
-from fusebundle.config import Config, FileSpec
+from fusebundle.config import Config, FileSpec, Volume
 from fusebundle.config import Entry as ContainerEntry
 from fusebundle.entry import Entry, directory, regular
 from fusebundle.errors import UserError
@@ -273,6 +273,7 @@ class _Builder:
     cfg: Config
     resolve: Callable[[str], ImageHandle]
     share_by_id: bool
+    resolve_layout: Callable[[str, list[str]], ImageHandle] | None = None
     view: View = field(default_factory=View)
     first_root: dict[str, str] = field(default_factory=dict)  # de-dup key -> root dir
     grafts: dict[str, Graft] = field(default_factory=dict)  # de-dup key -> its graft
@@ -284,7 +285,7 @@ class _Builder:
         handle = self.resolve(c.image)
         info = handle.info
         spec, runtime = oci.build_oci(c.spec, image_label(info, c.where), info.config, id_map,
-                                      c.where)
+                                      c.where, self.cfg.volume_map())
         readonly = bool(spec.get("root", {}).get("readonly"))
         prefix = c.bundle_path
         own_root = f"{prefix}/{'rootfs' if readonly else 'lower'}"
@@ -320,6 +321,24 @@ class _Builder:
             oci.append_mount(runtime, {"destination": f"/{prefix}/rootfs",
                                        "source": "/" + root, "options": ["bind"]})
         self.add(regular(f"{prefix}/runtime.json".encode(), oci.runtime_json_bytes(runtime)))
+
+    def volume(self, v: Volume) -> None:
+        """Today's volume: lower/ (blank, or the image as files or as an OCI layout), tmp/
+        and merged/, as LinuxKit lays them out between init and onboot."""
+        lower = f"{v.base}/lower"
+        self.view.items.extend(prefix_dirs(lower))
+        if v.format == "oci":
+            if self.resolve_layout is None:
+                raise UserError(f"{v.where}: format: oci needs an image source that can "
+                                "write an OCI layout")
+            self.add(Graft(prefix=lower.encode() + b"/",
+                           image=self.resolve_layout(v.image, v.platforms), raw=True))
+        elif v.image:
+            # LinuxKit extracts a volume's image as it does init's: resolv.conf a symlink
+            self.add(Graft(prefix=lower.encode() + b"/", image=self.resolve(v.image),
+                           resolv_link=INIT_RESOLV_LINK))
+        self.add(directory(f"{v.base}/tmp".encode()))
+        self.add(directory(f"{v.base}/merged".encode()))
 
     def files(self, id_map: dict[str, int]) -> None:
         added: set[str] = set()
@@ -394,17 +413,22 @@ def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str],
 
 
 def build_view(cfg: Config, resolve: Callable[[str], ImageHandle],
-               share_by_id: bool = False) -> View:
-    """The tree for a config; `resolve` maps an image reference to its handle."""
-    b = _Builder(cfg, resolve, share_by_id)
+               share_by_id: bool = False,
+               resolve_layout: Callable[[str, list[str]], ImageHandle] | None = None) -> View:
+    """The tree for a config; `resolve` maps an image reference to its handle, and
+    `resolve_layout` (reference, platforms) to a handle on its OCI layout as a tar."""
+    b = _Builder(cfg, resolve, share_by_id, resolve_layout)
     id_map = cfg.id_map()
     k = cfg.kernel
     if k.image:
         tar = "kernel.tar" if k.tar is None else ("" if k.tar == "none" else k.tar)
         b.add(KernelImage(image=resolve(k.image), cmdline=k.cmdline.encode(),
-                          binary=(k.binary or "kernel").encode(), tar=tar.encode()))
+                          binary=(k.binary or "kernel").encode(), tar=tar.encode(),
+                          ucode=(k.ucode or "").encode()))
     for ref in cfg.init:
         b.add(Graft(prefix=b"", image=resolve(ref), resolv_link=INIT_RESOLV_LINK))
+    for v in cfg.volumes:
+        b.volume(v)
     for c in cfg.containers():
         b.bundle(c, id_map)
     b.files(id_map)
