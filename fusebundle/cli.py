@@ -101,6 +101,14 @@ class _Session:
             self._images[ref] = LazyImage(info, self.cache, self.engine(), self.show_progress)
         return self._images[ref]
 
+    def resolve_layout(self, ref: str, platforms: list[str]) -> Any:
+        """A handle on the image's OCI layout as a tar (today's `volumes: format: oci`)."""
+        from fusebundle.ocilayout import LayoutImage
+
+        return LayoutImage(self.resolve(ref).info,
+                           lambda image_id: self.engine().api.get_image(image_id, 1 << 20),
+                           self.cache.root, platforms)
+
 
 def load_session(args: argparse.Namespace) -> tuple[Any, _Session]:
     """The merged config of the command's files, and a session to resolve its images."""
@@ -120,7 +128,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from fusebundle.view import build_view
 
     cfg, session = load_session(args)
-    view = build_view(cfg, session.resolve, share_by_id=args.share_by_id)
+    view = build_view(cfg, session.resolve, share_by_id=args.share_by_id,
+                      resolve_layout=session.resolve_layout)
     view.prepare()  # export and index everything before the output is opened
     bars: list[Bar] = []
 
