@@ -61,12 +61,12 @@ def _with_added(entry: dict, label: dict | None, key: str) -> list[tuple[Any, st
     add = key + ".add"
     if key in entry:
         return [(x, key, i) for i, x in enumerate(entry[key])]
-    out: list[tuple[Any, str, int]] = []
-    for src, k, yaml in ((label or {}, key, False), (label or {}, add, False),
-                         (entry, add, True)):
-        for i, x in enumerate(src.get(k, [])):
+    lbl = label or {}
+    out: list[tuple[Any, str, int]] = [(x, key, -1) for x in lbl.get(key, [])]  # as 2017
+    for src, yaml in ((lbl, False), (entry, True)):
+        for i, x in enumerate(src.get(add, [])):
             if all(x != y for y, _, _ in out):  # LinuxKit's mergeStrings means to merge uniquely
-                out.append((x, k, i if yaml else -1))
+                out.append((x, add, i if yaml else -1))
     return out
 
 

@@ -358,3 +358,10 @@ def test_invalid_reference_says_only_that(tmp_path, text):
 def test_pkg_templates_need_linuxkit(tmp_path, text):
     with pytest.raises(ConfigError, match="needs LinuxKit's package tooling"):
         _config(tmp_path, text)
+
+
+def test_a_label_without_adds_is_read_as_in_2017():
+    label = json.dumps({"capabilities": ["CAP_KILL", "CAP_KILL"]})
+    spec, _ = build(label=label)
+    assert spec["process"]["capabilities"]["effective"] == ["CAP_KILL", "CAP_KILL"]
+    assert spec["process"]["capabilities"]["bounding"] == ["CAP_KILL"]

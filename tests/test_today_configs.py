@@ -207,3 +207,50 @@ def test_quiet_silences_the_trust_warning(fb, images, tmp_path):
     assert loud.returncode == 0 and "trust" in loud.stderr
     quiet = fb("pack", "-q", config, "-o", tmp_path / "b.tar")
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+KEYS_YML = """\
+onboot:
+  - name: keys
+    image: fbtoday/data:1
+    capabilities.add: [CAP_SYS_ADMIN]
+    annotations:
+      org.example.b: "2"
+      org.example.a: "1"
+    devices:
+      - path: /dev/fuse
+        type: c
+        major: 10
+        minor: 229
+        mode: "0600"
+    mounts:
+      - type: bind
+        source: /srv
+        destination: /srv
+        uidmappings: [{containerID: 0, hostID: 1000, size: 1}]
+    runtime:
+      cgroups: [keys]
+      namespace: services.linuxkit
+      mkdir: [/var/keys]
+"""
+
+
+def test_every_new_key_mounts_as_it_packs(fb, mounts, images, today_images, tmp_path):
+    config = tmp_path / "keys.yml"
+    config.write_text(KEYS_YML)
+    tar = _pack(fb, config, tmp_path / "pack.tar")
+    mnt = mounts.mount(config)
+    assert_same_tree(tar, mnt)
+    bundle = mnt / "containers/onboot/000-keys"
+    spec = json.loads((bundle / "config.json").read_bytes())
+    assert spec["process"]["capabilities"]["effective"] == ["CAP_SYS_ADMIN"]  # no label
+    assert list(spec["annotations"].items()) == [("org.example.a", "1"), ("org.example.b", "2")]
+    assert spec["linux"]["devices"] == [{"path": "/dev/fuse", "type": "c", "major": 10,
+                                         "minor": 229, "fileMode": 384}]
+    rt = json.loads((bundle / "runtime.json").read_bytes())
+    assert list(rt) == ["cgroups", "mounts", "mkdir", "bindNS", "namespace"]
+    assert rt["cgroups"] == ["keys"] and rt["namespace"] == "services.linuxkit"
+    # the rootfs mounts follow the yaml's runtime mounts (none here), as in 2017
+    assert [m["destination"] for m in rt["mounts"]] == [
+        "/containers/onboot/000-keys/tmp", "/containers/onboot/000-keys/tmp",
+        "/containers/onboot/000-keys/rootfs"]
