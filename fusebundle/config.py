@@ -280,8 +280,10 @@ def _parse_file(raw: object, where: str) -> FileSpec:
             mode = -1
         if not 0 <= mode <= 0o7777:
             raise ConfigError(f"{where}: field 'mode': {raw['mode']!r} is not an octal mode")
-    if raw.get("metadata", "yaml") != "yaml":
-        raise ConfigError(f"{where}: field 'metadata': only 'yaml' is supported")
+    # 'json' is today's LinuxKit (its json.MarshalIndent of the config, which is what 2017's
+    # 'yaml' wrote too)
+    if raw.get("metadata", "yaml") not in ("yaml", "json"):
+        raise ConfigError(f"{where}: field 'metadata': expected 'yaml' or 'json'")
     return FileSpec(spec=spec, where=where, raw_path=raw["path"])
 
 

@@ -365,3 +365,20 @@ def test_a_label_without_adds_is_read_as_in_2017():
     spec, _ = build(label=label)
     assert spec["process"]["capabilities"]["effective"] == ["CAP_KILL", "CAP_KILL"]
     assert spec["process"]["capabilities"]["bounding"] == ["CAP_KILL"]
+
+
+def test_metadata_json_writes_what_metadata_yaml_writes(tmp_path):
+    from fusebundle.view import file_entries
+
+    def content(kind: str) -> bytes:
+        cfg = _config(tmp_path, f"init: [a]\nfiles:\n  - path: etc/m\n    metadata: {kind}\n")
+        (entry,) = file_entries(cfg.files[0], {}, {"etc"}, cfg)
+        assert entry.data is not None
+        return entry.data
+
+    # the same document (which names the file's own metadata kind)
+    assert content("json") == content("yaml").replace(b'"metadata": "yaml"',
+                                                      b'"metadata": "json"')
+    assert json.loads(content("json"))["init"] == ["a"]
+    with pytest.raises(ConfigError, match="expected 'yaml' or 'json'"):
+        _config(tmp_path, "files:\n  - path: etc/m\n    metadata: toml\n")
