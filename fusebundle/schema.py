@@ -469,6 +469,11 @@ def validate_entry(raw: object, where: str, *, label: bool = False) -> dict:
             raise ConfigError(f"{where}: must not set {key!r}")
         if not label and key not in raw:
             raise ConfigError(f"{where}: missing required field {key!r}")
+    for key in ("binds", "capabilities"):
+        nested = raw.get(key)
+        if isinstance(nested, dict) and "add" in nested:
+            raise ConfigError(f"{where}: field {key!r}: expected a list, got a mapping with "
+                              f"'add' (to add to the label's {key}, write '{key}.add:')")
     try:
         return _IMAGE(raw, "")
     except _Invalid as e:

@@ -382,3 +382,10 @@ def test_metadata_json_writes_what_metadata_yaml_writes(tmp_path):
     assert json.loads(content("json"))["init"] == ["a"]
     with pytest.raises(ConfigError, match="expected 'yaml' or 'json'"):
         _config(tmp_path, "files:\n  - path: etc/m\n    metadata: toml\n")
+
+
+def test_nested_add_is_explained():
+    assert bad(binds={"add": ["/a:/a"]}) == ("field 'binds': expected a list, got a mapping "
+                                             "with 'add' (to add to the label's binds, "
+                                             "write 'binds.add:')")
+    assert "write 'capabilities.add:'" in bad(capabilities={"add": ["CAP_KILL"]})
