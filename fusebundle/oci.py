@@ -2,7 +2,9 @@
 
 Dicts are built in the field order of the Go structs the reference marshals (runtime-spec
 specs-go as vendored at linuxkit cfa5d273b7), leaving out what their `omitempty` tags leave
-out, and are serialised byte for byte like Go's json.MarshalIndent.
+out, and are serialised byte for byte like Go's json.MarshalIndent.  The keys today's LinuxKit
+added are written as its ConfigToOCI writes them, and only where a config uses them, so a
+2017 config gives 2017's bytes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Validation of one image entry (onboot/onshutdown/services item or image label).
 
-Follows the "image" definition of the reference's JSON schema (moby at linuxkit cfa5d273b7):
-every object rejects unknown keys, and every value has the schema's type.  Values that the
+Follows the "image" definition of the reference's JSON schema (moby at linuxkit cfa5d273b7)
+and what today's LinuxKit schema adds to it (capabilities.add, binds.add, devices, annotations,
+runtime cgroups and namespace, id mappings on mounts): every object rejects unknown keys, and
+every value has the schema's type.  Values that the
 reference only checks while building the OCI spec (capability names, binds, tmpfs, rlimits,
 mounts, ids) are checked here too, so that errors come early and name the field.
 """
