@@ -10,7 +10,9 @@ ConfigToOCI writes for them (worked out from its source, see test_schema_today).
 from __future__ import annotations
 
 import json
+import os
 import tarfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -254,3 +256,34 @@ def test_every_new_key_mounts_as_it_packs(fb, mounts, images, today_images, tmp_
     assert [m["destination"] for m in rt["mounts"]] == [
         "/containers/onboot/000-keys/tmp", "/containers/onboot/000-keys/tmp",
         "/containers/onboot/000-keys/rootfs"]
+
+
+RUNC_YML = """\
+onboot:
+  - name: dev
+    image: fbpub/busybox:1
+    readonly: true
+    command: ["/bin/sh", "-c", "echo gone > /dev/fbnull && ls -ln /dev/fbnull"]
+    devices:
+      - path: /dev/fbnull
+        type: c
+        major: 1
+        minor: 3
+        mode: "0640"
+"""
+
+
+@pytest.mark.skipif(not os.access(test_mount.RUNC, os.X_OK), reason="no runc")
+def test_runc_makes_the_device_a_bundle_asks_for(mounts, images, tmp_path):
+    config = tmp_path / "dev.yml"
+    config.write_text(RUNC_YML)
+    mnt = mounts.mount(config)
+    state = tmp_path / "runc"
+    state.mkdir()
+    r = test_mount._runc(mnt / "containers/onboot/000-dev", state,
+                         f"fbtest-{uuid.uuid4().hex[:8]}")
+    if r.returncode != 0 and "cgroup" in r.stderr:
+        pytest.skip(f"runc cannot manage cgroups here: {r.stderr.strip()[-200:]}")
+    assert r.returncode == 0, r.stderr
+    # the node runc made from linux.devices: a char device 1,3 with the mode asked for
+    assert r.stdout.startswith("crw-r-----") and "1,   3" in r.stdout
