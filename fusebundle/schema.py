@@ -355,6 +355,12 @@ def parse_device_mode(text: str) -> int:
     return value
 
 
+def _mode_str(v: Any, path: str) -> str:
+    if _is_int(v):  # YAML reads 0666 as a number; the schema (and LinuxKit) want a string
+        raise _Invalid(path, f'expected an octal string such as "0666" (quote it), got {v}')
+    return _str(v, path)
+
+
 def _check_device(d: dict) -> None:
     path, tp = d.get("path", ""), d.get("type", "")
     if path == "all":
@@ -427,7 +433,7 @@ _IMAGE_FIELDS: dict[str, Checker] = {
     "binds": _then(_STRINGS, parse_bind),
     "binds.add": _then(_STRINGS, parse_bind),
     "devices": _then(_list(_obj({"path": _str, "type": _str, "major": _INT64, "minor": _INT64,
-                                 "mode": _str})), _check_device),
+                                 "mode": _mode_str})), _check_device),
     "tmpfs": _then(_STRINGS, parse_tmpfs),
     "command": _STRINGS,
     "env": _STRINGS,

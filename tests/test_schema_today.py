@@ -111,7 +111,8 @@ def test_yaml_devices_replace_the_labels():
 @pytest.mark.parametrize("device, words", [
     ({"path": "/dev/x", "type": "c", "major": 1, "minor": 2}, "missing 'mode'"),
     ({"path": "/dev/x", "type": "c", "mode": "0689"}, "not an octal number"),
-    ({"path": "/dev/x", "type": "c", "mode": 438}, "expected a string"),
+    ({"path": "/dev/x", "type": "c", "mode": 438}, 'octal string such as "0666" (quote it)'),
+    ({"path": "/dev/x", "type": "c", "mode": True}, "expected a string, got boolean"),
     ({"path": "dev/x", "type": "c", "mode": "0600"}, "absolute device path"),
     ({"path": "/dev/x", "type": "z", "mode": "0600"}, "expected one of c, b, u, p"),
     ({"path": "all", "type": "c", "major": "1"}, "expected an integer"),
