@@ -102,13 +102,21 @@ class _Session:
             self._images[ref] = LazyImage(info, self.cache, self.engine(), self.show_progress)
         return self._images[ref]
 
+    def resolve_layout(self, ref: str, platforms: list[str]) -> Any:
+        """A handle on the image's OCI layout as a tar (today's `volumes: format: oci`)."""
+        from fusebundle.ocilayout import LayoutImage
+
+        return LayoutImage(self.resolve(ref).info,
+                           lambda image_id: self.engine().api.get_image(image_id, 1 << 20),
+                           self.cache.root, platforms)
+
 
 def load_session(args: argparse.Namespace) -> tuple[Any, _Session]:
     """The merged config of the command's files, and a session to resolve its images."""
     from fusebundle.config import load_config
 
     cfg = load_config(args.configs)
-    if cfg.trust:
+    if cfg.trust and not args.quiet:
         print("fusebundle: warning: trust: is not supported (no notary); images are used "
               "as the engine has them", file=sys.stderr)
     return cfg, _Session(args)
@@ -121,7 +129,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from fusebundle.view import build_view
 
     cfg, session = load_session(args)
-    view = build_view(cfg, session.resolve, share_by_id=args.share_by_id)
+    view = build_view(cfg, session.resolve, share_by_id=args.share_by_id,
+                      resolve_layout=session.resolve_layout)
     view.prepare()  # export and index everything before the output is opened
     bars: list[Bar] = []
 
@@ -151,7 +160,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         found = True
         info = session.resolve(c.image).info
         label = image_label(info, c.where)
-        spec, runtime = oci.build_oci(c.spec, label, info.config, id_map, c.where)
+        spec, runtime = oci.build_oci(c.spec, label, info.config, id_map, c.where,
+                                      cfg.volume_map())
         doc = {"bundle": c.bundle_path, "image": c.image, "imageId": info.id,
                "id": id_map[c.name], "yaml": c.spec, "label": label,
                "imageConfig": {k: info.config.get(k) for k in

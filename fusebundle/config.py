@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -10,11 +11,16 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from fusebundle.errors import ConfigError, UserError
-from fusebundle.schema import validate_entry
+from fusebundle.schema import check_reference, validate_entry
 
 SECTIONS = ("onboot", "onshutdown", "services")
-TOP_KEYS = ("kernel", "init", "onboot", "onshutdown", "services", "trust", "files")
-KERNEL_KEYS = ("image", "cmdline", "binary", "tar")
+TOP_KEYS = ("kernel", "init", "onboot", "onshutdown", "services", "trust", "files", "volumes")
+KERNEL_KEYS = ("image", "cmdline", "binary", "tar", "ucode")
+VOLUME_FORMATS = ("filesystem", "oci")
+VOLUMES_DIR = "containers/volumes"
+_VOLUME_NAME = re.compile(r"[a-z0-9_-]+")
+_PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
+PKG_TEMPLATE = "@pkg:"
 TRUST_KEYS = ("image", "org")
 FILE_STRING_KEYS = ("path", "symlink", "contents", "source", "metadata", "mode")
 FILE_BOOL_KEYS = ("directory", "optional")
@@ -58,6 +64,29 @@ class Kernel:
     cmdline: str = ""
     binary: str = ""
     tar: str | None = None
+    ucode: str | None = None  # today's LinuxKit: a microcode cpio in the kernel image
+
+
+@dataclass
+class Volume:
+    """One item of today's top-level volumes: (blank, or an image as files or OCI layout)."""
+
+    name: str
+    image: str = ""
+    readonly: bool = False
+    format: str = ""
+    platforms: list[str] = field(default_factory=list)
+    where: str = ""
+
+    @property
+    def base(self) -> str:
+        """Where the volume lives in the tree (lower/, tmp/ and merged/ are below it)."""
+        return f"{VOLUMES_DIR}/{self.name}"
+
+    @property
+    def merged(self) -> str:
+        """The absolute path containers bind: the volume's overlay mount point."""
+        return f"/{self.base}/merged"
 
 
 @dataclass
@@ -72,6 +101,15 @@ class Config:
     services: list[Entry] = field(default_factory=list)
     files: list[FileSpec] = field(default_factory=list)
     trust: dict[str, list[str]] = field(default_factory=dict)
+    volumes: list[Volume] = field(default_factory=list)
+
+    def volume(self, name: str) -> Volume | None:
+        """The volume of this name, or None."""
+        return next((v for v in self.volumes if v.name == name), None)
+
+    def volume_map(self) -> dict[str, Volume]:
+        """Today's volumes by name (empty when the config has none: 2017's rules)."""
+        return {v.name: v for v in self.volumes}
 
     def containers(self) -> list[Entry]:
         """All bundles in build order: onboot, onshutdown, services."""
@@ -151,13 +189,61 @@ def _parse_kernel(raw: object, where: str, kernel: Kernel) -> None:
     for k, v in raw.items():
         if k not in KERNEL_KEYS:
             raise ConfigError(f"{where}: unknown field {k!r}")
-        _expect(isinstance(v, str), f"{where}.{k}", "a string", v)
+        _expect(isinstance(v, str), f"{where}: field {k!r}", "a string", v)
+    _check_ref(raw.get("image"), f"{where}: field 'image'")
     # A later file overrides only the fields it sets, as moby's AppendConfig does.
     for k in ("image", "cmdline", "binary"):
         if raw.get(k):
             setattr(kernel, k, raw[k])
-    if "tar" in raw:
-        kernel.tar = raw["tar"]
+    for k in ("tar", "ucode"):
+        if k in raw:
+            setattr(kernel, k, raw[k])
+
+
+def _check_ref(image: object, where: str) -> None:
+    """An image reference docker takes; a LinuxKit template gets a line of its own."""
+    if not isinstance(image, str) or not image:
+        return
+    if image.startswith(PKG_TEMPLATE):
+        raise ConfigError(f"{where}: {image!r} is a LinuxKit package template; it needs "
+                          "LinuxKit's package tooling (linuxkit pkg): name the built image")
+    try:
+        check_reference(image)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _parse_volume(raw: object, where: str) -> Volume:
+    _expect(isinstance(raw, dict), where, "a mapping", raw)
+    assert isinstance(raw, dict)
+    for k, v in raw.items():
+        if k in ("name", "image", "format"):
+            _expect(isinstance(v, str), f"{where}: field {k!r}", "a string", v)
+        elif k == "readonly":
+            _expect(isinstance(v, bool), f"{where}: field {k!r}", "a boolean", v)
+        elif k == "platforms":
+            for i, p in enumerate(_strings(v, f"{where}: field 'platforms'")):
+                if not _PLATFORM.fullmatch(p):
+                    raise ConfigError(f"{where}: field 'platforms[{i}]': {p!r} is not a "
+                                      "platform such as linux/amd64 or linux/arm/v7")
+        else:
+            raise ConfigError(f"{where}: unknown field {k!r}")
+    name = raw.get("name", "")
+    if not _VOLUME_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: field 'name': {name!r} is not a volume name (lower-case "
+                          "letters, digits, '-' and '_')")
+    where = f"{where} ({name})"
+    fmt = raw.get("format", "")
+    if fmt and fmt not in VOLUME_FORMATS:
+        raise ConfigError(f"{where}: field 'format': expected filesystem or oci, got {fmt!r}")
+    image = raw.get("image", "")
+    _check_ref(image, f"{where}: field 'image'")
+    if not image and (fmt or raw.get("platforms")):
+        raise ConfigError(f"{where}: 'format' and 'platforms' need an 'image'")
+    if raw.get("platforms") and fmt != "oci":
+        raise ConfigError(f"{where}: 'platforms' only applies to 'format: oci'")
+    return Volume(name=name, image=image, readonly=bool(raw.get("readonly", False)),
+                  format=fmt, platforms=list(raw.get("platforms", [])), where=where)
 
 
 def _parse_file(raw: object, where: str) -> FileSpec:
@@ -194,15 +280,21 @@ def _parse_file(raw: object, where: str) -> FileSpec:
             mode = -1
         if not 0 <= mode <= 0o7777:
             raise ConfigError(f"{where}: field 'mode': {raw['mode']!r} is not an octal mode")
-    if raw.get("metadata", "yaml") != "yaml":
-        raise ConfigError(f"{where}: field 'metadata': only 'yaml' is supported")
+    # 'json' is today's LinuxKit (its json.MarshalIndent of the config, which is what 2017's
+    # 'yaml' wrote too)
+    if raw.get("metadata", "yaml") not in ("yaml", "json"):
+        raise ConfigError(f"{where}: field 'metadata': expected 'yaml' or 'json'")
     return FileSpec(spec=spec, where=where, raw_path=raw["path"])
 
 
 def _parse_entry(raw: object, section: str, index: int, where: str) -> Entry:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    if isinstance(name, str) and name:
+        where = f"{where} ({name})"  # errors name the container, as label errors do
     spec = validate_entry(raw, where)
+    _check_ref(spec["image"], f"{where}: field 'image'")
     return Entry(section=section, index=index, name=spec["name"], image=spec["image"],
-                 spec=spec, where=f"{where} ({spec['name']})")
+                 spec=spec, where=where)
 
 
 def _merge_file(cfg: Config, path: str, doc: Any) -> None:
@@ -218,7 +310,17 @@ def _merge_file(cfg: Config, path: str, doc: Any) -> None:
         if key == "kernel":
             _parse_kernel(value, where, cfg.kernel)
         elif key == "init":
-            cfg.init.extend(_strings(value, where))
+            refs = _strings(value, where)
+            for i, ref in enumerate(refs):
+                _check_ref(ref, f"{where}[{i}]")
+            cfg.init.extend(refs)
+        elif key == "volumes":
+            _expect(isinstance(value, list), where, "a list", value)
+            for v in value:
+                vol = _parse_volume(v, f"{where}[{len(cfg.volumes)}]")
+                if cfg.volume(vol.name) is not None:
+                    raise ConfigError(f"{vol.where}: duplicate volume name {vol.name!r}")
+                cfg.volumes.append(vol)
         elif key == "trust":
             _expect(isinstance(value, dict), where, "a mapping", value)
             for k, v in value.items():

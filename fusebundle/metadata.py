@@ -19,18 +19,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusebundle.config import Config, Entry, FileSpec
+from fusebundle.config import Config, Entry, FileSpec, Volume
 from fusebundle.oci import _id_mappings, _resources, go_json, mount_struct, runtime_struct
 
 # Image's fields in declaration order, by how encoding/json treats an empty value.
 _ALWAYS = ("name", "image")
 _PLAIN_STRINGS = frozenset({"cwd", "net", "pid", "ipc", "uts", "userns", "hostname"})
+# Today's keys (capabilities.add, binds.add, devices, annotations) sit where today's
+# ImageConfig declares them; a config without them marshals as 2017's did.
 _IMAGE_FIELDS = (
-    "name", "image", "capabilities", "ambient", "mounts", "binds", "tmpfs", "command", "env",
-    "cwd", "net", "pid", "ipc", "uts", "userns", "hostname", "readonly", "maskedPaths",
-    "readonlyPaths", "uid", "gid", "additionalGids", "noNewPrivileges", "oomScoreAdj",
-    "rootfsPropagation", "cgroupsPath", "resources", "sysctl", "rlimits", "uidMappings",
-    "gidMappings", "runtime",
+    "name", "image", "capabilities", "capabilities.add", "ambient", "mounts", "binds",
+    "binds.add", "devices", "tmpfs", "command", "env", "cwd", "net", "pid", "ipc", "uts",
+    "userns", "hostname", "readonly", "maskedPaths", "readonlyPaths", "uid", "gid",
+    "additionalGids", "noNewPrivileges", "oomScoreAdj", "rootfsPropagation", "cgroupsPath",
+    "resources", "sysctl", "rlimits", "uidMappings", "gidMappings", "annotations", "runtime",
 )
 
 
@@ -41,8 +43,12 @@ def _image_field(key: str, value: Any) -> Any:
         return _resources(value)
     if key in ("uidMappings", "gidMappings"):
         return _id_mappings(value)
-    if key == "sysctl":
+    if key in ("sysctl", "annotations"):
         return {k: value[k] for k in sorted(value)}  # Go sorts map keys
+    if key == "devices":  # moby.Device: path, type, major, minor always; mode omitempty
+        return [{"path": d.get("path", ""), "type": d.get("type", ""),
+                 "major": d.get("major", 0), "minor": d.get("minor", 0),
+                 **({"mode": d["mode"]} if d.get("mode") else {})} for d in value]
     if key == "runtime":
         return runtime_struct(value)
     return list(value) if isinstance(value, list) else value
@@ -96,8 +102,10 @@ def moby_dict(cfg: Config) -> dict[str, Any]:
         kernel["binary"] = k.binary
     if k.tar is not None:
         kernel["tar"] = k.tar
+    if k.ucode is not None:
+        kernel["ucode"] = k.ucode
     trust = {key: list(cfg.trust[key]) for key in ("image", "org") if cfg.trust.get(key)}
-    return {
+    out = {
         "kernel": kernel,
         "init": list(cfg.init) or None,
         "onboot": _images(cfg.onboot),
@@ -106,6 +114,22 @@ def moby_dict(cfg: Config) -> dict[str, Any]:
         "trust": trust,
         "files": [_file(f) for f in cfg.files] or None,
     }
+    if cfg.volumes:  # today's Moby.Volumes, after files
+        out["volumes"] = [_volume(v) for v in cfg.volumes]
+    return out
+
+
+def _volume(v: Volume) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": v.name}
+    if v.image:
+        out["image"] = v.image
+    if v.readonly:
+        out["readonly"] = True
+    if v.format:
+        out["format"] = v.format
+    if v.platforms:
+        out["platforms"] = list(v.platforms)
+    return out
 
 
 def moby_json(cfg: Config) -> bytes:

@@ -305,7 +305,8 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     _setup_logging(mnt, args.debug)
     log_fd = _open_log(log_path) if ready_fd is not None else -1
     cfg, session = load_session(args)
-    view = build_view(cfg, session.resolve, share_by_id=args.share_by_id)
+    view = build_view(cfg, session.resolve, share_by_id=args.share_by_id,
+                      resolve_layout=session.resolve_layout)
     tree = Tree(view, expand=args.expand)
     ops = Operations(tree)
     try:

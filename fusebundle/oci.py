@@ -2,22 +2,32 @@
 
 Dicts are built in the field order of the Go structs the reference marshals (runtime-spec
 specs-go as vendored at linuxkit cfa5d273b7), leaving out what their `omitempty` tags leave
-out, and are serialised byte for byte like Go's json.MarshalIndent.
+out, and are serialised byte for byte like Go's json.MarshalIndent.  The keys today's LinuxKit
+added are written as its ConfigToOCI writes them, and only where a config uses them, so a
+2017 config gives 2017's bytes.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from fusebundle.errors import ConfigError
 from fusebundle.schema import (
+    ALL_CAPS,
+    BIND_ADD_DEFAULTS,
+    BIND_DEFAULTS,
     expand_caps,
     parse_bind,
+    parse_device_mode,
     parse_rlimit,
     parse_tmpfs,
     resolve_mount,
 )
+
+if TYPE_CHECKING:
+    from fusebundle.config import Volume
 
 OCI_VERSION = "1.0.0"
 
@@ -46,6 +56,22 @@ def _pick_nonempty(entry: dict, label: dict | None, key: str, default: str) -> s
     return entry.get(key) or (label or {}).get(key) or default
 
 
+def _with_added(entry: dict, label: dict | None, key: str) -> list[tuple[Any, str, int]]:
+    """A list with today's `KEY.add`: the yaml's KEY replaces; else the label's KEY, then the
+    label's and the yaml's KEY.add, each item once.  Items come as (item, the key it came
+    from, its position there if it came from the yaml, else -1)."""
+    add = key + ".add"
+    if key in entry:
+        return [(x, key, i) for i, x in enumerate(entry[key])]
+    lbl = label or {}
+    out: list[tuple[Any, str, int]] = [(x, key, -1) for x in lbl.get(key, [])]  # as 2017
+    for src, yaml in ((lbl, False), (entry, True)):
+        for i, x in enumerate(src.get(add, [])):
+            if all(x != y for y, _, _ in out):  # LinuxKit's mergeStrings means to merge uniquely
+                out.append((x, add, i if yaml else -1))
+    return out
+
+
 def is_readonly(entry: dict, label: dict | None) -> bool:
     """Whether the bundle's root is read-only (yaml `readonly` > label's > false)."""
     return bool(_pick(entry, label, "readonly", False))
@@ -53,11 +79,18 @@ def is_readonly(entry: dict, label: dict | None) -> bool:
 
 # ------------------------------------------------------------------------------ structures
 def mount_struct(m: dict[str, Any]) -> dict[str, Any]:
-    """A specs.Mount: destination always, type/source/options only when non-empty."""
+    """A specs.Mount: destination always, type/source/options only when non-empty, and
+    today's id mappings (an idmapped mount) when given."""
     out: dict[str, Any] = {"destination": m.get("destination", "")}
     for key in ("type", "source", "options"):
         if m.get(key):
             out[key] = list(m[key]) if key == "options" else m[key]
+    for key in ("uidMappings", "gidMappings"):
+        maps = m.get(key) or m.get(key.lower())
+        if maps:
+            # today's runtime-spec orders LinuxIDMapping containerID, hostID, size
+            out[key] = [{"containerID": x.get("containerID", 0), "hostID": x.get("hostID", 0),
+                         "size": x.get("size", 0)} for x in maps]
     return out
 
 
@@ -81,7 +114,42 @@ def _depth(path: str) -> int:
     return _go_clean(path).count("/")
 
 
-def _mounts(entry: dict, label: dict | None, readonly: bool, where: str) -> list[dict]:
+def _volume_source(src: str, volumes: Mapping[str, Volume], read_only: bool, where: str,
+                   field: str) -> str:
+    """A bind's source that names one of today's volumes becomes the volume's merged dir."""
+    vol = volumes.get(src)
+    if vol is None:
+        raise ConfigError(f"{where}: field {field!r}: {src!r} is not an absolute path nor a "
+                          "volume of this config")
+    if vol.readonly and not read_only:
+        raise ConfigError(f"{where}: field {field!r}: volume {src!r} is read-only; bind it "
+                          "with ':ro'")
+    return vol.merged
+
+
+def _bind(text: str, key: str, from_yaml: bool, volumes: Mapping[str, Volume] | None,
+          where: str, field: str) -> dict:
+    m = _checked(lambda t: parse_bind(t, BIND_ADD_DEFAULTS if key == "binds.add"
+                                      else BIND_DEFAULTS), text, where, field)
+    # as in LinuxKit, only the yaml's binds name volumes; a config without volumes keeps
+    # 2017's rule that any source is a path
+    if from_yaml and volumes and not m["source"].startswith("/"):
+        parts = text.split(":")
+        ro = len(parts) == 3 and parts[2] == "ro"
+        m["source"] = _volume_source(m["source"], volumes, ro, where, field)
+    return m
+
+
+def _mount_volume(m: dict, volumes: Mapping[str, Volume] | None, where: str,
+                  field: str) -> dict:
+    if not volumes or m.get("type") != "bind" or m.get("source", "").startswith("/"):
+        return m
+    ro = next((o == "ro" for o in m.get("options") or [] if o in ("ro", "rw")), False)
+    return {**m, "source": _volume_source(m.get("source", ""), volumes, ro, where, field)}
+
+
+def _mounts(entry: dict, label: dict | None, readonly: bool, where: str,
+            volumes: Mapping[str, Volume] | None = None) -> list[dict]:
     ro = ["ro"] if readonly else []
     # keyed by destination: a later mount at the same path replaces an earlier one
     table: dict[str, dict] = {
@@ -96,10 +164,18 @@ def _mounts(entry: dict, label: dict | None, readonly: bool, where: str) -> list
         "/sys/fs/cgroup": {"destination": "/sys/fs/cgroup", "type": "cgroup",
                            "source": "cgroup", "options": _CGROUP_OPTS},
     }
-    for key, parse in (("tmpfs", parse_tmpfs), ("binds", parse_bind), ("mounts", resolve_mount)):
-        for i, item in enumerate(_pick(entry, label, key, [])):
-            m = _checked(parse, item, where, f"{key}[{i}]")
-            table[m["destination"]] = m
+    for i, item in enumerate(_pick(entry, label, "tmpfs", [])):
+        m = _checked(parse_tmpfs, item, where, f"tmpfs[{i}]")
+        table[m["destination"]] = m
+    for item, key, pos in _with_added(entry, label, "binds"):
+        m = _bind(item, key, pos >= 0, volumes, where, f"{key}[{pos}]")
+        table[m["destination"]] = m
+    from_yaml = "mounts" in entry
+    for i, item in enumerate(_pick(entry, label, "mounts", [])):
+        if from_yaml:
+            item = _mount_volume(item, volumes, where, f"mounts[{i}]")
+        m = _checked(resolve_mount, item, where, f"mounts[{i}]")
+        table[m["destination"]] = m
     # the reference sorts by depth with an unstable sort; ties are broken by path here
     ordered = sorted(table.values(),
                      key=lambda m: (_depth(m["destination"]), m["destination"]))
@@ -132,8 +208,12 @@ def _namespaces(entry: dict, label: dict | None) -> list[dict]:
     return out
 
 
-def _capabilities(entry: dict, label: dict | None) -> dict[str, list[str]]:
-    caps = expand_caps(_pick(entry, label, "capabilities", []))
+def _capabilities(entry: dict, label: dict | None, where: str) -> dict[str, list[str]]:
+    caps = expand_caps([c for c, _, _ in _with_added(entry, label, "capabilities")])
+    for name in caps:
+        if name not in ALL_CAPS:  # 'all' or 'none' from one side, names from the other
+            raise ConfigError(f"{where}: field 'capabilities.add': cannot add to {name!r}; "
+                              "list the capabilities instead")
     ambient = expand_caps(_pick(entry, label, "ambient", []))
     # the reference builds these three from a Go map (random order): sorted here
     bounding = sorted(set(caps) | set(ambient))
@@ -191,7 +271,7 @@ def _process(entry: dict, label: dict | None, image_config: dict, id_map: dict[s
     if env:
         process["env"] = list(env)
     process["cwd"] = _pick_nonempty(entry, label, "cwd", image_config.get("WorkingDir") or "/")
-    process["capabilities"] = _capabilities(entry, label)
+    process["capabilities"] = _capabilities(entry, label, where)
     rlimits = [_checked(parse_rlimit, r, where, f"rlimits[{i}]")
                for i, r in enumerate(_pick(entry, label, "rlimits", []))]
     if rlimits:
@@ -279,7 +359,24 @@ def _id_mappings(maps: list[dict]) -> list[dict]:
              "size": m.get("size", 0)} for m in maps]
 
 
-def _linux(entry: dict, label: dict | None) -> dict:
+def _devices(entry: dict, label: dict | None, where: str) -> tuple[list[dict], list[dict]]:
+    """Today's `devices`: (linux.devices, the device cgroup rules they need), as LinuxKit."""
+    devices, rules = [], []
+    for i, d in enumerate(_pick(entry, label, "devices", [])):
+        tp = d.get("type", "")
+        if d.get("path") == "all":
+            rules.append({"allow": True, "type": tp, "access": "rwm"})
+            continue
+        mode = _checked(parse_device_mode, d.get("mode", ""), where, f"devices[{i}]")
+        major, minor = d.get("major", 0), d.get("minor", 0)
+        devices.append({"path": d.get("path", ""), "type": tp, "major": major, "minor": minor,
+                        "fileMode": mode & 0xFFFFFFFF})  # an os.FileMode is a uint32
+        rules.append({"allow": True, "type": tp, "major": major, "minor": minor,
+                      "access": "rwm"})
+    return devices, rules
+
+
+def _linux(entry: dict, label: dict | None, where: str) -> dict:
     linux: dict[str, Any] = {}
     for key in ("uidMappings", "gidMappings"):
         maps = _id_mappings(_pick(entry, label, key, []))
@@ -288,10 +385,16 @@ def _linux(entry: dict, label: dict | None) -> dict:
     sysctl = _pick(entry, label, "sysctl", {})
     if sysctl:
         linux["sysctl"] = {k: sysctl[k] for k in sorted(sysctl)}  # Go sorts map keys
-    linux["resources"] = _resources(_pick(entry, label, "resources", {}))
+    resources = _pick(entry, label, "resources", {})
+    devices, rules = _devices(entry, label, where)
+    if rules:
+        resources = {**resources, "devices": [*resources.get("devices", []), *rules]}
+    linux["resources"] = _resources(resources)
     if _pick(entry, label, "cgroupsPath"):
         linux["cgroupsPath"] = _pick(entry, label, "cgroupsPath")
     linux["namespaces"] = _namespaces(entry, label)
+    if devices:
+        linux["devices"] = devices
     if _pick(entry, label, "rootfsPropagation"):
         linux["rootfsPropagation"] = _pick(entry, label, "rootfsPropagation")
     for key in ("maskedPaths", "readonlyPaths"):
@@ -306,6 +409,8 @@ def runtime_struct(runtime: dict | None) -> dict:
     """The reference's Runtime struct: mounts, mkdir, interfaces (omitempty), bindNS always."""
     rt = runtime or {}
     out: dict[str, Any] = {}
+    if "cgroups" in rt:  # today's key, a pointer: written whenever it is given
+        out["cgroups"] = list(rt["cgroups"])
     if rt.get("mounts"):
         out["mounts"] = [mount_struct(m) for m in rt["mounts"]]
     if rt.get("mkdir"):
@@ -316,7 +421,22 @@ def runtime_struct(runtime: dict | None) -> dict:
                              for i in rt["interfaces"]]
     # Go's omitempty never omits a struct: bindNS is always written
     out["bindNS"] = _nonempty(rt.get("bindNS") or {}, _BIND_NS_KEYS)
+    if "namespace" in rt:  # today's key, as cgroups
+        out["namespace"] = rt["namespace"]
     return out
+
+
+def _runtime(entry: dict, label: dict | None) -> dict | None:
+    """2017's runtime: the yaml's replaces the label's whole; today's cgroups and namespace
+    are taken key by key (yaml > label), as today's assignRuntime does."""
+    rt = _pick(entry, label, "runtime")
+    for key in ("cgroups", "namespace"):
+        for src in (entry.get("runtime"), (label or {}).get("runtime")):
+            if src and key in src:
+                if rt is None or key not in rt:
+                    rt = {**(rt or {}), key: src[key]}
+                break
+    return rt
 
 
 def append_mount(runtime: dict, mount: dict) -> None:
@@ -331,8 +451,10 @@ def append_mount(runtime: dict, mount: dict) -> None:
 
 # --------------------------------------------------------------------------------- public
 def build_oci(entry: dict, label: dict | None, image_config: dict, id_map: dict[str, int],
-              where: str) -> tuple[dict, dict]:
-    """Return (config.json object, runtime object) as the reference writes them."""
+              where: str, volumes: Mapping[str, Volume] | None = None) -> tuple[dict, dict]:
+    """Return (config.json object, runtime object) as the reference writes them.
+
+    `volumes` (today's top-level volumes, by name) resolve binds whose source names one."""
     image_config = image_config or {}
     readonly = is_readonly(entry, label)
     spec: dict[str, Any] = {
@@ -343,9 +465,12 @@ def build_oci(entry: dict, label: dict | None, image_config: dict, id_map: dict[
     hostname = _pick_nonempty(entry, label, "hostname", "")
     if hostname:
         spec["hostname"] = hostname
-    spec["mounts"] = _mounts(entry, label, readonly, where)
-    spec["linux"] = _linux(entry, label)
-    return spec, runtime_struct(_pick(entry, label, "runtime"))
+    spec["mounts"] = _mounts(entry, label, readonly, where, volumes)
+    annotations = _pick(entry, label, "annotations", {})
+    if annotations:
+        spec["annotations"] = {k: annotations[k] for k in sorted(annotations)}  # a Go map
+    spec["linux"] = _linux(entry, label, where)
+    return spec, runtime_struct(_runtime(entry, label))
 
 
 # Go's encoding/json escapes these besides '"', '\\' and control characters (HTML safety).

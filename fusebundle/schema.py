@@ -1,7 +1,9 @@
 """Validation of one image entry (onboot/onshutdown/services item or image label).
 
-Follows the "image" definition of the reference's JSON schema (moby at linuxkit cfa5d273b7):
-every object rejects unknown keys, and every value has the schema's type.  Values that the
+Follows the "image" definition of the reference's JSON schema (moby at linuxkit cfa5d273b7)
+and what today's LinuxKit schema adds to it (capabilities.add, binds.add, devices, annotations,
+runtime cgroups and namespace, id mappings on mounts): every object rejects unknown keys, and
+every value has the schema's type.  Values that the
 reference only checks while building the OCI spec (capability names, binds, tmpfs, rlimits,
 mounts, ids) are checked here too, so that errors come early and name the field.
 """
@@ -55,12 +57,13 @@ Checker = Callable[[Any, str], Any]
 
 
 class _Invalid(Exception):
-    """A problem at a field path; `problem` None means the field itself is unknown."""
+    """A problem at a field path; `problem` None means the field `key` of `path` is unknown."""
 
-    def __init__(self, path: str, problem: str | None) -> None:
+    def __init__(self, path: str, problem: str | None, key: str = "") -> None:
         super().__init__(path, problem)
         self.path = path
         self.problem = problem
+        self.key = key
 
 
 # ------------------------------------------------------------------------- scalar checkers
@@ -167,7 +170,7 @@ def _obj(fields: dict[str, Checker]) -> Checker:
         out: dict[str, Any] = {}
         for key, sub, value in _members(v, path, "a mapping"):
             if key not in fields:
-                raise _Invalid(sub, None)
+                raise _Invalid(path, None, key)
             out[key] = fields[key](value, sub)
         return out
 
@@ -200,8 +203,10 @@ def _then(base: Checker, extra: Callable[[Any], object]) -> Checker:
 
 
 _STRINGS = _list(_str)
-_MOUNT = _obj({"destination": _str, "type": _str, "source": _str, "options": _STRINGS})
 _IDMAPPINGS = _list(_obj({"hostID": _UINT32, "containerID": _UINT32, "size": _UINT32}))
+# today's schema lets a mount carry id mappings (idmapped mounts)
+_MOUNT = _obj({"destination": _str, "type": _str, "source": _str, "options": _STRINGS,
+               "uidmappings": _IDMAPPINGS, "gidmappings": _IDMAPPINGS})
 _THROTTLE = _list(_obj({"major": _INT64, "minor": _INT64, "rate": _UINT64}))
 _RESOURCES = _obj({
     "devices": _list(_obj({
@@ -231,10 +236,12 @@ _RESOURCES = _obj({
     }),
 })
 _RUNTIME = _obj({
+    "cgroups": _STRINGS,
     "mounts": _list(_MOUNT),
     "mkdir": _STRINGS,
     "interfaces": _list(_obj({"name": _str, "add": _str, "peer": _str, "createInRoot": _bool})),
     "bindNS": _obj({k: _str for k in ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")}),
+    "namespace": _str,
 })
 
 
@@ -262,7 +269,11 @@ def _caps_field(v: Any, path: str) -> list[str]:
     return names
 
 
-def parse_bind(text: str) -> dict[str, Any]:
+BIND_DEFAULTS = ("rw", "rbind", "rprivate")  # 2017's; today's LinuxKit has rshared
+BIND_ADD_DEFAULTS = ("rw", "rbind", "rshared")
+
+
+def parse_bind(text: str, defaults: tuple[str, ...] = BIND_DEFAULTS) -> dict[str, Any]:
     """`src:dst[:opt,...]` as the reference's bind mount (default options rw,rbind,rprivate)."""
     parts = text.split(":")
     if len(parts) < 2:
@@ -271,7 +282,7 @@ def parse_bind(text: str) -> dict[str, Any]:
         raise ValueError(f"expected 'source:destination[:options]', got {text!r} (too many ':')")
     if not parts[0] or not parts[1]:
         raise ValueError(f"expected 'source:destination[:options]', got {text!r} (empty path)")
-    opts = [*parts[2].split(","), "rbind"] if len(parts) == 3 else ["rw", "rbind", "rprivate"]
+    opts = [*parts[2].split(","), "rbind"] if len(parts) == 3 else list(defaults)
     return {"destination": parts[1], "type": "bind", "source": parts[0], "options": opts}
 
 
@@ -330,15 +341,70 @@ def parse_rlimit(text: str) -> dict[str, Any]:
     return {"type": name, "hard": hard, "soft": soft}
 
 
+DEVICE_TYPES = ("c", "b", "u", "p")
+
+
+def parse_device_mode(text: str) -> int:
+    """A device's `mode`: octal, as LinuxKit's strconv.ParseInt(mode, 8, 32)."""
+    body = text[1:] if text[:1] in "+-" else text
+    if not body or any(c not in "01234567" for c in body):
+        raise ValueError(f"mode {text!r} is not an octal number")
+    value = int(text, 8)
+    if not -(2**31) <= value < 2**31:
+        raise ValueError(f"mode {text!r} is out of range")
+    return value
+
+
+def _mode_str(v: Any, path: str) -> str:
+    if _is_int(v):  # YAML reads 0666 as a number; the schema (and LinuxKit) want a string
+        raise _Invalid(path, f'expected an octal string such as "0666" (quote it), got {v}')
+    return _str(v, path)
+
+
+def _check_device(d: dict) -> None:
+    path, tp = d.get("path", ""), d.get("type", "")
+    if path == "all":
+        # a whole class of devices in the device cgroup: 'a' is every type
+        if tp not in (*DEVICE_TYPES, "a"):
+            raise ValueError(f"type {tp!r}: expected one of c, b, u, p, a")
+        return
+    if not path.startswith("/"):
+        raise ValueError(f"path {path!r}: expected an absolute device path or 'all'")
+    if tp not in DEVICE_TYPES:
+        raise ValueError(f"type {tp!r}: expected one of c, b, u, p")
+    if "mode" not in d:
+        raise ValueError(f"{path}: missing 'mode' (octal, e.g. \"0600\")")
+    parse_device_mode(d["mode"])
+
+
 def _check_name(name: str) -> None:
     if name in ("", ".", "..") or any(c in name for c in "/\0\n"):
         raise ValueError(f"{name!r} is not a usable bundle name (one path component: no '/', "
                          "NUL or newline, not '.' or '..')")
 
 
+# The grammar of docker's reference package (distribution/reference): what the engine accepts.
+_ALNUM = r"[a-z0-9]+"
+_COMPONENT = rf"{_ALNUM}(?:(?:[_.]|__|-+){_ALNUM})*"
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?"
+_REFERENCE = re.compile(
+    rf"(?P<name>(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)"
+    r"(?::[\w][\w.-]{0,127})?(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,})?")
+
+
+def check_reference(ref: str) -> None:
+    """ValueError("invalid reference format") unless `ref` is an image reference docker takes."""
+    m = _REFERENCE.fullmatch(ref)
+    if m is None or len(m.group("name")) > 255:
+        raise ValueError(f"{ref!r}: invalid reference format")
+
+
 def _check_image(image: str) -> None:
     if not image:
         raise ValueError("expected an image reference, got an empty string")
+    if not image.startswith("@"):  # templates are reported by the config reader
+        check_reference(image)
 
 
 def _namespace(field: str) -> Checker:
@@ -361,9 +427,13 @@ _IMAGE_FIELDS: dict[str, Checker] = {
     "name": _then(_str, _check_name),
     "image": _then(_str, _check_image),
     "capabilities": _caps_field,
+    "capabilities.add": _caps_field,
     "ambient": _caps_field,
     "mounts": _then(_list(_MOUNT), resolve_mount),
     "binds": _then(_STRINGS, parse_bind),
+    "binds.add": _then(_STRINGS, parse_bind),
+    "devices": _then(_list(_obj({"path": _str, "type": _str, "major": _INT64, "minor": _INT64,
+                                 "mode": _mode_str})), _check_device),
     "tmpfs": _then(_STRINGS, parse_tmpfs),
     "command": _STRINGS,
     "env": _STRINGS,
@@ -389,6 +459,7 @@ _IMAGE_FIELDS: dict[str, Checker] = {
     "rlimits": _then(_STRINGS, parse_rlimit),
     "uidMappings": _IDMAPPINGS,
     "gidMappings": _IDMAPPINGS,
+    "annotations": _str_map,
     "runtime": _RUNTIME,
 }
 
@@ -406,11 +477,17 @@ def validate_entry(raw: object, where: str, *, label: bool = False) -> dict:
             raise ConfigError(f"{where}: must not set {key!r}")
         if not label and key not in raw:
             raise ConfigError(f"{where}: missing required field {key!r}")
+    for key in ("binds", "capabilities"):
+        nested = raw.get(key)
+        if isinstance(nested, dict) and "add" in nested:
+            raise ConfigError(f"{where}: field {key!r}: expected a list, got a mapping with "
+                              f"'add' (to add to the label's {key}, write '{key}.add:')")
     try:
         return _IMAGE(raw, "")
     except _Invalid as e:
         if e.problem is None:
-            raise ConfigError(f"{where}: unknown field {e.path!r}") from None
+            inside = f" in {e.path!r}" if e.path else ""
+            raise ConfigError(f"{where}: unknown field {e.key!r}{inside}") from None
         if not e.path:
             raise ConfigError(f"{where}: {e.problem}") from None
         raise ConfigError(f"{where}: field {e.path!r}: {e.problem}") from None

@@ -48,6 +48,7 @@ from fusebundle.view import (
     REPLACE,
     Bundle,
     Graft,
+    KernelImage,
     View,
     filter_entry,
 )
@@ -153,7 +154,9 @@ class GraftTree:
         self.cols = _numeric_columns(idx)
         # The arrays are saved beside the index: a later mount loads them instead of building
         # them again, which is faster and never holds the build's temporaries.
-        if not self._load_saved():
+        if graft.pick is not None:
+            self._build()  # a few entries picked out of an export: not worth a file
+        elif not self._load_saved():
             self._build()
             self._save()
         try:
@@ -166,6 +169,8 @@ class GraftTree:
 
     def _saved_path(self) -> str:
         # Init grafts turn resolv.conf into a symlink: their types differ, so their own file.
+        if self.graft.raw:
+            return self.idx.tar_path + ".tree-raw"
         return self.idx.tar_path + (".tree-init" if self.graft.resolv_link else ".tree")
 
     def _stat_key(self) -> list[int]:
@@ -231,6 +236,13 @@ class GraftTree:
         idx, g = self.idx, self.graft
         names, types, links = _columns(idx)
         by_path: dict[bytes, int] = {}
+        if g.pick is not None:
+            for i, out in g.pick(idx).items():
+                self.over[i] = out
+                types[i] = ord(out.type)
+                links.pop(i, None)
+                by_path[out.path[len(g.prefix):]] = i
+            names, links = [], {}  # nothing else of the export shows
         for i, name in enumerate(names):
             if name in _SPECIAL or (types[i] == _H and links.get(i) in EXCLUDE):
                 out = filter_entry(g, idx, idx.entry(i))
@@ -561,11 +573,15 @@ class Tree:
         self.grafts: list[GraftSlot] = []
         self.expand = expand
         self.changed: list[int] = []
-        for order, item in enumerate(view.items):
-            if isinstance(item, Graft):
-                self._add_graft(order, item)
-            else:
-                self._add_entry(order, item)
+        order = 0
+        for item in view.items:
+            # a kernel is several items here, so that its export loads on first access
+            for part in item.parts() if isinstance(item, KernelImage) else (item,):
+                if isinstance(part, Graft):
+                    self._add_graft(order, part)
+                else:
+                    self._add_entry(order, part)
+                order += 1
         if expand:
             for b in view.bundles:
                 self._expand(b)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fusebundle import metadata, oci, schema
-from fusebundle.config import Config, FileSpec
+from fusebundle.config import Config, FileSpec, Volume
 from fusebundle.config import Entry as ContainerEntry
 from fusebundle.entry import Entry, directory, regular
 from fusebundle.errors import UserError
@@ -54,11 +54,32 @@ class ImageHandle(Protocol):
 
 @dataclass
 class Graft:
-    """An image's filtered export placed under `prefix` (b"" for init, else ending in '/')."""
+    """An image's filtered export placed under `prefix` (b"" for init, else ending in '/').
+
+    `raw` grafts (a kernel's inner tar) skip docker's filter; `pick` grafts show only the
+    named entries of the export, renamed (a kernel's binary and ucode under boot/).
+    """
 
     prefix: bytes
     image: ImageHandle
     resolv_link: bytes | None = None  # init images: resolv.conf becomes this symlink
+    raw: bool = False
+    pick: Callable[[TarIndex], dict[int, Entry]] | None = None
+
+
+class _Nested:
+    """The tar stored inside an image's export, as an image handle of its own."""
+
+    def __init__(self, outer: ImageHandle, name: bytes) -> None:
+        self.outer = outer
+        self.name = name
+        self.info = outer.info
+
+    def index(self) -> TarIndex:
+        return self.outer.nested_index(self.name)
+
+    def nested_index(self, name: bytes) -> TarIndex:
+        raise UserError(f"image {self.info.ref}: no tar inside {self.name.decode()}")
 
 
 @dataclass
@@ -66,39 +87,72 @@ class KernelImage:
     """The kernel: section: boot/cmdline, boot/kernel and the kernel tar's contents at the root.
 
     As in the reference, entries come in the order the image's export holds the kernel file
-    and the kernel tar; everything else in the image is left out.
+    and the kernel tar; everything else in the image is left out.  `ucode` (today's LinuxKit)
+    adds boot/ucode.cpio from that file of the image.
     """
 
     image: ImageHandle
     cmdline: bytes
     binary: bytes = b"kernel"
     tar: bytes = b"kernel.tar"  # empty: no kernel tar
+    ucode: bytes = b""  # empty: no microcode archive
+
+    def _boot_files(self, idx: TarIndex) -> dict[int, Entry]:
+        """Index position -> the boot/ entry it becomes (kernel, ucode); errors if missing."""
+        wanted = {self.binary: b"boot/kernel"}
+        if self.ucode:
+            wanted[self.ucode] = b"boot/ucode.cpio"
+        g = Graft(prefix=b"", image=self.image)
+        out: dict[int, Entry] = {}
+        for name, path in wanted.items():
+            i = idx.find(name)
+            if i is None:
+                what = "ucode" if path == b"boot/ucode.cpio" else "kernel"
+                raise UserError(f"kernel image {self.image.info.ref}: no {name.decode()} file "
+                                f"at its root (the {what})")
+            e = filter_entry(g, idx, idx.entry(i))
+            if e is None or e.type != "f":
+                raise UserError(f"kernel image {self.image.info.ref}: {name.decode()} is not "
+                                "a regular file")
+            # ucode is today's key: its entry has today's mtime; the kernel keeps 2017's 0
+            mtime = PINNED_MTIME_NS if path == b"boot/ucode.cpio" else 0
+            out[i] = Entry(path=path, type="f", mode=e.mode, mtime_ns=mtime, size=e.size,
+                           data=e.data, src=e.src, offset=e.offset)
+        return out
 
     def entries(self) -> Iterator[Entry]:
         """The kernel's entries, in the reference's order."""
         idx = self.image.index()
-        found_kernel = found_tar = False
-        g = Graft(prefix=b"", image=self.image)
-        for e in idx:
-            out = filter_entry(g, idx, e)
-            if out is None:
-                continue
-            if e.name == self.binary:
-                found_kernel = True
-                yield directory(b"boot")
-                yield regular(b"boot/cmdline", self.cmdline)
-                yield Entry(path=b"boot/kernel", type="f", mode=out.mode, size=out.size,
-                            data=out.data, src=out.src, offset=out.offset)
-            elif self.tar and e.name == self.tar:
+        boot = self._boot_files(idx)
+        found_tar = boot_made = False
+        g = Graft(prefix=b"", image=self.image, raw=True)
+        for i, e in enumerate(idx):
+            f = boot.get(i)
+            if f is not None:
+                if not boot_made:
+                    yield directory(b"boot")
+                    boot_made = True
+                if f.path == b"boot/kernel":
+                    yield regular(b"boot/cmdline", self.cmdline)
+                yield f
+            elif self.tar and e.name == self.tar and idx.find(e.name) == i:
                 found_tar = True
                 inner = self.image.nested_index(self.tar)
                 for ie in inner:
                     yield _kept(g, inner, ie)
-        ref = self.image.info.ref
-        if not found_kernel:
-            raise UserError(f"kernel image {ref}: no {self.binary.decode()} file at its root")
         if self.tar and not found_tar:
+            ref = self.image.info.ref
             raise UserError(f"kernel image {ref}: no {self.tar.decode()} file at its root")
+
+    def parts(self) -> list[Entry | Graft]:
+        """The same tree for the mount, as items that load lazily: boot/ and boot/cmdline,
+        a graft picking the kernel (and ucode) out of the export, the kernel tar's graft."""
+        out: list[Entry | Graft] = [directory(b"boot"), regular(b"boot/cmdline", self.cmdline),
+                                    Graft(prefix=b"boot/", image=self.image,
+                                          pick=self._boot_files)]
+        if self.tar:
+            out.append(Graft(prefix=b"", image=_Nested(self.image, self.tar), raw=True))
+        return out
 
 
 @dataclass
@@ -180,6 +234,8 @@ def _kept(g: Graft, idx: TarIndex, e: IndexEntry) -> Entry:
 
 def filter_entry(g: Graft, idx: TarIndex, e: IndexEntry) -> Entry | None:
     """What one export entry becomes in the tree, or None when it is dropped."""
+    if g.raw:
+        return _kept(g, idx, e)
     if e.name in EXCLUDE:
         return None
     content = REPLACE.get(e.name)
@@ -217,6 +273,7 @@ class _Builder:
     cfg: Config
     resolve: Callable[[str], ImageHandle]
     share_by_id: bool
+    resolve_layout: Callable[[str, list[str]], ImageHandle] | None = None
     view: View = field(default_factory=View)
     first_root: dict[str, str] = field(default_factory=dict)  # de-dup key -> root dir
     grafts: dict[str, Graft] = field(default_factory=dict)  # de-dup key -> its graft
@@ -228,7 +285,7 @@ class _Builder:
         handle = self.resolve(c.image)
         info = handle.info
         spec, runtime = oci.build_oci(c.spec, image_label(info, c.where), info.config, id_map,
-                                      c.where)
+                                      c.where, self.cfg.volume_map())
         readonly = bool(spec.get("root", {}).get("readonly"))
         prefix = c.bundle_path
         own_root = f"{prefix}/{'rootfs' if readonly else 'lower'}"
@@ -264,6 +321,24 @@ class _Builder:
             oci.append_mount(runtime, {"destination": f"/{prefix}/rootfs",
                                        "source": "/" + root, "options": ["bind"]})
         self.add(regular(f"{prefix}/runtime.json".encode(), oci.runtime_json_bytes(runtime)))
+
+    def volume(self, v: Volume) -> None:
+        """Today's volume: lower/ (blank, or the image as files or as an OCI layout), tmp/
+        and merged/, as LinuxKit lays them out between init and onboot."""
+        lower = f"{v.base}/lower"
+        self.view.items.extend(prefix_dirs(lower))
+        if v.format == "oci":
+            if self.resolve_layout is None:
+                raise UserError(f"{v.where}: format: oci needs an image source that can "
+                                "write an OCI layout")
+            self.add(Graft(prefix=lower.encode() + b"/",
+                           image=self.resolve_layout(v.image, v.platforms), raw=True))
+        elif v.image:
+            # LinuxKit extracts a volume's image as it does init's: resolv.conf a symlink
+            self.add(Graft(prefix=lower.encode() + b"/", image=self.resolve(v.image),
+                           resolv_link=INIT_RESOLV_LINK))
+        self.add(directory(f"{v.base}/tmp".encode()))
+        self.add(directory(f"{v.base}/merged".encode()))
 
     def files(self, id_map: dict[str, int]) -> None:
         added: set[str] = set()
@@ -338,17 +413,22 @@ def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str],
 
 
 def build_view(cfg: Config, resolve: Callable[[str], ImageHandle],
-               share_by_id: bool = False) -> View:
-    """The tree for a config; `resolve` maps an image reference to its handle."""
-    b = _Builder(cfg, resolve, share_by_id)
+               share_by_id: bool = False,
+               resolve_layout: Callable[[str, list[str]], ImageHandle] | None = None) -> View:
+    """The tree for a config; `resolve` maps an image reference to its handle, and
+    `resolve_layout` (reference, platforms) to a handle on its OCI layout as a tar."""
+    b = _Builder(cfg, resolve, share_by_id, resolve_layout)
     id_map = cfg.id_map()
     k = cfg.kernel
     if k.image:
         tar = "kernel.tar" if k.tar is None else ("" if k.tar == "none" else k.tar)
         b.add(KernelImage(image=resolve(k.image), cmdline=k.cmdline.encode(),
-                          binary=(k.binary or "kernel").encode(), tar=tar.encode()))
+                          binary=(k.binary or "kernel").encode(), tar=tar.encode(),
+                          ucode=(k.ucode or "").encode()))
     for ref in cfg.init:
         b.add(Graft(prefix=b"", image=resolve(ref), resolv_link=INIT_RESOLV_LINK))
+    for v in cfg.volumes:
+        b.volume(v)
     for c in cfg.containers():
         b.bundle(c, id_map)
     b.files(id_map)

@@ -146,11 +146,16 @@ def test_unsafe_names(name):
 
 def test_unknown_fields():
     assert bad(comand=["x"]) == "unknown field 'comand'"
-    assert bad(resources={"memory": {"limt": 1}}) == "unknown field 'resources.memory.limt'"
-    assert bad(runtime={"bindNS": {"network": "/x"}}) == "unknown field 'runtime.bindNS.network'"
-    assert bad(mounts=[{"dest": "/x"}]) == "unknown field 'mounts[0].dest'"
+    assert bad(resources={"memory": {"limt": 1}}) == \
+        "unknown field 'limt' in 'resources.memory'"
+    assert bad(runtime={"bindNS": {"network": "/x"}}) == \
+        "unknown field 'network' in 'runtime.bindNS'"
+    assert bad(mounts=[{"dest": "/x"}]) == "unknown field 'dest' in 'mounts[0]'"
     # the reference's Go-name spellings are not the schema's
-    assert bad(resources={"blockIO": {}}) == "unknown field 'resources.blockIO'"
+    assert bad(resources={"blockIO": {}}) == "unknown field 'blockIO' in 'resources'"
+    # a key with a dot is one key, not a path
+    assert bad(**{"binds.del": ["/a:/b"]}) == "unknown field 'binds.del'"
+    assert bad(runtime={"cgroup": ["x"]}) == "unknown field 'cgroup' in 'runtime'"
 
 
 def test_non_string_keys():
