@@ -317,9 +317,12 @@ def _variant(layout: Path, base: dict[str, Any], arch: str, variant: str = "") -
     return put_blob(layout, json.dumps(doc).encode(), mf.OCI_MANIFEST, platform=platform)
 
 
-@pytest.fixture
-def multi(built: Built, tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A layout whose one name is an index: an attestation, linux/amd64, linux/arm64/v8."""
+@pytest.fixture(params=[mf.OCI_INDEX, mf.DOCKER_MANIFEST_LIST])
+def multi(built: Built, tmp_path: Path, request) -> tuple[Path, dict[str, str]]:
+    """A layout whose one name is an index: an attestation, linux/amd64, linux/arm64/v8.
+
+    LinuxKit's cache holds Docker manifest lists as well as OCI indexes.
+    """
     layout = built.copy_layout(tmp_path / "multi")
     base = _manifest_of(layout, built.manifest_digest)
     amd = _variant(layout, base, "amd64")
@@ -328,8 +331,8 @@ def multi(built: Built, tmp_path: Path) -> tuple[Path, dict[str, str]]:
                    platform={"os": "unknown", "architecture": "unknown"},
                    annotations={"vnd.docker.reference.type": "attestation-manifest",
                                 "vnd.docker.reference.digest": amd["digest"]})
-    index = {"schemaVersion": 2, "mediaType": mf.OCI_INDEX, "manifests": [att, amd, arm]}
-    idesc = put_blob(layout, json.dumps(index).encode(), mf.OCI_INDEX,
+    index = {"schemaVersion": 2, "mediaType": request.param, "manifests": [att, amd, arm]}
+    idesc = put_blob(layout, json.dumps(index).encode(), request.param,
                      annotations={mf.REF_NAME: "docker.io/fbsrc/multi:1"})
     _edit_index(layout, lambda i: i.update(manifests=[idesc]))
     return layout, {"amd64": amd["digest"], "arm64": arm["digest"], "index": idesc["digest"]}
