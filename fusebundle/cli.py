@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from fusebundle import __version__
 from fusebundle.errors import UserError
+from fusebundle.resolver import SOURCES_HELP
 
 EXIT_INTERRUPTED = 130
 
@@ -31,12 +32,21 @@ class _Parser(argparse.ArgumentParser):
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("configs", nargs="+", metavar="CONFIG.yml",
                    help="LinuxKit-style YAML files, merged in order")
+    p.add_argument("--from", dest="sources", action="append", metavar="SOURCE",
+                   help=SOURCES_HELP)
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="which image of a multi-platform index (default: this machine's)")
+    p.add_argument("--insecure-registry", action="append", metavar="HOST[:PORT]",
+                   help="a registry that may be reached over plain HTTP (repeatable; "
+                        "localhost and 127.0.0.0/8 always may)")
     p.add_argument("--docker-host", metavar="URL",
                    help="Docker engine to use (default: $DOCKER_HOST or the local socket)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="where image exports are kept (default: $FUSEBUNDLE_CACHE_DIR or "
                         "$XDG_CACHE_HOME/fusebundle)")
-    p.add_argument("--pull", action="store_true", help="pull every image, even when present")
+    p.add_argument("--pull", action="store_true",
+                   help="ask the sources again for every image, even one the store or the "
+                        "engine has (a tag may have moved); only changed layers are fetched")
     p.add_argument("--share-by-id", action="store_true",
                    help="share one copy between bundles whose images have the same ID, "
                         "not only the same name")
@@ -67,6 +77,13 @@ def parser() -> argparse.ArgumentParser:
     cf.add_argument("--name", help="only the container with this name")
     cf.set_defaults(run=cmd_config)
 
+    pl = sub.add_parser("pull", help="fill the store with every image of the configs",
+                        description="Fetch, verify, decompress and index every image the "
+                                    "configs name, so that later packs and mounts need no "
+                                    "source; print what was done.")
+    _common(pl)
+    pl.set_defaults(run=cmd_pull)
+
     from fusebundle import cachecmd, mountcmd
 
     mountcmd.add_parsers(sub, _common)
@@ -75,39 +92,43 @@ def parser() -> argparse.ArgumentParser:
 
 
 class _Session:
-    """The engine, the cache and the images of one command, created on demand."""
+    """The sources, the store and the images of one command, created on demand."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from fusebundle.images import Cache, default_cache_dir
+        from fusebundle.images import default_cache_dir
         from fusebundle.progress import enabled
+        from fusebundle.resolver import Resolver
+        from fusebundle.sources.base import Platform
 
         self.args = args
-        self.cache = Cache(args.cache_dir or default_cache_dir())
         self.show_progress = enabled(args.quiet)
-        self._engine: Any = None
+        platform = Platform.parse(args.platform) if args.platform else Platform.host()
+        self.resolver = Resolver(args.sources, args.cache_dir or default_cache_dir(),
+                                 docker_host=args.docker_host, pull=args.pull,
+                                 platform=platform, insecure=tuple(args.insecure_registry or ()),
+                                 show_progress=self.show_progress)
+        self.cache = self.resolver.cache
         self._images: dict[str, Any] = {}
 
-    def engine(self) -> Any:
-        from fusebundle.sources.engine import DockerEngine
-
-        if self._engine is None:
-            self._engine = DockerEngine(self.args.docker_host)
-        return self._engine
-
     def resolve(self, ref: str) -> Any:
-        from fusebundle.images import LazyImage
-
+        """The handle of an image (resolved once per reference)."""
         if ref not in self._images:
-            info = self.engine().inspect(ref, self.args.pull)
-            self._images[ref] = LazyImage(info, self.cache, self.engine(), self.show_progress)
+            self._images[ref] = self.resolver.resolve(ref)
         return self._images[ref]
 
     def resolve_layout(self, ref: str, platforms: list[str]) -> Any:
         """A handle on the image's OCI layout as a tar (today's `volumes: format: oci`)."""
+        from fusebundle.layered import LayeredImage
         from fusebundle.ocilayout import LayoutImage
 
-        return LayoutImage(self.resolve(ref).info,
-                           lambda image_id: self.engine().api.get_image(image_id, 1 << 20),
+        handle = self.resolve(ref)
+        if isinstance(handle, LayeredImage):
+            raise UserError(f"volume image {ref}: format: oci is made from the Docker engine's "
+                            f"`docker save`; this image came from {handle.image.source} "
+                            f"(use --from docker for it)")
+        engine = self.resolver.engine()
+        return LayoutImage(handle.info,
+                           lambda image_id: engine.api.get_image(image_id, 1 << 20),
                            self.cache.root, platforms)
 
 
@@ -143,6 +164,44 @@ def cmd_pack(args: argparse.Namespace) -> int:
     finally:
         for b in bars:
             b.close()
+    return 0
+
+
+def config_images(cfg: Any) -> list[str]:
+    """Every image reference a config names, once each, in build order."""
+    refs = [cfg.kernel.image] if cfg.kernel.image else []
+    refs += list(cfg.init) + [c.image for c in cfg.containers()]
+    return list(dict.fromkeys(refs))
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """fusebundle pull: make every image of the configs present in the store (or cache)."""
+    from fusebundle.layered import LayeredImage
+
+    cfg, session = load_session(args)
+    fetched = present = exported = 0
+    size = 0
+    refs = config_images(cfg)
+    for ref in refs:
+        handle = session.resolve(ref)
+        if isinstance(handle, LayeredImage):
+            source = handle.source.name if handle.source is not None else "store"
+            handle.index()
+            f = handle.fetched
+            fetched += f.layers
+            present += f.present
+            size += f.bytes
+            print(f"{ref}: {handle.image.config_digest[:19]} {handle.image.platform} from "
+                  f"{source}: {f.layers} layers fetched, {f.present} already in the store")
+        else:
+            before = session.cache.exports
+            handle.index()
+            done = session.cache.exports - before
+            exported += done
+            print(f"{ref}: {handle.info.id[:19]} from docker: "
+                  f"{'exported' if done else 'export already cached'}")
+    print(f"pulled {len(refs)} images: {fetched} layers fetched ({size / (1 << 20):.1f} MiB), "
+          f"{present} already in the store, {exported} engine exports")
     return 0
 
 

@@ -130,7 +130,7 @@ class _Merge:
         names = _split(c.names, c.name_ends)
         base = self.bases[layer]
         if c.names.find(b"..") >= 0 or c.links.find(b"..") >= 0:
-            self._check_names(layer, names, _split(c.links, c.link_ends))
+            self._check_names(layer, names, _split(c.links, c.link_ends), c.types)
         skip = self._whiteouts(layer, names) if c.names.find(_WH) >= 0 else frozenset()
         cur, kill, types = self.cur, self.kill, self.types
         links = _split(c.links, c.link_ends) if _H in c.types else None
@@ -223,10 +223,15 @@ class _Merge:
             cur[p] = _IMPLIED - o
             p = _parent(p)
 
-    def _check_names(self, layer: int, names: list[bytes], links: list[bytes]) -> None:
-        """Names the scanner should already have refused: never trust a stored index."""
-        for name, link in zip(names, links, strict=True):
-            for n in (name, link):
+    def _check_names(self, layer: int, names: list[bytes], links: list[bytes],
+                     types: bytes) -> None:
+        """Names the scanner should already have refused: never trust a stored index.
+
+        A symlink may point anywhere (`../bin/busybox` is common); only the names and the
+        targets of hard links must stay inside.
+        """
+        for name, link, t in zip(names, links, types, strict=True):
+            for n in (name, link) if t == _H else (name,):
                 if n.find(b"..") >= 0 and b".." in n.split(b"/"):
                     raise self.fail(layer, name, "escapes the image root")
 

@@ -183,10 +183,12 @@ class GraftTree:
                                                 self.nlinks.keys(), self.nlinks.values(),
                                                 self.over.keys())]
         blobs += [a.tobytes() for a in pairs]
-        head = {"format": _TREE_FORMAT, "stat": self._stat_key(), "root_entry": self.root_entry,
-                "lengths": [len(b) for b in blobs], "crc": _crc(blobs)}
         path = self._saved_path()
         try:
+            # The index file may be missing (a merged index the store could not save).
+            head = {"format": _TREE_FORMAT, "stat": self._stat_key(),
+                    "root_entry": self.root_entry, "lengths": [len(b) for b in blobs],
+                    "crc": _crc(blobs)}
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as f:

@@ -355,6 +355,111 @@ class Bench:
         self.note("pack peak RSS (MB)", "tar -cf", statistics.median(t.rss_kb for t in tars) / 1000)
 
 
+    # -- engine-free sources -------------------------------------------------------------
+    def measure_sources(self) -> None:
+        """An OCI layout with the small image as one gzip layer and as five, no engine."""
+        sys.path.insert(0, str(REPO / "tests"))
+        from imagetools import write_oci_layout
+
+        w = self.work
+        print("sources inputs:", file=sys.stderr)
+        one = w / "small.rootfs.tar"
+        write_small(one, self.small_files)
+        parts = split_layers(one, 5)
+        layout1, layout5 = w / "layout-1", w / "layout-5"
+        write_oci_layout(layout1, "docker.io/fbbench/small:1", [one.read_bytes()],
+                         {"Cmd": ["/none"]})
+        write_oci_layout(layout5, "docker.io/fbbench/small:5", parts, {"Cmd": ["/none"]})
+        blob = max((layout1 / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+        gz = w / "small.tar.gz"  # what a ratarmount user would mount: the layer blob itself
+        shutil.copyfile(blob, gz)
+        one.unlink()
+        cfg1, cfg5 = w / "src1.yml", w / "src5.yml"
+        cfg1.write_text("onboot:\n  - name: small\n    image: fbbench/small:1\n")
+        cfg5.write_text("onboot:\n  - name: small\n    image: fbbench/small:5\n")
+        store = w / "store"
+        dead = f"unix://{w}/no-engine.sock"
+
+        def fb_src(cfg: Path, layout: Path) -> Server:
+            env = dict(os.environ, DOCKER_HOST=dead, FUSEBUNDLE_CACHE_DIR=str(store))
+
+            def start(mnt: Path) -> subprocess.Popen:
+                return subprocess.Popen([*FB, "mount", "-f", "--from", f"oci:{layout}",
+                                         str(cfg), str(mnt)], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+            return Server("fusebundle", start, "containers/onboot/000-small/lower", "")
+
+        fb1, fb5 = fb_src(cfg1, layout1), fb_src(cfg5, layout5)
+        rat = self.rat_server(gz)
+        rat_index = Path(str(gz) + ".index.sqlite")
+        shell(f"sync; cat {gz} {layout5}/blobs/sha256/* > /dev/null")
+
+        def fb_cold() -> float:
+            shutil.rmtree(store, ignore_errors=True)
+            return self.first_listing(fb1)
+
+        def rat_cold() -> float:
+            rat_index.unlink(missing_ok=True)
+            return self.first_listing(rat)
+
+        self.note("layout -> tree, nothing cached (s)", "fusebundle", self.median(fb_cold))
+        self.note("layout -> tree, nothing cached (s)", "ratarmount", self.median(rat_cold))
+
+        # Decompression alone: the store's ingest of the blob against gzip -dc of it.
+        mib = os.path.getsize(blob) / (1 << 20)
+        self.note("gunzip the layer (MiB/s of blob)", "gzip -dc",
+                  mib / self.median(lambda: shell(f"gzip -dc {gz} > /dev/null").seconds))
+        ingest = [sys.executable, str(REPO / "scripts" / "bench_store.py"), "--ingest",
+                  str(gz)]
+        if (REPO / "scripts" / "bench_store.py").exists():
+            self.note("gunzip the layer (MiB/s of blob)", "fusebundle",
+                      mib / self.median(lambda: run(ingest, stdout=subprocess.DEVNULL,
+                                                    cwd=REPO).seconds))
+
+        # Five layers against one: the same tree, mount and find, the store warm.
+        env = dict(os.environ, DOCKER_HOST=dead, FUSEBUNDLE_CACHE_DIR=str(store))
+        for cfg, layout in ((cfg1, layout1), (cfg5, layout5)):
+            run([*FB, "pull", "-q", "--from", f"oci:{layout}", str(cfg)], env=env,
+                stdout=subprocess.DEVNULL)
+        shell(f"sync; cat {store}/layers/sha256/*.tar > /dev/null")
+        for label, s in (("1 layer", fb1), ("5 layers", fb5)):
+            def mount_find(s: Server = s) -> float:
+                mnt = self.work / "mnt-fusebundle"
+                drop_to(mnt)
+                t0 = time.perf_counter()
+                proc = s.start(mnt)
+                try:
+                    wait_mounted(mnt, proc)
+                    shell(f"find {mnt / s.root} > /dev/null")
+                    return time.perf_counter() - t0
+                finally:
+                    unmount(mnt, proc)
+            self.note("mount + find, layered (s)", label, self.median(mount_find))
+
+
+def split_layers(tar: Path, n: int) -> list[bytes]:
+    """The tree of `tar` spread over n layer tars (each with the directories it needs)."""
+    with tarfile.open(tar) as t:
+        members = [(m, t.extractfile(m).read() if m.isfile() else None)  # type: ignore[union-attr]
+                   for m in t.getmembers()]
+    files = [m for m in members if not m[0].isdir()]
+    dirs = {m[0].name: m for m in members if m[0].isdir()}
+    out = []
+    for k in range(n):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as layer:
+            chunk = files[k * len(files) // n:(k + 1) * len(files) // n]
+            needed = sorted({"/".join(m.name.split("/")[:i]) for m, _ in chunk
+                             for i in range(1, m.name.count("/") + 1)})
+            for d in needed:
+                layer.addfile(dirs[d][0])
+            for m, data in chunk:
+                layer.addfile(m, io.BytesIO(data) if data is not None else None)
+        out.append(buf.getvalue())
+    return out
+
+
 # ------------------------------------------------------------------------------ report
 TARGETS = [
     # metric, peer for the ratio, how the target reads, check(fb, peer) -> met
@@ -368,10 +473,20 @@ TARGETS = [
     ("server RSS after tar (MiB)", "ratarmount", "<= 60 MiB", lambda f, p: f <= 60),
     ("pack both images (s)", "tar -cf", "<= 1.5x tar -cf", lambda f, p: f <= 1.5 * p),
     ("pack peak RSS (MB)", "tar -cf", "<= 100 MB", lambda f, p: f <= 100),
+    ("layout -> tree, nothing cached (s)", "ratarmount", "<= 1/3 of ratarmount",
+     lambda f, p: f <= p / 3),
+    ("gunzip the layer (MiB/s of blob)", "gzip -dc", ">= 1.0x gzip -dc",
+     lambda f, p: f >= p),
+    ("mount + find, layered (s)", "1 layer", "5 layers <= 1.3x 1 layer", None),
 ]
 
 
 def _met(metric: str, r: dict[str, float | str]) -> str:
+    if metric.startswith("mount + find"):
+        five, one = r.get("5 layers"), r.get("1 layer")
+        if not isinstance(five, float) or not isinstance(one, float):
+            return "?"
+        return "yes" if five <= 1.3 * one else "NO"
     f = r.get("fusebundle")
     if not isinstance(f, float):
         return "?"
@@ -388,7 +503,7 @@ def _met(metric: str, r: dict[str, float | str]) -> str:
 
 def report(results: dict[str, dict[str, float | str]]) -> str:
     cols = ["fusebundle", "ratarmount", "archivemount", "limit (tar)", "limit (disk)",
-            "tar -cf", "docker"]
+            "tar -cf", "docker", "gzip -dc", "1 layer", "5 layers"]
     cols = [c for c in cols if any(c in r for r in results.values())]
     lines = ["| metric | " + " | ".join(cols) + " | fusebundle / ratarmount | target | met |",
              "|---" * (len(cols) + 4) + "|"]
@@ -397,7 +512,8 @@ def report(results: dict[str, dict[str, float | str]]) -> str:
         for c in cols:
             v = r.get(c, "")
             cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
-        f, p = r.get("fusebundle"), r.get("ratarmount") or r.get("tar -cf")
+        f = r.get("fusebundle") or r.get("5 layers")
+        p = r.get("ratarmount") or r.get("tar -cf") or r.get("gzip -dc") or r.get("1 layer")
         ratio = f"{f / p:.2f}" if isinstance(f, float) and isinstance(p, float) and p else ""
         target = next((t[2] for t in TARGETS if t[0] == metric), "")
         met = _met(metric, r) if target else ""
@@ -410,6 +526,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="10k files and 256 MiB, 3 runs")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--part", choices=("all", "mount", "sources"), default="all",
+                    help="mount: the engine-export mounts; sources: OCI layouts, no engine")
     args = ap.parse_args()
     host = os.environ["DOCKER_HOST"]
     ratarmount = os.environ.get("RATARMOUNT", "ratarmount")
@@ -419,7 +537,10 @@ def main() -> int:
                   large_size=(256 << 20) if args.quick else (1 << 30),
                   host=host, ratarmount=ratarmount)
         try:
-            b.measure()
+            if args.part in ("all", "mount"):
+                b.measure()
+            if args.part in ("all", "sources"):
+                b.measure_sources()
         finally:
             for m in Path(tmp).glob("mnt-*"):
                 unmount(m)

@@ -157,6 +157,52 @@ class PrivateDockerd:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class LocalRegistry:
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, its storage in `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.proc: subprocess.Popen | None = None
+        self.address = ""
+
+    def start(self) -> LocalRegistry:
+        import socket
+        import urllib.request
+
+        binary = shutil.which("docker-registry") or shutil.which("registry")
+        if binary is None:
+            pytest.skip("docker-registry is not installed (scripts/setup installs it)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "config.yml").write_text(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
+            f"http:\n  addr: 127.0.0.1:{port}\n")
+        with open(self.root / "registry.log", "wb") as log:
+            self.proc = subprocess.Popen([binary, "serve", str(self.root / "config.yml")],
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self.address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                    f"http://{self.address}/v2/", timeout=2) as r:
+                if r.status == 200:
+                    return self
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail("docker-registry did not start:\n" +
+                            (self.root / "registry.log").read_text(errors="replace")[-2000:])
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc, 10)
+            self.proc = None
+
+
 @pytest.fixture(scope="session")
 def dockerd() -> Iterator[Engine]:
     host = os.environ.get("DOCKER_HOST")

@@ -244,3 +244,80 @@ def demo_rootfs(busybox_path: str = BUSYBOX) -> RootfsBuilder:
     r.file("home/demo/hello.txt", "hello from the demo image\n", uid=1000, gid=1000, mtime=T1)
     r.dir("tmp", mode=0o1777)
     return r
+
+
+# ------------------------------------------------------------------------------ OCI layouts
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def _put_blob(layout: Path, data: bytes) -> str:
+    import hashlib
+
+    hexdigest = hashlib.sha256(data).hexdigest()
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    (blobs / hexdigest).write_bytes(data)
+    return "sha256:" + hexdigest
+
+
+def write_oci_layout(layout: str | os.PathLike, ref_name: str, layers: list[bytes],
+                     config: dict[str, Any], platform: tuple[str, str] = ("linux", "amd64")
+                     ) -> str:
+    """Write an OCI image layout holding one image of gzip'd layers; return its manifest digest.
+
+    `layers` are uncompressed layer tars, bottom first; `config` is the image config's
+    `config` object (Cmd, Env, ...).  ref.name is `ref_name`, as LinuxKit's cache writes it.
+    """
+    import gzip
+    import hashlib
+
+    root = Path(layout)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    descs = []
+    for tar in layers:
+        blob = gzip.compress(tar, compresslevel=6, mtime=0)
+        descs.append({"mediaType": OCI_LAYER_GZIP, "digest": _put_blob(root, blob),
+                      "size": len(blob)})
+    image_config = {
+        "architecture": platform[1], "os": platform[0], "config": config,
+        "rootfs": {"type": "layers",
+                   "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in layers]},
+        "history": [{"created_by": f"layer {i}"} for i in range(len(layers))],
+    }
+    config_bytes = json.dumps(image_config, sort_keys=True).encode()
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": _put_blob(root, config_bytes),
+                           "size": len(config_bytes)},
+                "layers": descs}
+    manifest_bytes = json.dumps(manifest, sort_keys=True).encode()
+    digest = _put_blob(root, manifest_bytes)
+    index_path = root / "index.json"
+    index = (json.loads(index_path.read_text()) if index_path.exists()
+             else {"schemaVersion": 2, "manifests": []})
+    index["manifests"].append({
+        "mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest_bytes),
+        "annotations": {"org.opencontainers.image.ref.name": ref_name},
+        "platform": {"architecture": platform[1], "os": platform[0]}})
+    index_path.write_text(json.dumps(index, indent=2))
+    return digest
+
+
+def demo_layers(busybox_path: str = BUSYBOX) -> list[bytes]:
+    """The demo image as three layers: the rootfs, a whiteout and an opaque dir, a new motd."""
+    base = demo_rootfs(busybox_path)
+    base.file("etc/obsolete.conf", "removed by the second layer\n")
+    base.dir("var").dir("var/cache").file("var/cache/stale", "hidden by an opaque dir\n")
+    second = RootfsBuilder()
+    second.dir("etc").file("etc/.wh.obsolete.conf")
+    second.dir("var").dir("var/cache").file("var/cache/.wh..wh..opq")
+    second.file("var/cache/fresh", "made by the second layer\n")
+    third = RootfsBuilder()
+    third.dir("etc").file("etc/motd", "Welcome to the fusebundle demo image (layer 3).\n")
+    return [r.tobytes() for r in (base, second, third)]
+
+
+DEMO_CONFIG = {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin", "GREETING=hello"],
+               "WorkingDir": "/home/demo"}

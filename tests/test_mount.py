@@ -74,7 +74,7 @@ def _special_rootfs() -> RootfsBuilder:
     r.dir("dev").chardev("dev/null", 1, 3).blockdev("dev/loop0", 7, 0)
     r.fifo("dev/fifo", mode=0o600)
     r.dir(b"d\xff", uid=1000, gid=1000).file(b"d\xff/f", b"x")
-    r.file("long/" + "n" * 150, "long name\n")
+    r.dir("long").file("long/" + "n" * 150, "long name\n")
     r.dir("data").file("data/big.bin", bytes(range(256)) * 8192)  # 2 MiB, many reads
     return r
 

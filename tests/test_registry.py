@@ -9,7 +9,6 @@ own view of the image.
 from __future__ import annotations
 
 import base64
-import contextlib
 import gzip
 import hashlib
 import json
@@ -20,12 +19,12 @@ import socket
 import stat
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import LocalRegistry
 from fakeregistry import DOCKER_LIST, FakeRegistry, Image, make_image, sha256
 
 from fusebundle.errors import UserError
@@ -608,46 +607,13 @@ def test_named_host_certificate_is_checked(tls_fake: FakeRegistry, image: Image,
 
 
 # -- Debian's docker-registry, fed by dockerd and skopeo --------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def real_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("docker-registry") or shutil.which("registry")
-    if binary is None:
-        pytest.skip("docker-registry is not installed (scripts/setup installs it)")
-    d = tmp_path_factory.mktemp("registry")
-    port = _free_port()
-    (d / "config.yml").write_text(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {d / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n")
-    with open(d / "registry.log", "wb") as log:
-        proc = subprocess.Popen([binary, "serve", str(d / "config.yml")], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    address = f"127.0.0.1:{port}"
+    reg = LocalRegistry(tmp_path_factory.mktemp("registry")).start()
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(
-                    f"http://{address}/v2/", timeout=2) as r:
-                if r.status == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("docker-registry did not start:\n" +
-                            (d / "registry.log").read_text(errors="replace")[-2000:])
-            time.sleep(0.1)
-        yield address
+        yield reg.address
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        reg.stop()
 
 
 def _skopeo_out(*args: str) -> bytes:

@@ -1,0 +1,148 @@
+"""An image made of layers: fetched into the store on first use, shown as one merged index.
+
+The handle is what the view asks for (`info`, `index()`, `nested_index()`), the same as an
+engine export's.  Resolving it reads only manifests and the config; the layers are fetched,
+verified, decompressed and indexed the first time `index()` is called, and the merged index is
+saved in the store so a later run never merges again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fusebundle.images import Cache, ImageInfo
+from fusebundle.sources.base import LayerRef, LayerSource, ResolvedImage
+from fusebundle.tarindex import TarIndex
+
+if TYPE_CHECKING:
+    from fusebundle.store import Store
+
+log = logging.getLogger(__name__)
+
+PARALLEL_LAYERS = 4  # at once, as docker pulls them
+
+
+def image_info(image: ResolvedImage) -> ImageInfo:
+    """What the view needs of an image: its reference, ID (the config digest) and config."""
+    size = sum(max(layer.size, 0) for layer in image.layers)
+    return ImageInfo(ref=image.ref, id=image.config_digest, config=image.config, size=size)
+
+
+@dataclass
+class Fetched:
+    """What making one image's layers present cost: for `pull`'s summary."""
+
+    layers: int = 0  # layers fetched and decompressed by this process
+    bytes: int = 0  # their blob bytes
+    present: int = 0  # layers that were already in the store
+
+
+@dataclass
+class LayeredImage:
+    """An image a layer source resolved, whose layers live in the store."""
+
+    image: ResolvedImage
+    source: LayerSource | None  # None: every layer is in the store already
+    store: Store
+    cache: Cache
+    show_progress: bool = False
+    info: ImageInfo = field(init=False)
+    fetched: Fetched = field(default_factory=Fetched)
+    _index: TarIndex | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _count: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.info = image_info(self.image)
+
+    @property
+    def merged_path(self) -> str:
+        """Where the merged index of this image is kept in the store."""
+        hexdigest = self.image.config_digest.split(":", 1)[1]
+        return os.path.join(self.store.root, "merged", hexdigest + ".idx")
+
+    def fetch(self) -> Fetched:
+        """Make every layer present in the store (up to 4 at once); count what it cost."""
+        from fusebundle.progress import Bar
+
+        layers = self.image.layers
+        self.store.hold(layer.diff_id for layer in layers)
+        missing = [layer for layer in layers if not self.store.has_layer(layer.diff_id)]
+        self.fetched.present += len(layers) - len(missing)
+        if not missing:
+            return self.fetched
+        if self.source is None:
+            raise _missing_in_store(self.image, missing[0])
+        source = self.source
+
+        def one(layer: LayerRef) -> None:
+            short = layer.digest.split(":", 1)[-1][:12]
+            opened: list[bool] = []
+
+            def open_blob() -> Any:
+                # Called by the store only when no process has the layer yet: then this
+                # thread does the work (a counter shared by the threads could not tell).
+                opened.append(True)
+                return source.open_blob(self.image, layer)
+
+            with Bar(f"{self.image.ref} {short}", layer.size, self.show_progress) as bar:
+                self.store.ingest(layer, open_blob, self.image.ref, bar.to)
+            with self._count:
+                if opened:
+                    self.fetched.layers += 1
+                    self.fetched.bytes += max(layer.size, 0)
+                else:  # another process made it while we waited for its lock
+                    self.fetched.present += 1
+
+        if len(missing) == 1:
+            one(missing[0])
+        else:
+            with ThreadPoolExecutor(min(PARALLEL_LAYERS, len(missing))) as pool:
+                for future in [pool.submit(one, layer) for layer in missing]:
+                    future.result()
+        return self.fetched
+
+    def index(self) -> TarIndex:
+        """The merged index of the image's layers; fetches and merges the first time."""
+        with self._lock:
+            if self._index is None:
+                self._index = self._load()
+            return self._index
+
+    def _load(self) -> TarIndex:
+        from fusebundle import layers as layermod
+
+        paths = [self.store.layer_path(layer.diff_id) for layer in self.image.layers]
+        self.store.hold(layer.diff_id for layer in self.image.layers)
+        merged = layermod.MergedIndex.load(self.merged_path, paths)
+        if merged is None:
+            self.fetch()
+            indexes = [self.store.layer_index(layer.diff_id) for layer in self.image.layers]
+            digests = [layer.digest for layer in self.image.layers]
+            os.makedirs(os.path.dirname(self.merged_path), exist_ok=True)
+            merged = layermod.merge(indexes, digests, self.image.ref,
+                                    self.merged_path)
+            try:
+                merged.save()
+            except OSError as e:  # a read-only store still works; the next run merges again
+                log.warning("%s: not saved: %s", self.merged_path, e.strerror or e)
+        if self.source is not None:
+            self.store.put_image(self.image)
+        return merged
+
+    def nested_index(self, name: bytes) -> TarIndex:
+        """The index of a tar file inside this image (a kernel tar)."""
+        return self.cache.nested(self.info, self.index(), name)
+
+
+def _missing_in_store(image: ResolvedImage, layer: LayerRef) -> Exception:
+    from fusebundle.errors import UserError
+
+    return UserError(f"image {image.ref}: layer {layer.diff_id} is no longer in the store and "
+                     f"no source was given to fetch it again (use --from)")
+

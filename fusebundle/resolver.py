@@ -1,0 +1,179 @@
+"""Which source each image comes from: the `--from` list in order, or the default order.
+
+Sources are named on the command line as `store`, `docker`, `registry`, `docker-archive:FILE`
+and `oci:DIR`.  With no `--from` the order is: the store (images pulled before), then the
+Docker engine if one answers, then the registry.  The store is asked first in every case,
+unless `--pull` is given, but with `--from` only for images that one of the named sources
+gave: the store never shadows a source the user did not ask for.  An image no source has ends
+with one line that names every source tried and why it had nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from fusebundle.errors import ConfigError, EngineError, UserError
+from fusebundle.images import Cache
+from fusebundle.sources.base import Platform
+
+SOURCES_HELP = ("where images come from, tried in the order given (repeatable): store, docker, "
+                "registry, docker-archive:FILE, oci:DIR; default: the store, then the Docker "
+                "engine if one answers, then the registry")
+DEFAULT_ORDER = ("store", "docker", "registry")
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """(kind, argument) of one `--from` value; ConfigError for anything else."""
+    kind, sep, arg = spec.partition(":")
+    if kind in ("store", "docker", "registry") and not sep:
+        return kind, ""
+    if kind in ("docker-archive", "oci") and sep and arg:
+        return kind, os.path.abspath(os.path.expanduser(arg))
+    raise ConfigError(f"--from {spec}: expected store, docker, registry, docker-archive:FILE "
+                      f"or oci:DIR")
+
+
+def source_name(kind: str, arg: str) -> str:
+    """How messages and store records name a source."""
+    return f"{kind}:{arg}" if arg else kind
+
+
+@dataclass
+class Resolver:
+    """Resolves image references to handles, asking the sources in order."""
+
+    specs: list[str] | None  # --from values; None for the default order
+    cache_root: str
+    docker_host: str | None = None
+    pull: bool = False
+    platform: Platform = field(default_factory=Platform.host)
+    insecure: tuple[str, ...] = ()
+    show_progress: bool = False
+    _sources: dict[str, Any] = field(default_factory=dict)
+    _store: Any = None
+    _cache: Cache | None = None
+    _engine: Any = None
+
+    def __post_init__(self) -> None:
+        self.order = [parse_spec(s) for s in self.specs] if self.specs else [
+            (k, "") for k in DEFAULT_ORDER]
+
+    # -------------------------------------------------------------------------- parts
+    @property
+    def cache(self) -> Cache:
+        """The engine exports' cache (also where kernel tars are copied out)."""
+        if self._cache is None:
+            self._cache = Cache(self.cache_root)
+        return self._cache
+
+    @property
+    def store(self) -> Any:
+        """The layer store, opened on first need."""
+        if self._store is None:
+            from fusebundle.store import Store
+
+            self._store = Store(self.cache_root)
+        return self._store
+
+    def engine(self) -> Any:
+        """The Docker engine source (connects lazily)."""
+        if self._engine is None:
+            from fusebundle.sources.engine import DockerEngine
+
+            self._engine = DockerEngine(self.docker_host)
+        return self._engine
+
+    def _layer_source(self, kind: str, arg: str) -> Any:
+        name = source_name(kind, arg)
+        src = self._sources.get(name)
+        if src is None:
+            if kind == "oci":
+                from fusebundle.sources.oci import OCILayout
+
+                src = OCILayout(arg)
+            elif kind == "docker-archive":
+                from fusebundle.sources.archive import DockerArchive
+
+                src = DockerArchive(arg)
+            else:
+                from fusebundle.sources.registry import Registry
+
+                src = Registry(insecure=self.insecure)
+            self._sources[name] = src
+        return src
+
+    # -------------------------------------------------------------------------- resolving
+    def resolve(self, ref: str) -> Any:
+        """A handle for `ref` from the first source that has it; one line if none has."""
+        from fusebundle.sources.reference import parse
+
+        name = parse(ref).name
+        if not self.pull:
+            hit = self._from_store(ref, name)
+            if hit is not None:
+                return hit
+        tried: list[str] = []
+        for kind, arg in self.order:
+            if kind == "store":
+                if self.pull:
+                    tried.append("store: skipped (--pull)")
+                else:
+                    tried.append("store: not there")
+                continue
+            try:
+                if kind == "docker":
+                    return self._from_engine(ref)
+                return self._from_layers(ref, kind, arg)
+            except UserError as e:  # not there, unreachable, or broken: say so, go on
+                tried.append(_reason(source_name(kind, arg), e))
+        raise UserError(f"image {ref}: not found: {'; '.join(tried)}")
+
+    def _from_store(self, ref: str, name: str) -> Any:
+        from fusebundle.layered import LayeredImage
+
+        if not any(kind != "docker" for kind, _ in self.order):
+            return None  # only the engine was asked for: its exports are its own cache
+        image = self.store.find_image(name, str(self.platform))
+        if image is None:
+            return None
+        allowed = {source_name(k, a) for k, a in self.order}
+        if self.specs and "store" not in allowed and image.source not in allowed:
+            return None
+        # Held from now on: a prune while this process runs must not take them away.
+        self.store.hold(layer.diff_id for layer in image.layers)
+        if not all(self.store.has_layer(layer.diff_id) for layer in image.layers):
+            return None  # pruned or half-pulled: a source fetches the rest
+        image.ref = ref
+        return LayeredImage(image, None, self.store, self.cache, self.show_progress)
+
+    def _from_engine(self, ref: str) -> Any:
+        from fusebundle.images import LazyImage
+
+        if not self.specs:
+            # In the default order the engine is asked only if one answers: no engine is
+            # not an error when another source has the image.
+            from fusebundle import engineapi
+
+            sock = engineapi.socket_path(self.docker_host)
+            if sock is not None and not os.path.exists(sock):
+                raise EngineError(f"no Docker engine at unix://{sock}")
+        info = self.engine().inspect(ref, self.pull)
+        return LazyImage(info, self.cache, self.engine(), self.show_progress)
+
+    def _from_layers(self, ref: str, kind: str, arg: str) -> Any:
+        from fusebundle.layered import LayeredImage
+
+        src = self._layer_source(kind, arg)
+        image = src.resolve(ref, self.platform)
+        return LayeredImage(image, src, self.store, self.cache, self.show_progress)
+
+
+def _reason(name: str, e: Exception) -> str:
+    text = str(e)
+    # Sources word their NotFound with their own name first; do not say it twice.
+    for prefix in (f"{name}: ", f"{name} ", "docker: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return f"{name}: {text}"
