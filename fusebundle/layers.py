@@ -572,10 +572,15 @@ class MergedIndex(TarIndex):
                 "layers": [[p, *s] for p, s in zip(self._layer_paths, self._layer_stats,
                                                    strict=True)],
                 "lengths": [len(b) for b in blobs], "crc": _crc(blobs), "xattrs": xattrs}
+        # (the crc of the blobs one after another is the crc of the body: load checks it so)
         directory = os.path.dirname(os.path.abspath(self.tar_path))
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.tar_path) + ".",
                                    suffix=".part", dir=directory)
         try:
+            # mkstemp makes the file 0600; the index tells no more than the layers do.
+            if self._layer_paths:
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, os.stat(self._layer_paths[0]).st_mode & 0o666)
             with os.fdopen(fd, "wb") as f:
                 f.write(json.dumps(head).encode() + b"\n")
                 for b in blobs:
@@ -593,33 +598,34 @@ class MergedIndex(TarIndex):
         """The index saved at `path`; None if missing, corrupt, foreign or a layer changed."""
         try:
             with open(path, "rb") as f:
-                head = json.loads(f.readline())
-                data = f.read()
+                data = f.read()  # one read: after readline() the rest comes in small pieces
+            end = data.index(b"\n") + 1
+            head = json.loads(data[:end])
             layers = head["layers"]
             if (head.get("format") != _FORMAT or head.get("byteorder") != sys.byteorder
                     or [x[0] for x in layers] != list(layer_paths)
                     or any(_stat_key(x[0]) != x[1:] for x in layers)):
                 return None
-            return cls._decode(path, head, data)
+            return cls._from_saved(path, head, memoryview(data)[end:])
         except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
             return None
 
     @classmethod
-    def _decode(cls, path: str, head: dict, data: bytes) -> MergedIndex | None:  # type: ignore[override]
+    def _from_saved(cls, path: str, head: dict, view: memoryview) -> MergedIndex | None:
         lengths, n = head["lengths"], head["n"]
-        if len(lengths) != len(_SAVED) or sum(lengths) != len(data):
+        if len(lengths) != len(_SAVED) or sum(lengths) != len(view):
             return None
         blobs = []
         pos = 0
         for size in lengths:
-            blobs.append(data[pos : pos + size])
+            blobs.append(view[pos : pos + size])
             pos += size
-        if head["crc"] != _crc(blobs):
+        if head["crc"] != zlib.crc32(view):
             return None
         self = cls(path, (0, 0, 0))
         for (attr, tc), blob in zip(_SAVED, blobs, strict=True):
             if tc == "s":
-                value: bytes | array.array = blob
+                value: bytes | array.array = bytes(blob)
             else:
                 value = array.array(tc)
                 value.frombytes(blob)
@@ -631,7 +637,7 @@ class MergedIndex(TarIndex):
             return None
         self._layer_paths = [x[0] for x in head["layers"]]
         self._layer_stats = [list(x[1:]) for x in head["layers"]]
-        if any(s >= len(self._layer_paths) for s in self._srcs):
+        if n and max(self._srcs) >= len(self._layer_paths):
             return None
         self._xattrs = {int(i): {k: bytes.fromhex(v) for k, v in attrs.items()}
                         for i, attrs in head["xattrs"].items()}
