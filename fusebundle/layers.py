@@ -363,6 +363,8 @@ def merge(layers: Sequence[TarIndex], digests: Sequence[str], what: str, path: s
     where the result is saved (its tar_path).  Only security.capability is kept among xattrs,
     as docker exports them, unless `all_xattrs`.
     """
+    if not layers:
+        raise CorruptTar(f"image {what}: no layers")
     m = _Merge(layers, digests, what)
     for layer in range(len(layers)):
         m.apply(layer)

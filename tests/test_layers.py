@@ -473,6 +473,11 @@ def test_dotdot_in_a_stored_index_is_refused(tmp_path: Path) -> None:
         merge([idx], ["sha256:" + "e" * 64], "img", str(tmp_path / "m.idx"))
 
 
+def test_an_image_without_layers_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CorruptTar, match="image img: no layers"):
+        merge([], [], "img", str(tmp_path / "m.idx"))
+
+
 def test_scanner_refuses_escaping_names(tmp_path: Path) -> None:
     b = RootfsBuilder(raw_names=True).add(_info("../evil")).add(_info("a/../../b"))
     p = b.write(tmp_path / "bad.tar")
