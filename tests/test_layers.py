@@ -574,6 +574,9 @@ def base_rootfs() -> RootfsBuilder:
     r.dir("etc").file("etc/passwd", "root:x:0:0::/:/bin/sh\n").file("etc/hostname", "base")
     r.symlink("etc/resolv.conf", "/run/elsewhere").chardev("devnull", 1, 3).fifo("fifo")
     r.dir("tmp", mode=0o1777)
+    # what docker's init layer replaces, keeps or recreates
+    r.dir("dev", mode=0o750, uid=2).dir("dev/pts", mode=0o700, uid=3, mtime=T1)
+    r.chardev("dev/console", 5, 1).file("proc", "not a directory").file(".dockerenv", "x")
     return r
 
 
@@ -657,6 +660,9 @@ def test_merge_equals_docker_export(built: dict[str, Any]) -> None:
     r = by_name(export)
     assert b"data/gone.txt" not in r and b"opq/old" not in r and r[b"opq/new"][10] == b"new\n"
     assert r[b"f2d"][1] == "d" and r[b"d2f"][1] == "f"
+    assert r[b"proc"][1:3] == ("d", 0o755) and r[b"dev/pts"][1:4] == ("d", 0o700, 3)
+    assert r[b"dev/console"][1:6] == r[b".dockerenv"][1:6] == ("f", 0o755, 0, 0, 0)
+    assert r[b"etc/resolv.conf"][1:6] == ("f", 0o755, 0, 0, 0)  # was a symlink in the image
     assert r[b"data/keep.txt"][2] == 0o600 and r[b"data/owned.txt"][3:5] == (1234, 5678)
     assert r[b"data/big"][3] == 3000000 and r[LONG_FILE.encode()][3] == 4_000_000_000
     assert r[b"bin/capped"][9] == {"security.capability": CAP_V2}  # copied up by chmod
