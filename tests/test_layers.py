@@ -385,6 +385,7 @@ def _fails(tmp: Path, *builders: RootfsBuilder) -> str:
     msg = str(ei.value)
     assert "\n" not in msg and "fbtest/img:1" in msg and "sha256:" in msg
     assert isinstance(ei.value, UserError)
+    assert not list(tmp.glob("*merged.idx*"))  # nothing written
     return msg
 
 
