@@ -425,10 +425,21 @@ class MergedIndex(TarIndex):
                           e.linkname, e.devmajor, e.devminor, e.offset, e.xattrs, src)
 
     def __iter__(self) -> Iterator[IndexEntry]:
-        paths = self._layer_paths
-        for e, s in zip(super().__iter__(), self._srcs, strict=True):
-            yield IndexEntry(e.name, e.type, e.mode, e.uid, e.gid, e.size, e.mtime_ns,
-                             e.linkname, e.devmajor, e.devminor, e.offset, e.xattrs, paths[s])
+        """Every entry in export order (one IndexEntry each, as TarIndex makes them)."""
+        names, links, xattrs, paths = self._names, self._links, self._xattrs, self._layer_paths
+        name_start = link_start = 0
+        columns = zip(
+            self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
+            self._name_ends, self._link_ends, self._devmajors, self._devminors, self._offsets,
+            self._srcs, strict=True,
+        )  # fmt: skip
+        for i, (code, mode, uid, gid, size, mtime, n_end, l_end, major, minor, off, src) in (
+                enumerate(columns)):
+            attrs = xattrs.get(i) if xattrs else None
+            yield IndexEntry(names[name_start:n_end], chr(code), mode, uid, gid, size, mtime,
+                             links[link_start:l_end], major, minor, off,
+                             dict(attrs) if attrs else {}, paths[src])
+            name_start, link_start = n_end, l_end
 
     def __repr__(self) -> str:
         layers = len(self._layer_paths)

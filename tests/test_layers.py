@@ -504,6 +504,10 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert [back.data_path(i) for i in range(len(back))] == [m.data_path(i) for i in
                                                                range(len(m))]
     assert back.verify_unchanged() and back.find(b"a/x") == m.find(b"a/x")
+    entries = [back.entry(i) for i in range(len(back))]
+    assert entries == list(back) and back.entry(-1) == entries[-1]
+    assert [e.src for e in back] == [e.src for e in entries] == [back.data_path(i) for i in
+                                                                  range(len(back))]
     assert any(e.xattrs for e in back)
     assert not list(tmp_path.glob(".merged.idx.*"))  # no temporary left
     # foreign layers, a changed layer, a corrupt or missing file: None
