@@ -22,7 +22,7 @@ import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
-from operator import itemgetter, methodcaller
+from operator import itemgetter
 
 from fusebundle.errors import CorruptTar
 from fusebundle.tarindex import IndexEntry, TarIndex
@@ -38,6 +38,10 @@ _AUFS_META = b".wh..wh."  # AUFS bookkeeping (.wh..wh.plnk, ...): never shown, n
 # implied it): negative, and still datable against whiteouts above it.
 _IMPLIED = -2
 _SECOND = 1_000_000_000
+# Paths are kept with NUL for '/' while merging: NUL sorts below every byte a name can hold,
+# so a plain sort of the paths is docker's walk (pre-order, each directory's names sorted as
+# bytes), with no sort key to build.
+_SEP = b"\x00"
 _CAP = "security.capability"
 # view.PINNED_MTIME_NS (the view pins these mtimes again); not imported: view imports images,
 # which will import this module.
@@ -45,11 +49,11 @@ PINNED_MTIME_NS = 1492533000 * _SECOND
 
 # docker's initlayer.Setup: (path, kind); kind b"d" dir, b"f" empty file, else the target of
 # a symlink.  Each path's components that are not directories are removed first.
-_INIT = (
+_INIT = tuple((path.replace(b"/", _SEP), kind) for path, kind in (
     (b"dev/pts", b"d"), (b"dev/shm", b"d"), (b"proc", b"d"), (b"sys", b"d"),
     (b".dockerenv", b"f"), (b"etc/resolv.conf", b"f"), (b"etc/hosts", b"f"),
     (b"etc/hostname", b"f"), (b"dev/console", b"f"), (b"etc/mtab", b"/proc/mounts"),
-)  # fmt: skip
+))  # fmt: skip
 _TOUCHED = (b"dev", b"etc")  # directories the init layer writes into: mtime = creation
 
 
@@ -76,11 +80,11 @@ def _split(blob: bytes, ends: Sequence[int]) -> list[bytes]:
 
 
 def _parent(path: bytes) -> bytes:
-    return path[: max(path.rfind(b"/"), 0)]
+    return path[: max(path.rfind(_SEP), 0)]
 
 
 def _show(name: bytes) -> str:
-    return repr(name.decode("utf-8", "backslashreplace"))
+    return repr(name.replace(_SEP, b"/").decode("utf-8", "backslashreplace"))
 
 
 class _Merge:
@@ -127,13 +131,14 @@ class _Merge:
         """Apply one layer: its whiteouts to what is below, then its entries in tar order."""
         idx = self.layers[layer]
         c = idx.columns()
-        names = _split(c.names, c.name_ends)
+        names = _split(c.names.replace(b"/", _SEP), c.name_ends)
         base = self.bases[layer]
         if c.names.find(b"..") >= 0 or c.links.find(b"..") >= 0:
-            self._check_names(layer, names, _split(c.links, c.link_ends), c.types)
+            self._check_names(layer, names, _split(c.links.replace(b"/", _SEP), c.link_ends),
+                              c.types)
         skip = self._whiteouts(layer, names) if c.names.find(_WH) >= 0 else frozenset()
         cur, kill, types = self.cur, self.kill, self.types
-        links = _split(c.links, c.link_ends) if _H in c.types else None
+        links = _split(c.links.replace(b"/", _SEP), c.link_ends) if _H in c.types else None
         if self._apply_bulk(layer, names, links, skip):
             return
         suspects = self.suspects
@@ -152,7 +157,7 @@ class _Merge:
             cur[name] = o
             # The directories a name implies are registered, so that a non-directory put
             # there later knows it replaces a directory (and whiteouts can date them).
-            j = name.rfind(b"/")
+            j = name.rfind(_SEP)
             if j > 0:
                 q = cur.get(name[:j])
                 if q is None or kill:
@@ -173,7 +178,7 @@ class _Merge:
             return False
         for i in skip:
             del new[names[i]]
-        parents = {n.rpartition(b"/")[0] for n in new}
+        parents = {n.rpartition(_SEP)[0] for n in new}
         parents.discard(b"")
         implied = set()
         for p in parents:
@@ -232,7 +237,7 @@ class _Merge:
         """
         for name, link, t in zip(names, links, types, strict=True):
             for n in (name, link) if t == _H else (name,):
-                if n.find(b"..") >= 0 and b".." in n.split(b"/"):
+                if n.find(b"..") >= 0 and b".." in n.split(_SEP):
                     raise self.fail(layer, name, "escapes the image root")
 
     def _whiteouts(self, layer: int, names: list[bytes]) -> set[int]:
@@ -243,7 +248,7 @@ class _Merge:
         for i, name in enumerate(names):
             if name.find(_WH) < 0:
                 continue
-            parts = name.split(b"/")
+            parts = name.split(_SEP)
             inner = [p for p in parts[:-1] if p.startswith(_WH)]
             if inner:
                 if inner[0].startswith(_AUFS_META):
@@ -254,7 +259,7 @@ class _Merge:
             if not last.startswith(_WH):
                 continue
             skip.add(i)
-            directory = b"/".join(parts[:-1])
+            directory = _SEP.join(parts[:-1])
             if last == _OPAQUE:
                 if kill.get(directory, -1) < epoch:
                     kill[directory] = epoch
@@ -262,9 +267,9 @@ class _Merge:
             if last.startswith(_AUFS_META):
                 continue
             hidden = last[len(_WH):]
-            if hidden in (b"", b".", b"..") or b"/" in hidden:
+            if hidden in (b"", b".", b"..") or _SEP in hidden:
                 raise self.fail(layer, name, "whiteout of an invalid name")
-            target = directory + b"/" + hidden if directory else hidden
+            target = directory + _SEP + hidden if directory else hidden
             cur.pop(target, None)  # a whiteout of a missing path is no error
             if kill.get(target, -1) < epoch:
                 kill[target] = epoch
@@ -307,7 +312,7 @@ class _Merge:
             layer = self.layer_of(o)
             c = self.layers[layer].columns()
             i = o - self.bases[layer]
-            name = c.names[c.name_ends[i - 1] if i else 0 : c.name_ends[i]]
+            name = c.names[c.name_ends[i - 1] if i else 0 : c.name_ends[i]].replace(b"/", _SEP)
             if cur.get(name) != o:
                 continue  # replaced or hidden since
             p = _parent(name)
@@ -322,16 +327,16 @@ class _Merge:
         """docker's init layer: what every container (and so every export) has."""
         cur, syn = self.cur, self.syn
         for path, kind in _INIT:
-            parts = path.split(b"/")
+            parts = path.split(_SEP)
             for n in range(1, len(parts) + 1):
-                p = b"/".join(parts[:n])
+                p = _SEP.join(parts[:n])
                 q = cur.get(p)
                 if q is not None and self._kind(q) != _D:
                     del cur[p]  # unlink: files, symlinks, devices go; directories stay
             if path in cur:
                 continue
             for n in range(1, len(parts)):
-                p = b"/".join(parts[:n])
+                p = _SEP.join(parts[:n])
                 if p not in cur:
                     cur[p] = syn.add(_D, 0o755)
             if kind == b"d":
@@ -368,6 +373,8 @@ def merge(layers: Sequence[TarIndex], digests: Sequence[str], what: str, path: s
     where the result is saved (its tar_path).  Only security.capability is kept among xattrs,
     as docker exports them, unless `all_xattrs`.
     """
+    if not layers:
+        raise CorruptTar(f"image {what}: no layers")
     m = _Merge(layers, digests, what)
     for layer in range(len(layers)):
         m.apply(layer)
@@ -424,10 +431,21 @@ class MergedIndex(TarIndex):
                           e.linkname, e.devmajor, e.devminor, e.offset, e.xattrs, src)
 
     def __iter__(self) -> Iterator[IndexEntry]:
-        paths = self._layer_paths
-        for e, s in zip(super().__iter__(), self._srcs, strict=True):
-            yield IndexEntry(e.name, e.type, e.mode, e.uid, e.gid, e.size, e.mtime_ns,
-                             e.linkname, e.devmajor, e.devminor, e.offset, e.xattrs, paths[s])
+        """Every entry in export order (one IndexEntry each, as TarIndex makes them)."""
+        names, links, xattrs, paths = self._names, self._links, self._xattrs, self._layer_paths
+        name_start = link_start = 0
+        columns = zip(
+            self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
+            self._name_ends, self._link_ends, self._devmajors, self._devminors, self._offsets,
+            self._srcs, strict=True,
+        )  # fmt: skip
+        for i, (code, mode, uid, gid, size, mtime, n_end, l_end, major, minor, off, src) in (
+                enumerate(columns)):
+            attrs = xattrs.get(i) if xattrs else None
+            yield IndexEntry(names[name_start:n_end], chr(code), mode, uid, gid, size, mtime,
+                             links[link_start:l_end], major, minor, off,
+                             dict(attrs) if attrs else {}, paths[src])
+            name_start, link_start = n_end, l_end
 
     def __repr__(self) -> str:
         layers = len(self._layer_paths)
@@ -444,12 +462,13 @@ class MergedIndex(TarIndex):
     @classmethod
     def _build(cls, m: _Merge, path: str, all_xattrs: bool) -> MergedIndex:
         syn = m.syn
-        order = sorted(m.cur, key=_WALK_KEY)
-        cur = m.cur
-        ino = [cur[name] for name in order]  # type, size, data, devices, symlink target
-        meta = ino[:]  # mode, owner, mtime, xattrs
+        order = sorted(m.cur)
+        ino = list(map(m.cur.__getitem__, order))  # type, size, data, devices, symlink target
+        m.cur = {}  # done with: what it held is in order and ino now
+        meta = ino  # mode, owner, mtime, xattrs: the same entry unless hard links say otherwise
         hard: dict[int, bytes] = {}  # position -> first name of its inode (a link entry)
         if m.link_ino:
+            meta = ino[:]
             link_ino, inode_meta = m.link_ino, m.meta
             linked = set(link_ino.values())
             first: dict[int, bytes] = {}
@@ -461,16 +480,19 @@ class MergedIndex(TarIndex):
                 meta[k] = inode_meta.get(i, i)
                 seen = first.get(i)
                 if seen is None:
-                    first[i] = order[k]  # the first name met in walk order is the file
+                    first[i] = order[k].replace(_SEP, b"/")  # the first name met is the file
                 else:
                     hard[k] = seen
 
         self = cls(path, (0, 0, 0))
+        self._names = b"".join(order).replace(_SEP, b"/")
+        self._name_ends = array.array("q", accumulate(map(len, order)))
+        del order
         self._layer_paths = [x.tar_path for x in m.layers]
         self._layer_stats = [list(_stat_key_of(x)) for x in m.layers]
 
         pick_ino = _getter(ino)
-        pick_meta = _getter(meta) if hard or meta != ino else pick_ino
+        pick_meta = pick_ino if meta is ino else _getter(meta)
 
         def gather(attr: str, typecode: str, pick: Callable, row: int | None) -> array.array:
             src = array.array(typecode)
@@ -504,8 +526,6 @@ class MergedIndex(TarIndex):
         for k in hard:
             sizes[k] = majors[k] = minors[k] = 0
         self._sizes, self._devmajors, self._devminors = sizes, majors, minors
-        self._names = b"".join(order)
-        self._name_ends = array.array("q", accumulate(map(len, order)))
         if len(m.layers) > 1:
             layer_no = array.array("H")
             for layer, x in enumerate(m.layers):
@@ -523,12 +543,13 @@ class MergedIndex(TarIndex):
     def _link_column(m: _Merge, types: bytearray, ino: list[int],
                      hard: dict[int, bytes]) -> tuple[bytes, array.array]:
         """Symlink targets (from the inode's layer) and hard-link targets (the first name)."""
-        lengths = [0] * len(ino)
         parts: list[bytes] = []
         layer_links: dict[int, list[bytes]] = {}
         syn = m.syn
-        positions = sorted({*hard, *_all(types, _L)})
-        for k in positions:
+        # The ends are constant between link entries: built run by run, not entry by entry.
+        ends = array.array("q")
+        total = done = 0
+        for k in sorted({*hard, *_all(types, _L)}):
             if k in hard:
                 target = hard[k]
             else:
@@ -543,8 +564,12 @@ class MergedIndex(TarIndex):
                         got = layer_links[layer] = _split(c.links, c.link_ends)
                     target = got[o - m.bases[layer]]
             parts.append(target)
-            lengths[k] = len(target)
-        return b"".join(parts), array.array("q", accumulate(lengths))
+            ends.extend(array.array("q", [total]) * (k - done))
+            total += len(target)
+            ends.append(total)
+            done = k + 1
+        ends.extend(array.array("q", [total]) * (len(ino) - done))
+        return b"".join(parts), ends
 
     @staticmethod
     def _xattr_column(m: _Merge, meta: list[int], all_xattrs: bool) -> dict[int, dict[str, bytes]]:
@@ -577,10 +602,15 @@ class MergedIndex(TarIndex):
                 "layers": [[p, *s] for p, s in zip(self._layer_paths, self._layer_stats,
                                                    strict=True)],
                 "lengths": [len(b) for b in blobs], "crc": _crc(blobs), "xattrs": xattrs}
+        # (the crc of the blobs one after another is the crc of the body: load checks it so)
         directory = os.path.dirname(os.path.abspath(self.tar_path))
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.tar_path) + ".",
                                    suffix=".part", dir=directory)
         try:
+            # mkstemp makes the file 0600; the index tells no more than the layers do.
+            if self._layer_paths:
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, os.stat(self._layer_paths[0]).st_mode & 0o666)
             with os.fdopen(fd, "wb") as f:
                 f.write(json.dumps(head).encode() + b"\n")
                 for b in blobs:
@@ -598,33 +628,34 @@ class MergedIndex(TarIndex):
         """The index saved at `path`; None if missing, corrupt, foreign or a layer changed."""
         try:
             with open(path, "rb") as f:
-                head = json.loads(f.readline())
-                data = f.read()
+                data = f.read()  # one read: after readline() the rest comes in small pieces
+            end = data.index(b"\n") + 1
+            head = json.loads(data[:end])
             layers = head["layers"]
             if (head.get("format") != _FORMAT or head.get("byteorder") != sys.byteorder
                     or [x[0] for x in layers] != list(layer_paths)
                     or any(_stat_key(x[0]) != x[1:] for x in layers)):
                 return None
-            return cls._decode(path, head, data)
+            return cls._from_saved(path, head, memoryview(data)[end:])
         except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
             return None
 
     @classmethod
-    def _decode(cls, path: str, head: dict, data: bytes) -> MergedIndex | None:  # type: ignore[override]
+    def _from_saved(cls, path: str, head: dict, view: memoryview) -> MergedIndex | None:
         lengths, n = head["lengths"], head["n"]
-        if len(lengths) != len(_SAVED) or sum(lengths) != len(data):
+        if len(lengths) != len(_SAVED) or sum(lengths) != len(view):
             return None
         blobs = []
         pos = 0
         for size in lengths:
-            blobs.append(data[pos : pos + size])
+            blobs.append(view[pos : pos + size])
             pos += size
-        if head["crc"] != _crc(blobs):
+        if head["crc"] != zlib.crc32(view):
             return None
         self = cls(path, (0, 0, 0))
         for (attr, tc), blob in zip(_SAVED, blobs, strict=True):
             if tc == "s":
-                value: bytes | array.array = blob
+                value: bytes | array.array = bytes(blob)
             else:
                 value = array.array(tc)
                 value.frombytes(blob)
@@ -636,18 +667,13 @@ class MergedIndex(TarIndex):
             return None
         self._layer_paths = [x[0] for x in head["layers"]]
         self._layer_stats = [list(x[1:]) for x in head["layers"]]
-        if any(s >= len(self._layer_paths) for s in self._srcs):
+        if n and max(self._srcs) >= len(self._layer_paths):
             return None
         self._xattrs = {int(i): {k: bytes.fromhex(v) for k, v in attrs.items()}
                         for i, attrs in head["xattrs"].items()}
         if any(not 0 <= i < n for i in self._xattrs):
             return None
         return self
-
-
-# Pre-order with each directory's names sorted as bytes is a plain sort of the paths once '/'
-# sorts below every byte a name can hold (NUL cannot).
-_WALK_KEY = methodcaller("replace", b"/", b"\x00")
 
 
 def _getter(refs: list[int]) -> Callable[[Sequence[int]], tuple[int, ...]]:

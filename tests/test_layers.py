@@ -385,6 +385,7 @@ def _fails(tmp: Path, *builders: RootfsBuilder) -> str:
     msg = str(ei.value)
     assert "\n" not in msg and "fbtest/img:1" in msg and "sha256:" in msg
     assert isinstance(ei.value, UserError)
+    assert not list(tmp.glob("*merged.idx*"))  # nothing written
     return msg
 
 
@@ -473,6 +474,20 @@ def test_dotdot_in_a_stored_index_is_refused(tmp_path: Path) -> None:
         merge([idx], ["sha256:" + "e" * 64], "img", str(tmp_path / "m.idx"))
 
 
+def test_symlinks_may_point_above_their_directory(tmp_path: Path) -> None:
+    # busybox images are full of sbin/halt -> ../bin/busybox; only names and hard links
+    # must stay inside the root, a symlink's target is the runtime's business.
+    b = RootfsBuilder().dir("bin").file("bin/busybox", "bb").dir("sbin")
+    b.symlink("sbin/halt", "../bin/busybox").symlink("sbin/up", "../../../etc")
+    r = by_name(flatten(tmp_path, b))
+    assert r[b"sbin/halt"][7] == b"../bin/busybox" and r[b"sbin/up"][7] == b"../../../etc"
+
+
+def test_an_image_without_layers_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CorruptTar, match="image img: no layers"):
+        merge([], [], "img", str(tmp_path / "m.idx"))
+
+
 def test_scanner_refuses_escaping_names(tmp_path: Path) -> None:
     b = RootfsBuilder(raw_names=True).add(_info("../evil")).add(_info("a/../../b"))
     p = b.write(tmp_path / "bad.tar")
@@ -498,6 +513,10 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert [back.data_path(i) for i in range(len(back))] == [m.data_path(i) for i in
                                                                range(len(m))]
     assert back.verify_unchanged() and back.find(b"a/x") == m.find(b"a/x")
+    entries = [back.entry(i) for i in range(len(back))]
+    assert entries == list(back) and back.entry(-1) == entries[-1]
+    assert [e.src for e in back] == [e.src for e in entries] == [back.data_path(i) for i in
+                                                                  range(len(back))]
     assert any(e.xattrs for e in back)
     assert not list(tmp_path.glob(".merged.idx.*"))  # no temporary left
     # foreign layers, a changed layer, a corrupt or missing file: None
@@ -569,6 +588,9 @@ def base_rootfs() -> RootfsBuilder:
     r.dir("etc").file("etc/passwd", "root:x:0:0::/:/bin/sh\n").file("etc/hostname", "base")
     r.symlink("etc/resolv.conf", "/run/elsewhere").chardev("devnull", 1, 3).fifo("fifo")
     r.dir("tmp", mode=0o1777)
+    # what docker's init layer replaces, keeps or recreates
+    r.dir("dev", mode=0o750, uid=2).dir("dev/pts", mode=0o700, uid=3, mtime=T1)
+    r.chardev("dev/console", 5, 1).file("proc", "not a directory").file(".dockerenv", "x")
     return r
 
 
@@ -652,6 +674,9 @@ def test_merge_equals_docker_export(built: dict[str, Any]) -> None:
     r = by_name(export)
     assert b"data/gone.txt" not in r and b"opq/old" not in r and r[b"opq/new"][10] == b"new\n"
     assert r[b"f2d"][1] == "d" and r[b"d2f"][1] == "f"
+    assert r[b"proc"][1:3] == ("d", 0o755) and r[b"dev/pts"][1:4] == ("d", 0o700, 3)
+    assert r[b"dev/console"][1:6] == r[b".dockerenv"][1:6] == ("f", 0o755, 0, 0, 0)
+    assert r[b"etc/resolv.conf"][1:6] == ("f", 0o755, 0, 0, 0)  # was a symlink in the image
     assert r[b"data/keep.txt"][2] == 0o600 and r[b"data/owned.txt"][3:5] == (1234, 5678)
     assert r[b"data/big"][3] == 3000000 and r[LONG_FILE.encode()][3] == 4_000_000_000
     assert r[b"bin/capped"][9] == {"security.capability": CAP_V2}  # copied up by chmod
@@ -659,7 +684,22 @@ def test_merge_equals_docker_export(built: dict[str, Any]) -> None:
     assert r[b"bin/lcap"][9] == r[b"bin/lcap-link"][9] == {}
     assert r[b"bin/lcap2"][9] == r[b"bin/lcap2-link"][9] == {"security.capability": CAP_V2}
     assert r[b"hl/b"][1] == "f" and r[b"hl/z"][1:8:6] == ("h", b"hl/b")
-    assert r[b"data/keep-link"][1] == "f" and r[b"data/keep.txt"][7] == b"data/keep-link"
+    # docker 20.10 writes the S_IFMT bits into the mode field; the index keeps 0o7777 of it,
+    # for the export as for the layers, so the merged modes need no conversion
+    e = export.entry(export.find(b"etc/passwd"))
+    with open(built["export"], "rb") as f:
+        raw = int(os.pread(f.fileno(), 8, e.offset - 512 + 100).rstrip(b"\0 "), 8)
+    assert raw & 0o170000 in (0o100000, 0) and raw & 0o7777 == e.mode == 0o644
+    if built["driver"] == "overlay2":
+        # copy-up: the layer holds both names, so they stay one inode; the hard-linked pair
+        # of the base falls apart once one name is written (no index=on)
+        assert r[b"data/keep-link"][1] == "f" and r[b"data/keep.txt"][7] == b"data/keep-link"
+        assert r[b"hl2/one"][1] == r[b"hl2/two"][1] == "f"
+    elif built["driver"] == "vfs":
+        # vfs's diff holds the new name only, as a file of its own; writing one name of the
+        # base's pair writes both
+        assert r[b"data/keep-link"][1] == r[b"data/keep.txt"][1] == "f"
+        assert r[b"hl2/one"][1] == "f" and r[b"hl2/two"][7] == b"hl2/one"
 
 
 def test_merged_index_saved_and_loaded_equals_export(built: dict[str, Any]) -> None:
@@ -791,7 +831,7 @@ def test_merge_of_docker_built_image_equals_umoci(built: dict[str, Any]) -> None
     got, want = _tree_of_merged(merged), _tree_of_dir(umoci_rootfs(built["save"], dest))
     # umoci does not re-apply a link header's metadata (notes 3.7); none differ here
     assert got == want
-    assert len(got[0]) > 40 and frozenset({b"data/keep.txt", b"data/keep-link"}) in got[1]
+    assert len(got[0]) > 40 and frozenset({b"hl/b", b"hl/z"}) in got[1]
 
 
 # ------------------------------------------------------------------------------ downstream
