@@ -28,16 +28,11 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import docker
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import docker  # noqa: E402
-
-from fusebundle.sources.base import Platform  # noqa: E402
-from fusebundle.sources.registry import Registry  # noqa: E402
 
 
 def say(text: str) -> None:
@@ -158,24 +153,19 @@ def timed(fn: Callable[..., object], *args: object) -> tuple[float, object]:
 
 
 def fusebundle_pull(ref: str, store_dir: Path) -> int:
-    """Resolve REF and bring its layers into the store at STORE_DIR; blobs downloaded."""
-    from fusebundle.store import Store  # the layer store (its own branch until merged)
-
-    downloads = 0
-    with Registry() as reg, Store(str(store_dir)) as store:
-        image = reg.resolve(ref, Platform.host())
-
-        def one(i: int) -> None:
-            nonlocal downloads
-            layer = image.layers[i]
-            if not store.has_layer(layer.diff_id):
-                downloads += 1
-            store.ingest(layer, lambda: reg.open_blob(image, layer), image.name)
-
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(one, range(len(image.layers))))
-        store.put_image(image)
-    return downloads
+    """`fusebundle pull --from registry` of REF into the store at STORE_DIR, as a user runs
+    it; the number of layers it fetched (read from its summary line)."""
+    cfg = store_dir.parent / f"{store_dir.name}.yml"
+    cfg.write_text(f"onboot:\n  - name: x\n    image: {ref}\n")
+    env = dict(os.environ, FUSEBUNDLE_CACHE_DIR=str(store_dir),
+               DOCKER_HOST=f"unix://{store_dir.parent}/no-engine.sock")
+    done = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "fusebundle", "pull", "-q",
+                           "--from", "registry", str(cfg)], env=env, capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"fusebundle pull {ref}: {done.stderr.strip()}")
+    last = done.stdout.strip().splitlines()[-1]  # pulled 1 images: K layers fetched (...)
+    return int(last.split(":", 1)[1].split()[0])
 
 
 def bench(ref: str, runs: int, work: Path) -> dict[str, float]:
@@ -205,7 +195,8 @@ def bench(ref: str, runs: int, work: Path) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("images", nargs="*", help="engine image names (default: a 5-layer image)")
+    ap.add_argument("images", nargs="*",
+                    help="engine image names; 5-layers (the default) builds a 5-layer image")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--layer-mib", type=int, default=16, help="per layer of the 5-layer image")
     ap.add_argument("--json", help="write the results here too")
@@ -216,7 +207,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="fbreg-bench."))
     results: dict[str, dict[str, float]] = {}
     try:
-        images = args.images or [build_five_layers(source, work, args.layer_mib)]
+        images = [build_five_layers(source, work, args.layer_mib) if name == "5-layers"
+                  else name for name in args.images or ["5-layers"]]
         with local_registry(work) as registry:
             for name in images:
                 ref = push(source, name, registry)
