@@ -21,9 +21,10 @@ import struct
 import sys
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
+from types import MappingProxyType
 from typing import NamedTuple
 
 from fusebundle.errors import CorruptTar
@@ -33,7 +34,7 @@ __all__ = ["Columns", "IndexEntry", "TarIndex", "open_index", "FORMAT_MAGIC", "F
 log = logging.getLogger(__name__)
 
 FORMAT_MAGIC = b"FBIDX"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: xattrs from global PAX headers are stored once, shared
 
 _ZERO_BLOCK = bytes(512)
 # Reads start small after a jump over a big member (its data would be skipped anyway) and
@@ -42,9 +43,36 @@ _ZERO_BLOCK = bytes(512)
 _READ_MIN = 16 << 10
 _READ_MAX = 512 << 10
 _PROGRESS_STEP = 8 << 20
-# GNU long names and PAX headers are read into memory; a hostile size must not exhaust it.
-_MAX_EXT_HEADER = 16 << 20
 _OWNER_CACHE_LIMIT = 4096
+
+# Bounds on what one archive may ask of us.  Anything beyond them is refused with CorruptTar,
+# so a hostile layer costs at most a fixed factor of its own size in memory and time.
+# GNU long names and PAX headers are read into memory whole: 1 MiB, the limit of Go's
+# archive/tar (maxSpecialFileSize) and libarchive's pax reader.
+_MAX_EXT_HEADER = 1 << 20
+# A path or hard link target longer than Linux's PATH_MAX (4096 with its NUL) or with a
+# component longer than NAME_MAX (255) could never be created or looked up by the kernel.
+_MAX_NAME = 4095
+_MAX_COMPONENT = 255
+# A symlink's target is limited to PATH_MAX - 1 bytes by symlink(2) as well.
+_MAX_LINK = 4095
+# Linux xattr limits (include/uapi/linux/limits.h): XATTR_NAME_MAX, XATTR_SIZE_MAX per value,
+# XATTR_LIST_MAX for the NUL-separated list of one file's names (which bounds their count).
+_MAX_XATTR_NAME = 255
+_MAX_XATTR_VALUE = 64 << 10
+_MAX_XATTR_LIST = 64 << 10
+# All xattr values of one member together: what a single PAX header of _MAX_EXT_HEADER bytes
+# could carry; global records count towards it for every member they apply to.
+_MAX_XATTR_BYTES = _MAX_EXT_HEADER
+# Global xattrs are shared by the members they apply to; a global header that changes them
+# after a member used them copies the set.  The copies are paid from a budget of one xattr per
+# 512-byte block of input (plus one full list), which keeps memory linear in the input.
+_XATTR_COPY_BUDGET_BASE = _MAX_XATTR_LIST
+# Times are kept as int64 nanoseconds (up to 2262-04-11).  GNU tar and bsdtar write later
+# times as whole seconds; those are clamped to the largest whole second that fits.  Seconds
+# beyond a 64-bit time_t are no time any system can hold: refused.
+_MAX_TIME_S = (1 << 63) - 1
+_CLAMP_NS = ((1 << 63) - 1) // 1_000_000_000 * 1_000_000_000
 
 # The fields every member needs: name, mode+uid+gid (as one key for a cache), size, mtime,
 # chksum, typeflag.  The rarely needed linkname (157), magic (257), devmajor/devminor (329,
@@ -61,6 +89,10 @@ for _flag, _code in (
     _TYPE_CODES[_flag[0]] = _code[0]
 del _flag, _code
 _F, _H, _L, _D = b"fhld"
+_TYPE_WORDS = {
+    _F: "regular file", _H: "hard link", _L: "symlink", _D: "directory",
+    ord("c"): "character device", ord("b"): "block device", ord("p"): "FIFO",
+}  # fmt: skip
 _LINKS = frozenset(b"hl")
 _DEVICES = frozenset(b"cb")
 _AREGTYPE = 0
@@ -68,12 +100,19 @@ _GNU_LONGNAME = ord("L")
 _GNU_LONGLINK = ord("K")
 _PAX_LOCAL = frozenset(b"xX")  # 'X' is the old Solaris spelling of 'x'
 _PAX_GLOBAL = ord("g")
+_EXT_TYPES = frozenset(b"xXgLK")
+# Types refused with a word on what they are, so the user knows what the layer holds.
+_UNSUPPORTED = {
+    ord("S"): "GNU sparse file",
+    ord("M"): "GNU multi-volume continuation",
+    ord("V"): "GNU volume label",
+    ord("D"): "GNU dump directory",
+    ord("N"): "old GNU long name",
+}
 
 _U32_MAX = 0xFFFFFFFF
-_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _XATTR_PREFIX = b"SCHILY.xattr."
 _SPARSE_PREFIX = b"GNU.sparse."
-_VENDOR_PREFIXES = (_XATTR_PREFIX, _SPARSE_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +130,8 @@ class IndexEntry:
     devmajor: int
     devminor: int
     offset: int
-    xattrs: dict[str, bytes] = field(hash=False)
+    # A read-only mapping shared between entries when it comes from global PAX headers.
+    xattrs: Mapping[str, bytes] = field(hash=False)
     # The file the data is in at `offset`: the tar itself, or for a merged image one layer's.
     src: str = field(default="", compare=False)
 
@@ -132,13 +172,26 @@ def _pax_int(key: bytes, value: bytes) -> int:
     return int(value)
 
 
+def _time_ns(seconds: int) -> int:
+    """Nanoseconds for a header's whole seconds, clamped to int64 (see _CLAMP_NS)."""
+    if not -_MAX_TIME_S <= seconds <= _MAX_TIME_S:
+        raise _Corrupt("mtime out of range")
+    ns = seconds * 1_000_000_000
+    if -_CLAMP_NS <= ns <= _CLAMP_NS:
+        return ns
+    return _CLAMP_NS if ns > 0 else -_CLAMP_NS
+
+
 def _pax_time_ns(value: bytes) -> int:
     """Exact nanoseconds from a PAX time such as b'1600000000.123456789' (no float rounding)."""
     neg = value[:1] == b"-"
     whole, dot, frac = (value[1:] if neg else value).partition(b".")
     if not whole.isdigit() or (dot and frac and not frac.isdigit()) or len(whole) > 30:
         raise _Corrupt(f"malformed PAX mtime {value[:40]!r}")
-    ns = int(whole) * 1_000_000_000 + int((frac[:9] or b"0").ljust(9, b"0"))
+    seconds = int(whole)
+    ns = seconds * 1_000_000_000 + int((frac[:9] or b"0").ljust(9, b"0"))
+    if ns > _CLAMP_NS:
+        return -_time_ns(-seconds) if neg else _time_ns(seconds)
     return -ns if neg else ns
 
 
@@ -170,16 +223,112 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
     return records
 
 
-def _merge_pax(into: dict[bytes, bytes], records: dict[bytes, bytes]) -> None:
-    """Apply a global header's records: an empty value deletes the keyword (POSIX).
+# Keywords that override header fields; a global header's others (comment, ...) are not kept.
+_PAX_FIELDS = frozenset([b"path", b"linkpath", b"size", b"uid", b"gid", b"mtime"])
 
-    An empty extended attribute is a real value though (Go's archive/tar writes them).
-    """
+
+def _xattrs_of(records: dict[bytes, bytes]) -> dict[str, bytes]:
+    """The SCHILY.xattr.* records of one PAX header, each checked against the Linux limits."""
+    attrs: dict[str, bytes] = {}
     for key, value in records.items():
-        if value or key.startswith(_XATTR_PREFIX):
-            into[key] = value
-        else:
-            into.pop(key, None)
+        if key.startswith(_XATTR_PREFIX):
+            attr = key[len(_XATTR_PREFIX) :]
+            if not attr:
+                raise _Corrupt("malformed PAX record (empty xattr name)")
+            if b"\x00" in attr:
+                raise _Corrupt(f"NUL byte in xattr name {attr[:100]!r}")
+            if len(attr) > _MAX_XATTR_NAME:
+                raise _Corrupt(f"xattr name of {len(attr)} bytes (limit {_MAX_XATTR_NAME})")
+            if len(value) > _MAX_XATTR_VALUE:
+                raise _Corrupt(
+                    f"xattr {attr[:100]!r} value of {len(value)} bytes (limit {_MAX_XATTR_VALUE})"
+                )
+            attrs[attr.decode("utf-8", "surrogateescape")] = value
+    return attrs
+
+
+def _attr_len(name: str) -> int:
+    return len(name.encode("utf-8", "surrogateescape"))
+
+
+def _check_xattr_totals(names_len: int, values_len: int) -> None:
+    if names_len > _MAX_XATTR_LIST:
+        raise _Corrupt(f"xattr names of {names_len} bytes for one member (limit {_MAX_XATTR_LIST})")
+    if values_len > _MAX_XATTR_BYTES:
+        raise _Corrupt(
+            f"xattr values of {values_len} bytes for one member (limit {_MAX_XATTR_BYTES})"
+        )
+
+
+class _Globals:
+    """What the global PAX headers seen so far say about every following member.
+
+    Like GNU tar and tarfile (Go and libarchive ignore them), their keywords apply to each
+    later member unless its own header overrides them; an empty value deletes one (POSIX).
+    The xattrs are one dict shared by all the members they apply to, never copied into each.
+    """
+
+    __slots__ = ("fields", "xattrs", "xattr_id", "names_len", "values_len", "budget")
+
+    def __init__(self, file_size: int) -> None:
+        self.fields: dict[bytes, bytes] = {}
+        self.xattrs: dict[str, bytes] = {}
+        self.xattr_id = -1  # index of self.xattrs in the scan's xattr sets once a member uses it
+        self.names_len = 0
+        self.values_len = 0
+        self.budget = _XATTR_COPY_BUDGET_BASE + file_size // 512
+
+    def update(self, records: dict[bytes, bytes]) -> None:
+        """Apply one global header's records."""
+        fields = self.fields
+        for key, value in records.items():
+            if key in _PAX_FIELDS or key.startswith(_SPARSE_PREFIX):
+                if value:
+                    fields[key] = value
+                else:
+                    fields.pop(key, None)
+        attrs = _xattrs_of(records)
+        if not attrs:
+            return
+        if self.xattr_id >= 0:
+            # Members already share the current set: change a copy, paid from the budget.
+            self.budget -= len(self.xattrs)
+            if self.budget < 0:
+                raise _Corrupt("global PAX headers change xattrs too often")
+            self.xattrs = dict(self.xattrs)
+            self.xattr_id = -1
+        xattrs = self.xattrs
+        for attr, value in attrs.items():
+            # An empty xattr is a real value, not a deletion (Go's archive/tar writes them).
+            old = xattrs.get(attr)
+            if old is None:
+                self.names_len += _attr_len(attr) + 1
+            else:
+                self.values_len -= len(old)
+            self.values_len += len(value)
+            xattrs[attr] = value
+        _check_xattr_totals(self.names_len, self.values_len)
+
+    def check_member(self, local: dict[str, bytes]) -> None:
+        """Refuse a member whose own xattrs and the global ones together pass the limits."""
+        names_len, values_len = self.names_len, self.values_len
+        shared = self.xattrs
+        for attr, value in local.items():
+            old = shared.get(attr)
+            if old is None:
+                names_len += _attr_len(attr) + 1
+            else:
+                values_len -= len(old)
+            values_len += len(value)
+        _check_xattr_totals(names_len, values_len)
+
+
+def _check_name(name: bytes, what: str) -> None:
+    """Refuse a normalised name the kernel could not create (see _MAX_NAME)."""
+    if len(name) > _MAX_NAME:
+        raise _Corrupt(f"{what} of {len(name)} bytes (limit {_MAX_NAME}) {name[:100]!r}...")
+    if len(name) > _MAX_COMPONENT and max(map(len, name.split(b"/"))) > _MAX_COMPONENT:
+        raise _Corrupt(f"{what} with a component over {_MAX_COMPONENT} bytes {name[:100]!r}...")
 
 
 def _normalize(name: bytes, what: str = "name") -> bytes:
@@ -199,10 +348,13 @@ def _normalize(name: bytes, what: str = "name") -> bytes:
 # The scanner
 
 
+_XattrRef = tuple[int, "dict[str, bytes] | None"]
+
+
 class _Columns:
     """What one scan produces, before it becomes a TarIndex."""
 
-    __slots__ = ("types", "nums", "names", "links", "devices", "xattrs")
+    __slots__ = ("types", "nums", "names", "links", "devices", "xattrs", "xattr_sets")
 
     def __init__(self) -> None:
         self.types = bytearray()
@@ -213,7 +365,9 @@ class _Columns:
         # Link names and device numbers are rare: kept sparse while scanning.
         self.links: dict[int, bytes] = {}
         self.devices: dict[int, tuple[int, int]] = {}
-        self.xattrs: dict[int, dict[str, bytes]] = {}
+        # Member -> (index in xattr_sets of the global xattrs it shares or -1, its own or None).
+        self.xattrs: dict[int, _XattrRef] = {}
+        self.xattr_sets: list[dict[str, bytes]] = []
 
 
 def _owner_fields(fld: bytes) -> tuple[int, int, int]:
@@ -265,7 +419,9 @@ def _scan(fd: int, file_size: int, progress: Callable[[int], None] | None) -> _C
     pos = 0
     count = 0
     next_report = _PROGRESS_STEP
-    global_pax: dict[bytes, bytes] = {}
+    glob = _Globals(file_size)
+    glob_active = False  # any global records in force: the rare path for every member
+    xattr_sets = cols.xattr_sets
     pend_pax: dict[bytes, bytes] | None = None
     pend_name: bytes | None = None
     pend_link: bytes | None = None
@@ -315,24 +471,31 @@ def _scan(fd: int, file_size: int, progress: Callable[[int], None] | None) -> _C
             code = type_codes[flag]
             data_pos = pos + 512
             if not code:
+                if flag not in _EXT_TYPES:
+                    # Checked before any payload is read: the type is the problem, not a size.
+                    what = _UNSUPPORTED.get(flag, "unknown")
+                    shown = _shown_name(name, blk, pend_name, pend_pax, glob.fields)
+                    raise _Corrupt(
+                        f"unsupported entry type {chr(flag)!r} ({what}) for member {shown!r}"
+                    )
                 size = _num(f_size, "size")
-                data = _read_ext(fd, file_size, buf, buf_start, data_pos, size)
+                data = _read_ext(fd, file_size, buf, buf_start, data_pos, size, flag)
                 if flag == _PAX_GLOBAL:
-                    _merge_pax(global_pax, _parse_pax(data))
+                    glob.update(_parse_pax(data))
+                    glob_active = bool(glob.fields or glob.xattrs)
                 elif flag in _PAX_LOCAL:
-                    if pend_pax is None:
-                        pend_pax = _parse_pax(data)
-                    else:
-                        pend_pax.update(_parse_pax(data))
+                    # Only the last of consecutive 'x' headers counts, as in GNU tar, bsdtar,
+                    # Go and tarfile.
+                    pend_pax = _parse_pax(data)
                 elif flag == _GNU_LONGNAME:
                     pend_name = data.split(b"\x00", 1)[0]
-                elif flag == _GNU_LONGLINK:
-                    pend_link = data.split(b"\x00", 1)[0]
                 else:
-                    raise _Corrupt(f"unsupported entry type {chr(flag)!r}")
+                    pend_link = data.split(b"\x00", 1)[0]
                 if pend_pos < 0 and flag != _PAX_GLOBAL:
                     pend_pos = pos
                 pos = data_pos + ((size + 511) & ~511)
+                if pos > file_size:
+                    raise _Corrupt("truncated file (extension header padding past end of file)")
                 continue
 
             name = name.partition(b"\x00")[0]
@@ -343,37 +506,49 @@ def _scan(fd: int, file_size: int, progress: Callable[[int], None] | None) -> _C
                 owner = _owner_fields(f_owner)
                 if len(owners) < _OWNER_CACHE_LIMIT:
                     owners[f_owner] = owner
+            # int() alone would take signs, '_', '0o' and whitespace: digits only here.
+            size_text = f_size.rstrip(b"\x00")
+            mtime_text = f_mtime.rstrip(b"\x00")
             try:
-                size = int(f_size.rstrip(b"\x00"), 8)
-                mtime_ns = int(f_mtime.rstrip(b"\x00"), 8) * 1_000_000_000
-                if size < 0 or mtime_ns < 0:
+                # (12 mtime digits can pass 2262: those take the clamping slow path.)
+                if not (size_text.isdigit() and mtime_text.isdigit()) or len(mtime_text) > 11:
                     raise ValueError
+                size = int(size_text, 8)
+                mtime_ns = int(mtime_text, 8) * 1_000_000_000
             except ValueError:
                 # Base-256, space padding, garbage: the careful parser sorts it out.
                 size = _num(f_size, "size")
-                mtime_ns = _num(f_mtime, "mtime") * 1_000_000_000
+                mtime_ns = _time_ns(_num(f_mtime, "mtime"))
 
             link = None
-            if pend_pos >= 0 or global_pax:
+            if pend_pos >= 0 or glob_active:
                 if pend_pos >= 0:
                     hdr_pos = pend_pos  # errors now concern the member as a whole
                 if pend_name is not None:
                     name = pend_name
                 link = pend_link if pend_link is not None else blk[157:257].partition(b"\x00")[0]
                 # Empty values stay in: to _apply_pax they mean "deleted, use the header".
+                gfields = glob.fields
                 if pend_pax is None:
-                    pax = global_pax
-                elif global_pax:
-                    pax = {**global_pax, **pend_pax}
+                    pax = gfields
+                elif gfields:
+                    pax = {**gfields, **pend_pax}  # gfields holds at most a dozen keywords
                 else:
                     pax = pend_pax
                 if pax:
-                    name, link, size, uid, gid, mtime_ns, attrs = _apply_pax(
+                    name, link, size, uid, gid, mtime_ns = _apply_pax(
                         pax, name, link, size, owner[1], owner[2], mtime_ns
                     )
                     owner = (owner[0], uid, gid)
-                    if attrs:
-                        xattrs[count] = attrs
+                local = _xattrs_of(pend_pax) if pend_pax else None
+                shared = glob.xattrs
+                if local or shared:
+                    if local:
+                        glob.check_member(local)
+                    if shared and glob.xattr_id < 0:
+                        xattr_sets.append(shared)
+                        glob.xattr_id = len(xattr_sets) - 1
+                    xattrs[count] = (glob.xattr_id if shared else -1, local or None)
                 pend_pax = pend_name = pend_link = None
                 pend_pos = -1
 
@@ -385,9 +560,11 @@ def _scan(fd: int, file_size: int, progress: Callable[[int], None] | None) -> _C
                 else:
                     if size < 0:
                         raise _Corrupt("negative size")
-                    if data_pos + size > file_size:
-                        raise _Corrupt("truncated file (member data past end of file)")
                     next_pos = data_pos + ((size + 511) & ~511)
+                    # A cut inside the padding loses no data of this member but hides every
+                    # later one: an error too, as in GNU tar.
+                    if next_pos > file_size:
+                        raise _Corrupt("truncated file (member data past end of file)")
             else:
                 # Links, directories, devices and FIFOs never carry data (as tarfile and Go's
                 # archive/tar read them), whatever their size field says.
@@ -406,9 +583,14 @@ def _scan(fd: int, file_size: int, progress: Callable[[int], None] | None) -> _C
             ):
                 name = _normalize(name)
                 if not name:
+                    if code != _D:
+                        # Never dropped in silence: it would take its data and name with it.
+                        raise _Corrupt(f"{_TYPE_WORDS[code]} with an empty name")
                     pos = next_pos  # the archive root './' itself is not a member
                     xattrs.pop(count, None)
                     continue
+            if len(name) > _MAX_COMPONENT:
+                _check_name(name, "name")
             if code != reg_code:
                 if code in link_codes:
                     if link is None:
@@ -417,6 +599,9 @@ def _scan(fd: int, file_size: int, progress: Callable[[int], None] | None) -> _C
                         link = _normalize(link, "hard link target")
                         if not link:
                             raise _Corrupt("hard link with an empty target")
+                        _check_name(link, "hard link target")
+                    elif len(link) > _MAX_LINK:
+                        raise _Corrupt(f"symlink target of {len(link)} bytes (limit {_MAX_LINK})")
                     if link:
                         links[count] = link
                 elif code in device_codes:
@@ -443,13 +628,16 @@ def _scan(fd: int, file_size: int, progress: Callable[[int], None] | None) -> _C
 
 
 def _read_ext(
-    fd: int, file_size: int, buf: bytes, buf_start: int, data_pos: int, size: int
+    fd: int, file_size: int, buf: bytes, buf_start: int, data_pos: int, size: int, flag: int
 ) -> bytes:
     """Return the data of a GNU long name/link or PAX header, from *buf* if it holds it."""
     if size < 0:
         raise _Corrupt("negative size")
     if size > _MAX_EXT_HEADER:
-        raise _Corrupt(f"extension header of {size} bytes is too large")
+        raise _Corrupt(
+            f"extension header {chr(flag)!r} of {size} bytes is too large"
+            f" (limit {_MAX_EXT_HEADER})"
+        )
     if data_pos + size > file_size:
         raise _Corrupt("truncated file (extension header data past end of file)")
     rel = data_pos - buf_start
@@ -509,18 +697,34 @@ def _apply_pax(
         mtime_ns = _pax_time_ns(value)
     if uid > _U32_MAX or gid > _U32_MAX:
         raise _Corrupt("uid/gid out of range")
-    if not _I64_MIN <= mtime_ns <= _I64_MAX:
-        raise _Corrupt("mtime out of range")
-    attrs: dict[str, bytes] = {}
-    for key, value in pax.items():
-        if key.startswith(_VENDOR_PREFIXES):
-            if key.startswith(_SPARSE_PREFIX):
-                raise _Corrupt("unsupported GNU sparse member")
-            attr = key[len(_XATTR_PREFIX) :]
-            if not attr:
-                raise _Corrupt("malformed PAX record (empty xattr name)")
-            attrs[attr.decode("utf-8", "surrogateescape")] = value
-    return name, link, size, uid, gid, mtime_ns, attrs
+    for key in pax:
+        if key.startswith(_SPARSE_PREFIX):
+            shown = get(b"GNU.sparse.name") or name
+            raise _Corrupt(
+                f"unsupported GNU sparse member {shown[:200]!r}"
+                f" (PAX {key.decode('ascii', 'replace')})"
+            )
+    return name, link, size, uid, gid, mtime_ns
+
+
+def _shown_name(
+    name: bytes,
+    blk: bytes,
+    pend_name: bytes | None,
+    pend_pax: dict[bytes, bytes] | None,
+    gfields: dict[bytes, bytes],
+) -> bytes:
+    """The name a member would have had, for an error message about it."""
+    if pend_pax and pend_pax.get(b"path"):
+        return pend_pax[b"path"][:200]
+    if pend_name is not None:
+        return pend_name[:200]
+    if gfields.get(b"path"):
+        return gfields[b"path"][:200]
+    name = name.partition(b"\x00")[0]
+    if blk[345] and blk[257:263] == _USTAR_MAGIC:
+        name = blk[345:500].partition(b"\x00")[0] + b"/" + name
+    return name[:200]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,44 +758,67 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def _encode_xattrs(xattrs: dict[int, dict[str, bytes]]) -> bytes:
-    out = [struct.pack("<I", len(xattrs))]
-    for i, attrs in sorted(xattrs.items()):
-        out.append(struct.pack("<QI", i, len(attrs)))
-        for key, value in attrs.items():
-            kb = key.encode("utf-8", "surrogateescape")
-            out.append(struct.pack("<I", len(kb)))
-            out.append(kb)
-            out.append(struct.pack("<I", len(value)))
-            out.append(value)
+def _encode_attrs(out: list[bytes], attrs: Mapping[str, bytes]) -> None:
+    out.append(struct.pack("<I", len(attrs)))
+    for key, value in attrs.items():
+        kb = key.encode("utf-8", "surrogateescape")
+        out.append(struct.pack("<I", len(kb)))
+        out.append(kb)
+        out.append(struct.pack("<I", len(value)))
+        out.append(value)
+
+
+def _encode_xattrs(sets: list[Mapping[str, bytes]], xattrs: dict[int, _XattrRef]) -> bytes:
+    """The shared sets once each, then per member: its set (-1: none) and its own xattrs."""
+    out = [struct.pack("<I", len(sets))]
+    for attrs in sets:
+        _encode_attrs(out, attrs)
+    out.append(struct.pack("<I", len(xattrs)))
+    for i, (set_id, local) in sorted(xattrs.items()):
+        out.append(struct.pack("<Qq", i, set_id))
+        _encode_attrs(out, local or {})
     return b"".join(out)
 
 
-def _decode_xattrs(data: bytes, n: int) -> dict[int, dict[str, bytes]]:
+def _decode_attrs(data: bytes, pos: int) -> tuple[dict[str, bytes], int]:
+    attrs: dict[str, bytes] = {}
+    (nattrs,) = struct.unpack_from("<I", data, pos)
+    pos += 4
+    for _ in range(nattrs):
+        (klen,) = struct.unpack_from("<I", data, pos)
+        key = data[pos + 4 : pos + 4 + klen]
+        pos += 4 + klen
+        (vlen,) = struct.unpack_from("<I", data, pos)
+        value = data[pos + 4 : pos + 4 + vlen]
+        pos += 4 + vlen
+        if len(key) != klen or len(value) != vlen:
+            raise ValueError("truncated xattrs")
+        attrs[key.decode("utf-8", "surrogateescape")] = value
+    return attrs, pos
+
+
+def _decode_xattrs(
+    data: bytes, n: int
+) -> tuple[list[Mapping[str, bytes]], dict[int, _XattrRef]]:
     """Inverse of _encode_xattrs; raises ValueError/struct.error on malformed input."""
-    result: dict[int, dict[str, bytes]] = {}
-    (count,) = struct.unpack_from("<I", data, 0)
+    (nsets,) = struct.unpack_from("<I", data, 0)
     pos = 4
+    sets: list[Mapping[str, bytes]] = []
+    for _ in range(nsets):
+        attrs, pos = _decode_attrs(data, pos)
+        sets.append(MappingProxyType(attrs))
+    (count,) = struct.unpack_from("<I", data, pos)
+    pos += 4
+    result: dict[int, _XattrRef] = {}
     for _ in range(count):
-        i, nattrs = struct.unpack_from("<QI", data, pos)
-        pos += 12
-        if i >= n:
-            raise ValueError("xattr index out of range")
-        attrs: dict[str, bytes] = {}
-        for _ in range(nattrs):
-            (klen,) = struct.unpack_from("<I", data, pos)
-            key = data[pos + 4 : pos + 4 + klen]
-            pos += 4 + klen
-            (vlen,) = struct.unpack_from("<I", data, pos)
-            value = data[pos + 4 : pos + 4 + vlen]
-            pos += 4 + vlen
-            if len(key) != klen or len(value) != vlen:
-                raise ValueError("truncated xattrs")
-            attrs[key.decode("utf-8", "surrogateescape")] = value
-        result[i] = attrs
+        i, set_id = struct.unpack_from("<Qq", data, pos)
+        attrs, pos = _decode_attrs(data, pos + 16)
+        if i >= n or not -1 <= set_id < nsets:
+            raise ValueError("xattr reference out of range")
+        result[i] = (set_id, attrs or None)
     if pos != len(data):
         raise ValueError("trailing bytes after xattrs")
-    return result
+    return sets, result
 
 
 class Columns(NamedTuple):
@@ -621,7 +848,7 @@ class TarIndex:
     __slots__ = (
         "tar_path", "_stat", "_types", "_modes", "_uids", "_gids", "_sizes", "_mtimes",
         "_offsets", "_devmajors", "_devminors", "_names", "_name_ends", "_links",
-        "_link_ends", "_xattrs", "_by_name",
+        "_link_ends", "_xattrs", "_xattr_sets", "_by_name",
     )  # fmt: skip
 
     tar_path: str
@@ -639,7 +866,8 @@ class TarIndex:
     _name_ends: array.array[int]
     _links: bytes
     _link_ends: array.array[int]
-    _xattrs: dict[int, dict[str, bytes]]
+    _xattrs: dict[int, _XattrRef]
+    _xattr_sets: list[Mapping[str, bytes]]  # read-only views, shared by the members using them
     _by_name: dict[bytes, int] | None
 
     def __init__(self, tar_path: str, stat_key: tuple[int, int, int]) -> None:
@@ -653,6 +881,7 @@ class TarIndex:
         self._names = b""
         self._links = b""
         self._xattrs = {}
+        self._xattr_sets = []
         self._by_name = None
 
     def columns(self) -> Columns:
@@ -676,7 +905,6 @@ class TarIndex:
             raise IndexError(f"tar index entry {i} out of range")
         ends = self._name_ends
         lends = self._link_ends
-        attrs = self._xattrs.get(i)
         return IndexEntry(
             name=self._names[ends[i - 1] if i else 0 : ends[i]],
             type=chr(self._types[i]),
@@ -689,13 +917,14 @@ class TarIndex:
             devmajor=self._devmajors[i],
             devminor=self._devminors[i],
             offset=self._offsets[i],
-            xattrs=dict(attrs) if attrs else {},
+            xattrs=self._member_xattrs(i),
             src=self.tar_path,
         )
 
     def __iter__(self) -> Iterator[IndexEntry]:
         """Yield every member in archive order."""
         names, links, xattrs, tar_path = self._names, self._links, self._xattrs, self.tar_path
+        member_xattrs = self._member_xattrs
         name_start = link_start = 0
         columns = zip(
             self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
@@ -705,7 +934,6 @@ class TarIndex:
         for i, (code, mode, uid, gid, size, mtime, n_end, l_end, major, minor, off) in enumerate(
             columns
         ):
-            attrs = xattrs.get(i) if xattrs else None
             yield IndexEntry(
                 names[name_start:n_end],
                 chr(code),
@@ -718,11 +946,22 @@ class TarIndex:
                 major,
                 minor,
                 off,
-                dict(attrs) if attrs else {},
+                member_xattrs(i) if xattrs else {},
                 tar_path,
             )
             name_start = n_end
             link_start = l_end
+
+    def _member_xattrs(self, i: int) -> Mapping[str, bytes]:
+        """Entry i's xattrs: a shared read-only view when they all come from global headers."""
+        ref = self._xattrs.get(i)
+        if ref is None:
+            return {}
+        set_id, local = ref
+        if set_id < 0:
+            return dict(local or {})
+        shared = self._xattr_sets[set_id]
+        return {**shared, **local} if local else shared
 
     def data_path(self, i: int) -> str:
         """The file holding entry i's data (at its offset): here always the tar itself."""
@@ -790,6 +1029,7 @@ class TarIndex:
         self._links = b"".join(cols.links.values())
         self._link_ends = array.array("q", accumulate(link_lengths))
         self._xattrs = cols.xattrs
+        self._xattr_sets = [MappingProxyType(attrs) for attrs in cols.xattr_sets]
         return self
 
     def save(self, index_path: str) -> None:
@@ -801,7 +1041,7 @@ class TarIndex:
             itemsize = 1 if typecode == "s" else value.itemsize
             sections.append(_Section.pack(typecode.encode(), itemsize, len(data)))
             sections.append(data)
-        xdata = _encode_xattrs(self._xattrs)
+        xdata = _encode_xattrs(self._xattr_sets, self._xattrs)
         sections.append(_Section.pack(b"x", 1, len(xdata)))
         sections.append(xdata)
         payload = b"".join(sections)
@@ -886,7 +1126,7 @@ class TarIndex:
             if tc != typecode.encode() or len(chunk) != nbytes:
                 return None
             if typecode == "x":
-                self._xattrs = _decode_xattrs(bytes(chunk), n)
+                self._xattr_sets, self._xattrs = _decode_xattrs(bytes(chunk), n)
             elif typecode == "s":
                 setattr(self, attr, bytes(chunk))
             else:
