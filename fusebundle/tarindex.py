@@ -72,7 +72,8 @@ _XATTR_COPY_BUDGET_BASE = _MAX_XATTR_LIST
 # times as whole seconds; those are clamped to the largest whole second that fits.  Seconds
 # beyond a 64-bit time_t are no time any system can hold: refused.
 _MAX_TIME_S = (1 << 63) - 1
-_CLAMP_NS = ((1 << 63) - 1) // 1_000_000_000 * 1_000_000_000
+_NS_MAX = (1 << 63) - 1
+_CLAMP_NS = _NS_MAX // 1_000_000_000 * 1_000_000_000
 
 # The fields every member needs: name, mode+uid+gid (as one key for a cache), size, mtime,
 # chksum, typeflag.  The rarely needed linkname (157), magic (257), devmajor/devminor (329,
@@ -190,8 +191,8 @@ def _pax_time_ns(value: bytes) -> int:
         raise _Corrupt(f"malformed PAX mtime {value[:40]!r}")
     seconds = int(whole)
     ns = seconds * 1_000_000_000 + int((frac[:9] or b"0").ljust(9, b"0"))
-    if ns > _CLAMP_NS:
-        return -_time_ns(-seconds) if neg else _time_ns(seconds)
+    if ns > _NS_MAX:
+        return _time_ns(-seconds if neg else seconds)
     return -ns if neg else ns
 
 

@@ -1,0 +1,475 @@
+"""Hostile and damaged archives, built byte by byte: the scanner refuses them in one line or
+reads them as the reference readers do, always in time and memory linear in the input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from test_tarindex import (
+    END,
+    b256,
+    check_against_tarfile,
+    gnu_long,
+    header,
+    member,
+    pad,
+    pax,
+    write,
+)
+
+from fusebundle.errors import CorruptTar
+from fusebundle.tarindex import TarIndex
+
+# The largest whole second of int64 nanoseconds, 2262-04-11T23:47:16Z.
+CLAMP_NS = 9_223_372_036 * 10**9
+
+
+def corrupt(path: str) -> str:
+    """Scan *path*, require CorruptTar, return its one-line message."""
+    with pytest.raises(CorruptTar) as info:
+        TarIndex.scan(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(path + ": ")
+    return message
+
+
+def names(path: str) -> list[bytes]:
+    return [e.name for e in TarIndex.scan(path)]
+
+
+def measured_scan(path: str) -> tuple[TarIndex, float, int]:
+    """Scan with tracemalloc on: (index, seconds, peak bytes allocated)."""
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        index = TarIndex.scan(path)
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return index, elapsed, peak
+
+
+def gnu_tar(args: list[str]) -> str:
+    """Output of the GNU tar binary, the reference reader for what tarfile gets wrong."""
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is not installed")
+    done = subprocess.run(["tar", *args], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def xattr_records(count: int, value: bytes = b"v", prefix: str = "k") -> list[tuple[bytes, bytes]]:
+    return [(f"SCHILY.xattr.user.{prefix}{i}".encode(), value) for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Global PAX records: shared, linear
+
+
+def test_issue_xattr_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    # The issue's archive: 10,000 global xattrs (110 KB of names) then 1,000 empty files.  No
+    # Linux file can hold that many names (XATTR_LIST_MAX): refused at the global header.
+    data = pax(xattr_records(10_000), b"g") + b"".join(member(b"f%d" % i) for i in range(1000))
+    path = write(tmp_path, data + END)
+    started = time.perf_counter()
+    message = corrupt(path)
+    assert time.perf_counter() - started < 2
+    assert "xattr names of" in message and "limit 65536" in message
+    assert message.endswith(" at offset 0")
+
+
+def test_global_xattrs_are_shared_not_copied(tmp_path: Path) -> None:
+    # 5,000 global xattrs (within the limits) apply to each of 1,000 following members.
+    data = pax(xattr_records(5_000), b"g") + b"".join(member(b"f%d" % i) for i in range(1000))
+    path = write(tmp_path, data + END)
+    size = os.path.getsize(path)
+    index, elapsed, peak = measured_scan(path)
+    assert len(index) == 1000
+    assert elapsed < 5
+    assert peak < 4 * size + (2 << 20), peak  # was 22.9 GB for the issue's version
+    first, last = index.entry(0), index.entry(999)
+    assert len(first.xattrs) == 5000 and first.xattrs["user.k4999"] == b"v"
+    assert first.xattrs is last.xattrs  # one set, shared by every member it applies to
+    index.save(path + ".idx")
+    assert os.path.getsize(path + ".idx") < size  # was 778 MB
+    loaded = TarIndex.load(path + ".idx", path)
+    assert loaded is not None and list(loaded) == list(index)
+    assert loaded.entry(0).xattrs is loaded.entry(500).xattrs
+
+
+def test_global_and_local_xattrs_merge_per_member(tmp_path: Path) -> None:
+    data = b"".join(
+        [
+            pax([(b"SCHILY.xattr.user.a", b"g1"), (b"SCHILY.xattr.user.b", b"g1")], b"g"),
+            member(b"one"),
+            pax([(b"SCHILY.xattr.user.b", b"local"), (b"SCHILY.xattr.user.c", b"")]),
+            member(b"two"),
+            pax([(b"SCHILY.xattr.user.a", b"g2")], b"g"),  # changes the set after use
+            member(b"three"),
+            member(b"four"),
+        ]
+    )
+    path = write(tmp_path, data + END)
+    index = check_against_tarfile(path)  # tarfile applies global records too
+    x = {e.name: dict(e.xattrs) for e in index}
+    assert x[b"one"] == {"user.a": b"g1", "user.b": b"g1"}
+    assert x[b"two"] == {"user.a": b"g1", "user.b": b"local", "user.c": b""}
+    assert x[b"three"] == x[b"four"] == {"user.a": b"g2", "user.b": b"g1"}
+    assert x[b"one"]["user.a"] == b"g1"  # the earlier member still sees the older set
+    index.save(path + ".idx")
+    loaded = TarIndex.load(path + ".idx", path)
+    assert loaded is not None and list(loaded) == list(index)
+
+
+def test_global_xattrs_changing_after_every_member_are_bounded(tmp_path: Path) -> None:
+    # Each global header after a member forces a copy of the shared set: 3,000 changes of a
+    # 4,000-xattr set would be 12 million copied entries.  The copy budget refuses it early.
+    parts = [pax(xattr_records(4_000), b"g")]
+    for i in range(3_000):
+        parts.append(member(b"f%d" % i))
+        parts.append(pax([(b"SCHILY.xattr.user.k0", b"%d" % i)], b"g"))
+    parts.append(member(b"last"))
+    path = write(tmp_path, b"".join(parts) + END)
+    started = time.perf_counter()
+    tracemalloc.start()
+    try:
+        message = corrupt(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "change xattrs too often" in message
+    assert time.perf_counter() - started < 10
+    assert peak < 4 * os.path.getsize(path) + (2 << 20)
+
+
+def test_global_non_xattr_records_cost_nothing_per_member(tmp_path: Path) -> None:
+    # A global header with many unknown keywords: only the few that override header fields
+    # are kept, so the members after it take the fast path's time.
+    records = [(b"comment%d" % i, b"x" * 50) for i in range(10_000)] + [(b"uid", b"42")]
+    data = pax(records, b"g") + b"".join(member(b"f%d" % i) for i in range(20_000))
+    path = write(tmp_path, data + END)
+    index, elapsed, _ = measured_scan(path)
+    assert len(index) == 20_000 and index.entry(19_999).uid == 42
+    assert elapsed < 10
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Consecutive 'x' headers: the last one counts
+
+
+def test_only_the_last_of_consecutive_pax_headers_counts(tmp_path: Path) -> None:
+    # The shape of Go's pax-multi-hdrs.tar: two 'x' headers before one member named "bar".
+    data = b"".join(
+        [
+            pax([(b"path", b"PAX1/PAX1/long-path-name"), (b"uid", b"77")]),
+            pax([(b"linkpath", b"PAX4/PAX4/long-linkpath-name")]),
+            header(b"bar", b"2", linkname=b"PAX3"),
+        ]
+    )
+    path = write(tmp_path, data + END)
+    (e,) = list(TarIndex.scan(path))
+    assert (e.name, e.linkname, e.uid) == (b"bar", b"PAX4/PAX4/long-linkpath-name", 0)
+    # GNU tar reads it so too (tarfile merges the two headers: it says PAX1/...).
+    listing = gnu_tar(["--numeric-owner", "-tvf", path])
+    assert " 0/0 " in listing and listing.rstrip().endswith(" bar -> PAX4/PAX4/long-linkpath-name")
+
+
+def test_last_gnu_long_name_counts(tmp_path: Path) -> None:
+    data = gnu_long(b"first/name") + gnu_long(b"second/name") + member(b"short", b"1")
+    path = write(tmp_path, data + END)
+    assert names(path) == [b"second/name"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Where an archive may end
+
+
+SMALL = member(b"a", b"1") + member(b"b", b"x" * 600) + member(b"c", b"")
+HEADER_STARTS = {0: 0, 1024: 1, 2560: 2, 3072: 3}  # offset of a header -> members before it
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [END, bytes(512), b"", bytes(100), END + bytes(10240 - 1024)],
+    ids=["two-zero-blocks (docker export)", "one-zero-block", "none", "short-zeros", "padded"],
+)
+def test_accepted_ends(tmp_path: Path, tail: bytes) -> None:
+    # GNU tar 1.34 and Go's archive/tar accept all of these (GNU tar warns about a lone zero
+    # block); the records are complete in each.
+    assert names(write(tmp_path, SMALL + tail)) == [b"a", b"b", b"c"]
+
+
+@pytest.mark.parametrize("cut", [512 + 1, 512 + 100, 1024 + 512 + 600, 1024 + 512 + 1000])
+def test_cut_inside_data_or_padding_is_an_error(tmp_path: Path, cut: int) -> None:
+    message = corrupt(write(tmp_path, SMALL[:cut]))
+    assert "truncated" in message
+
+
+def test_cut_inside_extension_padding_is_an_error(tmp_path: Path) -> None:
+    ext = pax([(b"path", b"p" * 100)])
+    message = corrupt(write(tmp_path, ext[: 512 + 200]))
+    assert "truncated" in message
+
+
+def test_every_cut_is_refused_or_a_header_boundary(tmp_path: Path) -> None:
+    # Each prefix of the archive: only a cut exactly at a header (nothing there to tell it
+    # from an archive without end marker, which GNU tar and Go accept) or inside the end
+    # marker may be accepted, and then with exactly the members before the cut.
+    full = SMALL + END
+    path = tmp_path / "cut.tar"
+    for cut in range(len(full)):
+        path.write_bytes(full[:cut])
+        try:
+            got = names(str(path))
+        except CorruptTar:
+            assert cut not in HEADER_STARTS and cut < len(SMALL), cut
+            continue
+        if cut >= len(SMALL):
+            assert got == [b"a", b"b", b"c"], cut
+        else:
+            assert cut in HEADER_STARTS, cut
+            assert got == [b"a", b"b", b"c"][: HEADER_STARTS[cut]]
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. size and mtime: octal digits only
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"+0000000001\x00",
+        b"0000000_001\x00",
+        b"0o000000001\x00",
+        b"00000 00001\x00",
+        b"0000\t01\x00",
+    ],
+    ids=["plus", "underscore", "0o", "space-inside", "tab"],
+)
+@pytest.mark.parametrize("where", [124, 136], ids=["size", "mtime"])
+def test_non_octal_size_and_mtime_are_refused(tmp_path: Path, raw: bytes, where: int) -> None:
+    what = "size" if where == 124 else "mtime"
+    data = member(b"a", fields={where: raw}) + pad(b"1") + END
+    assert f"bad {what} field" in corrupt(write(tmp_path, data))
+
+
+def test_space_padded_octal_is_still_read(tmp_path: Path) -> None:
+    # Leading spaces and a space or NUL terminator are what old tars write: accepted.
+    data = member(b"a", fields={124: b"          1 ", 136: b" 1234567\x00   "}) + pad(b"1")
+    (e,) = list(TarIndex.scan(write(tmp_path, data + END)))
+    assert (e.size, e.mtime_ns) == (1, 0o1234567 * 10**9)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. NUL in an xattr name
+
+
+@pytest.mark.parametrize("typeflag", [b"x", b"g"])
+def test_nul_in_xattr_name_is_refused(tmp_path: Path, typeflag: bytes) -> None:
+    data = pax([(b"SCHILY.xattr.user.a\x00user.b", b"v")], typeflag) + member(b"f")
+    assert "NUL byte in xattr name" in corrupt(write(tmp_path, data + END))
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Names that normalise to nothing
+
+
+def test_empty_long_name_does_not_swallow_a_member(tmp_path: Path) -> None:
+    data = member(b"before", b"0") + gnu_long(b"") + member(b"a.txt", b"data") + END
+    message = corrupt(write(tmp_path, data))
+    assert "regular file with an empty name" in message
+    assert message.endswith(f" at offset {512 * 2}")  # where the long name header starts
+
+
+@pytest.mark.parametrize(
+    ("name", "typeflag", "word"),
+    [(b"/", b"0", "regular file"), (b".", b"2", "symlink"), (b"./", b"1", "hard link")],
+)
+def test_nameless_non_directories_are_refused(
+    tmp_path: Path, name: bytes, typeflag: bytes, word: str
+) -> None:
+    data = header(name, typeflag, linkname=b"target") + END
+    assert f"{word} with an empty name" in corrupt(write(tmp_path, data))
+
+
+def test_root_directory_entries_are_skipped(tmp_path: Path) -> None:
+    data = member(b"./", typeflag=b"5") + member(b"/", typeflag=b"5") + member(b"a", b"1")
+    assert names(write(tmp_path, data + END)) == [b"a"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Unsupported types are named before their payload is read
+
+
+@pytest.mark.parametrize(
+    ("typeflag", "words"),
+    [(b"S", "'S' (GNU sparse file)"), (b"M", "'M' (GNU multi-volume continuation)")],
+)
+def test_unsupported_big_member_names_its_type(
+    tmp_path: Path, typeflag: bytes, words: str
+) -> None:
+    data = header(b"dir/big.img", typeflag, size=100 << 20) + bytes(1024)
+    message = corrupt(write(tmp_path, data))
+    assert f"unsupported entry type {words} for member b'dir/big.img'" in message
+    assert "too large" not in message
+
+
+def test_unsupported_type_is_named_with_its_long_name(tmp_path: Path) -> None:
+    data = gnu_long(b"very/long/" * 20 + b"sparse") + header(b"short", b"S", size=5) + END
+    assert b"very/long/" in corrupt(write(tmp_path, data)).encode()
+
+
+def test_pax_sparse_member_names_the_member(tmp_path: Path) -> None:
+    records = [
+        (b"GNU.sparse.major", b"1"),
+        (b"GNU.sparse.minor", b"0"),
+        (b"GNU.sparse.name", b"var/lib/sparse.img"),
+        (b"GNU.sparse.realsize", b"5242880"),
+    ]
+    data = pax(records) + member(b"GNUSparseFile.0/sparse.img", b"x" * 512) + END
+    message = corrupt(write(tmp_path, data))
+    assert "unsupported GNU sparse member b'var/lib/sparse.img'" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Times after 2262
+
+
+@pytest.mark.parametrize(
+    ("fields", "records", "expected"),
+    [
+        ({136: b256(32_503_680_000, 12)}, [], CLAMP_NS),  # year 3000, base-256
+        ({136: b"777777777777"}, [], CLAMP_NS),  # 12 octal digits, no terminator: year 4147
+        ({}, [(b"mtime", b"32503680000.5")], CLAMP_NS),
+        ({}, [(b"mtime", b"-32503680000")], -CLAMP_NS),
+        ({136: b256(-32_503_680_000, 12)}, [], -CLAMP_NS),
+        ({}, [(b"mtime", b"9223372036.854775807")], 9_223_372_036_854_775_807),  # still fits
+        ({136: b"77777777777\x00"}, [], 0o77777777777 * 10**9),  # 2242: no clamp needed
+    ],
+    ids=["b256-3000", "octal12", "pax-3000", "pax-past", "b256-past", "pax-exact-max", "2242"],
+)
+def test_far_future_mtimes_are_clamped(
+    tmp_path: Path, fields: dict[int, bytes], records: list[tuple[bytes, bytes]], expected: int
+) -> None:
+    data = (pax(records) if records else b"") + member(b"t", fields=fields) + END
+    (e,) = list(TarIndex.scan(write(tmp_path, data)))
+    assert e.mtime_ns == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        member(b"t", fields={136: b256(1 << 63, 12)}),
+        pax([(b"mtime", b"9223372036854775808")]) + member(b"t"),
+    ],
+    ids=["b256", "pax"],
+)
+def test_times_beyond_64_bit_seconds_are_refused(tmp_path: Path, data: bytes) -> None:
+    assert "out of range" in corrupt(write(tmp_path, data + END))
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits
+
+
+def test_pax_header_limit_is_one_mib(tmp_path: Path) -> None:
+    def comment(total: int) -> bytes:
+        return pax([(b"comment", b"c" * (total - 20))])
+
+    ok = comment(1 << 20)
+    assert int(ok[124:135], 8) <= 1 << 20
+    assert names(write(tmp_path, ok + member(b"a") + END, "ok.tar")) == [b"a"]
+    big = comment((1 << 20) + 100)
+    message = corrupt(write(tmp_path, big + member(b"a") + END, "big.tar"))
+    assert "extension header 'x' of" in message and "limit 1048576" in message
+
+
+def test_gnu_long_name_over_the_limit(tmp_path: Path) -> None:
+    data = header(b"././@LongLink", b"L", size=(1 << 20) + 1) + bytes(1024)
+    assert "extension header 'L'" in corrupt(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (pax([(b"path", b"d/" * 2047 + b"f")]) + member(b"x"), None),  # 4095 bytes: fine
+        (pax([(b"path", b"d/" * 2048 + b"f")]) + member(b"x"), "name of 4097 bytes"),
+        (pax([(b"path", b"d/" + b"n" * 255)]) + member(b"x"), None),
+        (pax([(b"path", b"d/" + b"n" * 256)]) + member(b"x"), "component over 255"),
+        (gnu_long(b"a/" + b"n" * 300) + member(b"x"), "component over 255"),
+        (pax([(b"linkpath", b"t" * 4095)]) + header(b"s", b"2"), None),
+        (pax([(b"linkpath", b"t" * 4096)]) + header(b"s", b"2"), "symlink target of 4096"),
+        (member(b"f") + pax([(b"linkpath", b"x" * 256)]) + header(b"h", b"1"), "hard link"),
+    ],
+    ids=["name-4095", "name-4097", "comp-255", "comp-256", "longname-comp",
+         "symlink-4095", "symlink-4096", "hardlink-comp"],
+)  # fmt: skip
+def test_name_limits(tmp_path: Path, data: bytes, words: str | None) -> None:
+    path = write(tmp_path, data + END)
+    if words is None:
+        assert len(TarIndex.scan(path)) >= 1
+    else:
+        assert words in corrupt(path)
+
+
+@pytest.mark.parametrize(
+    ("records", "typeflag", "words"),
+    [
+        ([(b"SCHILY.xattr.user." + b"n" * 250, b"v")], b"x", None),  # 255-byte name
+        ([(b"SCHILY.xattr.user." + b"n" * 251, b"v")], b"x", "xattr name of 256 bytes"),
+        ([(b"SCHILY.xattr.user.v", b"v" * 65536)], b"x", None),
+        ([(b"SCHILY.xattr.user.v", b"v" * 65537)], b"x", "value of 65537 bytes"),
+        (xattr_records(7_000), b"x", "xattr names of"),  # 7,000 names of 8 to 11 bytes
+        ([(b"SCHILY.xattr.", b"v")], b"x", "empty xattr name"),
+    ],
+    ids=["name-255", "name-256", "value-64k", "value-64k+1", "list-64k", "empty-name"],
+)
+def test_xattr_limits(
+    tmp_path: Path, records: list[tuple[bytes, bytes]], typeflag: bytes, words: str | None
+) -> None:
+    path = write(tmp_path, pax(records, typeflag) + member(b"f") + END)
+    if words is None:
+        (e,) = list(TarIndex.scan(path))
+        assert len(e.xattrs) == len(records)
+    else:
+        assert words in corrupt(path)
+
+
+def test_xattr_bytes_per_member_count_global_and_local(tmp_path: Path) -> None:
+    # Two global headers of 10 x 60 KiB each, then a member with 1 local xattr: each header
+    # alone is under 1 MiB, but the member would carry 1.2 MB of xattr values.
+    big = b"v" * (60 << 10)
+    parts = [
+        pax(xattr_records(10, big, "a"), b"g"),
+        member(b"fine"),  # 600 KiB so far: accepted
+        pax(xattr_records(10, big, "b"), b"g"),
+        member(b"too-much"),
+    ]
+    message = corrupt(write(tmp_path, b"".join(parts) + END))
+    assert "xattr values of" in message and "limit 1048576" in message
+
+
+def test_local_xattrs_on_top_of_global_ones_are_counted(tmp_path: Path) -> None:
+    big = b"v" * (60 << 10)
+    parts = [
+        pax(xattr_records(9, big, "a"), b"g"),
+        pax(xattr_records(9, big, "b")),  # 540 KiB + 540 KiB in one member
+        member(b"f"),
+    ]
+    assert "xattr values of" in corrupt(write(tmp_path, b"".join(parts) + END))
+
+
+def test_tarfile_agrees_on_what_is_accepted(tmp_path: Path) -> None:
+    # A sanity check of the builders above against the reference reader.
+    data = pax([(b"path", b"d/" + b"n" * 255), (b"SCHILY.xattr.user.n", b"v")]) + member(b"x")
+    path = write(tmp_path, data + END)
+    check_against_tarfile(path)
+    with tarfile.open(path) as tf:
+        assert tf.getnames() == ["d/" + "n" * 255]
