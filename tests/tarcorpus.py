@@ -178,3 +178,22 @@ def mutations(data: bytes, rng: random.Random, count: int) -> Iterator[tuple[str
                 pos = min(len(buf) - 1, off + rng.randrange(64))
                 buf[pos] = rng.choice(b"0123456789 =\n\x00/.x")
             yield f"payload@{off}", bytes(buf)
+
+
+def repeated_extensions(data: bytes) -> bool:
+    """True if some member has two long names, long links or PAX headers before it.
+
+    GNU tar, bsdtar, Go and the index use the last of each; tarfile's nesting makes the first
+    long name win, so tarfile is no reference for such archives.
+    """
+    seen: set[int] = set()
+    for off in _headers(data):
+        kind = data[off + 156]
+        kind = ord("x") if kind == ord("X") else kind
+        if kind in b"LKx":
+            if kind in seen:
+                return True
+            seen.add(kind)
+        else:
+            seen.clear()
+    return False

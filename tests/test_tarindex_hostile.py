@@ -579,6 +579,8 @@ def judge(path: str, measure_memory: bool) -> str:
     got = list(index)
     if not got and not Path(path).read_bytes().strip(b"\x00"):
         return "ok"  # empty, or only an end marker: tarfile calls a short one "empty file"
+    if tarcorpus.repeated_extensions(Path(path).read_bytes()):
+        return "ok"  # tarfile is no reference here (see repeated_extensions); no crash was all
     view = tarfile_view(path)
     assert view is not None, "accepted an archive tarfile cannot read"
     read_path, expected = view
