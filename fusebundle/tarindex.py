@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -29,12 +30,15 @@ from typing import NamedTuple
 
 from fusebundle.errors import CorruptTar
 
-__all__ = ["Columns", "IndexEntry", "TarIndex", "open_index", "FORMAT_MAGIC", "FORMAT_VERSION"]
+__all__ = [
+    "Columns", "IndexEntry", "TarIndex", "open_index", "read_sparse", "FORMAT_MAGIC",
+    "FORMAT_VERSION",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 FORMAT_MAGIC = b"FBIDX"
-FORMAT_VERSION = 2  # 2: xattrs from global PAX headers are stored once, shared
+FORMAT_VERSION = 2  # 2: shared xattr sets of global PAX headers; GNU sparse maps
 
 _ZERO_BLOCK = bytes(512)
 # Reads start small after a jump over a big member (its data would be skipped anyway) and
@@ -114,6 +118,9 @@ _UNSUPPORTED = {
 _U32_MAX = 0xFFFFFFFF
 _XATTR_PREFIX = b"SCHILY.xattr."
 _SPARSE_PREFIX = b"GNU.sparse."
+_SPARSE_0_0 = frozenset([b"GNU.sparse.offset", b"GNU.sparse.numbytes"])
+_GNU_SPARSE = ord("S")
+_SPARSE_CARRIERS = frozenset(b"0\x007")  # the regular-file types a PAX sparse map may ride on
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +206,7 @@ def _pax_time_ns(value: bytes) -> int:
 def _parse_pax(data: bytes) -> dict[bytes, bytes]:
     """Split PAX records ``b"%d %s=%s\\n"``; values are raw bytes (xattrs may be binary)."""
     records: dict[bytes, bytes] = {}
+    sparse_0_0: list[bytes] = []
     pos, end = 0, len(data)
     while pos < end:
         if data[pos] == 0:
@@ -219,8 +227,17 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
         key, eq, value = data[sp + 1 : rec_end - 1].partition(b"=")
         if not eq or not key:
             raise _Corrupt("malformed PAX record (no key=value)")
-        records[key] = value
+        if key in _SPARSE_0_0:
+            # Format 0.0 repeats these two keywords, once per fragment, in order: kept as
+            # the comma-separated map of format 0.1 (as Go's reader does).
+            if b"," in value:
+                raise _Corrupt("malformed PAX GNU sparse record")
+            sparse_0_0.append(value)
+        else:
+            records[key] = value
         pos = rec_end
+    if sparse_0_0:
+        records[b"GNU.sparse.map"] = b",".join(sparse_0_0)
     return records
 
 
@@ -346,6 +363,151 @@ def _normalize(name: bytes, what: str = "name") -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------
+# GNU sparse members: the stored fragments, one after another, and where they go
+
+
+def _fragments(numbers: list[int], real_size: int, stored: int) -> array.array[int]:
+    """Check a map of (offset, length) pairs as Go's reader does, drop empty fragments.
+
+    Fragments must be in order, not overlap, end within the real size and together hold
+    exactly the bytes stored in the archive.
+    """
+    if not 0 <= real_size <= _NS_MAX:
+        raise _Corrupt(f"GNU sparse real size {real_size} out of range")
+    out = array.array("q")
+    end = total = 0
+    for k in range(0, len(numbers) - 1, 2):
+        offset, length = numbers[k], numbers[k + 1]
+        if offset < end or length < 0 or offset + length > real_size:
+            raise _Corrupt("GNU sparse map out of order, overlapping or past the real size")
+        end = offset + length
+        total += length
+        if length:
+            out.append(offset)
+            out.append(length)
+    if total != stored:
+        raise _Corrupt(f"GNU sparse map holds {total} bytes, the member {stored}")
+    return out
+
+
+def _old_gnu_map(fd: int, blk: bytes, data_pos: int) -> tuple[list[int], int, int]:
+    """(map numbers, real size, data start) of an old GNU 'S' header and its extension blocks."""
+    numbers: list[int] = []
+
+    def take(area: bytes, count: int) -> None:
+        for k in range(0, 24 * count, 24):
+            if area[k] == 0:
+                return  # an empty offset ends the list (as in GNU tar, bsdtar and Go)
+            numbers.append(_num(area[k : k + 12], "sparse offset"))
+            numbers.append(_num(area[k + 12 : k + 24], "sparse length"))
+
+    take(blk[386:482], 4)
+    real_size = _num(blk[483:495], "sparse real size")
+    extended = blk[482]
+    while extended:
+        ext = os.pread(fd, 512, data_pos)
+        if len(ext) != 512:
+            raise _Corrupt("truncated file (GNU sparse extension block past end of file)")
+        take(ext, 21)
+        extended = ext[504]
+        data_pos += 512
+    return numbers, real_size, data_pos
+
+
+def _map_1_0(fd: int, data_pos: int, size: int) -> tuple[list[int], int]:
+    """(map numbers, bytes the map takes) of PAX sparse format 1.0: decimal lines at the
+    start of the data (a count, then offset and length pairs), padded to a whole block."""
+    chunk = b""
+    numbers: list[int] = []
+    need = 1
+    at = 0
+    limit = min(size, _MAX_EXT_HEADER)
+    while len(numbers) < need:
+        nl = chunk.find(b"\n", at)
+        if nl < 0:
+            if len(chunk) >= limit:
+                raise _Corrupt(f"GNU sparse map longer than the member or {_MAX_EXT_HEADER} bytes")
+            want = min(max(512, len(chunk)), limit - len(chunk))
+            more = os.pread(fd, want, data_pos + len(chunk))
+            if not more:
+                raise _Corrupt("truncated file (GNU sparse map past end of file)")
+            chunk += more
+            continue
+        numbers.append(_pax_int(b"GNU sparse map", chunk[at:nl]))
+        at = nl + 1
+        if len(numbers) == 1:
+            if numbers[0] > _MAX_EXT_HEADER // 4:  # each pair takes at least four bytes
+                raise _Corrupt(f"GNU sparse map of {numbers[0]} fragments")
+            need = 1 + 2 * numbers[0]
+    map_len = (at + 511) & ~511
+    if map_len > size:
+        raise _Corrupt("GNU sparse map longer than the member")
+    return numbers[1:], map_len
+
+
+def _pax_sparse(pax: dict[bytes, bytes]) -> str | None:
+    """The PAX sparse format of a member ('0.x' or '1.0'), None if it is not sparse."""
+    get = pax.get
+    major, minor = get(b"GNU.sparse.major"), get(b"GNU.sparse.minor")
+    if major == b"1" and minor == b"0":
+        return "1.0"
+    if major == b"0" and minor in (b"0", b"1"):
+        return "0.x"
+    if major or minor:
+        raise _Corrupt(f"unsupported GNU sparse version {major!r}.{minor!r}")
+    if get(b"GNU.sparse.map") is not None or get(b"GNU.sparse.size"):
+        return "0.x"  # 0.0 and 0.1 wrote no version
+    return None  # other GNU.sparse records alone mean nothing (Go ignores them too)
+
+
+def _pax_sparse_layout(
+    pax: dict[bytes, bytes], version: str, fd: int, data_pos: int, size: int
+) -> tuple[list[int], int, int]:
+    """(map numbers, real size, bytes of map before the data) of a PAX sparse member."""
+    get = pax.get
+    real = get(b"GNU.sparse.size") or get(b"GNU.sparse.realsize")
+    if not real:
+        raise _Corrupt("GNU sparse member without its real size")
+    real_size = _pax_int(b"GNU.sparse.size", real)
+    if version == "1.0":
+        numbers, map_len = _map_1_0(fd, data_pos, size)
+        return numbers, real_size, map_len
+    count = _pax_int(b"GNU.sparse.numblocks", get(b"GNU.sparse.numblocks") or b"")
+    text = get(b"GNU.sparse.map") or b""
+    parts = text.split(b",") if text else []
+    if len(parts) != 2 * count:
+        raise _Corrupt(f"GNU sparse map of {len(parts)} numbers for {count} fragments")
+    return [_pax_int(b"GNU.sparse.map", x) for x in parts], real_size, 0
+
+
+def read_sparse(
+    fd: int, offset: int, fragments: array.array[int], size: int, pos: int, n: int
+) -> bytes:
+    """Bytes [pos, pos+n) of a sparse member of *size* bytes, holes read as zeros.
+
+    *fragments* are TarIndex.sparse_map's (offset, length) pairs, stored one after another
+    from *offset* in the file open on *fd*.
+    """
+    end = min(pos + n, size)
+    if pos >= end:
+        return b""
+    out = bytearray(end - pos)
+    physical = offset
+    for k in range(0, len(fragments), 2):
+        frag, length = fragments[k], fragments[k + 1]
+        lo, hi = max(frag, pos), min(frag + length, end)
+        if lo < hi:
+            data = os.pread(fd, hi - lo, physical + (lo - frag))
+            if len(data) != hi - lo:
+                raise OSError(errno.EIO, "sparse member data past end of file")
+            out[lo - pos : hi - pos] = data
+        elif frag >= end:
+            break
+        physical += length
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------------
 # The scanner
 
 
@@ -355,7 +517,7 @@ _XattrRef = tuple[int, "dict[str, bytes] | None"]
 class _Columns:
     """What one scan produces, before it becomes a TarIndex."""
 
-    __slots__ = ("types", "nums", "names", "links", "devices", "xattrs", "xattr_sets")
+    __slots__ = ("types", "nums", "names", "links", "devices", "xattrs", "xattr_sets", "sparse")
 
     def __init__(self) -> None:
         self.types = bytearray()
@@ -369,6 +531,7 @@ class _Columns:
         # Member -> (index in xattr_sets of the global xattrs it shares or -1, its own or None).
         self.xattrs: dict[int, _XattrRef] = {}
         self.xattr_sets: list[dict[str, bytes]] = []
+        self.sparse: dict[int, array.array[int]] = {}  # GNU sparse members' fragment maps
 
 
 def _owner_fields(fld: bytes) -> tuple[int, int, int]:
@@ -390,7 +553,9 @@ def _device_fields(blk: bytes) -> tuple[int, int]:
     return major, minor
 
 
-def _scan(fd: int, file_size: int, progress: Callable[[int], None] | None) -> _Columns:
+def _scan(
+    fd: int, file_size: int, progress: Callable[[int], None] | None, sparse: bool = False
+) -> _Columns:
     """Walk the headers of the tar open on *fd*; raises _Corrupt(what, offset)."""
     cols = _Columns()
     # Everything the loop touches lives in locals: it runs once per member, and attribute and
@@ -423,6 +588,7 @@ def _scan(fd: int, file_size: int, progress: Callable[[int], None] | None) -> _C
     glob = _Globals(file_size)
     glob_active = False  # any global records in force: the rare path for every member
     xattr_sets = cols.xattr_sets
+    sparse_maps = cols.sparse
     pend_pax: dict[bytes, bytes] | None = None
     pend_name: bytes | None = None
     pend_link: bytes | None = None
@@ -471,6 +637,9 @@ def _scan(fd: int, file_size: int, progress: Callable[[int], None] | None) -> _C
 
             code = type_codes[flag]
             data_pos = pos + 512
+            pax_sparse = None
+            if flag == _GNU_SPARSE and sparse:
+                code = _F  # an old GNU sparse file: a regular one with its map in the header
             if not code:
                 if flag not in _EXT_TYPES:
                     # Checked before any payload is read: the type is the problem, not a size.
@@ -480,6 +649,10 @@ def _scan(fd: int, file_size: int, progress: Callable[[int], None] | None) -> _C
                         f"unsupported entry type {chr(flag)!r} ({what}) for member {shown!r}"
                     )
                 size = _num(f_size, "size")
+                if flag in (_GNU_LONGNAME, _GNU_LONGLINK):
+                    # The name ends at its NUL even past the size, within the padding, as
+                    # GNU tar and tarfile read it (Go stops at the size; writers agree).
+                    size = (size + 511) & ~511
                 data = _read_ext(fd, file_size, buf, buf_start, data_pos, size, flag)
                 if flag == _PAX_GLOBAL:
                     glob.update(_parse_pax(data))
@@ -537,10 +710,21 @@ def _scan(fd: int, file_size: int, progress: Callable[[int], None] | None) -> _C
                 else:
                     pax = pend_pax
                 if pax:
-                    name, link, size, uid, gid, mtime_ns = _apply_pax(
+                    name, link, size, uid, gid, mtime_ns, sparse_keys = _apply_pax(
                         pax, name, link, size, owner[1], owner[2], mtime_ns
                     )
                     owner = (owner[0], uid, gid)
+                    if sparse_keys and (pax_sparse := _pax_sparse(pax)) is not None:
+                        shown = pax.get(b"GNU.sparse.name") or name
+                        if not sparse:
+                            raise _Corrupt(
+                                f"unsupported GNU sparse member {shown[:200]!r}"
+                                f" (PAX sparse format {pax_sparse})"
+                            )
+                        if flag not in _SPARSE_CARRIERS:
+                            raise _Corrupt(f"GNU sparse records on a non-file {shown[:200]!r}")
+                        if value := pax.get(b"GNU.sparse.name"):
+                            name = value
                 local = _xattrs_of(pend_pax) if pend_pax else None
                 shared = glob.xattrs
                 if local or shared:
@@ -562,6 +746,21 @@ def _scan(fd: int, file_size: int, progress: Callable[[int], None] | None) -> _C
                     if size < 0:
                         raise _Corrupt("negative size")
                     next_pos = data_pos + ((size + 511) & ~511)
+                    if pax_sparse is not None or flag == _GNU_SPARSE:
+                        if next_pos > file_size:
+                            raise _Corrupt("truncated file (member data past end of file)")
+                        if pax_sparse is None:
+                            numbers, real_size, data_pos = _old_gnu_map(fd, blk, data_pos)
+                            stored = size
+                        else:
+                            numbers, real_size, map_len = _pax_sparse_layout(
+                                pax, pax_sparse, fd, data_pos, size
+                            )
+                            data_pos += map_len
+                            stored = size - map_len
+                        sparse_maps[count] = _fragments(numbers, real_size, stored)
+                        next_pos = data_pos + ((stored + 511) & ~511)
+                        size = real_size
                     # A cut inside the padding loses no data of this member but hides every
                     # later one: an error too, as in GNU tar.
                     if next_pos > file_size:
@@ -672,8 +871,10 @@ def _apply_pax(
     uid: int,
     gid: int,
     mtime_ns: int,
-) -> tuple[bytes, bytes, int, int, int, int, dict[str, bytes]]:
-    """Let PAX records override the header fields; also collect SCHILY.xattr.* attributes.
+) -> tuple[bytes, bytes, int, int, int, int, bool]:
+    """Let PAX records override the header fields (xattrs are _xattrs_of's job).
+
+    The last value says whether GNU.sparse records are present.
 
     An empty value means the keyword was deleted (POSIX): the header field stands.
     hdrcharset needs no handling as names are kept as bytes; atime, ctime, uname, comment...
@@ -698,14 +899,8 @@ def _apply_pax(
         mtime_ns = _pax_time_ns(value)
     if uid > _U32_MAX or gid > _U32_MAX:
         raise _Corrupt("uid/gid out of range")
-    for key in pax:
-        if key.startswith(_SPARSE_PREFIX):
-            shown = get(b"GNU.sparse.name") or name
-            raise _Corrupt(
-                f"unsupported GNU sparse member {shown[:200]!r}"
-                f" (PAX {key.decode('ascii', 'replace')})"
-            )
-    return name, link, size, uid, gid, mtime_ns
+    sparse_keys = any(key.startswith(_SPARSE_PREFIX) for key in pax)
+    return name, link, size, uid, gid, mtime_ns, sparse_keys
 
 
 def _shown_name(
@@ -822,6 +1017,33 @@ def _decode_xattrs(
     return sets, result
 
 
+def _encode_sparse(maps: dict[int, array.array[int]]) -> bytes:
+    out = [struct.pack("<I", len(maps))]
+    for i, fragments in sorted(maps.items()):
+        out.append(struct.pack("<QQ", i, len(fragments)))
+        out.append(fragments.tobytes())
+    return b"".join(out)
+
+
+def _decode_sparse(data: bytes, n: int) -> dict[int, array.array[int]]:
+    """Inverse of _encode_sparse; raises ValueError/struct.error on malformed input."""
+    (count,) = struct.unpack_from("<I", data, 0)
+    pos = 4
+    maps: dict[int, array.array[int]] = {}
+    for _ in range(count):
+        i, length = struct.unpack_from("<QQ", data, pos)
+        pos += 16
+        fragments = array.array("q")
+        fragments.frombytes(data[pos : pos + 8 * length])
+        pos += 8 * length
+        if i >= n or len(fragments) != length or length % 2:
+            raise ValueError("bad sparse map")
+        maps[i] = fragments
+    if pos != len(data):
+        raise ValueError("trailing bytes after sparse maps")
+    return maps
+
+
 class Columns(NamedTuple):
     """The index's arrays, for renderers that walk many entries without an object each.
 
@@ -849,7 +1071,7 @@ class TarIndex:
     __slots__ = (
         "tar_path", "_stat", "_types", "_modes", "_uids", "_gids", "_sizes", "_mtimes",
         "_offsets", "_devmajors", "_devminors", "_names", "_name_ends", "_links",
-        "_link_ends", "_xattrs", "_xattr_sets", "_by_name",
+        "_link_ends", "_xattrs", "_xattr_sets", "_sparse", "_by_name",
     )  # fmt: skip
 
     tar_path: str
@@ -869,6 +1091,7 @@ class TarIndex:
     _link_ends: array.array[int]
     _xattrs: dict[int, _XattrRef]
     _xattr_sets: list[Mapping[str, bytes]]  # read-only views, shared by the members using them
+    _sparse: dict[int, array.array[int]]
     _by_name: dict[bytes, int] | None
 
     def __init__(self, tar_path: str, stat_key: tuple[int, int, int]) -> None:
@@ -883,6 +1106,7 @@ class TarIndex:
         self._links = b""
         self._xattrs = {}
         self._xattr_sets = []
+        self._sparse = {}
         self._by_name = None
 
     def columns(self) -> Columns:
@@ -964,6 +1188,16 @@ class TarIndex:
         shared = self._xattr_sets[set_id]
         return {**shared, **local} if local else shared
 
+    def sparse_map(self, i: int) -> array.array[int] | None:
+        """A GNU sparse member's fragments: flat (offset, length) pairs, stored one after
+        another from its offset (see read_sparse); None for a member stored whole."""
+        return self._sparse.get(i)
+
+    @property
+    def has_sparse(self) -> bool:
+        """True if any member is a GNU sparse file (indexed only when scan was asked to)."""
+        return bool(self._sparse)
+
     def data_path(self, i: int) -> str:
         """The file holding entry i's data (at its offset): here always the tar itself."""
         return self.tar_path
@@ -991,16 +1225,23 @@ class TarIndex:
             return False
 
     @classmethod
-    def scan(cls, tar_path: str, progress: Callable[[int], None] | None = None) -> TarIndex:
+    def scan(
+        cls,
+        tar_path: str,
+        progress: Callable[[int], None] | None = None,
+        *,
+        sparse: bool = False,
+    ) -> TarIndex:
         """Index *tar_path* by reading its headers; ``progress(bytes_done)`` is called now and then.
 
         Raises CorruptTar if the archive is damaged, truncated, hostile or uses an
-        unsupported feature.
+        unsupported feature.  GNU sparse members are refused unless *sparse*: then they are
+        indexed with their real size and a map (sparse_map), for readers that use read_sparse.
         """
         with open(tar_path, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             try:
-                cols = _scan(f.fileno(), st.st_size, progress)
+                cols = _scan(f.fileno(), st.st_size, progress, sparse)
             except _Corrupt as exc:
                 what, offset = exc.args
                 raise CorruptTar(f"{tar_path}: {what} at offset {offset}") from None
@@ -1031,6 +1272,7 @@ class TarIndex:
         self._link_ends = array.array("q", accumulate(link_lengths))
         self._xattrs = cols.xattrs
         self._xattr_sets = [MappingProxyType(attrs) for attrs in cols.xattr_sets]
+        self._sparse = cols.sparse
         return self
 
     def save(self, index_path: str) -> None:
@@ -1045,6 +1287,9 @@ class TarIndex:
         xdata = _encode_xattrs(self._xattr_sets, self._xattrs)
         sections.append(_Section.pack(b"x", 1, len(xdata)))
         sections.append(xdata)
+        sdata = _encode_sparse(self._sparse)
+        sections.append(_Section.pack(b"S", 8, len(sdata)))
+        sections.append(sdata)
         payload = b"".join(sections)
         size, mtime_ns, ino = self._stat
         header = _SaveHeader.pack(
@@ -1056,7 +1301,7 @@ class TarIndex:
             ino,
             len(self),
             zlib.crc32(payload),
-            len(_COLUMNS) + 1,
+            len(_COLUMNS) + 2,
         )
         directory = os.path.dirname(os.path.abspath(index_path))
         fd, tmp = tempfile.mkstemp(
@@ -1110,7 +1355,7 @@ class TarIndex:
             or version != FORMAT_VERSION
             or order != (0 if sys.byteorder == "little" else 1)
             or (size, mtime_ns, ino) != stat_key
-            or nsections != len(_COLUMNS) + 1
+            or nsections != len(_COLUMNS) + 2
         ):
             return None
         view = memoryview(data)
@@ -1118,7 +1363,7 @@ class TarIndex:
         if zlib.crc32(view[pos:]) != crc:
             return None
         self = cls(tar_path, stat_key)
-        specs = (*_COLUMNS, ("_xattrs", "x"))
+        specs = (*_COLUMNS, ("_xattrs", "x"), ("_sparse", "S"))
         for attr, typecode in specs:
             tc, itemsize, nbytes = _Section.unpack_from(data, pos)
             pos += _Section.size
@@ -1128,6 +1373,8 @@ class TarIndex:
                 return None
             if typecode == "x":
                 self._xattr_sets, self._xattrs = _decode_xattrs(bytes(chunk), n)
+            elif typecode == "S":
+                self._sparse = _decode_sparse(bytes(chunk), n)
             elif typecode == "s":
                 setattr(self, attr, bytes(chunk))
             else:
@@ -1147,13 +1394,18 @@ class TarIndex:
         return self
 
 
-def open_index(tar_path: str, progress: Callable[[int], None] | None = None) -> TarIndex:
-    """Load TAR.idx beside the tar if it is fresh, else scan the tar and save it there."""
+def open_index(
+    tar_path: str, progress: Callable[[int], None] | None = None, *, sparse: bool = False
+) -> TarIndex:
+    """Load TAR.idx beside the tar if it is fresh, else scan the tar and save it there.
+
+    *sparse* as for TarIndex.scan: a saved index with sparse members is not used without it.
+    """
     index_path = tar_path + ".idx"
     index = TarIndex.load(index_path, tar_path)
-    if index is not None:
+    if index is not None and (sparse or not index.has_sparse):
         return index
-    index = TarIndex.scan(tar_path, progress)
+    index = TarIndex.scan(tar_path, progress, sparse=sparse)
     try:
         index.save(index_path)
     except OSError as exc:

@@ -64,6 +64,11 @@ def _tree(root: Path, rng: random.Random) -> None:
         f.truncate(256 << 10)
         f.seek(128 << 10)
         f.write(b"island in the middle")
+    with open(root / "sparse-many", "wb") as f:  # more fragments than an 'S' header holds
+        for i in range(12):
+            f.seek(i * (8 << 10))
+            f.write(rng.randbytes(100 + i))
+        f.truncate(12 * (8 << 10) + 5000)
 
 
 def _tarfile_archive(path: Path, fmt: int, rng: random.Random) -> None:
@@ -103,10 +108,14 @@ def build(directory: Path, seed: int = 0) -> list[Path]:
     root = directory / "tree"
     _tree(root, rng)
     for fmt in GNU_FORMATS:
-        for extra in ([], ["--sparse"], ["--xattrs"]):
+        for extra in ([], ["--sparse"], ["--xattrs"], ["--sparse", "--sparse-version=0.0"],
+                      ["--sparse", "--sparse-version=0.1"]):
             if extra == ["--xattrs"] and fmt not in ("pax", "posix"):
                 continue
-            path = directory / f"gnutar-{fmt}{''.join(extra).replace('--', '-')}.tar"
+            if len(extra) == 2 and fmt != "pax":  # --sparse-version is for PAX archives
+                continue
+            flags = "".join(extra).replace("--", "-").replace("=", "")
+            path = directory / f"gnutar-{fmt}{flags}.tar"
             # ustar and v7 cannot hold every name: tar says so (exit 2) and writes the rest.
             subprocess.run(
                 ["tar", f"--format={fmt}", *extra, "-cf", str(path), "-C", str(root), "."],
