@@ -34,7 +34,7 @@ from test_tarindex import (
 )
 
 from fusebundle.errors import CorruptTar
-from fusebundle.tarindex import IndexEntry, TarIndex, read_sparse
+from fusebundle.tarindex import IndexEntry, TarIndex, open_index, read_sparse
 
 # The largest whole second of int64 nanoseconds, 2262-04-11T23:47:16Z.
 CLAMP_NS = 9_223_372_036 * 10**9
@@ -731,3 +731,194 @@ def test_property_edited_bytes(
     path = tmp_path / "edited.tar"
     path.write_bytes(bytes(data[:cut]))
     assert judge(str(path), measure_memory=False) in ("ok", "corrupt")
+
+
+# ---------------------------------------------------------------------------------------------
+# GNU sparse members
+
+
+SPARSE_FILES = ("sparse", "sparse-many")
+SPARSE_ARCHIVES = [
+    "gnutar-gnu-sparse.tar",
+    "gnutar-oldgnu-sparse.tar",
+    "gnutar-pax-sparse.tar",
+    "gnutar-pax-sparse-sparse-version0.0.tar",
+    "gnutar-pax-sparse-sparse-version0.1.tar",
+    "gnutar-posix-sparse.tar",
+]
+
+
+@pytest.mark.parametrize("archive", SPARSE_ARCHIVES)
+def test_sparse_members_read_as_the_files_on_disk(corpus: list[Path], archive: str) -> None:
+    (path,) = [p for p in corpus if p.name == archive]
+    tree = path.parent / "tree"
+    index = TarIndex.scan(str(path), sparse=True)
+    rng = random.Random(archive)
+    with open(path, "rb") as f:
+        for name in SPARSE_FILES:
+            original = (tree / name).read_bytes()
+            i = index.find(name.encode())
+            assert i is not None
+            e, fragments = index.entry(i), index.sparse_map(i)
+            assert fragments is not None and len(fragments) >= 2
+            assert e.size == len(original)
+            assert read_sparse(f.fileno(), e.offset, fragments, e.size, 0, e.size) == original
+            for _ in range(50):  # reads across holes, fragments and the end
+                pos, n = rng.randrange(e.size + 10), rng.randrange(20_000)
+                got = read_sparse(f.fileno(), e.offset, fragments, e.size, pos, n)
+                assert got == original[pos : pos + n], (pos, n)
+    with pytest.raises(CorruptTar, match=r"sparse.*'\./sparse"):
+        TarIndex.scan(str(path))  # not asked for: refused, naming the member
+
+
+def test_sparse_maps_are_saved_and_need_asking_for(corpus: list[Path], tmp_path: Path) -> None:
+    (source,) = [p for p in corpus if p.name == "gnutar-pax-sparse.tar"]
+    path = tmp_path / "s.tar"
+    shutil.copy(source, path)
+    index = open_index(str(path), sparse=True)
+    assert index.has_sparse
+    loaded = TarIndex.load(str(path) + ".idx", str(path))
+    assert loaded is not None and loaded.has_sparse
+    assert [loaded.sparse_map(i) for i in range(len(loaded))] == [
+        index.sparse_map(i) for i in range(len(index))
+    ]
+    with pytest.raises(CorruptTar, match="sparse"):
+        open_index(str(path))  # a saved sparse index is not handed to a reader that can't
+
+
+def old_sparse(
+    name: bytes, fragments: list[tuple[int, int]], real_size: int, ext: int = 0
+) -> bytes:
+    """An old GNU 'S' member: the first four fragments in the header, the rest in extension
+    blocks of 21; the stored data is each fragment filled with its own index byte."""
+    def entries(frags: list[tuple[int, int]]) -> bytes:
+        return b"".join(b"%011o\x00%011o\x00" % f for f in frags)
+
+    head, rest = fragments[:4], fragments[4:]
+    stored = sum(n for _, n in fragments)
+    fields = {386: entries(head), 482: b"\x01" if rest else b"\x00", 483: b"%011o\x00" % real_size}
+    out = [header(name, b"S", size=stored, magic=b"ustar  \x00", fields=fields)]
+    while rest:
+        block = bytearray(512)
+        chunk, rest = rest[:21], rest[21:]
+        block[: 24 * len(chunk)] = entries(chunk)
+        block[504] = 1 if rest else 0
+        out.append(bytes(block))
+    out.append(pad(b"".join(bytes([k + 1]) * n for k, (_, n) in enumerate(fragments))))
+    return b"".join(out)
+
+
+def expected_sparse(fragments: list[tuple[int, int]], real_size: int) -> bytes:
+    out = bytearray(real_size)
+    for k, (off, n) in enumerate(fragments):
+        out[off : off + n] = bytes([k + 1]) * n
+    return bytes(out)
+
+
+def read_all(path: str, name: bytes) -> bytes:
+    index = TarIndex.scan(path, sparse=True)
+    i = index.find(name)
+    assert i is not None
+    e, fragments = index.entry(i), index.sparse_map(i)
+    assert fragments is not None
+    with open(path, "rb") as f:
+        return read_sparse(f.fileno(), e.offset, fragments, e.size, 0, e.size)
+
+
+def test_old_gnu_sparse_with_extension_blocks(tmp_path: Path) -> None:
+    fragments = [(k * 1000, 10 + k) for k in range(30)] + [(40_000, 0)]
+    data = old_sparse(b"s", fragments, 40_000) + member(b"after", b"!") + END
+    path = write(tmp_path, data)
+    assert read_all(path, b"s") == expected_sparse(fragments, 40_000)
+    index = check_against_tarfile_sparse(path)
+    assert [e.name for e in index] == [b"s", b"after"]
+
+
+def check_against_tarfile_sparse(path: str) -> TarIndex:
+    index = TarIndex.scan(path, sparse=True)
+    with tarfile.open(path) as tf, open(path, "rb") as f:
+        members = tf.getmembers()
+        for i, ti in enumerate(members):
+            assert index.entry(i).size == ti.size
+            extracted = tf.extractfile(ti)
+            assert extracted is not None
+            assert member_bytes(index, i, f) == extracted.read()
+    return index
+
+
+def pax_sparse_1_0(name: bytes, fragments: list[tuple[int, int]], real_size: int,
+                   map_text: bytes | None = None) -> bytes:
+    text = map_text
+    if text is None:
+        text = b"%d\n" % len(fragments) + b"".join(b"%d\n%d\n" % f for f in fragments)
+    stored = b"".join(bytes([k + 1]) * n for k, (_, n) in enumerate(fragments))
+    records = [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"),
+               (b"GNU.sparse.name", name), (b"GNU.sparse.realsize", b"%d" % real_size)]
+    return pax(records) + member(b"GNUSparseFile.0/x", pad(text) + stored)
+
+
+def pax_sparse_0_x(name: bytes, fragments: list[tuple[int, int]], real_size: int,
+                   version: str) -> bytes:
+    stored = b"".join(bytes([k + 1]) * n for k, (_, n) in enumerate(fragments))
+    records = [(b"GNU.sparse.size", b"%d" % real_size),
+               (b"GNU.sparse.numblocks", b"%d" % len(fragments))]
+    if version == "0.1":
+        records += [(b"GNU.sparse.name", name),
+                    (b"GNU.sparse.map", b",".join(b"%d,%d" % f for f in fragments))]
+    else:
+        records.append((b"path", name))
+        for off, n in fragments:
+            records += [(b"GNU.sparse.offset", b"%d" % off), (b"GNU.sparse.numbytes", b"%d" % n)]
+    return pax(records) + member(b"GNUSparseFile.0/x", stored)
+
+
+@pytest.mark.parametrize("version", ["0.0", "0.1", "1.0"])
+def test_pax_sparse_formats_by_hand(tmp_path: Path, version: str) -> None:
+    fragments = [(0, 5), (600, 700), (5000, 1), (9000, 0)]
+    if version == "1.0":
+        data = pax_sparse_1_0(b"dir/sp", fragments, 9000)
+    else:
+        data = pax_sparse_0_x(b"dir/sp", fragments, 9000, version)
+    path = write(tmp_path, data + member(b"after", b"x") + END)
+    assert read_all(path, b"dir/sp") == expected_sparse(fragments, 9000)
+    index = check_against_tarfile_sparse(path)
+    assert [e.name for e in index] == [b"dir/sp", b"after"]
+    assert index.entry(1).offset == os.path.getsize(path) - 1024 - 512
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (old_sparse(b"s", [(100, 10), (50, 10)], 200), "out of order"),
+        (old_sparse(b"s", [(0, 100), (50, 10)], 200), "overlapping"),
+        (old_sparse(b"s", [(190, 20)], 200), "past the real size"),
+        (header(b"s", b"S", size=5, magic=b"ustar  \x00",
+                fields={386: b"%011o\x00%011o\x00" % (0, 4), 483: b"%011o\x00" % 10})
+         + pad(b"x" * 5), "holds 4 bytes, the member 5"),
+        (pax_sparse_1_0(b"s", [], 10, map_text=b"999999999\n"), "fragments"),
+        (pax_sparse_1_0(b"s", [], 10, map_text=b"1\n5\n"), "longer than the member"),
+        (pax_sparse_1_0(b"s", [], 10, map_text=b"1\n+5\n5\n"), "malformed"),
+        (pax([(b"GNU.sparse.major", b"2"), (b"GNU.sparse.minor", b"0")]) + member(b"x"),
+         "unsupported GNU sparse version"),
+        (pax([(b"GNU.sparse.size", b"10"), (b"GNU.sparse.numblocks", b"2"),
+              (b"GNU.sparse.map", b"0,1")]) + member(b"x", b"1"), "2 numbers for 2 fragments"),
+        (pax([(b"GNU.sparse.size", b"10"), (b"GNU.sparse.numblocks", b"1"),
+              (b"GNU.sparse.map", b"0,1")]) + header(b"l", b"2", linkname=b"t"), "non-file"),
+        (pax([(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0")]) + member(b"x"),
+         "without its real size"),
+    ],
+    ids=["order", "overlap", "past-end", "sum", "1.0-huge-count",
+         "1.0-truncated-map", "1.0-plus", "version", "numblocks", "on-symlink", "no-size"],
+)  # fmt: skip
+def test_bad_sparse_maps(tmp_path: Path, data: bytes, words: str) -> None:
+    path = write(tmp_path, data + END)
+    with pytest.raises(CorruptTar) as info:
+        TarIndex.scan(path, sparse=True)
+    assert "\n" not in str(info.value) and words in str(info.value)
+
+
+def test_old_gnu_sparse_extension_block_past_the_end(tmp_path: Path) -> None:
+    data = header(b"s", b"S", size=0, magic=b"ustar  \x00", fields={482: b"\x01"})
+    path = write(tmp_path, data)
+    with pytest.raises(CorruptTar, match="truncated"):
+        TarIndex.scan(path, sparse=True)
