@@ -93,6 +93,8 @@ for _flag, _code in (
 ):  # fmt: skip
     _TYPE_CODES[_flag[0]] = _code[0]
 del _flag, _code
+_TYPE_CODES_SPARSE = bytearray(_TYPE_CODES)
+_TYPE_CODES_SPARSE[ord("S")] = ord("f")
 _F, _H, _L, _D = b"fhld"
 _TYPE_WORDS = {
     _F: "regular file", _H: "hard link", _L: "symlink", _D: "directory",
@@ -568,7 +570,8 @@ def _scan(
     xattrs = cols.xattrs
     unpack = _HEADER.unpack_from
     adler32 = zlib.adler32
-    type_codes = _TYPE_CODES
+    # With sparse, an old GNU sparse file is a regular one whose map is in its header.
+    type_codes = _TYPE_CODES_SPARSE if sparse else _TYPE_CODES
     pread = os.pread
     zero_block = _ZERO_BLOCK
     reg_code = _F
@@ -638,8 +641,6 @@ def _scan(
             code = type_codes[flag]
             data_pos = pos + 512
             pax_sparse = None
-            if flag == _GNU_SPARSE and sparse:
-                code = _F  # an old GNU sparse file: a regular one with its map in the header
             if not code:
                 if flag not in _EXT_TYPES:
                     # Checked before any payload is read: the type is the problem, not a size.
