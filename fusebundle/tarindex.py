@@ -288,12 +288,12 @@ class _Globals:
     The xattrs are one dict shared by all the members they apply to, never copied into each.
     """
 
-    __slots__ = ("fields", "xattrs", "xattr_id", "names_len", "values_len", "budget")
+    __slots__ = ("fields", "xattrs", "view", "names_len", "values_len", "budget")
 
     def __init__(self, file_size: int) -> None:
         self.fields: dict[bytes, bytes] = {}
         self.xattrs: dict[str, bytes] = {}
-        self.xattr_id = -1  # index of self.xattrs in the scan's xattr sets once a member uses it
+        self.view: Mapping[str, bytes] | None = None  # read-only, once a member shares it
         self.names_len = 0
         self.values_len = 0
         self.budget = _XATTR_COPY_BUDGET_BASE + file_size // 512
@@ -310,13 +310,11 @@ class _Globals:
         attrs = _xattrs_of(records)
         if not attrs:
             return
-        if self.xattr_id >= 0:
+        if self.view is not None:
             # Members already share the current set: change a copy, paid from the budget.
-            self.budget -= len(self.xattrs)
-            if self.budget < 0:
-                raise _Corrupt("global PAX headers change xattrs too often")
+            self.spend(len(self.xattrs))
             self.xattrs = dict(self.xattrs)
-            self.xattr_id = -1
+            self.view = None
         xattrs = self.xattrs
         for attr, value in attrs.items():
             # An empty xattr is a real value, not a deletion (Go's archive/tar writes them).
@@ -328,6 +326,18 @@ class _Globals:
             self.values_len += len(value)
             xattrs[attr] = value
         _check_xattr_totals(self.names_len, self.values_len)
+
+    def spend(self, entries: int) -> None:
+        """Pay for copying global xattrs; refuse an archive that makes them cost too much."""
+        self.budget -= entries
+        if self.budget < 0:
+            raise _Corrupt("global PAX headers change xattrs too often")
+
+    def shared(self) -> Mapping[str, bytes]:
+        """The current global xattrs as one read-only mapping for all the members using it."""
+        if self.view is None:
+            self.view = MappingProxyType(self.xattrs)
+        return self.view
 
     def check_member(self, local: dict[str, bytes]) -> None:
         """Refuse a member whose own xattrs and the global ones together pass the limits."""
@@ -513,13 +523,10 @@ def read_sparse(
 # The scanner
 
 
-_XattrRef = tuple[int, "dict[str, bytes] | None"]
-
-
 class _Columns:
     """What one scan produces, before it becomes a TarIndex."""
 
-    __slots__ = ("types", "nums", "names", "links", "devices", "xattrs", "xattr_sets", "sparse")
+    __slots__ = ("types", "nums", "names", "links", "devices", "xattrs", "sparse")
 
     def __init__(self) -> None:
         self.types = bytearray()
@@ -530,9 +537,9 @@ class _Columns:
         # Link names and device numbers are rare: kept sparse while scanning.
         self.links: dict[int, bytes] = {}
         self.devices: dict[int, tuple[int, int]] = {}
-        # Member -> (index in xattr_sets of the global xattrs it shares or -1, its own or None).
-        self.xattrs: dict[int, _XattrRef] = {}
-        self.xattr_sets: list[dict[str, bytes]] = []
+        # Member -> its xattrs: its own dict, or one read-only mapping shared by all the members
+        # that have only global ones (never a copy per member).
+        self.xattrs: dict[int, Mapping[str, bytes]] = {}
         self.sparse: dict[int, array.array[int]] = {}  # GNU sparse members' fragment maps
 
 
@@ -590,7 +597,6 @@ def _scan(
     next_report = _PROGRESS_STEP
     glob = _Globals(file_size)
     glob_active = False  # any global records in force: the rare path for every member
-    xattr_sets = cols.xattr_sets
     sparse_maps = cols.sparse
     pend_pax: dict[bytes, bytes] | None = None
     pend_name: bytes | None = None
@@ -731,10 +737,13 @@ def _scan(
                 if local or shared:
                     if local:
                         glob.check_member(local)
-                    if shared and glob.xattr_id < 0:
-                        xattr_sets.append(shared)
-                        glob.xattr_id = len(xattr_sets) - 1
-                    xattrs[count] = (glob.xattr_id if shared else -1, local or None)
+                    if not shared:
+                        xattrs[count] = local  # type: ignore[assignment]
+                    elif not local:
+                        xattrs[count] = glob.shared()
+                    else:
+                        glob.spend(len(shared))  # a merged copy: paid like any other
+                        xattrs[count] = {**shared, **local}
                 pend_pax = pend_name = pend_link = None
                 pend_pos = -1
 
@@ -965,16 +974,27 @@ def _encode_attrs(out: list[bytes], attrs: Mapping[str, bytes]) -> None:
         out.append(value)
 
 
-def _encode_xattrs(sets: list[Mapping[str, bytes]], xattrs: dict[int, _XattrRef]) -> bytes:
-    """The shared sets once each, then per member: its set (-1: none) and its own xattrs."""
-    out = [struct.pack("<I", len(sets))]
-    for attrs in sets:
-        _encode_attrs(out, attrs)
-    out.append(struct.pack("<I", len(xattrs)))
-    for i, (set_id, local) in sorted(xattrs.items()):
-        out.append(struct.pack("<Qq", i, set_id))
-        _encode_attrs(out, local or {})
-    return b"".join(out)
+def _encode_xattrs(xattrs: dict[int, Mapping[str, bytes]]) -> bytes:
+    """The shared (read-only) sets once each, then per member: a set's number, or -1 and
+    the member's own xattrs."""
+    shared: dict[int, int] = {}  # id() of a shared set -> its number
+    sets: list[bytes] = []
+    members: list[bytes] = []
+    for i, attrs in sorted(xattrs.items()):
+        if isinstance(attrs, MappingProxyType):
+            number = shared.get(id(attrs))
+            if number is None:
+                number = shared[id(attrs)] = len(sets)
+                out: list[bytes] = []
+                _encode_attrs(out, attrs)
+                sets.append(b"".join(out))
+            members.append(struct.pack("<QqI", i, number, 0))
+        else:
+            members.append(struct.pack("<Qq", i, -1))
+            _encode_attrs(members, attrs)
+    return b"".join(
+        [struct.pack("<I", len(sets)), *sets, struct.pack("<I", len(xattrs)), *members]
+    )
 
 
 def _decode_attrs(data: bytes, pos: int) -> tuple[dict[str, bytes], int]:
@@ -994,9 +1014,7 @@ def _decode_attrs(data: bytes, pos: int) -> tuple[dict[str, bytes], int]:
     return attrs, pos
 
 
-def _decode_xattrs(
-    data: bytes, n: int
-) -> tuple[list[Mapping[str, bytes]], dict[int, _XattrRef]]:
+def _decode_xattrs(data: bytes, n: int) -> dict[int, Mapping[str, bytes]]:
     """Inverse of _encode_xattrs; raises ValueError/struct.error on malformed input."""
     (nsets,) = struct.unpack_from("<I", data, 0)
     pos = 4
@@ -1006,16 +1024,16 @@ def _decode_xattrs(
         sets.append(MappingProxyType(attrs))
     (count,) = struct.unpack_from("<I", data, pos)
     pos += 4
-    result: dict[int, _XattrRef] = {}
+    result: dict[int, Mapping[str, bytes]] = {}
     for _ in range(count):
-        i, set_id = struct.unpack_from("<Qq", data, pos)
+        i, number = struct.unpack_from("<Qq", data, pos)
         attrs, pos = _decode_attrs(data, pos + 16)
-        if i >= n or not -1 <= set_id < nsets:
+        if i >= n or not -1 <= number < nsets or (number >= 0 and attrs):
             raise ValueError("xattr reference out of range")
-        result[i] = (set_id, attrs or None)
+        result[i] = sets[number] if number >= 0 else attrs
     if pos != len(data):
         raise ValueError("trailing bytes after xattrs")
-    return sets, result
+    return result
 
 
 def _encode_sparse(maps: dict[int, array.array[int]]) -> bytes:
@@ -1072,7 +1090,7 @@ class TarIndex:
     __slots__ = (
         "tar_path", "_stat", "_types", "_modes", "_uids", "_gids", "_sizes", "_mtimes",
         "_offsets", "_devmajors", "_devminors", "_names", "_name_ends", "_links",
-        "_link_ends", "_xattrs", "_xattr_sets", "_sparse", "_by_name",
+        "_link_ends", "_xattrs", "_sparse", "_by_name",
     )  # fmt: skip
 
     tar_path: str
@@ -1090,8 +1108,8 @@ class TarIndex:
     _name_ends: array.array[int]
     _links: bytes
     _link_ends: array.array[int]
-    _xattrs: dict[int, _XattrRef]
-    _xattr_sets: list[Mapping[str, bytes]]  # read-only views, shared by the members using them
+    # Member -> xattrs: a read-only mapping is shared by several members (global PAX xattrs).
+    _xattrs: dict[int, Mapping[str, bytes]]
     _sparse: dict[int, array.array[int]]
     _by_name: dict[bytes, int] | None
 
@@ -1106,7 +1124,6 @@ class TarIndex:
         self._names = b""
         self._links = b""
         self._xattrs = {}
-        self._xattr_sets = []
         self._sparse = {}
         self._by_name = None
 
@@ -1180,14 +1197,10 @@ class TarIndex:
 
     def _member_xattrs(self, i: int) -> Mapping[str, bytes]:
         """Entry i's xattrs: a shared read-only view when they all come from global headers."""
-        ref = self._xattrs.get(i)
-        if ref is None:
+        attrs = self._xattrs.get(i)
+        if not attrs:
             return {}
-        set_id, local = ref
-        if set_id < 0:
-            return dict(local or {})
-        shared = self._xattr_sets[set_id]
-        return {**shared, **local} if local else shared
+        return attrs if isinstance(attrs, MappingProxyType) else dict(attrs)
 
     def sparse_map(self, i: int) -> array.array[int] | None:
         """A GNU sparse member's fragments: flat (offset, length) pairs, stored one after
@@ -1272,7 +1285,6 @@ class TarIndex:
         self._links = b"".join(cols.links.values())
         self._link_ends = array.array("q", accumulate(link_lengths))
         self._xattrs = cols.xattrs
-        self._xattr_sets = [MappingProxyType(attrs) for attrs in cols.xattr_sets]
         self._sparse = cols.sparse
         return self
 
@@ -1285,7 +1297,7 @@ class TarIndex:
             itemsize = 1 if typecode == "s" else value.itemsize
             sections.append(_Section.pack(typecode.encode(), itemsize, len(data)))
             sections.append(data)
-        xdata = _encode_xattrs(self._xattr_sets, self._xattrs)
+        xdata = _encode_xattrs(self._xattrs)
         sections.append(_Section.pack(b"x", 1, len(xdata)))
         sections.append(xdata)
         sdata = _encode_sparse(self._sparse)
@@ -1373,7 +1385,7 @@ class TarIndex:
             if tc != typecode.encode() or len(chunk) != nbytes:
                 return None
             if typecode == "x":
-                self._xattr_sets, self._xattrs = _decode_xattrs(bytes(chunk), n)
+                self._xattrs = _decode_xattrs(bytes(chunk), n)
             elif typecode == "S":
                 self._sparse = _decode_sparse(bytes(chunk), n)
             elif typecode == "s":

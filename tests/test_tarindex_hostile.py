@@ -167,13 +167,13 @@ def test_global_non_xattr_records_cost_nothing_per_member(tmp_path: Path) -> Non
         records = [(b"comment%d" % i, b"x" * 50) for i in range(count)] + [(b"uid", b"42")]
         path = write(tmp_path, pax(records, b"g") + members, f"g{count}.tar")
         best = float("inf")
-        for _ in range(3):
-            started = time.perf_counter()
+        for _ in range(5):  # CPU time, the best of five: other processes share the machine
+            started = time.process_time()
             index = TarIndex.scan(path)
-            best = min(best, time.perf_counter() - started)
+            best = min(best, time.process_time() - started)
         assert len(index) == 5_000 and index.entry(4_999).uid == 42
         timings.append(best)
-    assert timings[1] < 3 * timings[0] + 0.05, timings
+    assert timings[1] < 3 * timings[0] + 0.1, timings
 
 
 # ---------------------------------------------------------------------------------------------
