@@ -127,6 +127,7 @@ def expected_from_tarfile(path: str) -> list[IndexEntry]:
         tarfile.REGTYPE: "f",
         tarfile.AREGTYPE: "f",
         tarfile.CONTTYPE: "f",
+        tarfile.GNUTYPE_SPARSE: "f",  # read with its holes (TarIndex.scan(sparse=True))
         tarfile.LNKTYPE: "h",
         tarfile.SYMTYPE: "l",
         tarfile.CHRTYPE: "c",
