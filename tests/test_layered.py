@@ -505,3 +505,35 @@ def test_zz_a_second_pack_with_the_registry_stopped_comes_from_the_store(world, 
     r = world.run("pack", "--pull", "--from", "registry", cfg, "-o", out, cache=cache)
     assert r.returncode == 1 and "unreachable" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------ umoci
+@pytest.mark.parametrize("ref", IMAGES)
+def test_every_image_flattens_as_umoci_unpacks_it(world, ref, tmp_path):
+    """A second opinion on the layer rules: umoci, an independent implementation."""
+    from test_layers import _tree_of_dir, _tree_of_merged
+
+    from fusebundle.layers import merge
+    from fusebundle.sources.base import Platform
+    from fusebundle.store import Store
+
+    if not (SKOPEO and shutil.which("umoci")):
+        pytest.skip("skopeo and umoci are needed")
+    cache = tmp_path / "cache"
+    cfg = tmp_path / "one.yml"
+    cfg.write_text(f"onboot:\n  - name: x\n    image: {ref}\n")
+    r = world.run("pull", "--from", f"oci:{world.layout}", cfg, cache=cache)
+    assert r.returncode == 0, r.stderr
+    with Store(str(cache)) as store:
+        image = store.find_image(f"docker.io/{ref}", str(Platform.host()))
+        assert image is not None
+        merged = merge([store.layer_index(layer.diff_id) for layer in image.layers],
+                       [layer.digest for layer in image.layers], ref, str(tmp_path / "m.idx"))
+    layout, bundle = tmp_path / "oci", tmp_path / "bundle"
+    for cmd in ([SKOPEO, "--insecure-policy", "copy", "-q", f"oci:{world.layout}:docker.io/{ref}",
+                 f"oci:{layout}:t"], ["umoci", "unpack", "--image", f"{layout}:t", str(bundle)]):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    got, want = _tree_of_merged(merged), _tree_of_dir(bundle / "rootfs")
+    assert got[0] == want[0], sorted(set(got[0].items()) ^ set(want[0].items()))[:10]
+    assert got[1] == want[1]

@@ -642,7 +642,8 @@ def test_killed_server_then_umount_leaves_a_clean_mount_point(fb, mounts):
     assert _wait(lambda: not _alive(pid))
     with pytest.raises(OSError) as e:
         os.statvfs(mnt)
-    assert e.value.errno == errno.ENOTCONN
+    # ECONNABORTED when a request was in flight as the server died: gone, either way
+    assert e.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     r = fb("mount", _scenario("basic"), mnt)
     assert r.returncode != 0 and "stale" in r.stderr and "Traceback" not in r.stderr
     r = fb("umount", mnt)
