@@ -122,10 +122,8 @@ class _Session:
         from fusebundle.ocilayout import LayoutImage
 
         handle = self.resolve(ref)
-        if isinstance(handle, LayeredImage):
-            raise UserError(f"volume image {ref}: format: oci is made from the Docker engine's "
-                            f"`docker save`; this image came from {handle.image.source} "
-                            f"(use --from docker for it)")
+        if isinstance(handle, LayeredImage):  # its layers, as the engine would save them
+            return LayoutImage(handle.info, handle.save, self.cache.root, platforms)
         engine = self.resolver.engine()
         return LayoutImage(handle.info,
                            lambda image_id: engine.api.get_image(image_id, 1 << 20),

@@ -79,6 +79,20 @@ services:
     image: fbtest/lay-special:1
 """
 
+# today's `volumes: format: oci`: the image as an OCI layout in the volume's lower/
+VOLUME_YML = """\
+services:
+  - name: user
+    image: fbpub/busybox:1
+    binds:
+      - layout:/layout:ro
+volumes:
+  - name: layout
+    image: fbtest/second:1
+    format: oci
+    platforms: [linux/amd64]
+"""
+
 IMAGES = ("fbpub/busybox:1", "fbpub/app:1", "fbpub/conf:1", "fbtest/lay-special:1",
           "fbtest/lay-layer:1", "fbtest/layered:1", "fbtest/second:1")
 
@@ -111,6 +125,7 @@ class World:
         self.layout = root / "layout"
         self.dead_host = f"unix://{root}/no-engine.sock"
         self.registry: LocalRegistry | None = None
+        self.volume = root / "volume.yml"  # packed from the engine, not in `configs`
 
     def manifest_digest(self, repo: str, tag: str) -> str:
         """The digest the local registry answers for repo:tag (as docker pushed it)."""
@@ -177,7 +192,9 @@ def world(tmp_path_factory) -> Iterator[World]:
         w.configs["layered"] = root / "layered.yml"
         w.configs["layered"].write_text(LAYERED_YML)
         cache = root / "engine-cache"
-        for name, config in w.configs.items():
+        w.volume = root / "volume.yml"
+        w.volume.write_text(VOLUME_YML)
+        for name, config in [*w.configs.items(), ("volume", w.volume)]:
             out = root / f"engine-{name}.tar"
             r = w.run("pack", "--from", "docker", config, "-o", out, cache=cache, host=host)
             assert r.returncode == 0, r.stderr
@@ -238,6 +255,19 @@ def test_pack_from_layers_equals_the_engines_pack(world, kind, tmp_path):
         got = out.read_bytes()
         want = world.engine_packs[name]
         assert got == want, (name, _digest(got), _digest(want), _differences(want, got))
+
+
+def test_an_oci_volume_from_a_save_equals_the_engines(world, tmp_path):
+    # The layout is made from the stored layers as the engine's `docker save` gives them, so
+    # the bytes agree.  (Not from a skopeo layout: skopeo rewrites the config, and the config
+    # blob is in the volume.)
+    out = tmp_path / "volume.tar"
+    r = world.run("pack", "--from", f"docker-archive:{world.archive}", world.volume, "-o", out,
+                  cache=tmp_path / "cache")
+    assert r.returncode == 0, r.stderr
+    got, want = out.read_bytes(), world.engine_packs["volume"]
+    assert got == want, (_digest(got), _digest(want), _differences(want, got))
+    assert b"oci-layout" in got
 
 
 def test_a_second_pack_needs_no_source_at_all(world, tmp_path):
