@@ -194,9 +194,12 @@ def world(tmp_path_factory) -> Iterator[World]:
         cache = root / "engine-cache"
         w.volume = root / "volume.yml"
         w.volume.write_text(VOLUME_YML)
-        for name, config in [*w.configs.items(), ("volume", w.volume)]:
+        for name, config in [*w.configs.items(), ("volume", w.volume),
+                             ("shared-by-id", w.configs["shared"])]:
             out = root / f"engine-{name}.tar"
-            r = w.run("pack", "--from", "docker", config, "-o", out, cache=cache, host=host)
+            extra = ["--share-by-id"] if name == "shared-by-id" else []
+            r = w.run("pack", "--from", "docker", *extra, config, "-o", out, cache=cache,
+                      host=host)
             assert r.returncode == 0, r.stderr
             w.engine_packs[name] = out.read_bytes()
         _docker(host, "save", "-o", str(w.archive), *IMAGES)
@@ -255,6 +258,30 @@ def test_pack_from_layers_equals_the_engines_pack(world, kind, tmp_path):
         got = out.read_bytes()
         want = world.engine_packs[name]
         assert got == want, (name, _digest(got), _digest(want), _differences(want, got))
+
+
+def test_share_by_id_keys_on_the_config_digest_as_the_engines_image_id(world, tmp_path):
+    out = tmp_path / "o.tar"
+    r = world.run("pack", "--share-by-id", "--from", f"docker-archive:{world.archive}",
+                  world.configs["shared"], "-o", out, cache=tmp_path / "cache")
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == world.engine_packs["shared-by-id"]
+    assert world.engine_packs["shared-by-id"] != world.engine_packs["shared"]
+
+
+def test_config_command_works_from_a_layout(world, tmp_path):
+    if not SKOPEO:
+        pytest.skip("skopeo is not installed")
+    r = world.run("config", "--from", f"oci:{world.layout}", world.configs["labelled"],
+                  "--name", "conf-boot", cache=tmp_path / "cache")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    with tarfile.open(fileobj=__import__("io").BytesIO(world.engine_packs["labelled"])) as t:
+        want = json.load(t.extractfile("containers/onboot/000-conf-boot/config.json"))
+    assert doc["config.json"] == want
+    assert doc["label"]["readonly"] is True  # the label, read from the layout's config blob
+    assert not (tmp_path / "cache" / "layers").exists() or not list(
+        (tmp_path / "cache" / "layers").rglob("*.tar"))  # no layer was needed for that
 
 
 def test_an_oci_volume_from_a_save_equals_the_engines(world, tmp_path):
@@ -324,7 +351,8 @@ def test_two_concurrent_pulls_decompress_each_layer_once(world, tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_FUSE, reason="needs /dev/fuse, fusermount3 and root")
-def test_mount_of_layered_images_equals_their_pack(world, tmp_path):
+@pytest.mark.parametrize("name", [*SCENARIOS, "layered"])
+def test_mount_of_layered_images_equals_their_pack(world, name, tmp_path):
     cache = tmp_path / "cache"
 
     def fb(*args, **kw):
@@ -332,11 +360,9 @@ def test_mount_of_layered_images_equals_their_pack(world, tmp_path):
 
     mounts = Mounts(fb, tmp_path)
     try:
-        config = world.configs["layered"]
-        src = f"docker-archive:{world.archive}"
-        mnt = mounts.mount(config, "--from", src)
+        mnt = mounts.mount(world.configs[name], "--from", f"docker-archive:{world.archive}")
         pack = tmp_path / "engine.tar"
-        pack.write_bytes(world.engine_packs["layered"])
+        pack.write_bytes(world.engine_packs[name])
         assert_same_tree(pack, mnt)
     finally:
         mounts.cleanup()
