@@ -27,7 +27,7 @@ from fusebundle.errors import CorruptTar, UserError
 from fusebundle.sources.base import LayerRef, ResolvedImage
 from fusebundle.store import locks, records
 from fusebundle.store.records import ImageRecord, digest_hex
-from fusebundle.store.unpack import ReadError, WriteError, unpack
+from fusebundle.store.stream import ReadError, WriteError, unpack
 from fusebundle.tarindex import TarIndex, open_index
 
 __all__ = ["BadLayer", "ImageRecord", "LayerInfo", "PruneReport", "Store", "StoreError"]
