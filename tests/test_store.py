@@ -24,6 +24,7 @@ import pytest
 from fusebundle.errors import UserError
 from fusebundle.sources.base import LayerRef, ResolvedImage
 from fusebundle.store import BadLayer, Store, StoreError
+from fusebundle.store.stream import WriteError, unpack
 
 REPO = Path(__file__).resolve().parent.parent
 GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -151,6 +152,25 @@ def test_progress_counts_blob_bytes(tmp_path: Path, other_tar: bytes) -> None:
     with Store(str(tmp_path)) as store:
         store.ingest(layer(blob, other_tar, TAR), opener(blob), WHAT, seen.append)
     assert seen and seen[-1] == len(blob) and seen == sorted(seen)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_the_pass_over_a_blob_in_one_thread_or_two(tmp_path: Path, layer_tar: bytes,
+                                                   threaded: bool) -> None:
+    blob = _blobs(layer_tar)["gzip, two members"]
+    out = tmp_path / "out.tar"
+    with open(out, "wb") as f:
+        got = unpack(io.BytesIO(blob), f.fileno(), threaded=threaded)
+    assert (got.compression, got.blob_digest, got.blob_size, got.problem) == (
+        "gzip", sha(blob), len(blob), "")
+    assert (got.tar_digest, got.tar_size) == (sha(layer_tar), len(layer_tar))
+    assert out.read_bytes() == layer_tar
+
+
+def test_a_failed_write_is_reported_as_such(tmp_path: Path, layer_tar: bytes) -> None:
+    (tmp_path / "ro").write_bytes(b"")
+    with open(tmp_path / "ro", "rb") as f, pytest.raises(WriteError, match="Bad file descriptor"):
+        unpack(io.BytesIO(gzip_(layer_tar)), f.fileno())
 
 
 # ------------------------------------------------------------------------------ bad blobs

@@ -23,6 +23,7 @@ CHUNK = 1 << 20  # blob bytes per read
 MAX_OUT = 8 << 20  # tar bytes per igzip call, so a gzip bomb cannot take all memory at once
 ZSTD_SLICE = 128 << 10  # zstd has no output limit per call; smaller inputs bound it somewhat
 QUEUE_DEPTH = 8
+THREADED = (os.cpu_count() or 1) > 1  # a second thread only pays with a second core
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -192,46 +193,54 @@ class Outcome:
     problem: str  # "" when the blob decoded cleanly
 
 
-class _Sink(threading.Thread):
-    """Hashes blob and tar bytes and writes the tar, off the decompressing thread."""
+class _Sink:
+    """Hashes blob and tar bytes and writes the tar: in a thread of its own when `threaded`,
+    so that it overlaps the decompression, else in the caller's."""
 
-    def __init__(self, out_fd: int) -> None:
-        super().__init__(name="fusebundle-layer-sink", daemon=True)
+    def __init__(self, out_fd: int, threaded: bool) -> None:
         self.out_fd = out_fd
         self.blob_hash = hashlib.sha256()
         self.tar_hash = hashlib.sha256()
         self.error: OSError | None = None
         self.stop = False  # set on the way out of an error: drain the queue, do nothing
-        self.q: queue.Queue[tuple[int, bytes] | None] = queue.Queue(QUEUE_DEPTH)
+        self._q: queue.Queue[tuple[int, bytes] | None] = queue.Queue(QUEUE_DEPTH)
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name="fusebundle-layer-sink",
+                                            daemon=True)
+            self._thread.start()
 
-    def run(self) -> None:
-        while (item := self.q.get()) is not None:
-            if self.stop or self.error is not None:
-                continue
-            kind, data = item
-            try:
-                if kind != _TAR:
-                    self.blob_hash.update(data)
-                if kind != _RAW:
-                    if kind == _TAR:
-                        self.tar_hash.update(data)
-                    self._write(data)
-            except OSError as e:
-                self.error = e
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            if not self.stop:
+                self._take(*item)
 
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(self.out_fd, view)
-            view = view[n:]
+    def _take(self, kind: int, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            if kind != _TAR:
+                self.blob_hash.update(data)
+            if kind != _RAW:
+                if kind == _TAR:
+                    self.tar_hash.update(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.out_fd, view) :]
+        except OSError as e:
+            self.error = e
 
     def put(self, kind: int, data: bytes) -> None:
-        self.q.put((kind, data))
+        if self._thread is None:
+            self._take(kind, data)
+        else:
+            self._q.put((kind, data))
 
     def close(self) -> None:
         """Wait for everything queued to be hashed and written."""
-        self.q.put(None)
-        self.join()
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
 
 
 def _read(src: BinaryIO, n: int) -> bytes:
@@ -241,7 +250,8 @@ def _read(src: BinaryIO, n: int) -> bytes:
         raise ReadError(f"cannot read the blob: {e.strerror or e}") from None
 
 
-def unpack(src: BinaryIO, out_fd: int, progress: Callable[[int], None] | None = None) -> Outcome:
+def unpack(src: BinaryIO, out_fd: int, progress: Callable[[int], None] | None = None,
+           threaded: bool = THREADED) -> Outcome:
     """Read `src` to its end once, writing the tar it holds to `out_fd`.
 
     Raises ReadError if reading fails, WriteError if writing does; a blob that does not decode
@@ -253,8 +263,7 @@ def unpack(src: BinaryIO, out_fd: int, progress: Callable[[int], None] | None = 
     compression = sniff(head)
     decoder = _decoder(compression)
     plain = compression == "tar"
-    sink = _Sink(out_fd)
-    sink.start()
+    sink = _Sink(out_fd, threaded)
     done, size, tar_size, problem = 0, 0, 0, ""
     try:
         data = head
