@@ -27,7 +27,7 @@ from fusebundle.errors import CorruptTar, UserError
 from fusebundle.sources.base import LayerRef, ResolvedImage
 from fusebundle.store import locks, records
 from fusebundle.store.records import ImageRecord, digest_hex
-from fusebundle.store.stream import ReadError, WriteError, unpack
+from fusebundle.store.stream import Outcome, ReadError, WriteError, unpack
 from fusebundle.tarindex import TarIndex, open_index
 
 __all__ = ["BadLayer", "ImageRecord", "LayerInfo", "PruneReport", "Store", "StoreError"]
@@ -182,8 +182,7 @@ class Store:
                 raise StoreError(f"{where}: cannot write {tmp}: {e}") from None
             except OSError as e:  # from open_blob
                 raise BadLayer(f"{where}: cannot read the blob: {e.strerror or e}") from None
-            problem = _verdict(layer, got.blob_digest, got.blob_size, got.tar_digest,
-                               got.compression, got.problem)
+            problem = _verdict(layer, got)
             if problem:
                 raise BadLayer(f"{where}: {problem}")
             os.fsync(fd)
@@ -400,17 +399,16 @@ class Store:
             locks.release(fd)
 
 
-def _verdict(layer: LayerRef, blob_digest: str, blob_size: int, tar_digest: str,
-             compression: str, problem: str) -> str:
+def _verdict(layer: LayerRef, got: Outcome) -> str:
     """What is wrong with a blob that was read to its end, most fundamental first; "" if
     nothing is."""
-    if blob_digest != layer.digest:
-        sizes = (f" ({blob_size} bytes, the manifest says {layer.size})"
-                 if layer.size >= 0 and layer.size != blob_size else "")
-        return f"blob digest mismatch: its bytes hash to {blob_digest}{sizes}"
-    if problem:
-        return problem
-    if tar_digest != layer.diff_id:
-        return (f"diff_id mismatch: the {compression} blob holds a tar hashing to {tar_digest}, "
-                f"the image config says {layer.diff_id}")
+    if got.blob_digest != layer.digest:
+        sizes = (f" ({got.blob_size} bytes, the manifest says {layer.size})"
+                 if layer.size >= 0 and layer.size != got.blob_size else "")
+        return f"blob digest mismatch: its bytes hash to {got.blob_digest}{sizes}"
+    if got.problem:
+        return got.problem
+    if got.tar_digest != layer.diff_id:
+        return (f"diff_id mismatch: the {got.compression} blob holds a tar hashing to "
+                f"{got.tar_digest}, the image config says {layer.diff_id}")
     return ""
