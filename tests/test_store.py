@@ -245,6 +245,14 @@ def test_malformed_digests_are_refused_before_any_path_is_made(tmp_path: Path,
     assert not (tmp_path / "layers").exists()
 
 
+def test_an_unusable_cache_dir_is_one_line(tmp_path: Path, other_tar: bytes) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    gz = gzip_(other_tar)
+    with Store(str(tmp_path / "file")) as store, pytest.raises(StoreError) as e:
+        store.ingest(layer(gz, other_tar), opener(gz), WHAT)
+    assert str(e.value) == f"cache directory {tmp_path / 'file' / 'locks'}: Not a directory"
+
+
 class _FailingReader(io.RawIOBase):
     """Gives `good` bytes, then fails as `fail` says."""
 
