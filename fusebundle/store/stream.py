@@ -12,7 +12,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
@@ -83,7 +83,9 @@ class _Members:
     def _new(self) -> Any:
         raise NotImplementedError
 
-    def _decode(self, member: Any, data: bytes) -> tuple[Iterator[bytes], bytes | None]:
+    def _decode(self, member: Any, data: bytes) -> Generator[bytes, None, bytes | None]:
+        """Yield the output of `data`; return the bytes after the member's end, or None if
+        the member goes on."""
         raise NotImplementedError
 
     def feed(self, data: bytes) -> Iterator[bytes]:
@@ -97,8 +99,7 @@ class _Members:
                 if not self._starts_member(data[: self.magic_len]):
                     raise StreamError(f"trailing data after the {self.kind} stream")
                 self._member = self._new()
-            outs, rest = self._decode(self._member, data)
-            yield from outs
+            rest = yield from self._decode(self._member, data)
             if rest is None:  # the member goes on in the next read
                 return
             self._member = None
@@ -121,21 +122,20 @@ class _Gunzip(_Members):
     def _new(self) -> Any:
         return isal_zlib.decompressobj(wbits=31)
 
-    def _decode(self, member: Any, data: bytes) -> tuple[Iterator[bytes], bytes | None]:
+    def _decode(self, member: Any, data: bytes) -> Generator[bytes, None, bytes | None]:
         d = member
-        outs: list[bytes] = []
         try:
             out = d.decompress(data, MAX_OUT)
             while True:
                 if out:
-                    outs.append(out)
+                    yield out
                 tail = d.unconsumed_tail
                 if d.eof or (not tail and len(out) < MAX_OUT):
                     break
                 out = d.decompress(tail, MAX_OUT)
         except isal_zlib.error as e:
             raise StreamError(f"corrupt gzip data ({e})") from None
-        return iter(outs), (d.unused_data if d.eof else None)
+        return d.unused_data if d.eof else None
 
 
 class _Unzstd(_Members):
@@ -152,21 +152,19 @@ class _Unzstd(_Members):
     def _new(self) -> Any:
         return self._dctx.decompressobj()
 
-    def _decode(self, member: Any, data: bytes) -> tuple[Iterator[bytes], bytes | None]:
+    def _decode(self, member: Any, data: bytes) -> Generator[bytes, None, bytes | None]:
         d = member
-        outs: list[bytes] = []
         view = memoryview(data)
-        try:
-            for i in range(0, len(view), ZSTD_SLICE):
+        for i in range(0, len(view), ZSTD_SLICE):
+            try:
                 out = d.decompress(view[i : i + ZSTD_SLICE])
-                if out:
-                    outs.append(out)
-                if d.eof:
-                    rest = d.unused_data + bytes(view[i + ZSTD_SLICE :])
-                    return iter(outs), rest
-        except zstandard.ZstdError as e:
-            raise StreamError(f"corrupt zstd data ({e})") from None
-        return iter(outs), None
+            except zstandard.ZstdError as e:
+                raise StreamError(f"corrupt zstd data ({e})") from None
+            if out:
+                yield out
+            if d.eof:
+                return d.unused_data + bytes(view[i + ZSTD_SLICE :])
+        return None
 
 
 class _Plain:
