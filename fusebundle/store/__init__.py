@@ -345,7 +345,8 @@ class Store:
                     taken[h] = (use, ingest)
             # Read only now: whoever records an image holds its layers until the record is
             # written, so a record we cannot see yet belongs to a layer we could not lock.
-            used = {x.diff_id for r in self.images() for x in r.image.layers}
+            good, _ = records.scan(self._images)  # the corrupt ones are reported when removed
+            used = {x.diff_id for r in good for x in r.image.layers}
             stored = self._layer_files()
             for h in busy:
                 if h in stored and "sha256:" + h not in used:
