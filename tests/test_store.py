@@ -604,3 +604,18 @@ def test_cache_without_a_verb_is_one_line(tmp_path: Path) -> None:
     r = fb("cache")
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_cache_ls_warns_once_of_a_corrupt_record(tmp_path: Path, other_tar: bytes) -> None:
+    store, refs = _store_with(tmp_path, other_tar)
+    store.put_image(image("docker.io/fbtest/c:1", refs))
+    store.close()
+    (path,) = (tmp_path / "images").glob("*.json")
+    path.write_text("{")
+    r = fb("cache", "ls", "--cache-dir", str(tmp_path))
+    assert r.returncode == 0
+    assert r.stderr.splitlines() == [
+        f"fusebundle: warning: ignoring the corrupt image record {path}: not JSON "
+        "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"]
+    assert r.stdout.startswith("no images\n")
+    assert f"{refs[0].diff_id[:19]}  " in r.stdout

@@ -287,10 +287,11 @@ class Store:
             self._warn(f"ignoring the corrupt image record {path}: {why}")
         return good
 
-    def layers(self) -> list[LayerInfo]:
-        """Every stored layer, by diff_id, with its size and the images using it."""
+    def layers(self, images: list[ImageRecord] | None = None) -> list[LayerInfo]:
+        """Every stored layer, by diff_id, with its size and the images (of `images()`, or
+        of the given records) using it."""
         users: dict[str, set[str]] = {}
-        for r in self.images():
+        for r in self.images() if images is None else images:
             for x in r.image.layers:
                 users.setdefault(x.diff_id, set()).add(r.image.name)
         files = self._layer_files()
