@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 
 from fusebundle.errors import UserError
 from fusebundle.sources.base import LayerRef, ResolvedImage
-from fusebundle.store import BadLayer, Store, StoreError
+from fusebundle.store import BadLayer, Store, StoreError, locks
 from fusebundle.store.stream import WriteError, unpack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -521,9 +522,12 @@ def test_prune_drops_what_no_record_uses_and_stale_temp_files(tmp_path: Path, la
     layers = tmp_path / "layers" / "sha256"
     stale = layers / f".{'e' * 64}.k1ll3d.part"  # a process killed mid-ingest
     stale.write_bytes(b"x" * 1000)
+    stale_record = tmp_path / "images" / ".0123.json.k1ll3d.tmp"
+    stale_record.write_bytes(b"{" * 10)
     report = store.prune()
     assert report.removed == [] and report.kept == 2
-    assert [(Path(p).name, n) for p, n in report.temps] == [(stale.name, 1000)]
+    assert [(Path(p).name, n) for p, n in report.temps] == [(stale.name, 1000),
+                                                            (stale_record.name, 10)]
     # The image moves on to a new version with one layer: the other one is garbage now.
     store.put_image(image("docker.io/fbtest/x:1", [a]))
     size_b = sum(p.stat().st_size for p in layers.glob(b.diff_id[7:] + ".tar*"))
@@ -619,3 +623,23 @@ def test_cache_ls_warns_once_of_a_corrupt_record(tmp_path: Path, other_tar: byte
         "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"]
     assert r.stdout.startswith("no images\n")
     assert f"{refs[0].diff_id[:19]}  " in r.stdout
+
+
+def test_a_lock_waited_on_while_prune_deletes_its_file_lands_on_the_new_file(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "x.use")
+    pruner = locks.take(path)  # as prune holds it while deleting the layer
+    assert pruner is not None
+    got: list[int | None] = []
+    waiter = threading.Thread(target=lambda: got.append(locks.take(path, shared=True)))
+    waiter.start()
+    time.sleep(0.2)  # the waiter has opened the old file and blocks on it
+    assert waiter.is_alive()
+    os.unlink(path)
+    locks.release(pruner)
+    waiter.join(10)
+    (fd,) = got
+    assert fd is not None
+    assert os.fstat(fd).st_ino == os.stat(path).st_ino  # a lock on a file prune can still see
+    assert locks.take(path, wait=False) is None  # and it excludes the next prune
+    locks.release(fd)
