@@ -643,3 +643,32 @@ def test_a_lock_waited_on_while_prune_deletes_its_file_lands_on_the_new_file(
     assert os.fstat(fd).st_ino == os.stat(path).st_ino  # a lock on a file prune can still see
     assert locks.take(path, wait=False) is None  # and it excludes the next prune
     locks.release(fd)
+
+
+def test_threads_of_one_store_ingest_at_once(tmp_path: Path, layer_tar: bytes,
+                                             other_tar: bytes) -> None:
+    blobs = {t: gzip_(t) for t in (layer_tar, other_tar)}
+    opened: list[bytes] = []
+
+    def slow(blob: bytes) -> Callable[[], BinaryIO]:
+        def open_blob() -> BinaryIO:
+            opened.append(blob)
+            time.sleep(0.2)  # the twin thread asks for the same layer meanwhile
+            return io.BytesIO(blob)
+        return open_blob
+
+    store = Store(str(tmp_path))
+    jobs = [(layer(blobs[t], t), slow(blobs[t])) for t in (layer_tar, other_tar) * 2]
+    threads = [threading.Thread(target=store.ingest, args=(ref, f, WHAT)) for ref, f in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert store.ingested == 2 and sorted(opened) == sorted(blobs.values())
+    for t in (layer_tar, other_tar):
+        assert Path(store.layer_path(sha(t))).read_bytes() == t
+    # Both held: a prune elsewhere keeps them although no record uses them.
+    assert sorted(x.diff_id for x in Store(str(tmp_path)).prune().in_use) == sorted(
+        sha(t) for t in (layer_tar, other_tar))
+    store.close()
+    assert len(Store(str(tmp_path)).prune().removed) == 2

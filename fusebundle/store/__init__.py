@@ -19,6 +19,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -91,6 +92,7 @@ class Store:
         self._locks = os.path.join(root, "locks")
         self._images = os.path.join(root, "images")
         self._held: dict[str, int | None] = {}
+        self._mutex = threading.Lock()  # ingest may run in several threads at once
         self._indexes: dict[str, TarIndex] = {}
 
     # ------------------------------------------------------------------ paths and locks
@@ -122,17 +124,21 @@ class Store:
     def hold(self, diff_ids: Iterable[str]) -> None:
         """Keep `prune` off these layers (present or still to come) until close()."""
         for d in diff_ids:
-            if d not in self._held:
-                path = self._lock_path(self._hex(d), "use")
-                self._mkdir(self._locks)
-                self._held[d] = locks.take(path, shared=True)
+            path = self._lock_path(self._hex(d), "use")
+            # Under the mutex: a thread of ours that finds the layer held must find it locked.
+            # take() waits only while a prune is deleting this layer.
+            with self._mutex:
+                if d not in self._held:
+                    self._mkdir(self._locks)
+                    self._held[d] = locks.take(path, shared=True)
 
     def close(self) -> None:
         """Release every layer this object holds."""
-        for fd in self._held.values():
+        with self._mutex:
+            held, self._held = self._held, {}
+            self._indexes.clear()
+        for fd in held.values():
             locks.release(fd)
-        self._held.clear()
-        self._indexes.clear()
 
     def __enter__(self) -> Store:
         return self
@@ -162,7 +168,8 @@ class Store:
                 return path
             self._clean_temps(self._hex(layer.diff_id))  # left by a process that was killed
             self._write(layer, open_blob, what, progress, path)
-        self.ingested += 1
+        with self._mutex:
+            self.ingested += 1
         return path
 
     def _write(self, layer: LayerRef, open_blob: Callable[[], BinaryIO], what: str,
