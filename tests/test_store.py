@@ -672,3 +672,27 @@ def test_threads_of_one_store_ingest_at_once(tmp_path: Path, layer_tar: bytes,
         sha(t) for t in (layer_tar, other_tar))
     store.close()
     assert len(Store(str(tmp_path)).prune().removed) == 2
+
+
+def test_prune_drops_merged_indexes_of_images_no_record_has(tmp_path: Path,
+                                                            other_tar: bytes) -> None:
+    store, refs = _store_with(tmp_path, other_tar)
+    kept = image("docker.io/fbtest/m:1", refs)
+    store.put_image(kept)
+    merged = tmp_path / "merged"  # where layered.py keeps them, by config digest
+    merged.mkdir()
+    mine = merged / (kept.config_digest[7:] + ".idx")
+    mine.write_bytes(b"m" * 100)
+    orphan = merged / ("0" * 64 + ".idx")
+    orphan.write_bytes(b"o" * 300)
+    fresh_temp = merged / f".{'1' * 64}.idx.abc.part"  # being written right now, perhaps
+    fresh_temp.write_bytes(b"t")
+    old_temp = merged / f".{'2' * 64}.idx.def.part"
+    old_temp.write_bytes(b"tt")
+    os.utime(old_temp, (time.time() - 7200, time.time() - 7200))
+    report = store.prune()
+    assert report.merged == [(str(orphan), 300)]
+    assert report.temps == [(str(old_temp), 2)]
+    assert report.removed == [] and report.freed == 302
+    assert sorted(p.name for p in merged.iterdir()) == sorted([mine.name, fresh_temp.name])
+    store.close()
