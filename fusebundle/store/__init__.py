@@ -8,6 +8,7 @@ Layout under the cache directory (`exports/` beside it belongs to images.Cache):
     locks/<hex>.use                shared while a process uses it (`hold`); `prune` skips it then
     locks/images                   shared while a record is written; `prune` cleans temps under it
     images/<hash>.json             image records (records.py)
+    merged/<config hex>.idx        an image's layers merged into one index (layered.py's)
 
 A layer appears under its final name only complete and verified: it is written to a temporary
 name in the same directory, checked, fsynced and indexed, then renamed.
@@ -19,6 +20,8 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -27,13 +30,16 @@ from fusebundle.errors import CorruptTar, UserError
 from fusebundle.sources.base import LayerRef, ResolvedImage
 from fusebundle.store import locks, records
 from fusebundle.store.records import ImageRecord, digest_hex
-from fusebundle.store.unpack import ReadError, WriteError, unpack
+from fusebundle.store.stream import Outcome, ReadError, WriteError, unpack
 from fusebundle.tarindex import TarIndex, open_index
 
 __all__ = ["BadLayer", "ImageRecord", "LayerInfo", "PruneReport", "Store", "StoreError"]
 
 # Bounds the open lock files of one prune pass (two per layer).
 _PRUNE_BATCH = 200
+# A merged index is saved within seconds and has no lock of its own: a temporary file this
+# old was left by a process that died.
+_MERGED_STALE = 3600.0
 
 
 class StoreError(UserError):
@@ -62,11 +68,13 @@ class PruneReport:
     kept: int = 0  # layers some image record uses
     temps: list[tuple[str, int]] = field(default_factory=list)  # stale temporary files removed
     bad_records: list[tuple[str, str]] = field(default_factory=list)  # (path, why), removed
+    merged: list[tuple[str, int]] = field(default_factory=list)  # of images no record has
 
     @property
     def freed(self) -> int:
         """Bytes freed in all."""
-        return sum(x.size for x in self.removed) + sum(n for _, n in self.temps)
+        return (sum(x.size for x in self.removed) + sum(n for _, n in self.temps)
+                + sum(n for _, n in self.merged))
 
 
 def _warn_stderr(message: str) -> None:
@@ -90,7 +98,9 @@ class Store:
         self._layers = os.path.join(root, "layers", "sha256")
         self._locks = os.path.join(root, "locks")
         self._images = os.path.join(root, "images")
+        self._merged = os.path.join(root, "merged")
         self._held: dict[str, int | None] = {}
+        self._mutex = threading.Lock()  # ingest may run in several threads at once
         self._indexes: dict[str, TarIndex] = {}
 
     # ------------------------------------------------------------------ paths and locks
@@ -122,17 +132,21 @@ class Store:
     def hold(self, diff_ids: Iterable[str]) -> None:
         """Keep `prune` off these layers (present or still to come) until close()."""
         for d in diff_ids:
-            if d not in self._held:
-                path = self._lock_path(self._hex(d), "use")
-                self._mkdir(self._locks)
-                self._held[d] = locks.take(path, shared=True)
+            path = self._lock_path(self._hex(d), "use")
+            # Under the mutex: a thread of ours that finds the layer held must find it locked.
+            # take() waits only while a prune is deleting this layer.
+            with self._mutex:
+                if d not in self._held:
+                    self._mkdir(self._locks)
+                    self._held[d] = locks.take(path, shared=True)
 
     def close(self) -> None:
         """Release every layer this object holds."""
-        for fd in self._held.values():
+        with self._mutex:
+            held, self._held = self._held, {}
+            self._indexes.clear()
+        for fd in held.values():
             locks.release(fd)
-        self._held.clear()
-        self._indexes.clear()
 
     def __enter__(self) -> Store:
         return self
@@ -162,7 +176,8 @@ class Store:
                 return path
             self._clean_temps(self._hex(layer.diff_id))  # left by a process that was killed
             self._write(layer, open_blob, what, progress, path)
-        self.ingested += 1
+        with self._mutex:
+            self.ingested += 1
         return path
 
     def _write(self, layer: LayerRef, open_blob: Callable[[], BinaryIO], what: str,
@@ -182,8 +197,7 @@ class Store:
                 raise StoreError(f"{where}: cannot write {tmp}: {e}") from None
             except OSError as e:  # from open_blob
                 raise BadLayer(f"{where}: cannot read the blob: {e.strerror or e}") from None
-            problem = _verdict(layer, got.blob_digest, got.blob_size, got.tar_digest,
-                               got.compression, got.problem)
+            problem = _verdict(layer, got)
             if problem:
                 raise BadLayer(f"{where}: {problem}")
             os.fsync(fd)
@@ -288,10 +302,11 @@ class Store:
             self._warn(f"ignoring the corrupt image record {path}: {why}")
         return good
 
-    def layers(self) -> list[LayerInfo]:
-        """Every stored layer, by diff_id, with its size and the images using it."""
+    def layers(self, images: list[ImageRecord] | None = None) -> list[LayerInfo]:
+        """Every stored layer, by diff_id, with its size and the images (of `images()`, or
+        of the given records) using it."""
         users: dict[str, set[str]] = {}
-        for r in self.images():
+        for r in self.images() if images is None else images:
             for x in r.image.layers:
                 users.setdefault(x.diff_id, set()).add(r.image.name)
         files = self._layer_files()
@@ -319,7 +334,38 @@ class Store:
         for i in range(0, len(hexes), _PRUNE_BATCH):
             self._prune_batch(hexes[i : i + _PRUNE_BATCH], report)
         self._prune_images(report)
+        self._prune_merged(report)
         return report
+
+    def merged(self) -> list[tuple[str, int]]:
+        """The merged indexes kept under root/merged, as (path, size)."""
+        try:
+            names = sorted(os.listdir(self._merged))
+        except FileNotFoundError:
+            return []
+        paths = [os.path.join(self._merged, n) for n in names if not n.startswith(".")]
+        return [(p, _size(p)) for p in paths]
+
+    def _prune_merged(self, report: PruneReport) -> None:
+        # Keyed by config digest. One removed under a process about to record its image only
+        # costs that image a merge on its next use.
+        good, _ = records.scan(self._images)
+        configs = {r.image.config_digest.removeprefix("sha256:") for r in good}
+        now = time.time()
+        for path, size in self.merged():
+            name = os.path.basename(path)
+            if name.endswith(".idx") and name[:-4] not in configs:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    report.merged.append((path, size))
+        with contextlib.suppress(FileNotFoundError):
+            for n in sorted(os.listdir(self._merged)):
+                p = os.path.join(self._merged, n)
+                with contextlib.suppress(FileNotFoundError):
+                    if n.startswith(".") and now - os.lstat(p).st_mtime > _MERGED_STALE:
+                        size = _size(p)
+                        os.unlink(p)
+                        report.temps.append((p, size))
 
     def _candidates(self) -> set[str]:
         # Layers, their temporary files (.<hex>.*) and lock files (<hex>.use) name the layer.
@@ -346,7 +392,8 @@ class Store:
                     taken[h] = (use, ingest)
             # Read only now: whoever records an image holds its layers until the record is
             # written, so a record we cannot see yet belongs to a layer we could not lock.
-            used = {x.diff_id for r in self.images() for x in r.image.layers}
+            good, _ = records.scan(self._images)  # the corrupt ones are reported when removed
+            used = {x.diff_id for r in good for x in r.image.layers}
             stored = self._layer_files()
             for h in busy:
                 if h in stored and "sha256:" + h not in used:
@@ -400,17 +447,16 @@ class Store:
             locks.release(fd)
 
 
-def _verdict(layer: LayerRef, blob_digest: str, blob_size: int, tar_digest: str,
-             compression: str, problem: str) -> str:
+def _verdict(layer: LayerRef, got: Outcome) -> str:
     """What is wrong with a blob that was read to its end, most fundamental first; "" if
     nothing is."""
-    if blob_digest != layer.digest:
-        sizes = (f" ({blob_size} bytes, the manifest says {layer.size})"
-                 if layer.size >= 0 and layer.size != blob_size else "")
-        return f"blob digest mismatch: its bytes hash to {blob_digest}{sizes}"
-    if problem:
-        return problem
-    if tar_digest != layer.diff_id:
-        return (f"diff_id mismatch: the {compression} blob holds a tar hashing to {tar_digest}, "
-                f"the image config says {layer.diff_id}")
+    if got.blob_digest != layer.digest:
+        sizes = (f" ({got.blob_size} bytes, the manifest says {layer.size})"
+                 if layer.size >= 0 and layer.size != got.blob_size else "")
+        return f"blob digest mismatch: its bytes hash to {got.blob_digest}{sizes}"
+    if got.problem:
+        return got.problem
+    if got.tar_digest != layer.diff_id:
+        return (f"diff_id mismatch: the {got.compression} blob holds a tar hashing to "
+                f"{got.tar_digest}, the image config says {layer.diff_id}")
     return ""
