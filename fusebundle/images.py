@@ -54,6 +54,16 @@ def default_cache_dir() -> str:
     return os.path.join(base, "fusebundle")
 
 
+def cache_subdir(root: str, name: str) -> str:
+    """root/name, made if missing; one line if it cannot be."""
+    d = os.path.join(root, name)
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cache directory {d}: {e.strerror}") from None
+    return d
+
+
 @dataclass
 class Cache:
     """Exported image tars and their indexes, by image ID."""
@@ -63,12 +73,7 @@ class Cache:
     _indexes: dict[str, TarIndex] = field(default_factory=dict)
 
     def _dir(self) -> str:
-        d = os.path.join(self.root, "exports")
-        try:
-            os.makedirs(d, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cache directory {d}: {e.strerror}") from None
-        return d
+        return cache_subdir(self.root, "exports")
 
     def tar_path(self, info: ImageInfo) -> str:
         """Where the export of this image lives (it may not exist yet)."""

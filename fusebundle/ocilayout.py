@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from fusebundle.errors import CorruptTar, EngineError, UserError
-from fusebundle.images import ImageInfo
+from fusebundle.images import ImageInfo, cache_subdir
 from fusebundle.tarindex import TarIndex, open_index
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -138,11 +138,7 @@ class LayoutImage:
     platforms: list[str]
 
     def _path(self) -> str:
-        d = os.path.join(self.cache_root, "layouts")
-        try:
-            os.makedirs(d, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cache directory {d}: {e.strerror}") from None
+        d = cache_subdir(self.cache_root, "layouts")
         # the ref is in index.json, so it is part of the name
         tag = hashlib.sha256(self.info.ref.encode()).hexdigest()[:12]
         return os.path.join(d, f"{self.info.hex}-{tag}.tar")
