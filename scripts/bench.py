@@ -81,6 +81,32 @@ SLOW_ONCE = 20.0
 
 
 # ------------------------------------------------------------------------------ helpers
+class Spread(float):
+    """A median that remembers the lowest and highest run (its spread)."""
+
+    lo: float
+    hi: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        m = cls(statistics.median(values))
+        m.lo, m.hi = min(values), max(values)
+        return m
+
+    def __rtruediv__(self, other: float) -> Spread:  # a rate from a time: the bounds swap
+        m = Spread(other / float(self))
+        m.lo, m.hi = other / self.hi, other / self.lo
+        return m
+
+    def __add__(self, other: float) -> Spread:  # a time plus a constant (the export)
+        m = Spread(float(self) + other)
+        m.lo, m.hi = self.lo + other, self.hi + other
+        return m
+
+    def shown(self) -> str:
+        return f"{float(self):.3f} ({self.lo:.3f}-{self.hi:.3f})"
+
+
 @dataclass
 class Timed:
     seconds: float
@@ -160,10 +186,14 @@ class Bench:
     host: str
     ratarmount: str
     results: dict[str, dict[str, float | str]] = field(default_factory=dict)
+    spreads: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
     def note(self, metric: str, who: str, value: float | str) -> None:
         self.results.setdefault(metric, {})[who] = value
-        shown = f"{value:.3f}" if isinstance(value, float) else value
+        if isinstance(value, Spread):
+            self.spreads[(metric, who)] = (value.lo, value.hi)
+        shown = value.shown() if isinstance(value, Spread) else (
+            f"{value:.3f}" if isinstance(value, float) else value)
         print(f"  {metric:<34} {who:<14} {shown}", file=sys.stderr, flush=True)
 
     # -- engine ---------------------------------------------------------------------------
@@ -240,8 +270,8 @@ class Bench:
             unmount(mnt, proc)
 
     # -- measurements -----------------------------------------------------------------------
-    def median(self, f: Callable[[], float]) -> float:
-        return statistics.median(f() for _ in range(self.runs))
+    def median(self, f: Callable[[], float]) -> Spread:
+        return Spread.of([f() for _ in range(self.runs)])
 
     def measure(self) -> None:
         w = self.work
@@ -452,13 +482,18 @@ class Bench:
         run([sys.executable, str(REPO / "scripts" / "bench_registry.py"), "--runs",
              str(self.runs), "--json", str(out), "fbbench/small:1", "5-layers"],
             env=dict(os.environ, DOCKER_HOST=self.host), stdout=subprocess.DEVNULL)
+        def spread(r: dict[str, float], key: str) -> Spread:
+            m = Spread(r[key])
+            m.lo, m.hi = r.get(key + "_lo", r[key]), r.get(key + "_hi", r[key])
+            return m
+
         for name, r in json.loads(out.read_text()).items():
             metric = f"registry pull, {'small image' if 'small' in name else '5 layers'} (s)"
-            self.note(metric, "fusebundle", r["fusebundle"])
-            self.note(metric, "docker pull", r["docker_pull"])
-            self.note(metric, "skopeo", r["skopeo"])
+            self.note(metric, "fusebundle", spread(r, "fusebundle"))
+            self.note(metric, "docker pull", spread(r, "docker_pull"))
+            self.note(metric, "skopeo", spread(r, "skopeo"))
             self.note(f"registry pull into a full store, {name} (s)", "fusebundle",
-                      r["fusebundle_stored"])
+                      spread(r, "fusebundle_stored"))
 
 
 def split_layers(tar: Path, n: int) -> list[bytes]:
@@ -528,7 +563,8 @@ def _met(metric: str, r: dict[str, float | str]) -> str:
     return "yes" if ok else "NO"
 
 
-def report(results: dict[str, dict[str, float | str]]) -> str:
+def report(results: dict[str, dict[str, float | str]],
+           spreads: dict[tuple[str, str], tuple[float, float]] | None = None) -> str:
     cols = ["fusebundle", "ratarmount", "archivemount", "limit (tar)", "limit (disk)",
             "tar -cf", "docker", "gzip -dc", "1 layer", "5 layers", "docker pull", "skopeo"]
     cols = [c for c in cols if any(c in r for r in results.values())]
@@ -538,7 +574,11 @@ def report(results: dict[str, dict[str, float | str]]) -> str:
         cells = []
         for c in cols:
             v = r.get(c, "")
-            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+            lohi = (spreads or {}).get((metric, c))
+            if isinstance(v, float) and lohi:
+                cells.append(f"{v:.3f} ({lohi[0]:.3f}-{lohi[1]:.3f})")
+            else:
+                cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
         f = r.get("fusebundle") or r.get("5 layers")
         p = (r.get("ratarmount") or r.get("tar -cf") or r.get("gzip -dc") or r.get("1 layer")
              or r.get("docker pull"))
@@ -575,7 +615,8 @@ def main() -> int:
     print(f"\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
           f"{'quick' if args.quick else 'full'} inputs ({b.small_files} files, "
           f"{b.large_size >> 20} MiB), median of {args.runs} runs\n")
-    print(report(b.results))
+    print("(cells: median (lowest-highest run))\n")
+    print(report(b.results, b.spreads))
     if args.json:
         Path(args.json).write_text(json.dumps(b.results, indent=2))
     return 0

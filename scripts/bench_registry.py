@@ -185,9 +185,10 @@ def bench(ref: str, runs: int, work: Path) -> dict[str, float]:
                                          "--src-tls-verify=false", f"docker://{ref}",
                                          f"oci:{out}:x"])[0])
         shutil.rmtree(out)
-    med = {k: statistics.median(v) for k, v in
-           (("fusebundle", cold), ("fusebundle_stored", warm), ("docker_pull", dpull),
-            ("skopeo", sk))}
+    med = {}
+    for k, v in (("fusebundle", cold), ("fusebundle_stored", warm), ("docker_pull", dpull),
+                 ("skopeo", sk)):
+        med[k], med[k + "_lo"], med[k + "_hi"] = statistics.median(v), min(v), max(v)
     med["vs_docker"] = med["fusebundle"] / med["docker_pull"]
     med["vs_skopeo"] = med["fusebundle"] / med["skopeo"]
     return med
