@@ -84,7 +84,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     store = _store(args)
     whole = args.no_trunc
     images = store.images()
-    layers = store.layers()
+    layers = store.layers(images)
     size_of = {x.diff_id: x.size for x in layers}
     rows = []
     for r in images:
@@ -129,7 +129,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for path, n in report.temps:
         print(f"removed temporary file {path}  {human(n)}")
     for path, why in report.bad_records:
-        print(f"removed corrupt image record {path} ({why})")
+        print(f"removed corrupt image record {path}: {why}")
     print(f"freed {human(report.freed)} ({report.freed} bytes); kept {report.kept} "
           f"layer{'s' * (report.kept != 1)} used by stored images")
     return 0

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,8 @@ import pytest
 
 from fusebundle.errors import UserError
 from fusebundle.sources.base import LayerRef, ResolvedImage
-from fusebundle.store import BadLayer, Store, StoreError
+from fusebundle.store import BadLayer, Store, StoreError, locks
+from fusebundle.store.stream import WriteError, unpack
 
 REPO = Path(__file__).resolve().parent.parent
 GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -153,6 +155,25 @@ def test_progress_counts_blob_bytes(tmp_path: Path, other_tar: bytes) -> None:
     assert seen and seen[-1] == len(blob) and seen == sorted(seen)
 
 
+@pytest.mark.parametrize("threaded", [False, True])
+def test_the_pass_over_a_blob_in_one_thread_or_two(tmp_path: Path, layer_tar: bytes,
+                                                   threaded: bool) -> None:
+    blob = _blobs(layer_tar)["gzip, two members"]
+    out = tmp_path / "out.tar"
+    with open(out, "wb") as f:
+        got = unpack(io.BytesIO(blob), f.fileno(), threaded=threaded)
+    assert (got.compression, got.blob_digest, got.blob_size, got.problem) == (
+        "gzip", sha(blob), len(blob), "")
+    assert (got.tar_digest, got.tar_size) == (sha(layer_tar), len(layer_tar))
+    assert out.read_bytes() == layer_tar
+
+
+def test_a_failed_write_is_reported_as_such(tmp_path: Path, layer_tar: bytes) -> None:
+    (tmp_path / "ro").write_bytes(b"")
+    with open(tmp_path / "ro", "rb") as f, pytest.raises(WriteError, match="Bad file descriptor"):
+        unpack(io.BytesIO(gzip_(layer_tar)), f.fileno())
+
+
 # ------------------------------------------------------------------------------ bad blobs
 def _flip(blob: bytes, at: int) -> bytes:
     b = bytearray(blob)
@@ -223,6 +244,14 @@ def test_malformed_digests_are_refused_before_any_path_is_made(tmp_path: Path,
     with Store(str(tmp_path)) as store, pytest.raises(StoreError, match="expected sha256:<64"):
         store.ingest(ref, never, WHAT)
     assert not (tmp_path / "layers").exists()
+
+
+def test_an_unusable_cache_dir_is_one_line(tmp_path: Path, other_tar: bytes) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    gz = gzip_(other_tar)
+    with Store(str(tmp_path / "file")) as store, pytest.raises(StoreError) as e:
+        store.ingest(layer(gz, other_tar), opener(gz), WHAT)
+    assert str(e.value) == f"cache directory {tmp_path / 'file' / 'locks'}: Not a directory"
 
 
 class _FailingReader(io.RawIOBase):
@@ -477,6 +506,7 @@ def test_a_corrupt_record_is_warned_about_by_path_and_pruned(tmp_path: Path, oth
     assert store.find_image("docker.io/fbtest/c:1", "linux/amd64") is None
     assert len(warnings) == 1 and str(path) in warnings[0], warnings
     report = store.prune()
+    assert len(warnings) == 1  # prune reports it instead
     assert [p for p, _ in report.bad_records] == [str(path)]
     assert not path.exists()
     assert [x.diff_id for x in report.removed] == [refs[0].diff_id]  # no record uses it now
@@ -492,9 +522,12 @@ def test_prune_drops_what_no_record_uses_and_stale_temp_files(tmp_path: Path, la
     layers = tmp_path / "layers" / "sha256"
     stale = layers / f".{'e' * 64}.k1ll3d.part"  # a process killed mid-ingest
     stale.write_bytes(b"x" * 1000)
+    stale_record = tmp_path / "images" / ".0123.json.k1ll3d.tmp"
+    stale_record.write_bytes(b"{" * 10)
     report = store.prune()
     assert report.removed == [] and report.kept == 2
-    assert [(Path(p).name, n) for p, n in report.temps] == [(stale.name, 1000)]
+    assert [(Path(p).name, n) for p, n in report.temps] == [(stale.name, 1000),
+                                                            (stale_record.name, 10)]
     # The image moves on to a new version with one layer: the other one is garbage now.
     store.put_image(image("docker.io/fbtest/x:1", [a]))
     size_b = sum(p.stat().st_size for p in layers.glob(b.diff_id[7:] + ".tar*"))
@@ -575,3 +608,38 @@ def test_cache_without_a_verb_is_one_line(tmp_path: Path) -> None:
     r = fb("cache")
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_cache_ls_warns_once_of_a_corrupt_record(tmp_path: Path, other_tar: bytes) -> None:
+    store, refs = _store_with(tmp_path, other_tar)
+    store.put_image(image("docker.io/fbtest/c:1", refs))
+    store.close()
+    (path,) = (tmp_path / "images").glob("*.json")
+    path.write_text("{")
+    r = fb("cache", "ls", "--cache-dir", str(tmp_path))
+    assert r.returncode == 0
+    assert r.stderr.splitlines() == [
+        f"fusebundle: warning: ignoring the corrupt image record {path}: not JSON "
+        "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"]
+    assert r.stdout.startswith("no images\n")
+    assert f"{refs[0].diff_id[:19]}  " in r.stdout
+
+
+def test_a_lock_waited_on_while_prune_deletes_its_file_lands_on_the_new_file(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "x.use")
+    pruner = locks.take(path)  # as prune holds it while deleting the layer
+    assert pruner is not None
+    got: list[int | None] = []
+    waiter = threading.Thread(target=lambda: got.append(locks.take(path, shared=True)))
+    waiter.start()
+    time.sleep(0.2)  # the waiter has opened the old file and blocks on it
+    assert waiter.is_alive()
+    os.unlink(path)
+    locks.release(pruner)
+    waiter.join(10)
+    (fd,) = got
+    assert fd is not None
+    assert os.fstat(fd).st_ino == os.stat(path).st_ino  # a lock on a file prune can still see
+    assert locks.take(path, wait=False) is None  # and it excludes the next prune
+    locks.release(fd)

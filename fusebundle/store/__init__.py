@@ -27,7 +27,7 @@ from fusebundle.errors import CorruptTar, UserError
 from fusebundle.sources.base import LayerRef, ResolvedImage
 from fusebundle.store import locks, records
 from fusebundle.store.records import ImageRecord, digest_hex
-from fusebundle.store.unpack import ReadError, WriteError, unpack
+from fusebundle.store.stream import Outcome, ReadError, WriteError, unpack
 from fusebundle.tarindex import TarIndex, open_index
 
 __all__ = ["BadLayer", "ImageRecord", "LayerInfo", "PruneReport", "Store", "StoreError"]
@@ -182,8 +182,7 @@ class Store:
                 raise StoreError(f"{where}: cannot write {tmp}: {e}") from None
             except OSError as e:  # from open_blob
                 raise BadLayer(f"{where}: cannot read the blob: {e.strerror or e}") from None
-            problem = _verdict(layer, got.blob_digest, got.blob_size, got.tar_digest,
-                               got.compression, got.problem)
+            problem = _verdict(layer, got)
             if problem:
                 raise BadLayer(f"{where}: {problem}")
             os.fsync(fd)
@@ -288,10 +287,11 @@ class Store:
             self._warn(f"ignoring the corrupt image record {path}: {why}")
         return good
 
-    def layers(self) -> list[LayerInfo]:
-        """Every stored layer, by diff_id, with its size and the images using it."""
+    def layers(self, images: list[ImageRecord] | None = None) -> list[LayerInfo]:
+        """Every stored layer, by diff_id, with its size and the images (of `images()`, or
+        of the given records) using it."""
         users: dict[str, set[str]] = {}
-        for r in self.images():
+        for r in self.images() if images is None else images:
             for x in r.image.layers:
                 users.setdefault(x.diff_id, set()).add(r.image.name)
         files = self._layer_files()
@@ -346,7 +346,8 @@ class Store:
                     taken[h] = (use, ingest)
             # Read only now: whoever records an image holds its layers until the record is
             # written, so a record we cannot see yet belongs to a layer we could not lock.
-            used = {x.diff_id for r in self.images() for x in r.image.layers}
+            good, _ = records.scan(self._images)  # the corrupt ones are reported when removed
+            used = {x.diff_id for r in good for x in r.image.layers}
             stored = self._layer_files()
             for h in busy:
                 if h in stored and "sha256:" + h not in used:
@@ -400,17 +401,16 @@ class Store:
             locks.release(fd)
 
 
-def _verdict(layer: LayerRef, blob_digest: str, blob_size: int, tar_digest: str,
-             compression: str, problem: str) -> str:
+def _verdict(layer: LayerRef, got: Outcome) -> str:
     """What is wrong with a blob that was read to its end, most fundamental first; "" if
     nothing is."""
-    if blob_digest != layer.digest:
-        sizes = (f" ({blob_size} bytes, the manifest says {layer.size})"
-                 if layer.size >= 0 and layer.size != blob_size else "")
-        return f"blob digest mismatch: its bytes hash to {blob_digest}{sizes}"
-    if problem:
-        return problem
-    if tar_digest != layer.diff_id:
-        return (f"diff_id mismatch: the {compression} blob holds a tar hashing to {tar_digest}, "
-                f"the image config says {layer.diff_id}")
+    if got.blob_digest != layer.digest:
+        sizes = (f" ({got.blob_size} bytes, the manifest says {layer.size})"
+                 if layer.size >= 0 and layer.size != got.blob_size else "")
+        return f"blob digest mismatch: its bytes hash to {got.blob_digest}{sizes}"
+    if got.problem:
+        return got.problem
+    if got.tar_digest != layer.diff_id:
+        return (f"diff_id mismatch: the {got.compression} blob holds a tar hashing to "
+                f"{got.tar_digest}, the image config says {layer.diff_id}")
     return ""

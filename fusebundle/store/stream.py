@@ -12,7 +12,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
@@ -23,6 +23,7 @@ CHUNK = 1 << 20  # blob bytes per read
 MAX_OUT = 8 << 20  # tar bytes per igzip call, so a gzip bomb cannot take all memory at once
 ZSTD_SLICE = 128 << 10  # zstd has no output limit per call; smaller inputs bound it somewhat
 QUEUE_DEPTH = 8
+THREADED = (os.cpu_count() or 1) > 1  # a second thread only pays with a second core
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -82,7 +83,9 @@ class _Members:
     def _new(self) -> Any:
         raise NotImplementedError
 
-    def _decode(self, member: Any, data: bytes) -> tuple[Iterator[bytes], bytes | None]:
+    def _decode(self, member: Any, data: bytes) -> Generator[bytes, None, bytes | None]:
+        """Yield the output of `data`; return the bytes after the member's end, or None if
+        the member goes on."""
         raise NotImplementedError
 
     def feed(self, data: bytes) -> Iterator[bytes]:
@@ -96,8 +99,7 @@ class _Members:
                 if not self._starts_member(data[: self.magic_len]):
                     raise StreamError(f"trailing data after the {self.kind} stream")
                 self._member = self._new()
-            outs, rest = self._decode(self._member, data)
-            yield from outs
+            rest = yield from self._decode(self._member, data)
             if rest is None:  # the member goes on in the next read
                 return
             self._member = None
@@ -120,21 +122,20 @@ class _Gunzip(_Members):
     def _new(self) -> Any:
         return isal_zlib.decompressobj(wbits=31)
 
-    def _decode(self, member: Any, data: bytes) -> tuple[Iterator[bytes], bytes | None]:
+    def _decode(self, member: Any, data: bytes) -> Generator[bytes, None, bytes | None]:
         d = member
-        outs: list[bytes] = []
         try:
             out = d.decompress(data, MAX_OUT)
             while True:
                 if out:
-                    outs.append(out)
+                    yield out
                 tail = d.unconsumed_tail
                 if d.eof or (not tail and len(out) < MAX_OUT):
                     break
                 out = d.decompress(tail, MAX_OUT)
         except isal_zlib.error as e:
             raise StreamError(f"corrupt gzip data ({e})") from None
-        return iter(outs), (d.unused_data if d.eof else None)
+        return d.unused_data if d.eof else None
 
 
 class _Unzstd(_Members):
@@ -151,21 +152,19 @@ class _Unzstd(_Members):
     def _new(self) -> Any:
         return self._dctx.decompressobj()
 
-    def _decode(self, member: Any, data: bytes) -> tuple[Iterator[bytes], bytes | None]:
+    def _decode(self, member: Any, data: bytes) -> Generator[bytes, None, bytes | None]:
         d = member
-        outs: list[bytes] = []
         view = memoryview(data)
-        try:
-            for i in range(0, len(view), ZSTD_SLICE):
+        for i in range(0, len(view), ZSTD_SLICE):
+            try:
                 out = d.decompress(view[i : i + ZSTD_SLICE])
-                if out:
-                    outs.append(out)
-                if d.eof:
-                    rest = d.unused_data + bytes(view[i + ZSTD_SLICE :])
-                    return iter(outs), rest
-        except zstandard.ZstdError as e:
-            raise StreamError(f"corrupt zstd data ({e})") from None
-        return iter(outs), None
+            except zstandard.ZstdError as e:
+                raise StreamError(f"corrupt zstd data ({e})") from None
+            if out:
+                yield out
+            if d.eof:
+                return d.unused_data + bytes(view[i + ZSTD_SLICE :])
+        return None
 
 
 class _Plain:
@@ -192,46 +191,54 @@ class Outcome:
     problem: str  # "" when the blob decoded cleanly
 
 
-class _Sink(threading.Thread):
-    """Hashes blob and tar bytes and writes the tar, off the decompressing thread."""
+class _Sink:
+    """Hashes blob and tar bytes and writes the tar: in a thread of its own when `threaded`,
+    so that it overlaps the decompression, else in the caller's."""
 
-    def __init__(self, out_fd: int) -> None:
-        super().__init__(name="fusebundle-layer-sink", daemon=True)
+    def __init__(self, out_fd: int, threaded: bool) -> None:
         self.out_fd = out_fd
         self.blob_hash = hashlib.sha256()
         self.tar_hash = hashlib.sha256()
         self.error: OSError | None = None
         self.stop = False  # set on the way out of an error: drain the queue, do nothing
-        self.q: queue.Queue[tuple[int, bytes] | None] = queue.Queue(QUEUE_DEPTH)
+        self._q: queue.Queue[tuple[int, bytes] | None] = queue.Queue(QUEUE_DEPTH)
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name="fusebundle-layer-sink",
+                                            daemon=True)
+            self._thread.start()
 
-    def run(self) -> None:
-        while (item := self.q.get()) is not None:
-            if self.stop or self.error is not None:
-                continue
-            kind, data = item
-            try:
-                if kind != _TAR:
-                    self.blob_hash.update(data)
-                if kind != _RAW:
-                    if kind == _TAR:
-                        self.tar_hash.update(data)
-                    self._write(data)
-            except OSError as e:
-                self.error = e
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            if not self.stop:
+                self._take(*item)
 
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(self.out_fd, view)
-            view = view[n:]
+    def _take(self, kind: int, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            if kind != _TAR:
+                self.blob_hash.update(data)
+            if kind != _RAW:
+                if kind == _TAR:
+                    self.tar_hash.update(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.out_fd, view) :]
+        except OSError as e:
+            self.error = e
 
     def put(self, kind: int, data: bytes) -> None:
-        self.q.put((kind, data))
+        if self._thread is None:
+            self._take(kind, data)
+        else:
+            self._q.put((kind, data))
 
     def close(self) -> None:
         """Wait for everything queued to be hashed and written."""
-        self.q.put(None)
-        self.join()
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
 
 
 def _read(src: BinaryIO, n: int) -> bytes:
@@ -241,7 +248,8 @@ def _read(src: BinaryIO, n: int) -> bytes:
         raise ReadError(f"cannot read the blob: {e.strerror or e}") from None
 
 
-def unpack(src: BinaryIO, out_fd: int, progress: Callable[[int], None] | None = None) -> Outcome:
+def unpack(src: BinaryIO, out_fd: int, progress: Callable[[int], None] | None = None,
+           threaded: bool = THREADED) -> Outcome:
     """Read `src` to its end once, writing the tar it holds to `out_fd`.
 
     Raises ReadError if reading fails, WriteError if writing does; a blob that does not decode
@@ -253,8 +261,7 @@ def unpack(src: BinaryIO, out_fd: int, progress: Callable[[int], None] | None = 
     compression = sniff(head)
     decoder = _decoder(compression)
     plain = compression == "tar"
-    sink = _Sink(out_fd)
-    sink.start()
+    sink = _Sink(out_fd, threaded)
     done, size, tar_size, problem = 0, 0, 0, ""
     try:
         data = head
