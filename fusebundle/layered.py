@@ -55,6 +55,8 @@ class LayeredImage:
     cache: Cache
     show_progress: bool = False
     verify: bool = False  # hash every stored layer again before use (pack reads them all anyway)
+    # For an image found in the store: the source to fetch a corrupt layer from again, if any.
+    fallback: Callable[[], LayerSource | None] | None = None
     info: ImageInfo = field(init=False)
     fetched: Fetched = field(default_factory=Fetched)
     _index: TarIndex | None = None
@@ -165,6 +167,8 @@ class LayeredImage:
         try:
             return use(layer.diff_id)
         except CorruptLayer as e:
+            if self.source is None and self.fallback is not None:
+                self.source = self.fallback()
             if self.source is None:
                 raise UserError(f"image {self.image.ref}: {e}; no source was given to fetch it "
                                 f"again (use --from)") from None

@@ -147,8 +147,16 @@ class Resolver:
         if not all(self.store.has_layer(layer.diff_id) for layer in image.layers):
             return None  # pruned or half-pulled: a source fetches the rest
         image.ref = ref
+
+        def fallback() -> Any:
+            # The first named layer source, to fetch a stored layer found corrupt again.
+            for kind, arg in self.order:
+                if kind in ("oci", "docker-archive", "registry"):
+                    return self._layer_source(kind, arg)
+            return None
+
         return LayeredImage(image, None, self.store, self.cache, self.show_progress,
-                            self.verify_layers)
+                            self.verify_layers, fallback)
 
     def _from_engine(self, ref: str) -> Any:
         from fusebundle.images import LazyImage
