@@ -272,7 +272,8 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
     except OSError as e:
         raise UserError(f"{out}: write failed: {e.strerror or e}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        # On a failing disk even this may fail: the next pack to `out` removes it.
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
 
 

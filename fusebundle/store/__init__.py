@@ -217,9 +217,10 @@ class Store:
         finally:
             os.close(fd)
             if not placed:
-                with contextlib.suppress(FileNotFoundError):
+                # On a failing disk even this may fail: the next ingest or prune removes them.
+                with contextlib.suppress(OSError):
                     os.unlink(tmp)
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
                     os.unlink(path + ".idx")
 
     def layer_index(self, diff_id: str) -> TarIndex:
