@@ -72,16 +72,19 @@ def _assert_clean(cache: Path, *dirs: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ kill -9
-STAGES = ["layer-written", "layer-indexed", "merge", "pack-write"]
+STAGES = [("pack", "layer-written"), ("pack", "layer-indexed"), ("pack", "merge"),
+          ("pack", "pack-write"), ("pull", "layer-written"), ("pull", "merge")]
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_pack_killed_at_a_stage_leaves_nothing_half_done(images, reference, tmp_path, stage):
+@pytest.mark.parametrize("command,stage", STAGES)
+def test_killed_at_a_stage_leaves_nothing_half_done(images, reference, tmp_path, command,
+                                                    stage):
     cache, out = tmp_path / "cache", tmp_path / "out" / "one.tar"
     out.parent.mkdir()
-    p = spawn("pack", "--from", f"oci:{images.layout}", images.configs["one"], "-o", out,
+    args = ["-o", out] if command == "pack" else []
+    p = spawn(command, "--from", f"oci:{images.layout}", images.configs["one"], *args,
               cache=cache, FUSEBUNDLE_TEST_STOP=stage)
-    wait_for(lambda: stopped(p.pid) or p.poll() is not None, f"pack to stop at {stage}")
+    wait_for(lambda: stopped(p.pid) or p.poll() is not None, f"{command} to stop at {stage}")
     assert p.poll() is None, p.communicate()
     kill9(p)
     left = temps(cache, out.parent)
@@ -96,6 +99,10 @@ def test_pack_killed_at_a_stage_leaves_nothing_half_done(images, reference, tmp_
         stale = cache / "merged" / f".{images.config_hex('fbtest/one:1')}.idx.x1y2z3.part"
         stale.parent.mkdir(exist_ok=True)
         stale.write_bytes(b"{half")
+    if command == "pull":
+        r = cli("pull", "--from", f"oci:{images.layout}", images.configs["one"], cache=cache)
+        assert r.returncode == 0, r.stderr
+        assert (cache / "merged" / (images.config_hex("fbtest/one:1") + ".idx")).exists()
     r = _pack(images, cache, out)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == reference["one"]
@@ -343,15 +350,18 @@ def test_a_damaged_layer_without_a_source_is_one_line(images, filled, tmp_path):
     assert not out.exists() and not layer.exists()
 
 
+@pytest.mark.parametrize("which", ["layer", "merged"])
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
-def test_a_damaged_index_is_rebuilt(images, reference, filled, tmp_path, damage):
-    idx = images.layer_path(filled, "one").with_suffix(".tar.idx")
+def test_a_damaged_index_is_rebuilt(images, reference, filled, tmp_path, damage, which):
+    merged = filled / "merged" / (images.config_hex("fbtest/one:1") + ".idx")
+    idx = images.layer_path(filled, "one").with_suffix(".tar.idx") if which == "layer" \
+        else merged
     good = idx.read_bytes()
     if damage == "truncate":
         os.truncate(idx, len(good) - 7)
     else:
-        _flip_keeping_stat(idx, len(good) // 2)
-    for merged in (filled / "merged").iterdir():
+        _flip_keeping_stat(idx, len(good) - 100)
+    if which == "layer":
         merged.unlink()  # so that the layer indexes are read again
     events = tmp_path / "events"
     out = tmp_path / "one.tar"
@@ -419,8 +429,10 @@ def test_a_mount_survives_prune_and_reports_a_cut_tar(images, tmp_path):
             p.unlink()  # no record names the layers any more: only the mount holds them
         r = cli("cache", "prune", cache=cache)
         assert r.returncode == 0, r.stderr
-        assert images.layer_path(cache, "one").exists()
-        assert images.layer_path(cache, "base").exists()
+        for layer in ("base", "one"):
+            assert images.layer_path(cache, layer).exists()
+            assert f"kept layer {images.diff_id(layer)}" in r.stdout, r.stdout
+            assert "(in use by a running fusebundle)" in r.stdout
         assert (lower / "one/f1.txt").read_bytes() == b"file 1 of image one\n" * 50
         layer = images.layer_path(cache, "one")
         with open(layer, "r+b") as f:  # someone writes into the tar under the mount
@@ -428,8 +440,16 @@ def test_a_mount_survives_prune_and_reports_a_cut_tar(images, tmp_path):
         with pytest.raises(OSError) as e:
             (lower / "one/f7.txt").read_bytes()
         assert e.value.errno == 5
+        # The base layer's tar replaced by a copy of itself: the same bytes, another file.
+        base = images.layer_path(cache, "base")
+        shutil.copyfile(base, base.with_suffix(".copy"))
+        os.replace(base.with_suffix(".copy"), base)
+        with pytest.raises(OSError) as e:
+            (lower / "base/hello.txt").read_bytes()
+        assert e.value.errno == 5
         text = log.read_text()
-        assert f"{layer}: changed or removed since it was indexed" in text, text
+        for p in (layer, base):
+            assert f"{p}: changed or removed since it was indexed" in text, text
     finally:
         if find_mount(str(mnt)) is not None:
             cli("umount", mnt, cache=cache)
