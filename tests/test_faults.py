@@ -372,6 +372,27 @@ def test_a_damaged_index_is_rebuilt(images, reference, filled, tmp_path, damage,
     assert _ingests(events) == []  # the tar hashed right: not fetched again
 
 
+@pytest.mark.skipif(not HAVE_FUSE, reason="needs /dev/fuse, fusermount3 and root")
+def test_a_mount_fetches_a_damaged_layer_again(images, filled, tmp_path):
+    from fusebundle.mountcmd import find_mount
+
+    layer = images.layer_path(filled, "base")
+    os.truncate(layer, layer.stat().st_size - 5000)
+    mnt, log = tmp_path / "mnt", tmp_path / "mount.log"
+    mnt.mkdir()
+    r = cli("mount", "--from", f"oci:{images.layout}", images.configs["one"], mnt, "--log", log,
+            cache=filled)
+    assert r.returncode == 0, r.stderr
+    try:
+        got = (mnt / "containers/onboot/000-one/lower/base/big.txt").read_bytes()
+        assert got == BIG
+        assert f"stored layer {images.diff_id('base')} is corrupt" in log.read_text()
+        assert sha(layer.read_bytes()) == images.diff_id("base")
+    finally:
+        if find_mount(str(mnt)) is not None:
+            cli("umount", mnt, cache=filled)
+
+
 # ------------------------------------------------------------------------------ eight at once
 @pytest.mark.skipif(not HAVE_FUSE, reason="needs /dev/fuse, fusermount3 and root")
 def test_eight_processes_share_one_store(images, reference, tmp_path):

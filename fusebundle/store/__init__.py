@@ -10,7 +10,12 @@ Layout under the cache directory (`exports/` beside it belongs to images.Cache):
     images/<hash>.json             image records (records.py)
 
 A layer appears under its final name only complete and verified: it is written to a temporary
-name in the same directory, checked, fsynced and indexed, then renamed.
+name in the same directory, checked, fsynced and indexed, then renamed.  Temporary names left by
+a killed process (.<hex>.*) are removed by the next ingest of that layer and by `prune`.
+
+A stored tar never changes, so one whose index no longer fits it (size, mtime or inode) is
+hashed again before it is indexed again; `pack` hashes every stored layer it uses once (it reads
+them all anyway).  One that is not its diff_id any more is removed and fetched again.
 """
 
 from __future__ import annotations
