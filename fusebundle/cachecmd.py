@@ -110,6 +110,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
     print()
     print(f"{len(images)} image{'s' * (len(images) != 1)}, {len(layers)} "
           f"layer{'s' * (len(layers) != 1)}, {human(total)} ({total} bytes) in {store.root}")
+    merged = store.merged()
+    if merged:
+        n = sum(size for _, size in merged)
+        print(f"{len(merged)} merged image index{'es' * (len(merged) != 1)}, {human(n)} "
+              f"({n} bytes)")
     if unused:
         n = sum(x.size for x in unused)
         them = "them" if len(unused) > 1 else "it"
@@ -128,6 +133,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"kept layer {x.diff_id}  {human(x.size)}  (in use by a running fusebundle)")
     for path, n in report.temps:
         print(f"removed temporary file {path}  {human(n)}")
+    for path, n in report.merged:
+        print(f"removed merged index {path}  {human(n)}")
     for path, why in report.bad_records:
         print(f"removed corrupt image record {path}: {why}")
     print(f"freed {human(report.freed)} ({report.freed} bytes); kept {report.kept} "

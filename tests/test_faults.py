@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -141,9 +142,11 @@ def test_killed_mid_download_and_decompression(images, reference, tmp_path, stal
     r = cli(command, *args, cache=cache)
     assert r.returncode == 0, r.stderr
     if command == "pull":
-        # The killed run left nothing usable of the base layer: this run fetched it.
-        assert r.stdout.splitlines()[-1].startswith("pulled 1 images: 2 layers fetched"), \
-            r.stdout
+        # The killed run left nothing usable of the base layer (2.7 MiB): this run fetched it.
+        # (The small layer may or may not have been stored before the kill.)
+        m = re.match(r"pulled 1 images: \d layers fetched \(([\d.]+) MiB\)",
+                     r.stdout.splitlines()[-1])
+        assert m is not None and float(m.group(1)) > 2.5, r.stdout
     else:
         assert (tmp_path / "one.tar").read_bytes() == reference["one"]
     _assert_clean(cache, tmp_path)
@@ -207,7 +210,9 @@ def test_full_cache_dir_is_one_line_and_the_store_stays_consistent(images, refer
         r = _pack(images, cache, out)
         assert r.returncode == 1
         line = one_line(r.stderr)
-        assert "No space left on device" in line and images.diff_id("base")[:7] in line, line
+        blob = sha(images.blob_path("base").read_bytes())
+        assert line.startswith(f"fusebundle: image fbtest/one:1: layer {blob}: "), line
+        assert line.endswith("No space left on device"), line
         assert not out.exists()
         assert not images.layer_path(cache, "base").exists()
         _assert_clean(cache, tmp_path)

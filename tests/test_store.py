@@ -643,3 +643,56 @@ def test_a_lock_waited_on_while_prune_deletes_its_file_lands_on_the_new_file(
     assert os.fstat(fd).st_ino == os.stat(path).st_ino  # a lock on a file prune can still see
     assert locks.take(path, wait=False) is None  # and it excludes the next prune
     locks.release(fd)
+
+
+def test_threads_of_one_store_ingest_at_once(tmp_path: Path, layer_tar: bytes,
+                                             other_tar: bytes) -> None:
+    blobs = {t: gzip_(t) for t in (layer_tar, other_tar)}
+    opened: list[bytes] = []
+
+    def slow(blob: bytes) -> Callable[[], BinaryIO]:
+        def open_blob() -> BinaryIO:
+            opened.append(blob)
+            time.sleep(0.2)  # the twin thread asks for the same layer meanwhile
+            return io.BytesIO(blob)
+        return open_blob
+
+    store = Store(str(tmp_path))
+    jobs = [(layer(blobs[t], t), slow(blobs[t])) for t in (layer_tar, other_tar) * 2]
+    threads = [threading.Thread(target=store.ingest, args=(ref, f, WHAT)) for ref, f in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert store.ingested == 2 and sorted(opened) == sorted(blobs.values())
+    for t in (layer_tar, other_tar):
+        assert Path(store.layer_path(sha(t))).read_bytes() == t
+    # Both held: a prune elsewhere keeps them although no record uses them.
+    assert sorted(x.diff_id for x in Store(str(tmp_path)).prune().in_use) == sorted(
+        sha(t) for t in (layer_tar, other_tar))
+    store.close()
+    assert len(Store(str(tmp_path)).prune().removed) == 2
+
+
+def test_prune_drops_merged_indexes_of_images_no_record_has(tmp_path: Path,
+                                                            other_tar: bytes) -> None:
+    store, refs = _store_with(tmp_path, other_tar)
+    kept = image("docker.io/fbtest/m:1", refs)
+    store.put_image(kept)
+    merged = tmp_path / "merged"  # where layered.py keeps them, by config digest
+    merged.mkdir()
+    mine = merged / (kept.config_digest[7:] + ".idx")
+    mine.write_bytes(b"m" * 100)
+    orphan = merged / ("0" * 64 + ".idx")
+    orphan.write_bytes(b"o" * 300)
+    fresh_temp = merged / f".{'1' * 64}.idx.abc.part"  # being written right now, perhaps
+    fresh_temp.write_bytes(b"t")
+    old_temp = merged / f".{'2' * 64}.idx.def.part"
+    old_temp.write_bytes(b"tt")
+    os.utime(old_temp, (time.time() - 7200, time.time() - 7200))
+    report = store.prune()
+    assert report.merged == [(str(orphan), 300)]
+    assert report.temps == [(str(old_temp), 2)]
+    assert report.removed == [] and report.freed == 302
+    assert sorted(p.name for p in merged.iterdir()) == sorted([mine.name, fresh_temp.name])
+    store.close()

@@ -8,6 +8,7 @@ Layout under the cache directory (`exports/` beside it belongs to images.Cache):
     locks/<hex>.use                shared while a process uses it (`hold`); `prune` skips it then
     locks/images                   shared while a record is written; `prune` cleans temps under it
     images/<hash>.json             image records (records.py)
+    merged/<config hex>.idx        an image's layers merged into one index (layered.py's)
 
 A layer appears under its final name only complete and verified: it is written to a temporary
 name in the same directory, checked, fsynced and indexed, then renamed.  Temporary names left by
@@ -25,6 +26,8 @@ import hashlib
 import os
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -42,6 +45,9 @@ __all__ = ["BadLayer", "CorruptLayer", "ImageRecord", "LayerInfo", "PruneReport"
 
 # Bounds the open lock files of one prune pass (two per layer).
 _PRUNE_BATCH = 200
+# A merged index is saved within seconds and has no lock of its own: a temporary file this
+# old was left by a process that died.
+_MERGED_STALE = 3600.0
 
 
 class StoreError(UserError):
@@ -74,11 +80,13 @@ class PruneReport:
     kept: int = 0  # layers some image record uses
     temps: list[tuple[str, int]] = field(default_factory=list)  # stale temporary files removed
     bad_records: list[tuple[str, str]] = field(default_factory=list)  # (path, why), removed
+    merged: list[tuple[str, int]] = field(default_factory=list)  # of images no record has
 
     @property
     def freed(self) -> int:
         """Bytes freed in all."""
-        return sum(x.size for x in self.removed) + sum(n for _, n in self.temps)
+        return (sum(x.size for x in self.removed) + sum(n for _, n in self.temps)
+                + sum(n for _, n in self.merged))
 
 
 def _warn_stderr(message: str) -> None:
@@ -102,7 +110,9 @@ class Store:
         self._layers = os.path.join(root, "layers", "sha256")
         self._locks = os.path.join(root, "locks")
         self._images = os.path.join(root, "images")
+        self._merged = os.path.join(root, "merged")
         self._held: dict[str, int | None] = {}
+        self._mutex = threading.Lock()  # ingest may run in several threads at once
         self._indexes: dict[str, TarIndex] = {}
         self._verified: set[str] = set()  # diff_ids hashed (or written) by this object
 
@@ -135,17 +145,21 @@ class Store:
     def hold(self, diff_ids: Iterable[str]) -> None:
         """Keep `prune` off these layers (present or still to come) until close()."""
         for d in diff_ids:
-            if d not in self._held:
-                path = self._lock_path(self._hex(d), "use")
-                self._mkdir(self._locks)
-                self._held[d] = locks.take(path, shared=True)
+            path = self._lock_path(self._hex(d), "use")
+            # Under the mutex: a thread of ours that finds the layer held must find it locked.
+            # take() waits only while a prune is deleting this layer.
+            with self._mutex:
+                if d not in self._held:
+                    self._mkdir(self._locks)
+                    self._held[d] = locks.take(path, shared=True)
 
     def close(self) -> None:
         """Release every layer this object holds."""
-        for fd in self._held.values():
+        with self._mutex:
+            held, self._held = self._held, {}
+            self._indexes.clear()
+        for fd in held.values():
             locks.release(fd)
-        self._held.clear()
-        self._indexes.clear()
 
     def __enter__(self) -> Store:
         return self
@@ -175,8 +189,9 @@ class Store:
                 return path
             self._clean_temps(self._hex(layer.diff_id))  # left by a process that was killed
             self._write(layer, open_blob, what, progress, path)
-        self.ingested += 1
-        self._verified.add(layer.diff_id)
+        with self._mutex:
+            self.ingested += 1
+            self._verified.add(layer.diff_id)
         testhook.note(f"ingested {layer.diff_id}")
         return path
 
@@ -382,7 +397,38 @@ class Store:
         for i in range(0, len(hexes), _PRUNE_BATCH):
             self._prune_batch(hexes[i : i + _PRUNE_BATCH], report)
         self._prune_images(report)
+        self._prune_merged(report)
         return report
+
+    def merged(self) -> list[tuple[str, int]]:
+        """The merged indexes kept under root/merged, as (path, size)."""
+        try:
+            names = sorted(os.listdir(self._merged))
+        except FileNotFoundError:
+            return []
+        paths = [os.path.join(self._merged, n) for n in names if not n.startswith(".")]
+        return [(p, _size(p)) for p in paths]
+
+    def _prune_merged(self, report: PruneReport) -> None:
+        # Keyed by config digest. One removed under a process about to record its image only
+        # costs that image a merge on its next use.
+        good, _ = records.scan(self._images)
+        configs = {r.image.config_digest.removeprefix("sha256:") for r in good}
+        now = time.time()
+        for path, size in self.merged():
+            name = os.path.basename(path)
+            if name.endswith(".idx") and name[:-4] not in configs:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    report.merged.append((path, size))
+        with contextlib.suppress(FileNotFoundError):
+            for n in sorted(os.listdir(self._merged)):
+                p = os.path.join(self._merged, n)
+                with contextlib.suppress(FileNotFoundError):
+                    if n.startswith(".") and now - os.lstat(p).st_mtime > _MERGED_STALE:
+                        size = _size(p)
+                        os.unlink(p)
+                        report.temps.append((p, size))
 
     def _candidates(self) -> set[str]:
         # Layers, their temporary files (.<hex>.*) and lock files (<hex>.use) name the layer.
