@@ -172,6 +172,7 @@ class LayeredImage:
             if self.source is None:
                 raise UserError(f"image {self.image.ref}: {e}; no source was given to fetch it "
                                 f"again (use --from)") from None
+            self.store.warn(f"image {self.image.ref}: {e}; fetching it again")
         self.fetch()
         return use(layer.diff_id)
 

@@ -9,6 +9,7 @@ import os
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -293,12 +294,20 @@ def _locked_temp(directory: str, prefix: str) -> tuple[int, str]:
     return fd, tmp
 
 
+NEW_STALE = 60.0  # seconds: a .new file is locked and renamed within microseconds of its birth
+
+
 def _clean_dead_temps(directory: str, prefix: str) -> None:
     """Remove the temporary files of earlier packs to the same output whose writer died."""
+    now = time.time()
     for n in os.listdir(directory):
-        if not (n.startswith(prefix) and n.endswith(".part")):
+        if not n.startswith(prefix) or not n.endswith((".part", ".new")):
             continue
         path = os.path.join(directory, n)
+        if n.endswith(".new"):  # (killed between creating and locking it)
+            with contextlib.suppress(OSError):
+                if now - os.lstat(path).st_mtime < NEW_STALE:
+                    continue
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:

@@ -161,6 +161,10 @@ class Store:
         for fd in held.values():
             locks.release(fd)
 
+    def warn(self, message: str) -> None:
+        """Say something the user should know that does not stop the command."""
+        self._warn(message)
+
     def __enter__(self) -> Store:
         return self
 
@@ -288,9 +292,7 @@ class Store:
             return
         self.drop_layer(diff_id)
         why = got if got.startswith("unreadable") else f"its {size} bytes hash to {got}"
-        message = f"stored layer {diff_id} is corrupt ({why}): removed it from the store"
-        self._warn(message)
-        raise CorruptLayer(message)
+        raise CorruptLayer(f"stored layer {diff_id} is corrupt ({why}): removed it from the store")
 
     def drop_layer(self, diff_id: str) -> None:
         """Remove a stored layer's tar and what is derived from it (a corrupt one)."""
