@@ -106,7 +106,8 @@ class _Session:
         self.resolver = Resolver(args.sources, args.cache_dir or default_cache_dir(),
                                  docker_host=args.docker_host, pull=args.pull,
                                  platform=platform, insecure=tuple(args.insecure_registry or ()),
-                                 show_progress=self.show_progress)
+                                 show_progress=self.show_progress,
+                                 verify_layers=args.command == "pack")
         self.cache = self.resolver.cache
         self._images: dict[str, Any] = {}
 

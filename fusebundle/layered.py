@@ -8,15 +8,16 @@ saved in the store so a later run never merges again.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fusebundle.images import Cache, ImageInfo
 from fusebundle.sources.base import LayerRef, LayerSource, ResolvedImage
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from fusebundle.store import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PARALLEL_LAYERS = 4  # at once, as docker pulls them
 
@@ -54,6 +56,9 @@ class LayeredImage:
     store: Store
     cache: Cache
     show_progress: bool = False
+    verify: bool = False  # hash every stored layer again before use (pack reads them all anyway)
+    # For an image found in the store: the source to fetch a corrupt layer from again, if any.
+    fallback: Callable[[], LayerSource | None] | None = None
     info: ImageInfo = field(init=False)
     fetched: Fetched = field(default_factory=Fetched)
     _index: TarIndex | None = None
@@ -119,24 +124,59 @@ class LayeredImage:
 
     def _load(self) -> TarIndex:
         from fusebundle import layers as layermod
+        from fusebundle import testhook
+        from fusebundle.store import locks
 
         paths = [self.store.layer_path(layer.diff_id) for layer in self.image.layers]
         self.store.hold(layer.diff_id for layer in self.image.layers)
+        if self.verify:
+            for layer in self.image.layers:
+                if self.store.has_layer(layer.diff_id):
+                    self._checked(layer, self.store.verify_layer)
         merged = layermod.MergedIndex.load(self.merged_path, paths)
         if merged is None:
             self.fetch()
-            indexes = [self.store.layer_index(layer.diff_id) for layer in self.image.layers]
+            indexes = [self._checked(layer, self.store.layer_index) for layer in self.image.layers]
             digests = [layer.digest for layer in self.image.layers]
-            os.makedirs(os.path.dirname(self.merged_path), exist_ok=True)
+            directory = os.path.dirname(self.merged_path)
+            os.makedirs(directory, exist_ok=True)
             merged = layermod.merge(indexes, digests, self.image.ref,
                                     self.merged_path)
+            testhook.stop_at("merge")
             try:
-                merged.save()
+                # Under its lock, temporary files of this merged index are a dead process's.
+                lock = os.path.join(self.store.root, "locks",
+                                    "merge-" + os.path.basename(self.merged_path))
+                with locks.held(lock):
+                    stale = "." + os.path.basename(self.merged_path) + "."
+                    for n in os.listdir(directory):
+                        if n.startswith(stale) and n.endswith(".part"):
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(os.path.join(directory, n))
+                    merged.save()
             except OSError as e:  # a read-only store still works; the next run merges again
                 log.warning("%s: not saved: %s", self.merged_path, e.strerror or e)
         if self.source is not None:
             self.store.put_image(self.image)
         return merged
+
+    def _checked(self, layer: LayerRef, use: Callable[[str], T]) -> T:
+        """use(diff_id); if the stored layer turns out corrupt (the store then drops it), fetch
+        it again from the source and use that, or say that no source was given."""
+        from fusebundle.errors import UserError
+        from fusebundle.store import CorruptLayer
+
+        try:
+            return use(layer.diff_id)
+        except CorruptLayer as e:
+            if self.source is None and self.fallback is not None:
+                self.source = self.fallback()
+            if self.source is None:
+                raise UserError(f"image {self.image.ref}: {e}; no source was given to fetch it "
+                                f"again (use --from)") from None
+            self.store.warn(f"image {self.image.ref}: {e}; fetching it again")
+        self.fetch()
+        return use(layer.diff_id)
 
     def nested_index(self, name: bytes) -> TarIndex:
         """The index of a tar file inside this image (a kernel tar)."""

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from fusebundle import testhook
 from fusebundle.entry import Entry
 from fusebundle.errors import CorruptTar, UserError
 
@@ -249,8 +252,10 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
         raise UserError(f"{out}: directory {directory} does not exist")
     if os.path.isdir(out):
         raise UserError(f"{out}: is a directory")
+    prefix = "." + os.path.basename(out) + ".fusebundle-"
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fusebundle-", suffix=".tar.part")
+        _clean_dead_temps(directory, prefix)
+        fd, tmp = _locked_temp(directory, prefix)
     except OSError as e:
         raise UserError(f"{out}: cannot create a file in {directory}: {e.strerror}") from None
     try:
@@ -260,12 +265,59 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
             umask = os.umask(0)
             os.umask(umask)
             os.fchmod(fd, 0o666 & ~umask)
+            testhook.stop_at("pack-write")
+            os.replace(tmp, out)
         finally:
             os.close(fd)
-        os.replace(tmp, out)
         return n
     except OSError as e:
         raise UserError(f"{out}: write failed: {e.strerror or e}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        # On a failing disk even this may fail: the next pack to `out` removes it.
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def _locked_temp(directory: str, prefix: str) -> tuple[int, str]:
+    """A new temporary file for the output, under a name ending in .part only once it is locked:
+    the lock, held until the rename, tells a later pack that its writer is alive."""
+    fd, new = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".new")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        tmp = new.removesuffix(".new") + ".part"
+        os.rename(new, tmp)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(new)
+        raise
+    return fd, tmp
+
+
+NEW_STALE = 60.0  # seconds: a .new file is locked and renamed within microseconds of its birth
+
+
+def _clean_dead_temps(directory: str, prefix: str) -> None:
+    """Remove the temporary files of earlier packs to the same output whose writer died."""
+    now = time.time()
+    for n in os.listdir(directory):
+        if not n.startswith(prefix) or not n.endswith((".part", ".new")):
+            continue
+        path = os.path.join(directory, n)
+        if n.endswith(".new"):  # (killed between creating and locking it)
+            with contextlib.suppress(OSError):
+                if now - os.lstat(path).st_mtime < NEW_STALE:
+                    continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live pack is writing it
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        finally:
+            os.close(fd)

@@ -51,6 +51,7 @@ class Resolver:
     platform: Platform = field(default_factory=Platform.host)
     insecure: tuple[str, ...] = ()
     show_progress: bool = False
+    verify_layers: bool = False  # hash stored layers again before use (for pack)
     _sources: dict[str, Any] = field(default_factory=dict)
     _store: Any = None
     _cache: Cache | None = None
@@ -146,7 +147,16 @@ class Resolver:
         if not all(self.store.has_layer(layer.diff_id) for layer in image.layers):
             return None  # pruned or half-pulled: a source fetches the rest
         image.ref = ref
-        return LayeredImage(image, None, self.store, self.cache, self.show_progress)
+
+        def fallback() -> Any:
+            # The first named layer source, to fetch a stored layer found corrupt again.
+            for kind, arg in self.order:
+                if kind in ("oci", "docker-archive", "registry"):
+                    return self._layer_source(kind, arg)
+            return None
+
+        return LayeredImage(image, None, self.store, self.cache, self.show_progress,
+                            self.verify_layers, fallback)
 
     def _from_engine(self, ref: str) -> Any:
         from fusebundle.images import LazyImage
@@ -167,7 +177,8 @@ class Resolver:
 
         src = self._layer_source(kind, arg)
         image = src.resolve(ref, self.platform)
-        return LayeredImage(image, src, self.store, self.cache, self.show_progress)
+        return LayeredImage(image, src, self.store, self.cache, self.show_progress,
+                            self.verify_layers)
 
 
 def _reason(name: str, e: Exception) -> str:

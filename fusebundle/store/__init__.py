@@ -11,12 +11,18 @@ Layout under the cache directory (`exports/` beside it belongs to images.Cache):
     merged/<config hex>.idx        an image's layers merged into one index (layered.py's)
 
 A layer appears under its final name only complete and verified: it is written to a temporary
-name in the same directory, checked, fsynced and indexed, then renamed.
+name in the same directory, checked, fsynced and indexed, then renamed.  Temporary names left by
+a killed process (.<hex>.*) are removed by the next ingest of that layer and by `prune`.
+
+A stored tar never changes, so one whose index no longer fits it (size, mtime or inode) is
+hashed again before it is indexed again; `pack` hashes every stored layer it uses once (it reads
+them all anyway).  One that is not its diff_id any more is removed and fetched again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 import tempfile
@@ -26,6 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from fusebundle import testhook
 from fusebundle.errors import CorruptTar, UserError
 from fusebundle.sources.base import LayerRef, ResolvedImage
 from fusebundle.store import locks, records
@@ -33,7 +40,8 @@ from fusebundle.store.records import ImageRecord, digest_hex
 from fusebundle.store.stream import Outcome, ReadError, WriteError, unpack
 from fusebundle.tarindex import TarIndex, open_index
 
-__all__ = ["BadLayer", "ImageRecord", "LayerInfo", "PruneReport", "Store", "StoreError"]
+__all__ = ["BadLayer", "CorruptLayer", "ImageRecord", "LayerInfo", "PruneReport", "Store",
+           "StoreError"]
 
 # Bounds the open lock files of one prune pass (two per layer).
 _PRUNE_BATCH = 200
@@ -48,6 +56,10 @@ class StoreError(UserError):
 
 class BadLayer(StoreError):
     """A layer blob failed its checks: digest, diff_id, compression, or its tar."""
+
+
+class CorruptLayer(StoreError):
+    """A stored layer's tar no longer hashes to its diff_id; it has been removed."""
 
 
 @dataclass
@@ -102,6 +114,7 @@ class Store:
         self._held: dict[str, int | None] = {}
         self._mutex = threading.Lock()  # ingest may run in several threads at once
         self._indexes: dict[str, TarIndex] = {}
+        self._verified: set[str] = set()  # diff_ids hashed (or written) by this object
 
     # ------------------------------------------------------------------ paths and locks
     def _mkdir(self, d: str) -> str:
@@ -148,6 +161,10 @@ class Store:
         for fd in held.values():
             locks.release(fd)
 
+    def warn(self, message: str) -> None:
+        """Say something the user should know that does not stop the command."""
+        self._warn(message)
+
     def __enter__(self) -> Store:
         return self
 
@@ -178,6 +195,8 @@ class Store:
             self._write(layer, open_blob, what, progress, path)
         with self._mutex:
             self.ingested += 1
+            self._verified.add(layer.diff_id)
+        testhook.note(f"ingested {layer.diff_id}")
         return path
 
     def _write(self, layer: LayerRef, open_blob: Callable[[], BinaryIO], what: str,
@@ -201,12 +220,14 @@ class Store:
             if problem:
                 raise BadLayer(f"{where}: {problem}")
             os.fsync(fd)
+            testhook.stop_at("layer-written")
             try:
                 index = TarIndex.scan(tmp)
             except CorruptTar as e:
                 raise BadLayer(f"{where}: not a valid tar: "
                                f"{str(e).removeprefix(tmp + ': ')}") from None
             index.save(path + ".idx")  # the index keys on size, mtime and inode: rename keeps them
+            testhook.stop_at("layer-indexed")
             os.replace(tmp, path)
             placed = True
             with contextlib.suppress(OSError):
@@ -220,26 +241,70 @@ class Store:
         finally:
             os.close(fd)
             if not placed:
-                with contextlib.suppress(FileNotFoundError):
+                # On a failing disk even this may fail: the next ingest or prune removes them.
+                with contextlib.suppress(OSError):
                     os.unlink(tmp)
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
                     os.unlink(path + ".idx")
 
     def layer_index(self, diff_id: str) -> TarIndex:
-        """The index of a stored layer (loaded from beside it, or scanned once); held."""
+        """The index of a stored layer (loaded from beside it, or scanned once); held.
+
+        A saved index that is missing, corrupt or keyed on another size, mtime or inode of the
+        tar is rebuilt, but only once the tar has been hashed again: a stored tar never
+        changes, so a changed one is suspect.  CorruptLayer if it no longer hashes to its
+        diff_id (it is then removed from the store).
+        """
         if diff_id in self._indexes:
             return self._indexes[diff_id]
         self.hold([diff_id])
         path = self.layer_path(diff_id)
         if not os.path.exists(path):
             raise StoreError(f"layer {diff_id} is not in the store {self.root}")
-        try:
-            index = open_index(path)
-        except CorruptTar as e:
-            raise CorruptTar(f"stored layer {diff_id} is corrupt ({e}); delete {path} to "
-                             "fetch it again") from None
+        index = TarIndex.load(path + ".idx", path)
+        if index is None or index.has_sparse:
+            self.verify_layer(diff_id)
+            try:
+                index = open_index(path)
+            except CorruptTar as e:  # hashes right, yet unreadable: only by a changed reader
+                raise StoreError(f"stored layer {diff_id} cannot be indexed ({e}); `fusebundle "
+                                 f"cache prune` after removing {path} drops it") from None
         self._indexes[diff_id] = index
         return index
+
+    def verify_layer(self, diff_id: str) -> None:
+        """Hash the stored tar again (once per Store object); if it is not its diff_id any
+        more, remove it from the store and raise CorruptLayer."""
+        if diff_id in self._verified:
+            return
+        self.hold([diff_id])
+        path = self.layer_path(diff_id)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                got = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+        except FileNotFoundError:
+            raise StoreError(f"layer {diff_id} is not in the store {self.root}") from None
+        except OSError as e:
+            got, size = f"unreadable ({e.strerror or e})", _size(path)
+        if got == diff_id:
+            self._verified.add(diff_id)
+            return
+        self.drop_layer(diff_id)
+        why = got if got.startswith("unreadable") else f"its {size} bytes hash to {got}"
+        raise CorruptLayer(f"stored layer {diff_id} is corrupt ({why}): removed it from the store")
+
+    def drop_layer(self, diff_id: str) -> None:
+        """Remove a stored layer's tar and what is derived from it (a corrupt one)."""
+        hex_ = self._hex(diff_id)
+        self._indexes.pop(diff_id, None)
+        self._verified.discard(diff_id)
+        self._mkdir(self._locks)
+        with locks.held(self._lock_path(hex_, "ingest")):
+            for p in sorted(self._layer_files().get(hex_, []),
+                            key=lambda p: not p.endswith(".tar")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
 
     def _clean_temps(self, hex_: str) -> list[tuple[str, int]]:
         # Callers hold the layer's ingest lock (and for prune its use lock): no live process
