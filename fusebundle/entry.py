@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ class Entry:
     data: bytes | None = None  # content made by the tool
     src: str | None = None  # else content read from this file at `offset`
     offset: int = 0
+    sparse: array.array[int] | None = None  # a sparse member's fragments there (read_sparse)
 
 
 def directory(path: bytes, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Entry:

@@ -22,6 +22,7 @@ import pyfuse3
 import trio
 
 from fusebundle.errors import UserError
+from fusebundle.tarindex import read_sparse
 from fusebundle.tree import Content, Stat, Tree
 
 log = logging.getLogger(__name__)
@@ -314,6 +315,8 @@ class Operations(pyfuse3.Operations):
         """
         path = content.path
         n = len(buf)
+        if content.sparse is not None:
+            return self._pread_sparse(content, fd, off, buf, flags)
         try:
             got = os.preadv(fd, [buf], content.offset + off, flags)
         except BlockingIOError:
@@ -342,6 +345,20 @@ class Operations(pyfuse3.Operations):
             raise _SourceError(f"{path}: ends early ({len(data)} of {n} bytes at offset "
                                f"{content.offset + off})")
         return data
+
+    def _pread_sparse(self, content: Content, fd: int, off: int, buf: memoryview,
+                      flags: int) -> memoryview | None:
+        """_pread for a sparse member: its fragments, holes as zeros (always in a thread)."""
+        if flags:
+            return None
+        try:
+            data = read_sparse(fd, content.offset, content.sparse, content.size, off, len(buf))
+        except OSError as e:
+            raise _SourceError(f"{content.path}: read failed: {e.strerror}") from None
+        if not self.tree.verify(content.graft):
+            raise _SourceError(f"{content.path}: changed or removed since it was indexed")
+        buf[: len(data)] = data
+        return buf[: len(data)]
 
     async def release(self, fh: int) -> None:
         self._files.pop(fh, None)

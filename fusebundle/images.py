@@ -130,6 +130,9 @@ class Cache:
         if not os.path.exists(path):
             with self._locked(info):
                 if not os.path.exists(path):
+                    if e.sparse is not None:
+                        raise UserError(f"image {info.ref}: {name.decode(errors='replace')} "
+                                        f"is stored as a sparse file; a nested tar cannot be")
                     self._copy_out(e.src, e.offset, e.size, path)
         try:
             return open_index(path)

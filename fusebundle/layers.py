@@ -428,11 +428,13 @@ class MergedIndex(TarIndex):
         e = super().entry(i)
         src = self._layer_paths[self._srcs[i if i >= 0 else i + len(self)]]
         return IndexEntry(e.name, e.type, e.mode, e.uid, e.gid, e.size, e.mtime_ns,
-                          e.linkname, e.devmajor, e.devminor, e.offset, e.xattrs, src)
+                          e.linkname, e.devmajor, e.devminor, e.offset, e.xattrs, src,
+                          e.sparse)
 
     def __iter__(self) -> Iterator[IndexEntry]:
         """Every entry in export order (one IndexEntry each, as TarIndex makes them)."""
         names, links, xattrs, paths = self._names, self._links, self._xattrs, self._layer_paths
+        sparse = self._sparse
         name_start = link_start = 0
         columns = zip(
             self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
@@ -444,7 +446,8 @@ class MergedIndex(TarIndex):
             attrs = xattrs.get(i) if xattrs else None
             yield IndexEntry(names[name_start:n_end], chr(code), mode, uid, gid, size, mtime,
                              links[link_start:l_end], major, minor, off,
-                             dict(attrs) if attrs else {}, paths[src])
+                             dict(attrs) if attrs else {}, paths[src],
+                             sparse.get(i) if sparse else None)
             name_start, link_start = n_end, l_end
 
     def __repr__(self) -> str:
@@ -537,7 +540,20 @@ class MergedIndex(TarIndex):
             self._srcs = array.array("H", bytes(2 * len(ino)))
         self._links, self._link_ends = cls._link_column(m, types, ino, hard)
         self._xattrs = cls._xattr_column(m, meta, all_xattrs)
+        self._sparse = cls._sparse_column(m, ino, hard)
         return self
+
+    @staticmethod
+    def _sparse_column(m: _Merge, ino: list[int], hard: dict[int, bytes]
+                       ) -> dict[int, array.array[int]]:
+        """The fragment maps of sparse files, from the layer that holds each file's data."""
+        by_ordinal: dict[int, array.array[int]] = {}
+        for layer, x in enumerate(m.layers):
+            for i in x._sparse:
+                by_ordinal[m.bases[layer] + i] = x._sparse[i]
+        if not by_ordinal:
+            return {}
+        return {k: by_ordinal[o] for k, o in enumerate(ino) if o in by_ordinal and k not in hard}
 
     @staticmethod
     def _link_column(m: _Merge, types: bytearray, ino: list[int],
@@ -601,7 +617,8 @@ class MergedIndex(TarIndex):
         head = {"format": _FORMAT, "byteorder": sys.byteorder, "n": len(self),
                 "layers": [[p, *s] for p, s in zip(self._layer_paths, self._layer_stats,
                                                    strict=True)],
-                "lengths": [len(b) for b in blobs], "crc": _crc(blobs), "xattrs": xattrs}
+                "lengths": [len(b) for b in blobs], "crc": _crc(blobs), "xattrs": xattrs,
+                "sparse": {str(i): list(frags) for i, frags in self._sparse.items()}}
         # (the crc of the blobs one after another is the crc of the body: load checks it so)
         directory = os.path.dirname(os.path.abspath(self.tar_path))
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.tar_path) + ".",
@@ -672,6 +689,10 @@ class MergedIndex(TarIndex):
         self._xattrs = {int(i): {k: bytes.fromhex(v) for k, v in attrs.items()}
                         for i, attrs in head["xattrs"].items()}
         if any(not 0 <= i < n for i in self._xattrs):
+            return None
+        self._sparse = {int(i): array.array("q", frags)
+                        for i, frags in head.get("sparse", {}).items()}
+        if any(not 0 <= i < n or len(f) % 2 for i, f in self._sparse.items()):
             return None
         return self
 

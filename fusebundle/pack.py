@@ -10,12 +10,13 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from fusebundle import testhook
 from fusebundle.entry import Entry
 from fusebundle.errors import CorruptTar, UserError
+from fusebundle.tarindex import read_sparse
 
 if TYPE_CHECKING:
     from fusebundle.view import View
@@ -171,6 +172,15 @@ class _Writer:
             done += n
             self.pos += n
 
+    def copy_sparse(self, path: str, offset: int, fragments: Sequence[int], size: int) -> None:
+        """A sparse member's bytes, its holes written as zeros, 1 MiB at a time."""
+        src = self._source(path)
+        for pos in range(0, size, 1 << 20):
+            try:
+                self.write(read_sparse(src, offset, fragments, size, pos, 1 << 20))
+            except OSError:
+                raise _short(path, offset, size) from None
+
     def _small(self, path: str, src: int, offset: int, size: int) -> bytes:
         wsrc, wstart, data = self.window
         if wsrc != src or not wstart <= offset or offset + size > wstart + len(data):
@@ -221,6 +231,8 @@ def write_entries(entries: Iterable[Entry], fd: int, seekable: bool,
             if e.type == "f" and e.size:
                 if e.data is not None:
                     w.write(e.data)
+                elif e.sparse is not None and e.src is not None:
+                    w.copy_sparse(e.src, e.offset, e.sparse, e.size)
                 elif e.src is not None:
                     w.copy(e.src, e.offset, e.size)
                 w.write(_padding(e.size))

@@ -144,6 +144,9 @@ class IndexEntry:
     xattrs: Mapping[str, bytes] = field(hash=False)
     # The file the data is in at `offset`: the tar itself, or for a merged image one layer's.
     src: str = field(default="", compare=False)
+    # A sparse member's (offset, length) fragments, stored one after another from `offset`
+    # (read them with read_sparse); None for a member stored whole.
+    sparse: array.array[int] | None = field(default=None, compare=False)
 
 
 class _Corrupt(Exception):
@@ -1162,12 +1165,13 @@ class TarIndex:
             offset=self._offsets[i],
             xattrs=self._member_xattrs(i),
             src=self.tar_path,
+            sparse=self._sparse.get(i) if self._sparse else None,
         )
 
     def __iter__(self) -> Iterator[IndexEntry]:
         """Yield every member in archive order."""
         names, links, xattrs, tar_path = self._names, self._links, self._xattrs, self.tar_path
-        member_xattrs = self._member_xattrs
+        member_xattrs, sparse = self._member_xattrs, self._sparse
         name_start = link_start = 0
         columns = zip(
             self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
@@ -1191,6 +1195,7 @@ class TarIndex:
                 off,
                 member_xattrs(i) if xattrs else {},
                 tar_path,
+                sparse.get(i) if sparse else None,
             )
             name_start = n_end
             link_start = l_end

@@ -92,6 +92,7 @@ class Content:
     path: str | None = None  # else in this file at `offset`
     offset: int = 0
     graft: int = -1  # the graft whose tar `path` is, -1 for a files: source
+    sparse: Sequence[int] | None = None  # a sparse member's fragments at `offset`
 
 
 def _crc(blobs: list[bytes]) -> int:
@@ -457,7 +458,8 @@ class GraftTree:
                 return None
             if over.data is not None:
                 return Content(size=len(over.data), data=over.data)
-            return Content(size=over.size, path=over.src, offset=over.offset, graft=self.k)
+            return Content(size=over.size, path=over.src, offset=over.offset, graft=self.k,
+                           sparse=over.sparse)
         if i >= self.n or self.types[i] != _F:
             return None
         if self.cols is not None:
@@ -465,7 +467,8 @@ class GraftTree:
         else:
             e = self.idx.entry(i)
             size, offset = e.size, e.offset
-        return Content(size=size, path=self.idx.data_path(i), offset=offset, graft=self.k)
+        return Content(size=size, path=self.idx.data_path(i), offset=offset, graft=self.k,
+                       sparse=self.idx.sparse_map(i))
 
 
 _NUMERIC = ("modes", "uids", "gids", "sizes", "mtimes", "offsets", "devmajors", "devminors",

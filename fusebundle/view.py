@@ -222,14 +222,15 @@ def _kept(g: Graft, idx: TarIndex, e: IndexEntry) -> Entry:
                 t = idx.entry(target)
                 return Entry(path=name, type="f", mode=e.mode, uid=e.uid, gid=e.gid,
                              mtime_ns=_mtime(e.name, e), size=t.size, xattrs=e.xattrs,
-                             src=t.src, offset=t.offset)
+                             src=t.src, offset=t.offset, sparse=t.sparse)
         return Entry(path=name, type="h", mode=e.mode, uid=e.uid, gid=e.gid,
                      mtime_ns=_mtime(e.name, e), linkname=g.prefix + e.linkname,
                      xattrs=e.xattrs)
     return Entry(path=name, type=e.type, mode=e.mode, uid=e.uid, gid=e.gid,
                  mtime_ns=_mtime(e.name, e), size=e.size, linkname=e.linkname,
                  devmajor=e.devmajor, devminor=e.devminor, xattrs=e.xattrs,
-                 src=e.src if e.type == "f" else None, offset=e.offset)
+                 src=e.src if e.type == "f" else None, offset=e.offset,
+                 sparse=e.sparse if e.type == "f" else None)
 
 
 def filter_entry(g: Graft, idx: TarIndex, e: IndexEntry) -> Entry | None:

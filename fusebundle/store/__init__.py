@@ -222,7 +222,8 @@ class Store:
             os.fsync(fd)
             testhook.stop_at("layer-written")
             try:
-                index = TarIndex.scan(tmp)
+                # Sparse members (GNU tar, bsdtar) are served with their holes as zeros.
+                index = TarIndex.scan(tmp, sparse=True)
             except CorruptTar as e:
                 raise BadLayer(f"{where}: not a valid tar: "
                                f"{str(e).removeprefix(tmp + ': ')}") from None
@@ -262,10 +263,10 @@ class Store:
         if not os.path.exists(path):
             raise StoreError(f"layer {diff_id} is not in the store {self.root}")
         index = TarIndex.load(path + ".idx", path)
-        if index is None or index.has_sparse:
+        if index is None:
             self.verify_layer(diff_id)
             try:
-                index = open_index(path)
+                index = open_index(path, sparse=True)
             except CorruptTar as e:  # hashes right, yet unreadable: only by a changed reader
                 raise StoreError(f"stored layer {diff_id} cannot be indexed ({e}); `fusebundle "
                                  f"cache prune` after removing {path} drops it") from None

@@ -1,0 +1,102 @@
+"""Sparse files in layers (GNU tar --sparse, every format) are served with their holes as zeros.
+
+The layer tars are written by GNU tar from a real sparse file, put in a docker save archive
+by hand, and read back through `pack` and a real mount: the bytes must be the file's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from faulttools import cli
+from test_layers import docker_archive
+from test_mount import HAVE_FUSE, Mounts
+
+from fusebundle.layers import MergedIndex, merge
+from fusebundle.tarindex import TarIndex
+
+MIB = 1 << 20
+FORMATS = [("gnu", None), ("pax", "0.0"), ("pax", "0.1"), ("pax", "1.0")]
+
+
+def _sparse_file(path: Path) -> bytes:
+    """An 8 MiB file that is mostly holes, with data at its start, middle and end."""
+    with open(path, "wb") as f:
+        for offset, data in ((0, b"head" * 1000), (3 * MIB + 7, b"middle" * 3000),
+                             (8 * MIB - 5000, b"tail!" * 1000)):
+            f.seek(offset)
+            f.write(data)
+    return path.read_bytes()
+
+
+def _layer(tmp: Path, fmt: str, version: str | None) -> tuple[Path, bytes]:
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is not installed")
+    root = tmp / f"root-{fmt}-{version}"
+    (root / "data").mkdir(parents=True)
+    want = _sparse_file(root / "data" / "sparse.bin")
+    (root / "data" / "plain.txt").write_text("plain\n")
+    out = tmp / f"layer-{fmt}-{version}.tar"
+    cmd = ["tar", "--sparse", f"--format={fmt}", "--owner=0", "--group=0", "--numeric-owner",
+           "--mtime=@1600000000", "-C", str(root), "-cf", str(out), "data"]
+    if version:
+        cmd.insert(2, f"--sparse-version={version}")
+    subprocess.run(cmd, check=True)
+    assert out.stat().st_size < 2 * MIB  # really stored sparse, not as 8 MiB of zeros
+    return out, want
+
+
+@pytest.mark.parametrize(("fmt", "version"), FORMATS)
+def test_a_merged_index_keeps_sparse_maps_through_save_and_load(tmp_path, fmt, version):
+    layer, want = _layer(tmp_path, fmt, version)
+    idx = TarIndex.scan(str(layer), sparse=True)
+    merged = merge([idx], ["sha256:" + "1" * 64], "img", str(tmp_path / "m.idx"))
+    merged.save()
+    again = MergedIndex.load(str(tmp_path / "m.idx"), [str(layer)])
+    assert again is not None
+    for m in (merged, again):
+        i = next(k for k, e in enumerate(m) if e.name == b"data/sparse.bin")
+        e = m.entry(i)
+        assert e.size == len(want) and e.sparse is not None
+        assert list(e.sparse) == list(idx.sparse_map(idx.find(b"data/sparse.bin")))
+
+
+@pytest.mark.parametrize(("fmt", "version"), FORMATS)
+def test_pack_and_mount_serve_sparse_files_with_their_holes(tmp_path, fmt, version):
+    layer, want = _layer(tmp_path, fmt, version)
+    save = docker_archive(tmp_path, [layer], "fbtest/sparse:1")
+    cfg = tmp_path / "sparse.yml"
+    cfg.write_text("onboot:\n  - name: s\n    image: fbtest/sparse:1\n    readonly: true\n")
+    cache = tmp_path / "cache"
+    out = tmp_path / "out.tar"
+    r = cli("pack", "--from", f"docker-archive:{save}", cfg, "-o", out, cache=cache)
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(out) as t:
+        got = t.extractfile("containers/onboot/000-s/rootfs/data/sparse.bin").read()
+        plain = t.extractfile("containers/onboot/000-s/rootfs/data/plain.txt").read()
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(want).hexdigest()
+    assert plain == b"plain\n"
+    if not HAVE_FUSE:
+        return
+
+    def fb(*args, **kw):
+        return cli(*args, cache=cache, **kw)
+
+    mounts = Mounts(fb, tmp_path)
+    try:
+        mnt = mounts.mount(cfg, "--from", f"docker-archive:{save}")
+        path = mnt / "containers/onboot/000-s/rootfs/data/sparse.bin"
+        assert path.stat().st_size == len(want)
+        assert path.read_bytes() == want
+        with open(path, "rb") as f:  # reads that start in a hole and end in data, and back
+            for pos, n in ((3 * MIB - 100, 300), (3 * MIB + 7 + 17990, 5000),
+                           (8 * MIB - 5001, 100), (MIB, 4096)):
+                f.seek(pos)
+                assert f.read(n) == want[pos:pos + n], (pos, n)
+    finally:
+        mounts.cleanup()
