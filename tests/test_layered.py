@@ -453,8 +453,9 @@ def test_a_corrupt_layer_blob_is_one_line_and_leaves_nothing(world, tmp_path):
 
 
 def test_bad_from_values_are_config_errors(world, tmp_path):
-    for bad in ("oci", "nowhere:x", "docker-archive:"):
-        r = world.run("pack", "--from", bad, world.configs["basic"], "-o", tmp_path / "o.tar",
+    for bad in (["--from", "oci"], ["--from", "nowhere:x"], ["--from", "docker-archive:"],
+                ["--platform", "linux"], ["--platform", "linux//v7"]):
+        r = world.run("pack", *bad, world.configs["basic"], "-o", tmp_path / "o.tar",
                       cache=tmp_path / "cache")
         assert r.returncode == 2, (bad, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1

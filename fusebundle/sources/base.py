@@ -13,7 +13,7 @@ import platform as _platform
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
-from fusebundle.errors import UserError
+from fusebundle.errors import ConfigError, UserError
 
 _MACHINE_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
                  "armv7l": "arm", "armv6l": "arm", "i686": "386", "i386": "386",
@@ -35,10 +35,10 @@ class Platform:
 
     @classmethod
     def parse(cls, text: str) -> Platform:
-        """Parse "linux/amd64" or "linux/arm64/v8"; UserError on anything else."""
+        """Parse "linux/amd64" or "linux/arm64/v8"; ConfigError (exit 2) on anything else."""
         parts = text.split("/")
         if len(parts) not in (2, 3) or not all(parts):
-            raise UserError(f"platform {text!r}: expected OS/ARCH or OS/ARCH/VARIANT")
+            raise ConfigError(f"platform {text!r}: expected OS/ARCH or OS/ARCH/VARIANT")
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
 
     @classmethod
