@@ -125,7 +125,6 @@ class LayeredImage:
     def _load(self) -> TarIndex:
         from fusebundle import layers as layermod
         from fusebundle import testhook
-        from fusebundle.store import locks
 
         paths = [self.store.layer_path(layer.diff_id) for layer in self.image.layers]
         self.store.hold(layer.diff_id for layer in self.image.layers)
@@ -138,27 +137,31 @@ class LayeredImage:
             self.fetch()
             indexes = [self._checked(layer, self.store.layer_index) for layer in self.image.layers]
             digests = [layer.digest for layer in self.image.layers]
-            directory = os.path.dirname(self.merged_path)
-            os.makedirs(directory, exist_ok=True)
-            merged = layermod.merge(indexes, digests, self.image.ref,
-                                    self.merged_path)
+            os.makedirs(os.path.dirname(self.merged_path), exist_ok=True)
+            merged = layermod.merge(indexes, digests, self.image.ref, self.merged_path)
             testhook.stop_at("merge")
-            try:
-                # Under its lock, temporary files of this merged index are a dead process's.
-                lock = os.path.join(self.store.root, "locks",
-                                    "merge-" + os.path.basename(self.merged_path))
-                with locks.held(lock):
-                    stale = "." + os.path.basename(self.merged_path) + "."
-                    for n in os.listdir(directory):
-                        if n.startswith(stale) and n.endswith(".part"):
-                            with contextlib.suppress(FileNotFoundError):
-                                os.unlink(os.path.join(directory, n))
-                    merged.save()
-            except OSError as e:  # a read-only store still works; the next run merges again
-                log.warning("%s: not saved: %s", self.merged_path, e.strerror or e)
+            self._save(merged)
         if self.source is not None:
             self.store.put_image(self.image)
         return merged
+
+    def _save(self, merged: Any) -> None:
+        """Save the merged index; under its lock, its temporary files are a dead process's."""
+        from fusebundle.store import locks
+
+        directory = os.path.dirname(self.merged_path)
+        try:
+            lock = os.path.join(self.store.root, "locks",
+                                "merge-" + os.path.basename(self.merged_path))
+            with locks.held(lock):
+                stale = "." + os.path.basename(self.merged_path) + "."
+                for n in os.listdir(directory):
+                    if n.startswith(stale) and n.endswith(".part"):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(directory, n))
+                merged.save()
+        except OSError as e:  # a read-only store still works; the next run merges again
+            log.warning("%s: not saved: %s", self.merged_path, e.strerror or e)
 
     def _checked(self, layer: LayerRef, use: Callable[[str], T]) -> T:
         """use(diff_id); if the stored layer turns out corrupt (the store then drops it), fetch
