@@ -117,7 +117,7 @@ class KernelImage:
             # ucode is today's key: its entry has today's mtime; the kernel keeps 2017's 0
             mtime = PINNED_MTIME_NS if path == b"boot/ucode.cpio" else 0
             out[i] = Entry(path=path, type="f", mode=e.mode, mtime_ns=mtime, size=e.size,
-                           data=e.data, src=e.src, offset=e.offset)
+                           data=e.data, src=e.src, offset=e.offset, sparse=e.sparse)
         return out
 
     def entries(self) -> Iterator[Entry]:

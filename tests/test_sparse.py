@@ -100,3 +100,37 @@ def test_pack_and_mount_serve_sparse_files_with_their_holes(tmp_path, fmt, versi
                 assert f.read(n) == want[pos:pos + n], (pos, n)
     finally:
         mounts.cleanup()
+
+
+def test_a_sparse_kernel_binary_is_served_whole(tmp_path):
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is not installed")
+    root = tmp_path / "root"
+    root.mkdir()
+    want = _sparse_file(root / "kernel")
+    layer = tmp_path / "layer.tar"
+    subprocess.run(["tar", "--sparse", "--format=pax", "--owner=0", "--group=0",
+                    "--numeric-owner", "--mtime=@1600000000", "-C", str(root), "-cf",
+                    str(layer), "kernel"], check=True)
+    save = docker_archive(tmp_path, [layer], "fbtest/sparse-kernel:1")
+    cfg = tmp_path / "kernel.yml"
+    cfg.write_text("kernel:\n  image: fbtest/sparse-kernel:1\n  cmdline: console=ttyS0\n"
+                   "  tar: none\n")
+    cache = tmp_path / "cache"
+    out = tmp_path / "out.tar"
+    r = cli("pack", "--from", f"docker-archive:{save}", cfg, "-o", out, cache=cache)
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(out) as t:
+        assert t.extractfile("boot/kernel").read() == want
+    if not HAVE_FUSE:
+        return
+
+    def fb(*args, **kw):
+        return cli(*args, cache=cache, **kw)
+
+    mounts = Mounts(fb, tmp_path)
+    try:
+        mnt = mounts.mount(cfg, "--from", f"docker-archive:{save}")
+        assert (mnt / "boot/kernel").read_bytes() == want
+    finally:
+        mounts.cleanup()
