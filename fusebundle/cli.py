@@ -169,7 +169,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
 def config_images(cfg: Any) -> list[str]:
     """Every image reference a config names, once each, in build order."""
     refs = [cfg.kernel.image] if cfg.kernel.image else []
-    refs += list(cfg.init) + [c.image for c in cfg.containers()]
+    refs += list(cfg.init) + [v.image for v in cfg.volumes if v.image]
+    refs += [c.image for c in cfg.containers()]
     return list(dict.fromkeys(refs))
 
 

@@ -284,6 +284,14 @@ def test_config_command_works_from_a_layout(world, tmp_path):
         (tmp_path / "cache" / "layers").rglob("*.tar"))  # no layer was needed for that
 
 
+def test_pull_fills_the_store_with_volume_images_too(world, tmp_path):
+    r = world.run("pull", "--from", f"docker-archive:{world.archive}", world.volume,
+                  cache=tmp_path / "cache")
+    assert r.returncode == 0, r.stderr
+    assert "fbtest/second:1:" in r.stdout, r.stdout
+    assert r.stdout.strip().splitlines()[-1].startswith("pulled 2 images:"), r.stdout
+
+
 def test_an_oci_volume_from_a_save_equals_the_engines(world, tmp_path):
     # The layout is made from the stored layers as the engine's `docker save` gives them, so
     # the bytes agree.  (Not from a skopeo layout: skopeo rewrites the config, and the config
