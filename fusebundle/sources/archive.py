@@ -20,7 +20,7 @@ from fusebundle.errors import CorruptTar, UserError
 from fusebundle.sources import manifest as mf
 from fusebundle.sources import reference
 from fusebundle.sources.base import LayerRef, NotFound, Platform, ResolvedImage
-from fusebundle.sources.oci import LayoutReader
+from fusebundle.sources.oci import LayoutReader, read_limited
 from fusebundle.tarindex import TarIndex
 
 _MAX_LINKS = 8  # symlink hops inside the archive before giving up (docker writes one)
@@ -141,10 +141,8 @@ class TarFiles:
 
     def read(self, path: str, limit: int = mf.MAX_METADATA) -> bytes:
         with self.open(path) as f:
-            data = f.read(limit + 1)
-        if len(data) > limit:
-            raise UserError(f"{self.name}: member {path} is larger than {limit} bytes")
-        return data
+            return read_limited(f, limit, f"{self.name}: member {path} is larger than {limit} "
+                                          "bytes")
 
     def open(self, path: str) -> BinaryIO:
         where = self.member(path)

@@ -36,6 +36,14 @@ class Files(Protocol):
         ...
 
 
+def read_limited(f: BinaryIO, limit: int, too_big: str) -> bytes:
+    """All of `f` when it holds at most `limit` bytes; UserError(too_big) when it holds more."""
+    data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UserError(too_big)
+    return data
+
+
 class DirFiles:
     """`Files` over a directory of the file system."""
 
@@ -50,10 +58,7 @@ class DirFiles:
 
     def read(self, path: str, limit: int = mf.MAX_METADATA) -> bytes:
         with self.open(path) as f:
-            data = f.read(limit + 1)
-        if len(data) > limit:
-            raise UserError(f"{self._path(path)}: larger than {limit} bytes")
-        return data
+            return read_limited(f, limit, f"{self._path(path)}: larger than {limit} bytes")
 
     def open(self, path: str) -> BinaryIO:
         try:
