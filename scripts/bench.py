@@ -4,17 +4,23 @@
 Run through scripts/bench, which installs the peers and starts a private dockerd. Inputs are
 generated deterministically and go through the real path: imported into the engine, exported by
 fusebundle into its cache, and exported once more (`docker export`) for the peers, as their
-users would. Every number is the median of --runs runs with the page cache warm.
+users would. Every timed run of a mount starts on a fresh mount, with the source tars written
+back and read once (the state a user has); the peers' runs are interleaved (A, B, A, B, ...),
+and every cell is the median of --runs runs with the lowest and highest beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import hashlib
 import io
 import json
 import os
+import platform
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -22,18 +28,24 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 FB = [str(REPO / ".venv/bin/python"), "-m", "fusebundle"]
+SCALE_DIR = REPO / ".bench" / "scale"
 
 
 # ------------------------------------------------------------------------------ inputs
-def write_small(path: Path, files: int) -> None:
-    """`files` files of 0-4 KiB in nested directories, deterministic."""
+def write_small(path: Path, files: int) -> int:
+    """`files` files of 0-4 KiB in nested directories, deterministic; returns the entry count.
+
+    The count includes `tree/`, which the tar leaves implied, so it is what `find` of the
+    image's tree prints, less the root.
+    """
     rnd = random.Random(20261128)
+    entries = 1
     with open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as t:
         made: set[str] = set()
         for i in range(files):
@@ -44,10 +56,13 @@ def write_small(path: Path, files: int) -> None:
                     ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1600000000
                     t.addfile(ti)
                     made.add(part)
+                    entries += 1
             size = rnd.randint(0, 4096)
             ti = tarfile.TarInfo(f"{d}/f{i:06d}.dat")
             ti.size, ti.mode, ti.mtime = size, 0o644, 1600000000
             t.addfile(ti, io.BytesIO(rnd.randbytes(size)))
+            entries += 1
+    return entries
 
 
 def write_large(path: Path, size: int) -> None:
@@ -75,36 +90,131 @@ def write_large(path: Path, size: int) -> None:
         t.addfile(ti, io.BufferedReader(Source(), 1 << 20))
 
 
-# archivemount's walk, when slower than this (seconds), is timed once, not --runs times: no
-# target is measured against it.
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _put_json(blobs: Path, doc: dict[str, object]) -> tuple[str, int]:
+    data = json.dumps(doc, sort_keys=True).encode()
+    hexdigest = hashlib.sha256(data).hexdigest()
+    (blobs / hexdigest).write_bytes(data)
+    return "sha256:" + hexdigest, len(data)
+
+
+def write_linked_layout(root: Path, ref_name: str, layer: Path, diff_hex: str) -> None:
+    """An OCI layout of one image whose only layer is `layer` itself, uncompressed, hard-linked.
+
+    No copy of a 2.5 GB tar: the blob is the layer tar the peers mount, under its digest.
+    """
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    os.link(layer, blobs / diff_hex)
+    config = {"architecture": arch, "os": "linux", "config": {"Cmd": ["/none"]},
+              "rootfs": {"type": "layers", "diff_ids": ["sha256:" + diff_hex]}}
+    config_digest, config_size = _put_json(blobs, config)
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": config_digest, "size": config_size},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                            "digest": "sha256:" + diff_hex, "size": layer.stat().st_size}]}
+    manifest_digest, manifest_size = _put_json(blobs, manifest)
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    index = {"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
+        "size": manifest_size, "platform": {"architecture": arch, "os": "linux"},
+        "annotations": {"org.opencontainers.image.ref.name": ref_name}}]}
+    (root / "index.json").write_text(json.dumps(index, indent=2))
+
+
+# Bump when write_small or write_linked_layout changes what they write: stamps of another
+# format are not trusted, and the input is made again.
+SCALE_FORMAT = 1
+
+
+@dataclass
+class ScaleInput:
+    files: int
+    entries: int
+    tar: Path  # the layer tar, as the peers mount it
+    layout: Path  # an OCI layout whose layer blob is that same file
+    ref: str  # the image's name in the YAML
+
+
+def scale_input(files: int, where: Path = SCALE_DIR) -> ScaleInput:
+    """The small-file image of `files` files, made once under `where` and reused while its stamp
+    (format, count, size, mtime, inode) still matches."""
+    tar, stamp = where / f"small-{files}.tar", where / f"small-{files}.json"
+    layout, ref = where / f"layout-{files}", f"fbbench/scale-{files}:1"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        s = json.loads(stamp.read_text())
+        st = tar.stat()
+        blob = layout / "blobs" / "sha256" / s["sha256"]
+        if (s["format"], s["files"], s["size"], s["mtime_ns"]) == (
+                SCALE_FORMAT, files, st.st_size, st.st_mtime_ns) and \
+                blob.stat().st_ino == st.st_ino and (layout / "index.json").is_file():
+            return ScaleInput(files, int(s["entries"]), tar, layout, ref)
+    print(f"  generating {files} files into {tar}", file=sys.stderr, flush=True)
+    where.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
+    shutil.rmtree(layout, ignore_errors=True)
+    Path(str(tar) + ".index.sqlite").unlink(missing_ok=True)
+    part = where / f".small-{files}.tar.part"
+    entries = write_small(part, files)
+    part.rename(tar)
+    diff_hex = sha256_file(tar)
+    write_linked_layout(layout, "docker.io/" + ref, tar, diff_hex)
+    st = tar.stat()
+    stamp.write_text(json.dumps({"format": SCALE_FORMAT, "files": files, "entries": entries,
+                                 "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                 "sha256": diff_hex}))
+    return ScaleInput(files, entries, tar, layout, ref)
+
+
+# A walk slower than this (seconds) on its first run is not repeated, and its cell says
+# "(1 run)": archivemount's tar of 10k files, ratarmount's of 1M.
 SLOW_ONCE = 20.0
+SCALE_SLOW_ONCE = 60.0
 
 
 # ------------------------------------------------------------------------------ helpers
 class Spread(float):
-    """A median that remembers the lowest and highest run (its spread)."""
+    """A median that remembers the lowest and highest run (its spread) and how many ran."""
 
     lo: float
     hi: float
+    n: int
 
     @classmethod
-    def of(cls, values: list[float]) -> Spread:
+    def of(cls, values: Iterable[float]) -> Spread:
+        values = list(values)
         m = cls(statistics.median(values))
-        m.lo, m.hi = min(values), max(values)
+        m.lo, m.hi, m.n = min(values), max(values), len(values)
+        return m
+
+    def _like(self, value: float, lo: float, hi: float) -> Spread:
+        m = Spread(value)
+        m.lo, m.hi, m.n = lo, hi, self.n
         return m
 
     def __rtruediv__(self, other: float) -> Spread:  # a rate from a time: the bounds swap
-        m = Spread(other / float(self))
-        m.lo, m.hi = other / self.hi, other / self.lo
-        return m
+        return self._like(other / float(self), other / self.hi, other / self.lo)
 
     def __add__(self, other: float) -> Spread:  # a time plus a constant (the export)
-        m = Spread(float(self) + other)
-        m.lo, m.hi = self.lo + other, self.hi + other
-        return m
+        return self._like(float(self) + other, self.lo + other, self.hi + other)
+
+    def scaled(self, k: float) -> Spread:
+        """The same runs in another unit (KiB to MiB)."""
+        return self._like(float(self) * k, self.lo * k, self.hi * k)
 
     def shown(self) -> str:
-        return f"{float(self):.3f} ({self.lo:.3f}-{self.hi:.3f})"
+        if self.n == 1:
+            return f"{float(self):.3f} (1 run)"
+        return f"{float(self):.3f} ({self.lo:.3f}–{self.hi:.3f})"
 
 
 @dataclass
@@ -133,7 +243,7 @@ def shell(cmd: str) -> Timed:
     return run(["bash", "-c", cmd], stdout=subprocess.DEVNULL)
 
 
-def wait_mounted(mnt: Path, proc: subprocess.Popen | None, timeout: float = 600) -> None:
+def wait_mounted(mnt: Path, proc: subprocess.Popen | None, timeout: float = 1800) -> None:
     deadline = time.time() + timeout
     while not os.path.ismount(mnt):
         if proc is not None and proc.poll() is not None:
@@ -153,10 +263,11 @@ def unmount(mnt: Path, proc: subprocess.Popen | None = None) -> None:
             proc.wait()
 
 
-def vm_hwm_kb(pid: int) -> int:
+def proc_kb(pid: int, key: str) -> int:
+    """A `VmHWM`/`VmRSS` line of /proc/PID/status, in KiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -166,15 +277,84 @@ def drop_to(path: Path) -> None:
     path.mkdir(parents=True)
 
 
+def settle(paths: Iterable[Path]) -> None:
+    """Write back what is dirty and read `paths` once: the page cache a user's sources are in."""
+    subprocess.run(["sync"], check=True)
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(_SETTLE_BUF):
+                pass
+
+
+_SETTLE_BUF = bytearray(1 << 20)
+
+
+# -- start-up: python -X importtime --------------------------------------------------------
+@dataclass
+class Import:
+    depth: int
+    name: str
+    self_us: int
+    cumulative_us: int
+
+
+_IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)\s*$")
+
+
+def parse_importtime(stderr: str) -> list[Import]:
+    """The lines of `-X importtime`, in the order printed (a module after what it imports)."""
+    out = []
+    for line in stderr.splitlines():
+        m = _IMPORT_LINE.match(line)
+        if m:
+            out.append(Import((len(m[3]) - 1) // 2, m[4], int(m[1]), int(m[2])))
+    return out
+
+
+def imports_under(lines: list[Import], roots: set[str]) -> list[Import]:
+    """The imports of `roots` and of everything they imported first (their subtrees)."""
+    picked: set[int] = set()
+    for i, imp in enumerate(lines):
+        if imp.name in roots:
+            picked.add(i)
+            j = i - 1
+            while j >= 0 and lines[j].depth > imp.depth:  # children print before the parent
+                picked.add(j)
+                j -= 1
+    return [lines[i] for i in sorted(picked)]
+
+
+def ms(lines: Iterable[Import]) -> float:
+    return sum(i.self_us for i in lines) / 1000
+
+
 # ------------------------------------------------------------------------------ servers
 @dataclass
 class Server:
     """One FUSE server under test: how to mount a source at a mount point in the foreground."""
 
     name: str
-    start: Callable[[Path], subprocess.Popen]
+    command: Callable[[Path], list[str]]  # argv that serves at the mount point, foreground
     root: str  # the image's tree, relative to the mount point
     large_file: str
+    sources: Callable[[], list[Path]]  # the files it serves from, to write back and warm
+    env: dict[str, str] | None = None
+    log: Path | None = None  # where its stderr goes (else nowhere)
+
+    def start(self, mnt: Path) -> subprocess.Popen:
+        with open(self.log, "w") if self.log else contextlib.nullcontext() as err:
+            return subprocess.Popen(self.command(mnt), env=self.env, stdout=subprocess.DEVNULL,
+                                    stderr=err if err else subprocess.DEVNULL)
+
+
+@dataclass
+class Listing:
+    seconds: float  # mount started -> the image's top directory listed
+    hwm_kb: int  # the server's peak RSS by then
+    idle_kb: int  # its RSS a moment later, nothing asked
+
+
+Run = Callable[[], dict[str, float]]  # one run of a peer: metric -> value
 
 
 @dataclass
@@ -186,15 +366,34 @@ class Bench:
     host: str
     ratarmount: str
     results: dict[str, dict[str, float | str]] = field(default_factory=dict)
-    spreads: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
     def note(self, metric: str, who: str, value: float | str) -> None:
         self.results.setdefault(metric, {})[who] = value
-        if isinstance(value, Spread):
-            self.spreads[(metric, who)] = (value.lo, value.hi)
         shown = value.shown() if isinstance(value, Spread) else (
             f"{value:.3f}" if isinstance(value, float) else value)
-        print(f"  {metric:<34} {who:<14} {shown}", file=sys.stderr, flush=True)
+        print(f"  {metric:<44} {who:<16} {shown}", file=sys.stderr, flush=True)
+
+    def compare(self, peers: dict[str, Run], runs: int | None = None,
+                slow: float = SLOW_ONCE) -> None:
+        """Run each peer's measurement in turn (A, B, C, A, B, C, ...) and note every metric.
+
+        Interleaving spreads a drift of the shared machine over all peers alike. A peer whose
+        first run took longer than `slow` seconds runs once ("(1 run)").
+        """
+        values: dict[str, dict[str, list[float]]] = {}
+        once: set[str] = set()
+        for r in range(runs or self.runs):
+            for who, one in peers.items():
+                if who in once:
+                    continue
+                t0 = time.perf_counter()
+                for metric, v in one().items():
+                    values.setdefault(metric, {}).setdefault(who, []).append(v)
+                if r == 0 and time.perf_counter() - t0 > slow:
+                    once.add(who)
+        for metric, by in values.items():
+            for who, vs in by.items():
+                self.note(metric, who, Spread.of(vs))
 
     # -- engine ---------------------------------------------------------------------------
     def docker(self):  # noqa: ANN201 - the SDK's client
@@ -220,33 +419,33 @@ class Bench:
         return time.perf_counter() - t0
 
     # -- the three mounters -----------------------------------------------------------------
-    def fb_server(self, cfg: Path, cache: Path) -> Server:
-        env = dict(os.environ, DOCKER_HOST=self.host, FUSEBUNDLE_CACHE_DIR=str(cache))
+    def fb_server(self, cfg: Path, cache: Path, sources: list[str] | None = None,
+                  env: dict[str, str] | None = None) -> Server:
+        """fusebundle serving `cfg` from `cache`; `--from` each of `sources` if given."""
+        froms = [a for s in sources or [] for a in ("--from", s)]
 
-        def start(mnt: Path) -> subprocess.Popen:
-            return subprocess.Popen([*FB, "mount", "-f", str(cfg), str(mnt)], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        def tars() -> list[Path]:  # the engine exports and the store's layers it serves from
+            return sorted([*cache.glob("exports/*.tar"), *cache.glob("layers/sha256/*.tar")])
 
-        return Server("fusebundle", start, "containers/onboot/000-small/lower",
-                      "containers/onboot/001-large/lower/big/blob.bin")
+        return Server("fusebundle", lambda mnt: [*FB, "mount", "-f", *froms, str(cfg), str(mnt)],
+                      "containers/onboot/000-small/lower",
+                      "containers/onboot/001-large/lower/big/blob.bin", tars,
+                      env or dict(os.environ, DOCKER_HOST=self.host,
+                                  FUSEBUNDLE_CACHE_DIR=str(cache)))
 
     def rat_server(self, tar: Path) -> Server:
-        def start(mnt: Path) -> subprocess.Popen:
-            return subprocess.Popen([self.ratarmount, "-f", str(tar), str(mnt)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        return Server("ratarmount", start, ".", "big/blob.bin")
+        return Server("ratarmount", lambda mnt: [self.ratarmount, "-f", str(tar), str(mnt)],
+                      ".", "big/blob.bin", lambda: [tar])
 
     def am_server(self, tar: Path) -> Server:
-        def start(mnt: Path) -> subprocess.Popen:
-            return subprocess.Popen(["archivemount", "-f", "-o", "ro,readonly", str(tar),
-                                     str(mnt)], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-
-        return Server("archivemount", start, ".", "big/blob.bin")
+        return Server("archivemount",
+                      lambda mnt: ["archivemount", "-f", "-o", "ro,readonly", str(tar), str(mnt)],
+                      ".", "big/blob.bin", lambda: [tar])
 
     @contextlib.contextmanager
     def mounted(self, server: Server) -> Iterator[tuple[Path, subprocess.Popen]]:
+        """A fresh mount of `server`, its sources written back and warm first (not timed)."""
+        settle(server.sources())
         mnt = self.work / f"mnt-{server.name}"
         drop_to(mnt)
         proc = server.start(mnt)
@@ -256,8 +455,12 @@ class Bench:
         finally:
             unmount(mnt, proc)
 
-    def first_listing(self, server: Server) -> float:
-        """Mount and list the image's top directory: the time to a browsable tree."""
+    def listing(self, server: Server, idle: float = 0.0) -> Listing:
+        """Mount and list the image's top directory: the time to a browsable tree.
+
+        With `idle`, the server's RSS is read again that many seconds later.
+        """
+        settle(server.sources())
         mnt = self.work / f"mnt-{server.name}"
         drop_to(mnt)
         t0 = time.perf_counter()
@@ -265,9 +468,50 @@ class Bench:
         try:
             wait_mounted(mnt, proc)
             os.listdir(mnt / server.root)
-            return time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            hwm = proc_kb(proc.pid, "VmHWM")
+            if idle:
+                time.sleep(idle)
+            return Listing(seconds, hwm, proc_kb(proc.pid, "VmRSS"))
         finally:
             unmount(mnt, proc)
+
+    def first_listing(self, server: Server) -> float:
+        return self.listing(server).seconds
+
+    # -- what is run on a fresh mount ---------------------------------------------------------
+    def finds(self, s: Server, metric: str = "find") -> Run:
+        """Two `find`s of the tree on one fresh mount: the first walk, and the second."""
+        def one() -> dict[str, float]:
+            with self.mounted(s) as (mnt, _):
+                first = shell(f"find {mnt / s.root} > /dev/null").seconds
+                second = shell(f"find {mnt / s.root} > /dev/null").seconds
+            return {f"{metric}, first walk of a mount (s)": first,
+                    f"{metric}, second walk, same mount (s)": second}
+        return one
+
+    def ls_lr(self, s: Server, metric: str) -> Run:
+        def one() -> dict[str, float]:
+            with self.mounted(s) as (mnt, _):
+                return {metric: shell(f"ls -lR {mnt / s.root} > /dev/null").seconds}
+        return one
+
+    def tar_walk(self, s: Server, metric: str) -> Run:
+        """`tar -cf` of the tree through a fresh mount, and the server's RSS after it."""
+        def one() -> dict[str, float]:
+            with self.mounted(s) as (mnt, proc):
+                t = shell(f"tar -C {mnt / s.root} -cf - . | wc -c").seconds
+                return {metric: t,
+                        "server peak RSS, tar walk (MiB)": proc_kb(proc.pid, "VmHWM") / 1024,
+                        "server RSS after the tar walk (MiB)": proc_kb(proc.pid, "VmRSS") / 1024}
+        return one
+
+    def remount(self, s: Server) -> Run:
+        def one() -> dict[str, float]:
+            got = self.listing(s, idle=1.0)
+            return {"remount, index saved (s)": got.seconds,
+                    "server RSS once loaded, idle (MB)": got.idle_kb * 1024 / 1e6}
+        return one
 
     # -- measurements -----------------------------------------------------------------------
     def median(self, f: Callable[[], float]) -> Spread:
@@ -288,103 +532,144 @@ class Bench:
         small_tar, large_tar = w / "small.tar", w / "large.tar"
         export_small = self.median(lambda: self.docker_export("fbbench/small:1", small_tar))
         self.docker_export("fbbench/large:1", large_tar)
-        self.note("docker export, small image", "docker", export_small)
+        self.note("docker export, small image (s)", "docker", export_small)
         cache = w / "cache"
         fb = self.fb_server(cfg, cache)
         rat_small, am_small = self.rat_server(small_tar), self.am_server(small_tar)
+        rat_large, am_large = self.rat_server(large_tar), self.am_server(large_tar)
         rat_index = Path(str(small_tar) + ".index.sqlite")
 
-        # 1. image -> browsable tree with nothing cached, then with the index saved
-        def fb_cold() -> float:
+        # 1. image -> browsable tree with nothing cached: the peers' share of the export is
+        # its median, added to each of their runs.
+        def fb_cold() -> dict[str, float]:
             shutil.rmtree(cache, ignore_errors=True)
-            return self.first_listing(fb)
+            return {"tree, nothing cached (s)": self.first_listing(fb)}
 
-        def rat_cold() -> float:
+        def rat_cold() -> dict[str, float]:
             rat_index.unlink(missing_ok=True)
-            return export_small + self.first_listing(rat_small)
+            return {"tree, nothing cached (s)": export_small + self.first_listing(rat_small)}
 
-        self.note("tree, nothing cached (s)", "fusebundle", self.median(fb_cold))
-        self.note("tree, nothing cached (s)", "ratarmount", self.median(rat_cold))
-        self.note("tree, nothing cached (s)", "archivemount",
-                  self.median(lambda: export_small + self.first_listing(am_small)))
-        # From here on every image is exported and indexed, for fusebundle and the peers.
+        def am_cold() -> dict[str, float]:
+            return {"tree, nothing cached (s)": export_small + self.first_listing(am_small)}
+
+        self.compare({"fusebundle": fb_cold, "ratarmount": rat_cold, "archivemount": am_cold})
+        # From here on every image is exported and indexed, for fusebundle and the peers: no
+        # timed run below builds an index.
         env = dict(os.environ, DOCKER_HOST=self.host, FUSEBUNDLE_CACHE_DIR=str(cache))
-        run([*FB, "pack", "-q", str(cfg), "-o", str(w / "warm.tar")], env=env)
-        (w / "warm.tar").unlink()
-        self.first_listing(rat_small)
-        # The fresh exports are still being written back: let that finish, and warm the page
-        # cache with every tar, as for the peers' tars.
-        shell("sync")
-        for tar in (*cache.glob("exports/*.tar"), small_tar, large_tar):
-            shell(f"cat {tar} > /dev/null")
-        self.note("remount, index saved (s)", "fusebundle",
-                  self.median(lambda: self.first_listing(fb)))
-        self.note("remount, index saved (s)", "ratarmount",
-                  self.median(lambda: self.first_listing(rat_small)))
+        run([*FB, "pack", "-q", str(cfg), "-o", "-"], env=env, stdout=subprocess.DEVNULL)
+        for s in (fb, rat_small, rat_large):
+            self.first_listing(s)
 
-        # 2. find over the small tree, a fresh mount each time
-        for s in (fb, rat_small, am_small):
-            def find(s: Server = s) -> float:
-                with self.mounted(s) as (mnt, _):
-                    return shell(f"find {mnt / s.root} > /dev/null").seconds
-            self.note("find, small image (s)", s.name, self.median(find))
+        # 2. remount with everything saved, then walks of the small tree, each on a fresh mount
+        self.compare({"fusebundle": self.remount(fb), "ratarmount": self.remount(rat_small)})
+        self.compare({s.name: self.finds(s, "find, small image")
+                      for s in (fb, rat_small, am_small)})
+        self.compare({s.name: self.ls_lr(s, "ls -lR, small image (s)")
+                      for s in (fb, rat_small, am_small)})
 
         # 3. cat of the large file through each mount, and of the tar itself (the limit)
-        shell(f"cat {large_tar} > /dev/null")
-        limit = self.median(lambda: shell(f"cat {large_tar} > /dev/null").seconds)
         gb = self.large_size / 1e9
-        self.note("cat large file (GB/s)", "limit (tar)", gb / limit)
-        rat_large, am_large = self.rat_server(large_tar), self.am_server(large_tar)
-        for s in (fb, rat_large):
-            def cat(s: Server = s) -> float:
+
+        def cat_limit() -> dict[str, float]:
+            settle([large_tar])
+            return {"cat large file (GB/s)": gb / shell(f"cat {large_tar} > /dev/null").seconds}
+
+        def cat(s: Server) -> Run:
+            def one() -> dict[str, float]:
                 with self.mounted(s) as (mnt, _):
-                    return shell(f"cat {mnt / s.large_file} > /dev/null").seconds
-            self.note("cat large file (GB/s)", s.name, gb / self.median(cat))
+                    t = shell(f"cat {mnt / s.large_file} > /dev/null").seconds
+                return {"cat large file (GB/s)": gb / t}
+            return one
+
+        self.compare({"limit (tar)": cat_limit, "fusebundle": cat(fb),
+                      "ratarmount": cat(rat_large)})
         # archivemount slows down as it goes (each read starts from the archive's head): it is
         # given the first 64 MiB only, once, which flatters it.
         with self.mounted(am_large) as (mnt, _):
             part = 64 << 20
             t = shell(f"head -c {part} {mnt / am_large.large_file} > /dev/null").seconds
-        self.note("cat large file (GB/s)", "archivemount", part / 1e9 / t)
+        self.note("cat large file (GB/s)", "archivemount", Spread.of([part / 1e9 / t]))
 
-        # 4 and 5. tar of the small tree through each mount, then the server's peak RSS
+        # 4. tar of the small tree through each mount, and the server's RSS after it
         extracted = w / "extracted-small"
         drop_to(extracted)
         shell(f"tar -C {extracted} -xf {small_tar}")
-        self.note("tar -cf small tree (s)", "limit (disk)",
-                  self.median(lambda: shell(f"tar -C {extracted} -cf - . | wc -c").seconds))
-        for s in (fb, rat_small, am_small):
-            if s is am_small and self.small_files > 20000:
-                self.note("tar -cf small tree (s)", s.name, "skipped (> 1 h)")
-                continue
-            times, rss = [], []
-            for _ in range(self.runs):
-                with self.mounted(s) as (mnt, proc):
-                    times.append(shell(f"tar -C {mnt / s.root} -cf - . | wc -c").seconds)
-                    rss.append(vm_hwm_kb(proc.pid))
-                if s is am_small and times[0] > SLOW_ONCE:
-                    break  # on --quick: one run says enough, three take minutes
-            self.note("tar -cf small tree (s)", s.name, statistics.median(times)
-                      if len(times) > 1 else f"{times[0]:.3f} (1 run)")
-            self.note("server RSS after tar (MiB)", s.name, statistics.median(rss) / 1024)
+        shell(f"tar -C {extracted} -cf - . | wc -c")  # warm: the dentries and inodes on disk
 
-        # 6. pack of both images against tar -cf of the extracted tree
+        def tar_disk() -> dict[str, float]:
+            settle([])
+            t = shell(f"tar -C {extracted} -cf - . | wc -c").seconds
+            return {"tar -cf small tree (s)": t}
+
+        walks = {"limit (disk)": tar_disk,
+                 "fusebundle": self.tar_walk(fb, "tar -cf small tree (s)"),
+                 "ratarmount": self.tar_walk(rat_small, "tar -cf small tree (s)")}
+        if self.small_files <= 20000:  # archivemount's walk of 100k files takes over an hour
+            walks["archivemount"] = self.tar_walk(am_small, "tar -cf small tree (s)")
+        else:
+            self.note("tar -cf small tree (s)", "archivemount", "skipped (> 1 h)")
+        self.compare(walks)
+        shutil.rmtree(extracted)
+
+        # 5. pack of both images against tar -cf of the extracted tree
         out = w / "pack.tar"
-        packs = [run([*FB, "pack", "-q", str(cfg), "-o", str(out)], env=env)
-                 for _ in range(self.runs)]
+        run([*FB, "pack", "-q", str(cfg), "-o", str(out)], env=env)
         tree = w / "extracted-pack"
         drop_to(tree)
         shell(f"tar -C {tree} -xf {out}")
-        tars = [run(["tar", "-C", str(tree), "-cf", str(w / "tar-cf.tar"), "."])
-                for _ in range(self.runs)]
-        self.note("pack both images (s)", "fusebundle",
-                  statistics.median(p.seconds for p in packs))
-        self.note("pack both images (s)", "tar -cf", statistics.median(t.seconds for t in tars))
-        self.note("pack peak RSS (MB)", "fusebundle",
-                  statistics.median(p.rss_kb for p in packs) / 1000)
-        self.note("pack peak RSS (MB)", "tar -cf", statistics.median(t.rss_kb for t in tars) / 1000)
 
+        def pack() -> dict[str, float]:
+            settle(fb.sources())
+            p = run([*FB, "pack", "-q", str(cfg), "-o", str(out)], env=env)
+            return {"pack both images (s)": p.seconds, "pack peak RSS (MB)": p.rss_kb * 1024 / 1e6}
 
+        def tar_cf() -> dict[str, float]:
+            settle([])
+            p = run(["tar", "-C", str(tree), "-cf", str(w / "tar-cf.tar"), "."])
+            return {"pack both images (s)": p.seconds, "pack peak RSS (MB)": p.rss_kb * 1024 / 1e6}
+
+        self.compare({"fusebundle": pack, "tar -cf": tar_cf})
+        shutil.rmtree(tree)
+
+        # 6. start-up: what the commands import
+        self.measure_startup(fb, env, [["pack", "-q", str(cfg), "-o", "-"]])
+
+    def measure_startup(self, fb: Server, env: dict[str, str], runs: list[list[str]]) -> None:
+        """Commands that do not mount import neither pyfuse3 nor trio; what the mount imports.
+
+        `runs` are extra real commands (a pack) checked beside the `--help`s.
+        """
+        heavy = {"pyfuse3", "trio"}
+        offenders = []
+        for argv in (["pack", "--help"], ["pull", "--help"], ["config", "--help"],
+                     ["cache", "ls"], *runs):
+            p = subprocess.run([FB[0], "-X", "importtime", *FB[1:], *argv], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               check=False)
+            names = {i.name for i in parse_importtime(p.stderr)}
+            if p.returncode != 0 or not names:
+                offenders.append(f"{argv[0]} failed")
+            elif names & heavy:
+                offenders.append(" ".join(argv[:2]))
+        self.note("start-up: non-mount commands import pyfuse3/trio", "fusebundle",
+                  "no" if not offenders else "yes: " + ", ".join(offenders))
+        # The mount path, as a real mount: the server's imports until it answers.
+        log = self.work / "importtime.log"
+        def with_importtime(mnt: Path) -> list[str]:
+            argv = fb.command(mnt)
+            return [argv[0], "-X", "importtime", *argv[1:]]
+
+        traced = dataclasses.replace(fb, command=with_importtime, log=log)
+        times: dict[str, list[float]] = {}
+        for _ in range(self.runs):
+            self.first_listing(traced)
+            lines = parse_importtime(log.read_text())
+            ours = [i for i in lines if i.name.split(".")[0] == "fusebundle"]
+            for who, value in (("pyfuse3 + trio", ms(imports_under(lines, heavy))),
+                               ("fusebundle", ms(ours)), ("all", ms(lines))):
+                times.setdefault(who, []).append(value)
+        for who, values in times.items():
+            self.note("start-up: mount imports (ms)", who, Spread.of(values))
     # -- engine-free sources -------------------------------------------------------------
     def measure_sources(self) -> None:
         """An OCI layout with the small image as one gzip layer and as five, no engine."""
@@ -412,29 +697,24 @@ class Bench:
 
         def fb_src(cfg: Path, layout: Path) -> Server:
             env = dict(os.environ, DOCKER_HOST=dead, FUSEBUNDLE_CACHE_DIR=str(store))
-
-            def start(mnt: Path) -> subprocess.Popen:
-                return subprocess.Popen([*FB, "mount", "-f", "--from", f"oci:{layout}",
-                                         str(cfg), str(mnt)], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-            return Server("fusebundle", start, "containers/onboot/000-small/lower", "")
+            s = self.fb_server(cfg, store, [f"oci:{layout}"], env)
+            return dataclasses.replace(s, sources=lambda: [*layout.glob("blobs/sha256/*"),
+                                                           *store.glob("layers/sha256/*.tar")])
 
         fb1, fb5 = fb_src(cfg1, layout1), fb_src(cfg5, layout5)
         rat = self.rat_server(gz)
         rat_index = Path(str(gz) + ".index.sqlite")
         shell(f"sync; cat {gz} {layout5}/blobs/sha256/* > /dev/null")
 
-        def fb_cold() -> float:
+        def fb_cold() -> dict[str, float]:
             shutil.rmtree(store, ignore_errors=True)
-            return self.first_listing(fb1)
+            return {"layout -> tree, nothing cached (s)": self.first_listing(fb1)}
 
-        def rat_cold() -> float:
+        def rat_cold() -> dict[str, float]:
             rat_index.unlink(missing_ok=True)
-            return self.first_listing(rat)
+            return {"layout -> tree, nothing cached (s)": self.first_listing(rat)}
 
-        self.note("layout -> tree, nothing cached (s)", "fusebundle", self.median(fb_cold))
-        self.note("layout -> tree, nothing cached (s)", "ratarmount", self.median(rat_cold))
+        self.compare({"fusebundle": fb_cold, "ratarmount": rat_cold})
 
         # Decompression alone: the store's ingest of the blob against gzip -dc of it.
         mib = os.path.getsize(blob) / (1 << 20)
@@ -459,8 +739,9 @@ class Bench:
         for cfg, layout in ((cfg1, layout1), (cfg5, layout5)):
             run([*FB, "pull", "-q", "--from", f"oci:{layout}", str(cfg)], env=env,
                 stdout=subprocess.DEVNULL)
-        shell(f"sync; cat {store}/layers/sha256/*.tar > /dev/null")
+
         def mount_find(s: Server) -> float:
+            settle(s.sources())
             mnt = self.work / "mnt-fusebundle"
             drop_to(mnt)
             t0 = time.perf_counter()
@@ -501,6 +782,7 @@ class Bench:
         def spread(r: dict[str, float], key: str) -> Spread:
             m = Spread(r[key])
             m.lo, m.hi = r.get(key + "_lo", r[key]), r.get(key + "_hi", r[key])
+            m.n = self.runs
             return m
 
         for name, r in json.loads(out.read_text()).items():
@@ -510,6 +792,94 @@ class Bench:
             self.note(metric, "skopeo", spread(r, "skopeo"))
             self.note(f"registry pull into a full store, {name} (s)", "fusebundle",
                       spread(r, "fusebundle_stored"))
+
+    # -- --scale: fusebundle's own costs against the tree's size -------------------------------
+    def measure_scale(self, sizes: list[int]) -> None:
+        """Small-file images of each size, served from an OCI layout (no engine, no export).
+
+        The layout's only layer is the very tar ratarmount mounts (hard-linked), uncompressed:
+        what is measured is the index, the tree and the walks, not a decompressor.
+        """
+        for files in sizes:
+            label = scale_label(files)
+            print(f"scale {label}:", file=sys.stderr, flush=True)
+            inp = scale_input(files)
+            self.measure_scale_one(label, inp)
+
+    def measure_scale_one(self, label: str, inp: ScaleInput) -> None:
+        w = self.work
+        store = w / f"store-{label}"
+        cfg = w / f"scale-{label}.yml"
+        cfg.write_text(f"onboot:\n  - name: small\n    image: {inp.ref}\n")
+        env = dict(os.environ, DOCKER_HOST=f"unix://{w}/no-engine.sock",
+                   FUSEBUNDLE_CACHE_DIR=str(store))
+        source = f"oci:{inp.layout}"
+        fb = self.fb_server(cfg, store, [source], env)
+        stored = fb.sources
+        fb = dataclasses.replace(fb, sources=lambda: [*stored(), inp.tar])  # the layout's blob
+        rat = self.rat_server(inp.tar)
+        rat_index = Path(str(inp.tar) + ".index.sqlite")
+
+        def note(metric: str, who: str, value: float | str) -> None:
+            self.note(f"{label}: {metric}", who, value)
+
+        def compare(peers: dict[str, Run], runs: int | None = None) -> None:
+            wrapped = {who: _prefixed(label, one) for who, one in peers.items()}
+            self.compare(wrapped, runs, slow=SCALE_SLOW_ONCE)
+
+        note("entries in the tree", "input", f"{inp.entries} ({inp.tar.stat().st_size >> 20} MiB)")
+        # 1. First access with nothing stored, once each: fusebundle ingests the layer (a copy,
+        # both hashes), indexes it and builds the tree; ratarmount builds its SQLite index.
+        shutil.rmtree(store, ignore_errors=True)
+        rat_index.unlink(missing_ok=True)
+
+        def first_access(s: Server) -> Run:
+            def one() -> dict[str, float]:
+                got = self.listing(s)
+                return {"first access, nothing indexed (s)": got.seconds,
+                        "server peak RSS, first access (MB)": got.hwm_kb * 1024 / 1e6}
+            return one
+
+        compare({"fusebundle": first_access(fb), "ratarmount": first_access(rat)}, runs=1)
+        for s in (fb, rat):  # a second mount of each: whatever the first saved is used
+            self.first_listing(s)
+        fb_disk = sum(p.stat().st_size for p in index_files(store))
+        rat_disk = rat_index.stat().st_size
+        note("index + tree arrays on disk (B/entry)", "fusebundle", fb_disk / inp.entries)
+        note("index + tree arrays on disk (B/entry)", "ratarmount", rat_disk / inp.entries)
+        note("index + tree arrays on disk (MiB)", "fusebundle", fb_disk / 2**20)
+        note("index + tree arrays on disk (MiB)", "ratarmount", rat_disk / 2**20)
+        print("    " + ", ".join(f"{p.relative_to(store)} {p.stat().st_size}"
+                                 for p in index_files(store)), file=sys.stderr)
+
+        # 2. remount, the idle server, the walks: interleaved, a fresh mount each
+        compare({"fusebundle": self.remount(fb), "ratarmount": self.remount(rat)})
+        compare({"fusebundle": self.finds(fb), "ratarmount": self.finds(rat)})
+        compare({"fusebundle": self.tar_walk(fb, "tar -cf walk (s)"),
+                 "ratarmount": self.tar_walk(rat, "tar -cf walk (s)")})
+
+        # 3. pack of the image to /dev/null, with the layer stored and with an empty store
+        empty = w / f"store-{label}-empty"
+        empty_env = dict(env, FUSEBUNDLE_CACHE_DIR=str(empty))
+        pack = [*FB, "pack", "-q", "--from", source, str(cfg), "-o", "-"]
+
+        def pack_stored() -> dict[str, float]:
+            settle(fb.sources())
+            p = run(pack, env=env, stdout=subprocess.DEVNULL)
+            return {"pack (s), layer stored": p.seconds,
+                    "pack peak RSS (MB), layer stored": p.rss_kb * 1024 / 1e6}
+
+        def pack_empty() -> dict[str, float]:
+            shutil.rmtree(empty, ignore_errors=True)
+            settle([inp.tar])
+            p = run(pack, env=empty_env, stdout=subprocess.DEVNULL)
+            return {"pack (s), empty store": p.seconds,
+                    "pack peak RSS (MB), empty store": p.rss_kb * 1024 / 1e6}
+
+        compare({"fusebundle": pack_stored})
+        compare({"fusebundle": pack_empty})
+        shutil.rmtree(empty, ignore_errors=True)
+        shutil.rmtree(store, ignore_errors=True)
 
 
 def split_layers(tar: Path, n: int) -> list[bytes]:
@@ -535,74 +905,155 @@ def split_layers(tar: Path, n: int) -> list[bytes]:
     return out
 
 
+def scale_label(files: int) -> str:
+    for unit, name in ((1_000_000, "M"), (1000, "k")):
+        if files >= unit and files % unit == 0:
+            return f"{files // unit}{name}"
+    return str(files)
+
+
+def _prefixed(label: str, one: Run) -> Run:
+    return lambda: {f"{label}: {k}": v for k, v in one().items()}
+
+
+def index_files(store: Path) -> list[Path]:
+    """What fusebundle keeps about its layers and images besides the layers themselves:
+    the layer indexes, the merged index and its tree arrays (records and locks left out)."""
+    return sorted(p for p in store.rglob("*") if p.is_file()
+                  and not p.name.endswith(".tar") and not p.name.startswith(".")
+                  and p.relative_to(store).parts[0] not in ("images", "locks"))
+
+
 # ------------------------------------------------------------------------------ report
-TARGETS = [
-    # metric, peer for the ratio, how the target reads, check(fb, peer) -> met
+Row = dict[str, float | str]
+
+
+def _v(r: Row, who: str) -> float:
+    v = r[who]
+    if not isinstance(v, float):
+        raise KeyError(who)
+    return v
+
+
+def _fb(r: Row) -> float:
+    return _v(r, "fusebundle")
+
+
+# metric (without a scale run's "1M: " prefix), peer for the ratio, the target as it reads,
+# check(row) -> met (a KeyError when a cell it needs is missing).
+TARGETS: list[tuple[str, str, str, Callable[[Row], bool]]] = [
     ("tree, nothing cached (s)", "ratarmount", "<= 1/3 of ratarmount",
-     lambda f, p: f <= p / 3),
-    ("remount, index saved (s)", "ratarmount", "<= 0.15 s", lambda f, p: f <= 0.15),
-    ("find, small image (s)", "ratarmount", "<= 1/2 ratarmount, <= archivemount", None),
-    ("cat large file (GB/s)", "ratarmount", ">= 1.5x ratarmount, >= 60 % of limit", None),
+     lambda r: _fb(r) <= _v(r, "ratarmount") / 3),
+    ("remount, index saved (s)", "ratarmount", "<= 0.7x ratarmount",
+     lambda r: _fb(r) <= 0.7 * _v(r, "ratarmount")),
+    ("server RSS once loaded, idle (MB)", "ratarmount", "<= 64 MB", lambda r: _fb(r) <= 64),
+    ("find, small image, first walk of a mount (s)", "ratarmount", "<= 1/2 ratarmount",
+     lambda r: _fb(r) <= _v(r, "ratarmount") / 2),
+    ("find, small image, second walk, same mount (s)", "ratarmount", "", lambda r: True),
+    ("ls -lR, small image (s)", "ratarmount", "", lambda r: True),
+    ("cat large file (GB/s)", "ratarmount", ">= 3x ratarmount, >= 60 % of limit",
+     lambda r: _fb(r) >= 3 * _v(r, "ratarmount") and _fb(r) >= 0.6 * _v(r, "limit (tar)")),
     ("tar -cf small tree (s)", "ratarmount", "<= 1/10 of ratarmount",
-     lambda f, p: f <= p / 10),
-    ("server RSS after tar (MiB)", "ratarmount", "<= 60 MiB", lambda f, p: f <= 60),
-    ("pack both images (s)", "tar -cf", "<= 1.5x tar -cf", lambda f, p: f <= 1.5 * p),
-    ("pack peak RSS (MB)", "tar -cf", "<= 100 MB", lambda f, p: f <= 100),
+     lambda r: _fb(r) <= _v(r, "ratarmount") / 10),
+    ("server peak RSS, tar walk (MiB)", "ratarmount", "<= 60 MiB",
+     lambda r: _fb(r) <= 60),
+    ("server RSS after the tar walk (MiB)", "ratarmount", "", lambda r: True),
+    ("pack both images (s)", "tar -cf", "<= 1.5x tar -cf",
+     lambda r: _fb(r) <= 1.5 * _v(r, "tar -cf")),
+    ("pack peak RSS (MB)", "tar -cf", "<= 100 MB", lambda r: _fb(r) <= 100),
+    ("start-up: non-mount commands import pyfuse3/trio", "", "no",
+     lambda r: r["fusebundle"] == "no"),
+    ("start-up: mount imports (ms)", "", "", lambda r: True),
     ("layout -> tree, nothing cached (s)", "ratarmount", "<= 1/3 of ratarmount",
-     lambda f, p: f <= p / 3),
+     lambda r: _fb(r) <= _v(r, "ratarmount") / 3),
     ("gunzip the layer (MiB/s of blob)", "gzip -dc", ">= 1.0x gzip -dc",
-     lambda f, p: f >= p),
-    ("mount + find, layered (s)", "1 layer", "5 layers <= 1.3x 1 layer", None),
+     lambda r: _fb(r) >= _v(r, "gzip -dc")),
+    ("mount + find, layered (s)", "1 layer", "5 layers <= 1.3x 1 layer",
+     lambda r: _v(r, "5 layers") <= 1.3 * _v(r, "1 layer")),
     ("registry pull, small image (s)", "docker pull", "<= 1.0x docker pull",
-     lambda f, p: f <= p),
-    ("registry pull, 5 layers (s)", "docker pull", "<= 1.0x docker pull", lambda f, p: f <= p),
+     lambda r: _fb(r) <= _v(r, "docker pull")),
+    ("registry pull, 5 layers (s)", "docker pull", "<= 1.0x docker pull",
+     lambda r: _fb(r) <= _v(r, "docker pull")),
 ]
 
+# The scale rows' own targets, where they differ from the default run's.
+SCALE_TARGETS: list[tuple[str, str, str, Callable[[Row], bool]]] = [
+    ("server peak RSS, first access (MB)", "ratarmount", "<= 150 MB", lambda r: _fb(r) <= 150),
+    ("server RSS once loaded, idle (MB)", "ratarmount", "<= 64 MB", lambda r: _fb(r) <= 64),
+    ("server peak RSS, tar walk (MiB)", "ratarmount", "<= 1/4 ratarmount",
+     lambda r: _fb(r) <= _v(r, "ratarmount") / 4),
+    ("server RSS after the tar walk (MiB)", "ratarmount", "", lambda r: True),
+    ("find, first walk of a mount (s)", "ratarmount", "<= 1/2 ratarmount",
+     lambda r: _fb(r) <= _v(r, "ratarmount") / 2),
+    ("find, second walk, same mount (s)", "ratarmount", "", lambda r: True),
+    ("remount, index saved (s)", "ratarmount", "<= 1/2 ratarmount",
+     lambda r: _fb(r) <= _v(r, "ratarmount") / 2),
+    ("tar -cf walk (s)", "ratarmount", "<= 1/10 ratarmount",
+     lambda r: _fb(r) <= _v(r, "ratarmount") / 10),
+    ("pack peak RSS (MB), layer stored", "", "<= 100 MB", lambda r: _fb(r) <= 100),
+    ("pack peak RSS (MB), empty store", "", "<= 100 MB", lambda r: _fb(r) <= 100),
+    ("index + tree arrays on disk (B/entry)", "ratarmount", "<= 64 B an entry",
+     lambda r: _fb(r) <= 64),
+]
 
-def _met(metric: str, r: dict[str, float | str]) -> str:
-    if metric.startswith("mount + find"):
-        five, one = r.get("5 layers"), r.get("1 layer")
-        if not isinstance(five, float) or not isinstance(one, float):
-            return "?"
-        return "yes" if five <= 1.3 * one else "NO"
-    f = r.get("fusebundle")
-    if not isinstance(f, float):
+_SCALED = re.compile(r"^(\d+[kM]?): (.*)$")
+
+
+def target_of(metric: str) -> tuple[str, str, Callable[[Row], bool]] | None:
+    """(peer, target text, check) of a row, if it has any."""
+    m = _SCALED.match(metric)
+    table, name = (SCALE_TARGETS + TARGETS, m[2]) if m else (TARGETS, metric)
+    return next(((t[1], t[2], t[3]) for t in table if t[0] == name), None)
+
+
+def met(metric: str, r: Row) -> str:
+    t = target_of(metric)
+    if t is None or not t[1]:
+        return ""
+    try:
+        return "yes" if t[2](r) else "NO"
+    except (KeyError, TypeError, ValueError):
         return "?"
-    if metric.startswith("find"):
-        ok = f <= float(r["ratarmount"]) / 2 and f <= float(r["archivemount"])
-    elif metric.startswith("cat"):
-        ok = f >= 1.5 * float(r["ratarmount"]) and f >= 0.6 * float(r["limit (tar)"])
-    else:
-        check = next(t[3] for t in TARGETS if t[0] == metric)
-        peer = r.get(next(t[1] for t in TARGETS if t[0] == metric))
-        ok = check(f, float(peer)) if isinstance(peer, float) else False
-    return "yes" if ok else "NO"
 
 
-def report(results: dict[str, dict[str, float | str]],
-           spreads: dict[tuple[str, str], tuple[float, float]] | None = None) -> str:
+def ratio(metric: str, r: Row) -> str:
+    t = target_of(metric)
+    peer = t[0] if t else "ratarmount"
+    mine = r.get("5 layers") if peer == "1 layer" else r.get("fusebundle")
+    other = r.get(peer)
+    if isinstance(mine, float) and isinstance(other, float) and other:
+        return f"{mine / other:.2f}"
+    return ""
+
+
+def cell(v: float | str) -> str:
+    if isinstance(v, Spread):
+        return v.shown()
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def report(results: dict[str, Row]) -> str:
+    """A markdown table: a row per metric, median (lowest–highest run) in each peer's cell."""
     cols = ["fusebundle", "ratarmount", "archivemount", "limit (tar)", "limit (disk)",
-            "tar -cf", "docker", "gzip -dc", "1 layer", "5 layers", "docker pull", "skopeo"]
+            "tar -cf", "docker", "gzip -dc", "1 layer", "5 layers", "docker pull", "skopeo",
+            "pyfuse3 + trio", "all", "input"]
     cols = [c for c in cols if any(c in r for r in results.values())]
-    lines = ["| metric | " + " | ".join(cols) + " | fusebundle / ratarmount | target | met |",
+    lines = ["| metric | " + " | ".join(cols) + " | fusebundle / peer | target | met |",
              "|---" * (len(cols) + 4) + "|"]
     for metric, r in results.items():
-        cells = []
-        for c in cols:
-            v = r.get(c, "")
-            lohi = (spreads or {}).get((metric, c))
-            if isinstance(v, float) and lohi:
-                cells.append(f"{v:.3f} ({lohi[0]:.3f}-{lohi[1]:.3f})")
-            else:
-                cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
-        f = r.get("fusebundle") or r.get("5 layers")
-        p = (r.get("ratarmount") or r.get("tar -cf") or r.get("gzip -dc") or r.get("1 layer")
-             or r.get("docker pull"))
-        ratio = f"{f / p:.2f}" if isinstance(f, float) and isinstance(p, float) and p else ""
-        target = next((t[2] for t in TARGETS if t[0] == metric), "")
-        met = _met(metric, r) if target else ""
-        lines.append(f"| {metric} | " + " | ".join(cells) + f" | {ratio} | {target} | {met} |")
+        t = target_of(metric)
+        cells = [cell(r.get(c, "")) for c in cols]
+        lines.append(f"| {metric} | " + " | ".join(cells) +
+                     f" | {ratio(metric, r)} | {t[1] if t else ''} | {met(metric, r)} |")
     return "\n".join(lines)
+
+
+def as_json(results: dict[str, Row]) -> dict[str, dict[str, object]]:
+    def one(v: float | str) -> object:
+        if isinstance(v, Spread):
+            return {"median": float(v), "min": v.lo, "max": v.hi, "runs": v.n}
+        return v
+    return {m: {who: one(v) for who, v in r.items()} for m, r in results.items()}
 
 
 def main() -> int:
@@ -610,10 +1061,18 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="10k files and 256 MiB, 3 runs")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    ap.add_argument("--part", choices=("all", "mount", "sources"), default="all",
-                    help="mount: the engine-export mounts; sources: OCI layouts, no engine")
+    ap.add_argument("--part", choices=("all", "mount", "sources"),
+                    help="mount: the engine-export mounts; sources: OCI layouts, no engine "
+                         "(default: all, or none with --scale)")
+    ap.add_argument("--scale", action="store_true",
+                    help="fusebundle's costs at 10k, 100k and 1M small files (inputs kept in "
+                         ".bench/scale/); only this unless --part is given")
+    ap.add_argument("--scale-sizes", metavar="N,N,...",
+                    help="the image sizes of --scale, in files (default 10000,100000,1000000)")
     args = ap.parse_args()
-    host = os.environ["DOCKER_HOST"]
+    sizes = [int(n) for n in (args.scale_sizes or "10000,100000,1000000").split(",")]
+    part = args.part or ("none" if args.scale or args.scale_sizes else "all")
+    host = os.environ.get("DOCKER_HOST", "")
     ratarmount = os.environ.get("RATARMOUNT", "ratarmount")
     with tempfile.TemporaryDirectory(prefix="fbbench.", dir="/var/tmp") as tmp:
         b = Bench(work=Path(tmp), runs=args.runs,
@@ -621,20 +1080,28 @@ def main() -> int:
                   large_size=(256 << 20) if args.quick else (1 << 30),
                   host=host, ratarmount=ratarmount)
         try:
-            if args.part in ("all", "mount"):
+            if part in ("all", "mount"):
                 b.measure()
-            if args.part in ("all", "sources"):
+            if part in ("all", "sources"):
                 b.measure_sources()
+            if args.scale or args.scale_sizes:
+                b.measure_scale(sizes)
         finally:
             for m in Path(tmp).glob("mnt-*"):
                 unmount(m)
-    print(f"\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
-          f"{'quick' if args.quick else 'full'} inputs ({b.small_files} files, "
-          f"{b.large_size >> 20} MiB), median of {args.runs} runs\n")
-    print("(cells: median (lowest-highest run))\n")
-    print(report(b.results, b.spreads))
+    inputs = []
+    if part != "none":
+        inputs.append(f"{'quick' if args.quick else 'full'} inputs ({b.small_files} files, "
+                      f"{b.large_size >> 20} MiB)")
+    if args.scale or args.scale_sizes:
+        inputs.append("scale " + ", ".join(scale_label(n) for n in sizes))
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+          f"{'; '.join(inputs)}, median of {args.runs} runs, each on a fresh mount\n")
+    print("(cells: median (lowest–highest run); a walk slower than "
+          f"{SLOW_ONCE:.0f} s ({SCALE_SLOW_ONCE:.0f} s at scale) on its first run: 1 run)\n")
+    print(report(b.results))
     if args.json:
-        Path(args.json).write_text(json.dumps(b.results, indent=2))
+        Path(args.json).write_text(json.dumps(as_json(b.results), indent=2))
     return 0
 
 

@@ -1,0 +1,156 @@
+"""The benchmark harness's own logic: spreads, interleaving, importtime parsing, scale inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("fbbench_script", REPO / "scripts" / "bench.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _load_bench()
+
+
+def test_spread_keeps_bounds_and_run_count() -> None:
+    s = bench.Spread.of([3.0, 1.0, 2.0])
+    assert (float(s), s.lo, s.hi, s.n) == (2.0, 1.0, 3.0, 3)
+    rate = 6.0 / s  # a rate from times: the slowest run gives the lowest rate
+    assert (float(rate), rate.lo, rate.hi, rate.n) == (3.0, 2.0, 6.0, 3)
+    plus = s + 0.5
+    assert (float(plus), plus.lo, plus.hi) == (2.5, 1.5, 3.5)
+    assert s.shown() == "2.000 (1.000–3.000)"
+    assert bench.Spread.of([4.25]).shown() == "4.250 (1 run)"
+
+
+def _bench(tmp_path: Path, runs: int):
+    return bench.Bench(work=tmp_path, runs=runs, small_files=0, large_size=0, host="",
+                       ratarmount="")
+
+
+def test_compare_interleaves_peers_and_runs_a_slow_one_once(tmp_path: Path) -> None:
+    order: list[str] = []
+
+    def peer(name: str, seconds: float, value: float):
+        def one() -> dict[str, float]:
+            order.append(name)
+            time.sleep(seconds)
+            return {"m": value}
+        return one
+
+    b = _bench(tmp_path, runs=3)
+    b.compare({"a": peer("a", 0, 1.0), "b": peer("b", 0, 2.0)})
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert b.results["m"]["a"].n == 3 and float(b.results["m"]["b"]) == 2.0
+
+    order.clear()
+    b.compare({"slow": peer("slow", 0.2, 5.0), "fast": peer("fast", 0, 1.0)}, slow=0.1)
+    assert order == ["slow", "fast", "fast", "fast"]
+    assert b.results["m"]["slow"].shown() == "5.000 (1 run)"
+
+
+SAMPLE = """\
+import time: self [us] | cumulative | imported package
+import time:       100 |        100 |       outcome
+import time:       200 |        300 |     trio
+import time:        50 |         50 |     cffi
+import time:       400 |        750 |   pyfuse3
+import time:        30 |         30 |   fusebundle.errors
+import time:        70 |        850 | fusebundle.mountcmd
+import time:        10 |         10 | json
+"""
+
+
+def test_importtime_subtrees_and_our_modules() -> None:
+    lines = bench.parse_importtime(SAMPLE)
+    assert [(i.depth, i.name) for i in lines][:4] == [
+        (3, "outcome"), (2, "trio"), (2, "cffi"), (1, "pyfuse3")]
+    heavy = bench.imports_under(lines, {"pyfuse3", "trio"})
+    assert {i.name for i in heavy} == {"outcome", "trio", "cffi", "pyfuse3"}
+    assert bench.ms(heavy) == 0.75
+    assert bench.ms(i for i in lines if i.name.startswith("fusebundle")) == 0.1
+    assert bench.ms(lines) == 0.86
+
+
+def test_importtime_of_real_commands() -> None:
+    """Parsed from real -X importtime output: pyfuse3 pulls in trio; pack --help neither."""
+    def traced(*argv: str) -> list:
+        p = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True,
+                           text=True, check=True, cwd=REPO)
+        return bench.parse_importtime(p.stderr)
+
+    fuse = bench.imports_under(traced("-c", "import pyfuse3"), {"pyfuse3"})
+    assert "trio" in {i.name for i in fuse}
+    pack = traced("-m", "fusebundle", "pack", "--help")
+    assert "fusebundle.cli" in {i.name for i in pack}
+    assert bench.imports_under(pack, {"pyfuse3", "trio"}) == []
+
+
+def test_targets_at_scale_are_their_own() -> None:
+    row = {"fusebundle": 0.13, "ratarmount": 0.2}
+    assert bench.met("remount, index saved (s)", row) == "yes"  # <= 0.7x
+    assert bench.met("1M: remount, index saved (s)", row) == "NO"  # <= 0.5x at scale
+    assert bench.met("1M: tar -cf walk (s)", {"fusebundle": 5.0, "ratarmount": 60.0}) == "yes"
+    assert bench.met("1M: tar -cf walk (s)", {"fusebundle": 7.0, "ratarmount": 60.0}) == "NO"
+    assert bench.met("1M: tar -cf walk (s)", {"fusebundle": 7.0}) == "?"
+    assert bench.ratio("10k: find, first walk of a mount (s)",
+                       {"fusebundle": 1.0, "ratarmount": 4.0}) == "0.25"
+    assert bench.scale_label(1_000_000) == "1M" and bench.scale_label(100_000) == "100k"
+    assert bench.scale_label(12_345) == "12345"
+
+
+def test_scale_input_is_made_once_and_served_by_fusebundle(tmp_path: Path) -> None:
+    where = tmp_path / "scale"
+    inp = bench.scale_input(300, where)
+    with tarfile.open(inp.tar) as t:
+        members = t.getmembers()
+    assert inp.entries == len(members) + 1  # and tree/, which the tar leaves implied
+    assert sum(m.isfile() for m in members) == 300
+    digest = hashlib.sha256(inp.tar.read_bytes()).hexdigest()
+    blob = inp.layout / "blobs" / "sha256" / digest
+    assert blob.stat().st_ino == inp.tar.stat().st_ino  # no copy
+
+    made = inp.tar.stat().st_mtime_ns
+    again = bench.scale_input(300, where)
+    assert again.tar.stat().st_mtime_ns == made  # reused, not written again
+    os.utime(inp.tar, ns=(made - 10**9, made - 10**9))  # the stamp no longer matches
+    bench.scale_input(300, where)
+    assert json.loads((where / "small-300.json").read_text())["mtime_ns"] != made - 10**9
+
+    # fusebundle reads the layout, checks the blob against its digest and the diff_id
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"onboot:\n  - name: small\n    image: {inp.ref}\n")
+    store = tmp_path / "store"
+    env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/none.sock",
+               FUSEBUNDLE_CACHE_DIR=str(store))
+    subprocess.run([sys.executable, "-m", "fusebundle", "pull", "-q", "--from",
+                    f"oci:{inp.layout}", str(cfg)], env=env, check=True, cwd=REPO,
+                   capture_output=True)
+    assert (store / "layers" / "sha256" / f"{digest}.tar").stat().st_size == \
+        inp.tar.stat().st_size
+    names = {p.name for p in bench.index_files(store)}
+    assert f"{digest}.tar.idx" in names and not any(n.endswith(".tar") for n in names)
+
+
+@pytest.mark.parametrize("files", [0, 1])
+def test_write_small_counts_tiny_trees(tmp_path: Path, files: int) -> None:
+    n = bench.write_small(tmp_path / "t.tar", files)
+    with tarfile.open(tmp_path / "t.tar") as t:
+        assert n == len(t.getmembers()) + 1
