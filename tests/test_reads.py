@@ -1,0 +1,366 @@
+"""Reads of a large file on a real mount whose source tar is cut or replaced underneath it.
+
+A layer tar in the store is what a mount reads file bytes from.  Whatever happens to it while
+mounted, a reader must get either the file's true bytes or EIO, within a bounded time, and the
+server must keep answering for every other image.  The images are OCI layouts written here;
+nothing needs an engine.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fakeregistry import layer_tar
+from faulttools import cli, sha, wait_for
+from imagetools import write_oci_layout
+
+from fusebundle.mountcmd import _alive, _server_pid, find_mount
+
+HAVE_FUSE = (os.geteuid() == 0 and os.path.exists("/dev/fuse")
+             and shutil.which("fusermount3") is not None)
+pytestmark = pytest.mark.skipif(not HAVE_FUSE, reason="needs /dev/fuse, fusermount3 and root")
+
+MIB = 1 << 20
+BIG_SIZE = 32 * MIB
+BLOCK = 4096
+HANG = 30.0  # seconds: a reader still blocked after this is hung
+
+
+def pattern(off: int, n: int) -> bytes:
+    """Bytes [off, off+n) of the big file: every 4 KiB block says its own number."""
+    first, last = off // BLOCK, (off + n - 1) // BLOCK
+    data = b"".join((b"%015d\n" % b) * (BLOCK // 16) for b in range(first, last + 1))
+    return data[off - first * BLOCK:][:n]
+
+
+BIG = pattern(0, BIG_SIZE)
+SMALL = b"a small file next to the big one\n" * 20
+OTHER = {"other/hello.txt": b"hello from the other image\n",
+         "other/mid.bin": bytes(range(256)) * 4096}  # 1 MiB, read after the damage
+
+
+@dataclass
+class Layout:
+    root: Path
+    layout: Path
+    config: Path
+    big_tar: bytes
+    other_tar: bytes
+
+    def layer(self, cache: Path, tar: bytes) -> Path:
+        return cache / "layers" / "sha256" / (sha(tar)[7:] + ".tar")
+
+    @property
+    def big_data_offset(self) -> int:
+        """Where big.bin's bytes start in its layer tar."""
+        return self.big_tar.index(BIG[:BLOCK])
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Layout:
+    root = tmp_path_factory.mktemp("reads")
+    big_tar = layer_tar({"data/small.txt": SMALL, "data/big.bin": BIG})
+    other_tar = layer_tar(OTHER)
+    layout = root / "layout"
+    write_oci_layout(layout, "fbtest/big:1", [big_tar], {"Cmd": ["/bin/sh"]})
+    write_oci_layout(layout, "fbtest/other:1", [other_tar], {"Cmd": ["/bin/sh"]})
+    cfg = root / "reads.yml"
+    cfg.write_text("onboot:\n  - name: big\n    image: fbtest/big:1\n"
+                   "  - name: other\n    image: fbtest/other:1\n")
+    return Layout(root, layout, cfg, big_tar, other_tar)
+
+
+@dataclass
+class Mounted:
+    mnt: Path
+    cache: Path
+    log: Path
+    pid: int
+
+    @property
+    def big(self) -> Path:
+        return self.mnt / "containers/onboot/000-big/lower/data/big.bin"
+
+    @property
+    def small(self) -> Path:
+        return self.mnt / "containers/onboot/000-big/lower/data/small.txt"
+
+    @property
+    def other(self) -> Path:
+        return self.mnt / "containers/onboot/001-other/lower/other"
+
+    def assert_serving(self) -> None:
+        """The server lives and still answers reads of the undamaged image."""
+        assert _alive(self.pid), "the server died"
+        assert (self.other / "hello.txt").read_bytes() == OTHER["other/hello.txt"]
+        assert (self.other / "mid.bin").read_bytes() == OTHER["other/mid.bin"]
+        assert self.big.stat().st_size == BIG_SIZE  # metadata still answers
+
+
+@pytest.fixture
+def mounted(images: Layout, tmp_path: Path) -> Iterator[Mounted]:
+    """A fresh mount of both images, each image's layers already in the store."""
+    cache, mnt, log = tmp_path / "cache", tmp_path / "mnt", tmp_path / "mount.log"
+    mnt.mkdir()
+    r = cli("mount", "--from", f"oci:{images.layout}", images.config, mnt, "--log", log,
+            cache=cache)
+    assert r.returncode == 0, r.stderr
+    pid = _server_pid(str(mnt))
+    assert pid is not None
+    m = Mounted(mnt, cache, log, pid)
+    try:
+        # Listing loads each image (its layer ingested and indexed) without reading a file.
+        assert "big.bin" in os.listdir(m.big.parent)
+        assert "hello.txt" in os.listdir(m.other)
+        assert images.layer(cache, images.big_tar).exists()
+        yield m
+    finally:
+        with _continued(pid):
+            pass
+        if find_mount(str(mnt)) is not None:
+            r = cli("umount", mnt, cache=cache, timeout=60)
+            if r.returncode != 0:
+                subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
+
+
+class _continued:
+    """On exit, SIGCONT the server in case a test stopped it (a stopped server hangs umount)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        if _alive(self.pid):
+            os.kill(self.pid, signal.SIGCONT)
+
+
+def _stacks(*pids: int) -> str:
+    out = []
+    for pid in pids:
+        try:
+            out.append(f"--- {pid}:\n" + Path(f"/proc/{pid}/stack").read_text())
+        except OSError as e:
+            out.append(f"--- {pid}: {e.strerror}")
+    return "\n".join(out)
+
+
+def _cat(path: Path, server: int) -> subprocess.CompletedProcess[bytes]:
+    """cat of `path`, failing the test (with kernel stacks) if it does not end in time."""
+    proc = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=HANG)
+    except subprocess.TimeoutExpired:
+        stacks = _stacks(proc.pid, server)
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"cat {path} hung for {HANG:g} s:\n{stacks}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _assert_cat_eio(path: Path, server: int) -> bytes:
+    """cat fails with EIO in time; what it wrote before failing is the file's true start."""
+    t0 = time.monotonic()
+    r = _cat(path, server)
+    assert r.returncode != 0, "cat read the whole file from a damaged tar"
+    assert b"Input/output error" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < HANG
+    assert r.stdout == BIG[: len(r.stdout)], "cat got wrong bytes before the error"
+    return r.stdout
+
+
+# A reader that reads in steps the test drives through its stdin.  It says "open" once the
+# file is open; then "read N CHUNK" reads N more bytes, CHUNK per read(), and answers "ok OFF",
+# "eio OFF", "eof OFF" or "bad OFF" (wrong bytes); "map N" maps the file, reads its first N
+# bytes through the mapping and answers "ok N" or "bad N"; "remap" reads them again.
+READER = textwrap.dedent("""
+    import mmap, os, sys
+    BLOCK = 4096
+    def pattern(off, n):
+        first, last = off // BLOCK, (off + n - 1) // BLOCK
+        data = b"".join((b"%015d\\n" % b) * (BLOCK // 16) for b in range(first, last + 1))
+        return data[off - first * BLOCK:][:n]
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    print("open", 0, flush=True)
+    off, view, mapped = 0, None, 0
+    for line in sys.stdin:
+        cmd, *args = line.split()
+        status = "ok"
+        if cmd == "read":
+            end, chunk = off + int(args[0]), int(args[1])
+            while off < end:
+                try:
+                    got = os.read(fd, min(chunk, end - off))
+                except OSError as e:
+                    status = "eio" if e.errno == 5 else f"errno{e.errno}"
+                    break
+                if not got:
+                    status = "eof"
+                    break
+                if got != pattern(off, len(got)):
+                    status = "bad"
+                    break
+                off += len(got)
+            print(status, off, flush=True)
+        elif cmd == "map":
+            mapped = int(args[0])
+            view = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            print("ok" if view[:mapped] == pattern(0, mapped) else "bad", mapped, flush=True)
+        elif cmd == "remap":
+            print("ok" if view[:mapped] == pattern(0, mapped) else "bad", mapped, flush=True)
+""")
+
+
+class Reader:
+    """A separate process reading the big file in steps, so that a test can act in between.
+
+    It runs apart from pytest because a mapping of a file that fails to page in kills its
+    process with SIGBUS.
+    """
+
+    def __init__(self, path: Path, server: int) -> None:
+        self.server = server
+        self.proc = subprocess.Popen([sys.executable, "-c", READER, str(path)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._answer() == ("open", 0)
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def _answer(self) -> tuple[str, int]:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], HANG)
+        if not ready:
+            stacks = _stacks(self.proc.pid, self.server)
+            self.proc.kill()
+            pytest.fail(f"the reader hung for {HANG:g} s:\n{stacks}")
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(10)
+            pytest.fail(f"the reader died: status {self.proc.returncode}")
+        status, off = line.split()
+        return status, int(off)
+
+    def read(self, n: int, chunk: int = MIB) -> tuple[str, int]:
+        self.send(f"read {n} {chunk}")
+        return self._answer()
+
+    def map(self, n: int) -> tuple[str, int]:
+        self.send(f"map {n}")
+        return self._answer()
+
+    def remap(self) -> tuple[str, int]:
+        self.send("remap")
+        return self._answer()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def reader(mounted: Mounted) -> Iterator[Reader]:
+    r = Reader(mounted.big, mounted.pid)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _cut(images: Layout, m: Mounted, at_file_offset: int) -> Path:
+    """Truncate the big file's layer tar inside the big file's bytes."""
+    layer = images.layer(m.cache, images.big_tar)
+    os.truncate(layer, images.big_data_offset + at_file_offset)
+    return layer
+
+
+# ------------------------------------------------------------------------------ cut tar
+def test_a_tar_cut_before_the_first_read_gives_eio(images, mounted):
+    layer = _cut(images, mounted, BIG_SIZE // 2)
+    _assert_cat_eio(mounted.big, mounted.pid)
+    _assert_cat_eio(mounted.big, mounted.pid)  # and again: nothing cached, nothing stuck
+    with pytest.raises(OSError) as e:
+        mounted.small.read_bytes()  # the same tar: its other files fail alike
+    assert e.value.errno == errno.EIO
+    mounted.assert_serving()
+    assert f"{layer}: changed or removed since it was indexed" in mounted.log.read_text()
+
+
+def test_a_tar_cut_between_reads_gives_eio_after_the_true_bytes(images, mounted, reader):
+    assert reader.read(4 * MIB) == ("ok", 4 * MIB)
+    _cut(images, mounted, BIG_SIZE // 2)
+    status, off = reader.read(BIG_SIZE)
+    assert status == "eio", (status, off)
+    # Pages read ahead before the cut may still be served (they are the true bytes); nothing
+    # past the cut ever is.
+    assert 4 * MIB <= off <= BIG_SIZE // 2
+    assert reader.read(MIB)[0] == "eio"  # the reader is not stuck on the failed page
+    mounted.assert_serving()
+
+
+def test_a_reader_inside_one_large_read_gets_eio_not_a_hang(images, mounted, reader):
+    """A 32 MiB read() waits in the kernel for the server while the tar is cut."""
+    os.kill(mounted.pid, signal.SIGSTOP)
+    with _continued(mounted.pid):
+        reader.send(f"read {BIG_SIZE} {BIG_SIZE}")
+        # Waiting for a page of the file to be filled (a pipe read would show anon_pipe_read).
+        wait_for(lambda: "filemap_read" in _stacks(reader.proc.pid),
+                 "the reader to wait inside read()", timeout=HANG)
+        _cut(images, mounted, 3 * MIB)
+    # Nothing was served before the cut, so nothing true can come back: EIO, in time.
+    assert reader._answer() == ("eio", 0)
+    assert reader.read(MIB) == ("eio", 0)
+    mounted.assert_serving()
+
+
+# ------------------------------------------------------------------------------ replaced tar
+@pytest.mark.parametrize("by", ["garbage of the same size", "a copy of itself"])
+def test_a_tar_replaced_by_rename_gives_eio(images, mounted, tmp_path, by):
+    layer = images.layer(mounted.cache, images.big_tar)
+    new = layer.with_name(".replacement")
+    if by == "a copy of itself":
+        shutil.copyfile(layer, new)
+    else:
+        new.write_bytes(b"\xa5" * layer.stat().st_size)
+    os.replace(new, layer)
+    _assert_cat_eio(mounted.big, mounted.pid)
+    mounted.assert_serving()
+
+
+def test_a_tar_deleted_gives_eio(images, mounted):
+    images.layer(mounted.cache, images.big_tar).unlink()
+    _assert_cat_eio(mounted.big, mounted.pid)
+    mounted.assert_serving()
+
+
+# ------------------------------------------------------------------------------ served before
+def test_pages_served_before_the_cut_stay_true(images, mounted, reader):
+    assert reader.read(BIG_SIZE) == ("ok", BIG_SIZE)
+    assert reader.map(8 * MIB) == ("ok", 8 * MIB)  # as exec maps a binary
+    _cut(images, mounted, MIB)
+    # What the kernel holds of the file stays the file's true bytes: a page kept in the mount's
+    # cache, or mapped from it, never turns into what the cut tar says now.
+    assert reader.remap() == ("ok", 8 * MIB)
+    r = _cat(mounted.big, mounted.pid)
+    if r.returncode == 0:
+        assert r.stdout == BIG
+    else:  # the kernel may have dropped pages since: then they cannot be read again
+        assert b"Input/output error" in r.stderr and r.stdout == BIG[: len(r.stdout)]
+    mounted.assert_serving()
