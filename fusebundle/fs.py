@@ -21,7 +21,9 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
+from fusebundle import testhook
 from fusebundle.errors import UserError
+from fusebundle.mapped import Mapping
 from fusebundle.tarindex import read_sparse
 from fusebundle.tree import Content, Stat, Tree
 
@@ -32,6 +34,8 @@ BLKSIZE = 128 * 1024  # st_blksize: what cat and cp use as their buffer size
 IO_THREADS = 16
 PRELOAD = BLKSIZE  # files up to this size go to the kernel with their open (one read's worth)
 LOAD_THREADS = 4
+MAP_MIN = 128 * 1024  # reads at least this large are answered from a mapping of the source
+DIRECT_BLKSIZE = 1 << 20  # st_blksize of direct_io files: cat then asks for one full READ
 
 T = TypeVar("T")
 
@@ -63,13 +67,16 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree) -> None:
+    def __init__(self, tree: Tree, direct_io_min: int = 0) -> None:
+        """`direct_io_min` > 0: files at least that large bypass the kernel's page cache."""
         super().__init__()
         self.tree = tree
+        self.direct_io_min = direct_io_min
         self._files: dict[int, tuple[Content, int]] = {}  # fh -> (content, fd or -1)
         self._dirs: dict[int, Any] = {}  # fh -> DirListing
         self._next_fh = 1
         self._fds: dict[str, int] = {}  # source path -> fd, opened once
+        self._maps: dict[str, Mapping | None] = {}  # source path -> its mapping (None: cannot)
         self._load_locks: dict[str, trio.Lock] = {}
         self._io = trio.CapacityLimiter(IO_THREADS)
         self._loaders = trio.CapacityLimiter(LOAD_THREADS)
@@ -89,7 +96,13 @@ class Operations(pyfuse3.Operations):
         a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_size, mtime = st
         a.st_atime_ns = a.st_ctime_ns = a.st_mtime_ns = mtime
         a.st_blocks = (a.st_size + 511) // 512
+        if self._direct(a.st_size):
+            a.st_blksize = DIRECT_BLKSIZE
         return a
+
+    def _direct(self, size: int) -> bool:
+        """True if a file of `size` bytes is opened direct_io (read without the page cache)."""
+        return 0 < self.direct_io_min <= size
 
     def _stat(self, ino: int) -> pyfuse3.EntryAttributes:
         try:
@@ -250,7 +263,7 @@ class Operations(pyfuse3.Operations):
         fh = self._new_fh()
         self._files[fh] = (content, fd)
         self._preload(inode, content, fd)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=self._direct(content.size))
 
     def _preload(self, inode: int, content: Content, fd: int) -> None:
         """Hand a small file's bytes to the kernel's page cache along with its open.
@@ -283,10 +296,13 @@ class Operations(pyfuse3.Operations):
             return b""
         n = min(size, content.size - off)
         try:
-            # Bytes already in the page cache are read right here; only a read that would
-            # wait for the disk goes to a worker thread, where it holds up nobody.
+            # Bytes already in the page cache are answered right here, a large read from a
+            # mapping of the source; only a read that would wait for the disk goes to a
+            # worker thread, where it holds up nobody.
             data = None
-            if self._nowait:
+            if n >= MAP_MIN and content.sparse is None and fd >= 0:
+                data = self._mapped(content, fd, off, n)
+            if data is None and self._nowait:
                 data = self._pread(content, fd, off, self._inline_view(n), os.RWF_NOWAIT)
             if data is None:
                 data = await trio.to_thread.run_sync(self._pread, content, fd, off,
@@ -296,6 +312,26 @@ class Operations(pyfuse3.Operations):
         except _SourceError as e:
             self._report(content.path or "?", str(e))
             raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def _mapped(self, content: Content, fd: int, off: int, n: int) -> memoryview | None:
+        """The bytes as a view of the mapped source, for the kernel to copy; None if not cached."""
+        path = content.path
+        assert path is not None
+        if path not in self._maps:
+            try:
+                self._maps[path] = Mapping(fd, os.fstat(fd).st_size)
+            except OSError as e:
+                log.debug("%s: cannot map (%s); reading it instead", path, e.strerror)
+                self._maps[path] = None
+        m = self._maps[path]
+        if m is None:
+            return None
+        view = m.view(content.offset + off, n)
+        if view is not None:
+            # Checked after the residency test: a cut there leaves the pages out of the cache.
+            self._check_source(content)
+            testhook.stop_at("read-reply")
+        return view
 
     def _inline_view(self, n: int) -> memoryview:
         """n bytes of the buffer for reads answered without an await.
@@ -329,22 +365,27 @@ class Operations(pyfuse3.Operations):
         if got != n and flags:
             return None  # partly cached: read the rest in a thread (or find it short there)
         data = buf if got == n else buf[:got]
-        if content.graft >= 0:
-            # The tar must still be the one indexed: else the offsets may point anywhere.
-            if not self.tree.verify(content.graft):
-                raise _SourceError(f"{path}: changed or removed since it was indexed")
-        else:
-            try:
-                st = os.stat(path)  # type: ignore[arg-type]
-            except OSError as e:
-                raise _SourceError(f"{path}: {e.strerror}") from None
-            if st.st_size != content.size:
-                raise _SourceError(f"{path}: its size changed from {content.size} to "
-                                   f"{st.st_size} bytes")
+        self._check_source(content)
         if len(data) != n:
             raise _SourceError(f"{path}: ends early ({len(data)} of {n} bytes at offset "
                                f"{content.offset + off})")
         return data
+
+    def _check_source(self, content: Content) -> None:
+        """Raise _SourceError unless the file's source is still the one its offsets are for."""
+        path = content.path
+        if content.graft >= 0:
+            # The tar must still be the one indexed: else the offsets may point anywhere.
+            if not self.tree.verify(content.graft):
+                raise _SourceError(f"{path}: changed or removed since it was indexed")
+            return
+        try:
+            st = os.stat(path)  # type: ignore[arg-type]
+        except OSError as e:
+            raise _SourceError(f"{path}: {e.strerror}") from None
+        if st.st_size != content.size:
+            raise _SourceError(f"{path}: its size changed from {content.size} to "
+                               f"{st.st_size} bytes")
 
     def _pread_sparse(self, content: Content, fd: int, off: int, buf: memoryview,
                       flags: int) -> memoryview | None:
@@ -368,6 +409,10 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     def close_sources(self) -> None:
+        for m in self._maps.values():
+            if m is not None:
+                m.close()
+        self._maps.clear()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()

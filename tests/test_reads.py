@@ -8,6 +8,7 @@ nothing needs an engine.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +25,8 @@ from pathlib import Path
 
 import pytest
 from fakeregistry import layer_tar
-from faulttools import cli, sha, wait_for
-from imagetools import write_oci_layout
+from faulttools import cli, sha, stopped, wait_for
+from imagetools import RootfsBuilder, busybox_bytes, write_oci_layout
 
 from fusebundle.mountcmd import _alive, _server_pid, find_mount
 
@@ -72,10 +74,13 @@ class Layout:
 def images(tmp_path_factory: pytest.TempPathFactory) -> Layout:
     root = tmp_path_factory.mktemp("reads")
     big_tar = layer_tar({"data/small.txt": SMALL, "data/big.bin": BIG})
+    # A 2 MiB static binary, run from the mount (as runc runs a bundle's programs).
+    tools_tar = RootfsBuilder().dir("bin").file("bin/busybox", busybox_bytes(),
+                                                mode=0o755).tobytes()
     other_tar = layer_tar(OTHER)
     layout = root / "layout"
     write_oci_layout(layout, "fbtest/big:1", [big_tar], {"Cmd": ["/bin/sh"]})
-    write_oci_layout(layout, "fbtest/other:1", [other_tar], {"Cmd": ["/bin/sh"]})
+    write_oci_layout(layout, "fbtest/other:1", [other_tar, tools_tar], {"Cmd": ["/bin/sh"]})
     cfg = root / "reads.yml"
     cfg.write_text("onboot:\n  - name: big\n    image: fbtest/big:1\n"
                    "  - name: other\n    image: fbtest/other:1\n")
@@ -88,6 +93,7 @@ class Mounted:
     cache: Path
     log: Path
     pid: int
+    mode: str
 
     @property
     def big(self) -> Path:
@@ -101,25 +107,35 @@ class Mounted:
     def other(self) -> Path:
         return self.mnt / "containers/onboot/001-other/lower/other"
 
+    @property
+    def busybox(self) -> Path:
+        return self.mnt / "containers/onboot/001-other/lower/bin/busybox"
+
     def assert_serving(self) -> None:
         """The server lives and still answers reads of the undamaged image."""
         assert _alive(self.pid), "the server died"
-        assert (self.other / "hello.txt").read_bytes() == OTHER["other/hello.txt"]
-        assert (self.other / "mid.bin").read_bytes() == OTHER["other/mid.bin"]
+        for name in ("hello.txt", "mid.bin"):
+            r = _cat(self.other / name, self.pid)
+            assert r.returncode == 0 and r.stdout == OTHER["other/" + name], r.stderr
         assert self.big.stat().st_size == BIG_SIZE  # metadata still answers
 
 
-@pytest.fixture
-def mounted(images: Layout, tmp_path: Path) -> Iterator[Mounted]:
-    """A fresh mount of both images, each image's layers already in the store."""
+@contextlib.contextmanager
+def _mount(images: Layout, tmp_path: Path, mode: str, **env: str) -> Iterator[Mounted]:
+    """A fresh mount of both images, each image's layers already in the store.
+
+    mode "cache": reads go through the kernel's page cache (the default); "direct": files of
+    1 MiB and more are opened direct_io, so every read() of them is a request.
+    """
     cache, mnt, log = tmp_path / "cache", tmp_path / "mnt", tmp_path / "mount.log"
     mnt.mkdir()
-    r = cli("mount", "--from", f"oci:{images.layout}", images.config, mnt, "--log", log,
-            cache=cache)
+    opts = ["-o", f"direct_io_min={MIB}"] if mode == "direct" else []
+    r = cli("mount", *opts, "--from", f"oci:{images.layout}", images.config, mnt, "--log", log,
+            cache=cache, **env)
     assert r.returncode == 0, r.stderr
     pid = _server_pid(str(mnt))
     assert pid is not None
-    m = Mounted(mnt, cache, log, pid)
+    m = Mounted(mnt, cache, log, pid, mode)
     try:
         # Listing loads each image (its layer ingested and indexed) without reading a file.
         assert "big.bin" in os.listdir(m.big.parent)
@@ -135,6 +151,12 @@ def mounted(images: Layout, tmp_path: Path) -> Iterator[Mounted]:
                 subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
 
 
+@pytest.fixture(params=["cache", "direct"])
+def mounted(images: Layout, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mounted]:
+    with _mount(images, tmp_path, request.param) as m:
+        yield m
+
+
 class _continued:
     """On exit, SIGCONT the server in case a test stopped it (a stopped server hangs umount)."""
 
@@ -147,6 +169,25 @@ class _continued:
     def __exit__(self, *exc: object) -> None:
         if _alive(self.pid):
             os.kill(self.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def _kept_going(pid: int) -> Iterator[None]:
+    """Continue the server each time its test hook stops it, while the block runs."""
+    done = threading.Event()
+
+    def go_on() -> None:
+        while not done.wait(0.01):
+            if stopped(pid):
+                os.kill(pid, signal.SIGCONT)
+
+    t = threading.Thread(target=go_on, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
 
 
 def _stacks(*pids: int) -> str:
@@ -218,7 +259,7 @@ READER = textwrap.dedent("""
             print(status, off, flush=True)
         elif cmd == "map":
             mapped = int(args[0])
-            view = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            view = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
             print("ok" if view[:mapped] == pattern(0, mapped) else "bad", mapped, flush=True)
         elif cmd == "remap":
             print("ok" if view[:mapped] == pattern(0, mapped) else "bad", mapped, flush=True)
@@ -284,6 +325,11 @@ def reader(mounted: Mounted) -> Iterator[Reader]:
         r.close()
 
 
+def _in_file_read(pid: int) -> bool:
+    stack = _stacks(pid)
+    return "ksys_read" in stack and "pipe_read" not in stack
+
+
 def _cut(images: Layout, m: Mounted, at_file_offset: int) -> Path:
     """Truncate the big file's layer tar inside the big file's bytes."""
     layer = images.layer(m.cache, images.big_tar)
@@ -320,14 +366,43 @@ def test_a_reader_inside_one_large_read_gets_eio_not_a_hang(images, mounted, rea
     os.kill(mounted.pid, signal.SIGSTOP)
     with _continued(mounted.pid):
         reader.send(f"read {BIG_SIZE} {BIG_SIZE}")
-        # Waiting for a page of the file to be filled (a pipe read would show anon_pipe_read).
-        wait_for(lambda: "filemap_read" in _stacks(reader.proc.pid),
-                 "the reader to wait inside read()", timeout=HANG)
+        # The file is open already: a wait inside read() that is not on its stdin pipe is the
+        # wait for the mount.
+        wait_for(lambda: _in_file_read(reader.proc.pid), "the reader to wait inside read()",
+                 timeout=HANG)
         _cut(images, mounted, 3 * MIB)
     # Nothing was served before the cut, so nothing true can come back: EIO, in time.
     assert reader._answer() == ("eio", 0)
     assert reader.read(MIB) == ("eio", 0)
     mounted.assert_serving()
+
+
+@pytest.mark.parametrize("mode", ["cache", "direct"])
+@pytest.mark.parametrize("cut", [0, MIB // 2 + 512], ids=["all", "half"])
+def test_a_tar_cut_while_its_pages_are_being_replied_gives_eio(images, tmp_path, cut, mode):
+    """The cut lands after every check, while the reply is a view of the tar's pages.
+
+    The server stops itself (FUSEBUNDLE_TEST_STOP=read-reply) with a reply ready that points
+    into its mapping of the tar; the tar is cut there, and then the kernel's copy of the reply
+    meets pages that no longer exist.  It must fail that one request (EIO), not hang the reader,
+    and must not kill the server (only a read by the server's own code would: SIGBUS).
+    """
+    with _mount(images, tmp_path, mode, FUSEBUNDLE_TEST_STOP="read-reply") as m:
+        reader = Reader(m.big, m.pid)
+        try:
+            with _continued(m.pid):
+                reader.send(f"read {MIB} {MIB}")
+                wait_for(lambda: stopped(m.pid), "the server to stop with a reply ready",
+                         timeout=HANG)
+                _cut(images, m, cut)
+            assert reader._answer() == ("eio", 0)
+            assert reader.read(MIB) == ("eio", 0)
+            with _kept_going(m.pid):  # large reads of the other image stop the server too
+                m.assert_serving()
+        finally:
+            reader.close()
+        log = m.log.read_text()
+        assert "fuse_read(): fuse_reply_* failed with Bad address" in log, log
 
 
 # ------------------------------------------------------------------------------ replaced tar
@@ -364,3 +439,43 @@ def test_pages_served_before_the_cut_stay_true(images, mounted, reader):
     else:  # the kernel may have dropped pages since: then they cannot be read again
         assert b"Input/output error" in r.stderr and r.stdout == BIG[: len(r.stdout)]
     mounted.assert_serving()
+
+
+# ------------------------------------------------------------------------------ each mode
+def test_a_binary_runs_from_the_mount(mounted):
+    """exec maps the binary privately: that works with direct_io too (runc needs it)."""
+    assert mounted.busybox.stat().st_size >= MIB  # direct_io in the "direct" mode
+    r = subprocess.run([str(mounted.busybox), "echo", "ran"], capture_output=True, text=True,
+                       timeout=HANG)
+    assert r.returncode == 0 and r.stdout == "ran\n", r.stderr
+
+
+def test_a_shared_mapping_of_a_large_file(mounted):
+    """A shared mapping works in the default mode; direct_io files refuse it (ENODEV).
+
+    libfuse 3.14 cannot ask the kernel to allow it (FUSE_DIRECT_IO_ALLOW_MMAP needs 3.17.1):
+    the price of `-o direct_io_min`, and the reason it is not the default.
+    """
+    import mmap
+
+    with open(mounted.big, "rb") as f:
+        if mounted.mode == "direct":
+            with pytest.raises(OSError) as e:
+                mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+            assert e.value.errno == errno.ENODEV
+        else:
+            view = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+            try:
+                assert view[-BLOCK:] == BIG[-BLOCK:]
+            finally:
+                view.close()
+
+
+def test_a_bad_direct_io_min_is_one_line(images, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = cli("mount", "-o", "direct_io_min=1M", "--from", f"oci:{images.layout}", images.config,
+            mnt, cache=tmp_path / "cache")
+    assert r.returncode != 0
+    assert r.stderr.strip() == "fusebundle: -o direct_io_min=1M: expected a size in bytes", r.stderr
+    assert find_mount(str(mnt)) is None
