@@ -14,6 +14,7 @@ import functools
 import itertools
 import logging
 import os
+import stat
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -30,8 +31,19 @@ log = logging.getLogger(__name__)
 TIMEOUT = 7 * 24 * 3600.0  # the tree never changes while mounted
 BLKSIZE = 128 * 1024  # st_blksize: what cat and cp use as their buffer size
 IO_THREADS = 16
-PRELOAD = BLKSIZE  # files up to this size go to the kernel with their open (one read's worth)
+PRELOAD = BLKSIZE  # files up to this size go to the kernel with their directory's first read
 LOAD_THREADS = 4
+CACHED_FILES = 4096  # inode -> content lookups kept for reads without an open
+CACHED_LISTINGS = 256  # inode -> listing kept for readdir without an opendir
+
+# What the patched pyfuse3 (patches/pyfuse3) adds; a stock pyfuse3 runs as before without it.
+NO_OPEN = hasattr(pyfuse3.Operations, "inode_for_zero_fh")  # read/readdir get the inode
+LISTING_MODES = hasattr(pyfuse3.Operations, "readdirplus")  # plain READDIR, lean entries
+CAP_CACHE_SYMLINKS = 1 << 23  # not among pyfuse3's CAP_* names
+# --listing: READDIRPLUS with every entry's attributes (what tar, ls -l and runc want), lean
+# (attributes for directories only: the kernel makes no inode per file), plain READDIR (names
+# and types), or auto (the kernel picks plus while lookups follow the listing).
+LISTINGS = {"plus": "always", "lean": "always", "plain": "never", "auto": "auto"}
 
 T = TypeVar("T")
 
@@ -63,11 +75,22 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree) -> None:
+    inode_for_zero_fh = NO_OPEN  # open/opendir answer ENOSYS once; fh 0 then means the inode
+
+    def __init__(self, tree: Tree, listing: str = "plus") -> None:
         super().__init__()
+        if listing not in LISTINGS:
+            raise UserError(f"--listing={listing}: expected one of {', '.join(LISTINGS)}")
+        if listing != "plus" and not LISTING_MODES:
+            raise UserError(f"--listing={listing} needs the patched pyfuse3 (scripts/setup)")
+        self.readdirplus = LISTINGS[listing]
+        self._lean = listing == "lean"
         self.tree = tree
-        self._files: dict[int, tuple[Content, int]] = {}  # fh -> (content, fd or -1)
-        self._dirs: dict[int, Any] = {}  # fh -> DirListing
+        self._files: dict[int, tuple[Content, int]] = {}  # fh (or inode) -> (content, fd or -1)
+        self._fh_ino: dict[int, int] = {}  # fh -> inode, when open hands out handles
+        self._dirs: dict[int, Any] = {}  # fh (or inode) -> DirListing
+        self._dir_of: dict[int, int] = {}  # file inode -> the directory it was listed in
+        self._preloaded: set[int] = set()  # directories whose small files went to the kernel
         self._next_fh = 1
         self._fds: dict[str, int] = {}  # source path -> fd, opened once
         self._load_locks: dict[str, trio.Lock] = {}
@@ -169,8 +192,16 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return target
 
+    def init_connection(self, conn: Any) -> None:
+        """Called by the patched pyfuse3 at init: see `tune_connection`."""
+        tune_connection(conn)
+
     @_guarded
     async def opendir(self, inode: int, ctx: Any = None) -> int:
+        if NO_OPEN:
+            # Once: the kernel then opens directories itself, caches their listings
+            # (FOPEN_CACHE_DIR|KEEP_CACHE) and sends readdir the inode.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         if not self.tree.is_dir(inode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         await self._ready(inode)
@@ -180,10 +211,27 @@ class Operations(pyfuse3.Operations):
             self._invalidate(self.tree.take_changed())
         return fh
 
+    async def _listing(self, fh: int) -> Any:
+        """The listing readdir pages through: by handle, or by inode without an opendir."""
+        listing = self._dirs.get(fh)
+        if listing is not None or not NO_OPEN:
+            return listing if listing is not None else self._dirs[fh]
+        await self._ready(fh)  # no opendir did it
+        listing = self.tree.listdir(fh)
+        if self.tree.changed:
+            self._invalidate(self.tree.take_changed())
+        if len(self._dirs) >= CACHED_LISTINGS:
+            self._dirs.clear()
+        self._dirs[fh] = listing
+        return listing
+
     @_guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        listing = self._dirs[fh]
+        listing = await self._listing(fh)
         reply = pyfuse3.readdir_reply
+        dir_of = self._dir_of
+        d = listing.ino
+        lean = self._lean and getattr(token, "plus", False)
         # A listing can be 100k entries: one attributes object, refilled (the reply copies it).
         a = self._row
         dots = [(name, ino, self.tree.stat(ino))
@@ -195,12 +243,19 @@ class Operations(pyfuse3.Operations):
             a.st_size = size
             a.st_atime_ns = a.st_ctime_ns = a.st_mtime_ns = mtime
             a.st_blocks = (size + 511) // 512
-            if not reply(token, name, a, pos + 1):
-                return
+            if lean and not stat.S_ISDIR(a.st_mode):
+                # No attributes: the kernel lists it without making an inode for it.
+                if not reply(token, name, a, pos + 1, lookup=False):
+                    return
+            else:
+                if not reply(token, name, a, pos + 1):
+                    return
+                dir_of[ino] = d  # where the sibling preload finds its neighbours
             pos += 1
 
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        if not NO_OPEN:
+            self._dirs.pop(fh, None)
 
     @_guarded
     async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
@@ -234,49 +289,110 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
+        if NO_OPEN:
+            # Once: the kernel then opens files itself (no OPEN, no RELEASE) and read gets
+            # the inode.  Writes stay refused by the read-only mount.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        fh = self._new_fh()
+        self._files[fh] = self._open_content(inode)
+        self._fh_ino[fh] = inode
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    def _open_content(self, inode: int) -> tuple[Content, int]:
+        """A file's Content and the descriptor of its source (-1 for bytes in memory)."""
         content = self.tree.content(inode)
         if content is None:
             raise pyfuse3.FUSEError(errno.EISDIR if self.tree.is_dir(inode) else errno.EINVAL)
-        fd = -1
-        if content.data is None and content.path is not None:
-            fd = self._fds.get(content.path, -1)
-            if fd < 0:
-                try:
-                    fd = os.open(content.path, os.O_RDONLY | os.O_CLOEXEC)
-                except OSError as e:
-                    self._report(content.path, f"{content.path}: cannot open: {e.strerror}")
-                    raise pyfuse3.FUSEError(errno.EIO) from None
-                self._fds[content.path] = fd
-        fh = self._new_fh()
-        self._files[fh] = (content, fd)
-        self._preload(inode, content, fd)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return content, self._source_fd(content)
 
-    def _preload(self, inode: int, content: Content, fd: int) -> None:
-        """Hand a small file's bytes to the kernel's page cache along with its open.
+    def _source_fd(self, content: Content) -> int:
+        if content.data is not None or content.path is None:
+            return -1
+        fd = self._fds.get(content.path, -1)
+        if fd < 0:
+            try:
+                fd = os.open(content.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                self._report(content.path, f"{content.path}: cannot open: {e.strerror}")
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            self._fds[content.path] = fd
+        return fd
 
-        The read that follows is then served by the kernel instead of costing one more round
-        trip here: a third less time for a walk that opens and reads many small files.
+    def _file(self, fh: int) -> tuple[Content, int]:
+        """What a read of `fh` reads: its open's, or (without opens) the inode's."""
+        found = self._files.get(fh)
+        if found is not None:
+            return found
+        if not NO_OPEN:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        found = self._open_content(fh)
+        if len(self._files) >= CACHED_FILES:
+            self._files.clear()
+        self._files[fh] = found
+        return found
+
+    def _preload_siblings(self, fh: int) -> None:
+        """After a directory's first read, hand its other small files to the kernel.
+
+        A walk that reads every file (tar) then finds them in the page cache: no round trip
+        per file.  A walk that never reads (find) pays nothing.  Runs after the reply.
+        """
+        ino = fh if NO_OPEN else self._fh_ino.get(fh, 0)
+        d = self._dir_of.get(ino)
+        if d is None or d in self._preloaded:
+            return
+        self._preloaded.add(d)
+        trio.lowlevel.spawn_system_task(self._preload_dir, d, ino)
+
+    async def _preload_dir(self, d: int, skip: int) -> None:
+        try:
+            rows = list(self.tree.listdir(d).rows(0))
+        except Exception:  # the listing has gone: nothing to preload
+            return
+        files = []
+        for _, ino, st in rows:
+            if ino == skip or not stat.S_ISREG(st[0]) or not 0 < st[5] <= PRELOAD:
+                continue
+            try:
+                files.append((ino, *(self._file(ino) if NO_OPEN else self._open_content(ino))))
+            except pyfuse3.FUSEError:
+                continue
+        # In a thread: a store into pages the kernel has locked for a READ of that file waits
+        # until the READ is answered, which this loop must stay free to do.
+        with contextlib.suppress(Exception):
+            await trio.to_thread.run_sync(self._preload_files, files, limiter=self._io)
+
+    def _preload_files(self, files: list[tuple[int, Content, int]]) -> None:
+        buf = bytearray(PRELOAD)
+        for ino, content, fd in files:
+            self._preload(ino, content, fd, memoryview(buf)[: content.size])
+
+    def _preload(self, inode: int, content: Content, fd: int, buf: memoryview) -> bool:
+        """Hand a small file's bytes to the kernel's page cache; whether it was done.
+
         Only bytes already in the page cache are handed over; anything else waits for read.
         """
-        if not 0 < content.size <= PRELOAD:
-            return
         data: bytes | memoryview | None = content.data
         if data is None:
             if not self._nowait:
-                return
+                return False
             try:
-                data = self._pread(content, fd, 0, self._inline_view(content.size),
-                                   os.RWF_NOWAIT)
+                data = self._pread(content, fd, 0, buf, os.RWF_NOWAIT)
             except _SourceError:
-                return  # the read reports it
-        if data is not None:
-            with contextlib.suppress(OSError):
-                pyfuse3.notify_store(inode, 0, data)
+                return False  # the read reports it
+        if data is None:
+            return False
+        try:
+            pyfuse3.notify_store(inode, 0, data)
+        except OSError:
+            return False
+        return True
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
-        content, fd = self._files[fh]
+        content, fd = self._file(fh)
+        if off == 0:
+            self._preload_siblings(fh)
         if content.data is not None:
             return content.data[off : off + size]
         if off >= content.size:
@@ -362,6 +478,7 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         self._files.pop(fh, None)
+        self._fh_ino.pop(fh, None)
 
     async def flush(self, fh: int) -> None:
         # Nothing is ever written: ENOSYS once and the kernel stops sending flush on close.
@@ -378,3 +495,17 @@ class Operations(pyfuse3.Operations):
 
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _erofs
     create = write = setxattr = removexattr = _erofs
+
+
+def tune_connection(conn: Any) -> None:
+    """What this file system asks of the FUSE connection at init (patched pyfuse3 only).
+
+    libfuse wants SPLICE_READ by default (pyfuse3 registers write_buf): as root with
+    CAP_SYS_RESOURCE each request then costs a splice and a read instead of one read, and
+    without it a pipe is still set up per thread for nothing.  Nothing here is written.
+    """
+    conn.want &= ~pyfuse3.CAP_SPLICE_READ
+    # Symlinks never change while mounted: let the kernel keep their targets (else every
+    # path walk through a link asks again).  libfuse 3.14's FUSE_CAP_CACHE_SYMLINKS.
+    if conn.capable & CAP_CACHE_SYMLINKS:
+        conn.want |= CAP_CACHE_SYMLINKS
