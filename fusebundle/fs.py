@@ -332,61 +332,49 @@ class Operations(pyfuse3.Operations):
         return found
 
     def _preload_siblings(self, fh: int) -> None:
-        """After a directory's first read, hand its other small files to the kernel.
+        """On a directory's first read, hand its other small files to the kernel.
 
         A walk that reads every file (tar) then finds them in the page cache: no round trip
-        per file.  A walk that never reads (find) pays nothing.  Runs after the reply.
+        per file.  A walk that never reads (find) pays nothing.  Only bytes already in
+        memory or the page cache are sent, read here; the stores run in a thread of their
+        own, since a store into pages that the kernel holds locked for a READ still queued
+        waits until that READ is answered, which this loop must stay free to do.
         """
         ino = fh if NO_OPEN else self._fh_ino.get(fh, 0)
         d = self._dir_of.get(ino)
         if d is None or d in self._preloaded:
             return
         self._preloaded.add(d)
-        trio.lowlevel.spawn_system_task(self._preload_dir, d, ino)
-
-    async def _preload_dir(self, d: int, skip: int) -> None:
         try:
             rows = list(self.tree.listdir(d).rows(0))
         except Exception:  # the listing has gone: nothing to preload
             return
-        files = []
-        for _, ino, st in rows:
-            if ino == skip or not stat.S_ISREG(st[0]) or not 0 < st[5] <= PRELOAD:
+        batch: list[tuple[int, int, bytes | memoryview]] = []
+        for _, sibling, st in rows:
+            if sibling == ino or not stat.S_ISREG(st[0]) or not 0 < st[5] <= PRELOAD:
                 continue
             try:
-                files.append((ino, *(self._file(ino) if NO_OPEN else self._open_content(ino))))
+                content, fd = self._file(sibling) if NO_OPEN else self._open_content(sibling)
             except pyfuse3.FUSEError:
                 continue
-        # In a thread: a store into pages the kernel has locked for a READ of that file waits
-        # until the READ is answered, which this loop must stay free to do.
-        with contextlib.suppress(Exception):
-            await trio.to_thread.run_sync(self._preload_files, files, limiter=self._io)
+            data = self._cached_bytes(content, fd)
+            if data is not None:
+                batch.append((sibling, 0, data))
+        if batch:
+            threading.Thread(target=_store_all, args=(batch,), daemon=True,
+                             name="fusebundle-preload").start()
 
-    def _preload_files(self, files: list[tuple[int, Content, int]]) -> None:
-        buf = bytearray(PRELOAD)
-        for ino, content, fd in files:
-            self._preload(ino, content, fd, memoryview(buf)[: content.size])
-
-    def _preload(self, inode: int, content: Content, fd: int, buf: memoryview) -> bool:
-        """Hand a small file's bytes to the kernel's page cache; whether it was done.
-
-        Only bytes already in the page cache are handed over; anything else waits for read.
-        """
-        data: bytes | memoryview | None = content.data
-        if data is None:
-            if not self._nowait:
-                return False
-            try:
-                data = self._pread(content, fd, 0, buf, os.RWF_NOWAIT)
-            except _SourceError:
-                return False  # the read reports it
-        if data is None:
-            return False
+    def _cached_bytes(self, content: Content, fd: int) -> bytes | memoryview | None:
+        """A small file's bytes if they are in memory or in the page cache, else None."""
+        if content.data is not None:
+            return content.data
+        if not self._nowait:
+            return None
         try:
-            pyfuse3.notify_store(inode, 0, data)
-        except OSError:
-            return False
-        return True
+            return self._pread(content, fd, 0, memoryview(bytearray(content.size)),
+                               os.RWF_NOWAIT)
+        except _SourceError:
+            return None  # the read reports it
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
@@ -495,6 +483,17 @@ class Operations(pyfuse3.Operations):
 
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _erofs
     create = write = setxattr = removexattr = _erofs
+
+
+def _store_all(batch: list[tuple[int, int, bytes | memoryview]]) -> None:
+    """Hand the bytes to the kernel: with the patched pyfuse3 in one call without the GIL."""
+    many = getattr(pyfuse3, "notify_store_many", None)
+    if many is not None:
+        many(batch)
+        return
+    for ino, off, data in batch:  # each store wins the GIL back from the loop: slow, correct
+        with contextlib.suppress(OSError):
+            pyfuse3.notify_store(ino, off, data)
 
 
 def tune_connection(conn: Any) -> None:
