@@ -14,6 +14,7 @@ import functools
 import itertools
 import logging
 import os
+import stat
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -32,10 +33,21 @@ log = logging.getLogger(__name__)
 TIMEOUT = 7 * 24 * 3600.0  # the tree never changes while mounted
 BLKSIZE = 128 * 1024  # st_blksize: what cat and cp use as their buffer size
 IO_THREADS = 16
-PRELOAD = BLKSIZE  # files up to this size go to the kernel with their open (one read's worth)
+PRELOAD = BLKSIZE  # files up to this size go to the kernel with their directory's first read
 LOAD_THREADS = 4
 MAP_MIN = 128 * 1024  # reads at least this large are answered from a mapping of the source
 DIRECT_BLKSIZE = 1 << 20  # st_blksize of direct_io files: cat then asks for one full READ
+CACHED_FILES = 4096  # inode -> content lookups kept for reads without an open
+CACHED_LISTINGS = 256  # inode -> listing kept for readdir without an opendir
+
+# What the patched pyfuse3 (patches/pyfuse3) adds; a stock pyfuse3 runs as before without it.
+NO_OPEN = hasattr(pyfuse3.Operations, "inode_for_zero_fh")  # read/readdir get the inode
+LISTING_MODES = hasattr(pyfuse3.Operations, "readdirplus")  # plain READDIR, lean entries
+CAP_CACHE_SYMLINKS = 1 << 23  # not among pyfuse3's CAP_* names
+# --listing: READDIRPLUS with every entry's attributes (what tar, ls -l and runc want), lean
+# (attributes for directories only: the kernel makes no inode per file), plain READDIR (names
+# and types), or auto (the kernel picks plus while lookups follow the listing).
+LISTINGS = {"plus": "always", "lean": "always", "plain": "never", "auto": "auto"}
 
 T = TypeVar("T")
 
@@ -67,13 +79,26 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, direct_io_min: int = 0) -> None:
+    inode_for_zero_fh = NO_OPEN  # open/opendir answer ENOSYS once; fh 0 then means the inode
+
+    def __init__(self, tree: Tree, listing: str = "plus", direct_io_min: int = 0) -> None:
         """`direct_io_min` > 0: files at least that large bypass the kernel's page cache."""
         super().__init__()
+        if listing not in LISTINGS:
+            raise UserError(f"--listing={listing}: expected one of {', '.join(LISTINGS)}")
+        if listing != "plus" and not LISTING_MODES:
+            raise UserError(f"--listing={listing} needs the patched pyfuse3 (scripts/setup)")
+        self.readdirplus = LISTINGS[listing]
+        self._lean = listing == "lean"
         self.tree = tree
         self.direct_io_min = direct_io_min
-        self._files: dict[int, tuple[Content, int]] = {}  # fh -> (content, fd or -1)
-        self._dirs: dict[int, Any] = {}  # fh -> DirListing
+        # direct_io is a flag of an open's reply: with it, files are opened (not directories).
+        self._no_open = NO_OPEN and not direct_io_min
+        self._files: dict[int, tuple[Content, int]] = {}  # fh (or inode) -> (content, fd or -1)
+        self._fh_ino: dict[int, int] = {}  # fh -> inode, when open hands out handles
+        self._dirs: dict[int, Any] = {}  # fh (or inode) -> DirListing
+        self._dir_of: dict[int, int] = {}  # file inode -> the directory it was listed in
+        self._preloaded: set[int] = set()  # directories whose small files went to the kernel
         self._next_fh = 1
         self._fds: dict[str, int] = {}  # source path -> fd, opened once
         self._maps: dict[str, Mapping | None] = {}  # source path -> its mapping (None: cannot)
@@ -182,8 +207,16 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return target
 
+    def init_connection(self, conn: Any) -> None:
+        """Called by the patched pyfuse3 at init: see `tune_connection`."""
+        tune_connection(conn)
+
     @_guarded
     async def opendir(self, inode: int, ctx: Any = None) -> int:
+        if NO_OPEN:
+            # Once: the kernel then opens directories itself, caches their listings
+            # (FOPEN_CACHE_DIR|KEEP_CACHE) and sends readdir the inode.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         if not self.tree.is_dir(inode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         await self._ready(inode)
@@ -193,10 +226,27 @@ class Operations(pyfuse3.Operations):
             self._invalidate(self.tree.take_changed())
         return fh
 
+    async def _listing(self, fh: int) -> Any:
+        """The listing readdir pages through: by handle, or by inode without an opendir."""
+        listing = self._dirs.get(fh)
+        if listing is not None or not NO_OPEN:
+            return listing if listing is not None else self._dirs[fh]
+        await self._ready(fh)  # no opendir did it
+        listing = self.tree.listdir(fh)
+        if self.tree.changed:
+            self._invalidate(self.tree.take_changed())
+        if len(self._dirs) >= CACHED_LISTINGS:
+            self._dirs.clear()
+        self._dirs[fh] = listing
+        return listing
+
     @_guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        listing = self._dirs[fh]
+        listing = await self._listing(fh)
         reply = pyfuse3.readdir_reply
+        dir_of = self._dir_of
+        d = listing.ino
+        lean = self._lean and getattr(token, "plus", False)
         # A listing can be 100k entries: one attributes object, refilled (the reply copies it).
         a = self._row
         dots = [(name, ino, self.tree.stat(ino))
@@ -208,12 +258,19 @@ class Operations(pyfuse3.Operations):
             a.st_size = size
             a.st_atime_ns = a.st_ctime_ns = a.st_mtime_ns = mtime
             a.st_blocks = (size + 511) // 512
-            if not reply(token, name, a, pos + 1):
-                return
+            if lean and not stat.S_ISDIR(a.st_mode):
+                # No attributes: the kernel lists it without making an inode for it.
+                if not reply(token, name, a, pos + 1, lookup=False):
+                    return
+            else:
+                if not reply(token, name, a, pos + 1):
+                    return
+                dir_of[ino] = d  # where the sibling preload finds its neighbours
             pos += 1
 
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        if not NO_OPEN:
+            self._dirs.pop(fh, None)
 
     @_guarded
     async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
@@ -247,49 +304,100 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
+        if self._no_open:
+            # Once: the kernel then opens files itself (no OPEN, no RELEASE) and read gets
+            # the inode.  Writes stay refused by the read-only mount.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        fh = self._new_fh()
+        self._files[fh] = self._open_content(inode)
+        self._fh_ino[fh] = inode
+        content = self._files[fh][0]
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=self._direct(content.size))
+
+    def _open_content(self, inode: int) -> tuple[Content, int]:
+        """A file's Content and the descriptor of its source (-1 for bytes in memory)."""
         content = self.tree.content(inode)
         if content is None:
             raise pyfuse3.FUSEError(errno.EISDIR if self.tree.is_dir(inode) else errno.EINVAL)
-        fd = -1
-        if content.data is None and content.path is not None:
-            fd = self._fds.get(content.path, -1)
-            if fd < 0:
-                try:
-                    fd = os.open(content.path, os.O_RDONLY | os.O_CLOEXEC)
-                except OSError as e:
-                    self._report(content.path, f"{content.path}: cannot open: {e.strerror}")
-                    raise pyfuse3.FUSEError(errno.EIO) from None
-                self._fds[content.path] = fd
-        fh = self._new_fh()
-        self._files[fh] = (content, fd)
-        self._preload(inode, content, fd)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=self._direct(content.size))
+        return content, self._source_fd(content)
 
-    def _preload(self, inode: int, content: Content, fd: int) -> None:
-        """Hand a small file's bytes to the kernel's page cache along with its open.
-
-        The read that follows is then served by the kernel instead of costing one more round
-        trip here: a third less time for a walk that opens and reads many small files.
-        Only bytes already in the page cache are handed over; anything else waits for read.
-        """
-        if not 0 < content.size <= PRELOAD:
-            return
-        data: bytes | memoryview | None = content.data
-        if data is None:
-            if not self._nowait:
-                return
+    def _source_fd(self, content: Content) -> int:
+        if content.data is not None or content.path is None:
+            return -1
+        fd = self._fds.get(content.path, -1)
+        if fd < 0:
             try:
-                data = self._pread(content, fd, 0, self._inline_view(content.size),
-                                   os.RWF_NOWAIT)
-            except _SourceError:
-                return  # the read reports it
-        if data is not None:
-            with contextlib.suppress(OSError):
-                pyfuse3.notify_store(inode, 0, data)
+                fd = os.open(content.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                self._report(content.path, f"{content.path}: cannot open: {e.strerror}")
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            self._fds[content.path] = fd
+        return fd
+
+    def _file(self, fh: int) -> tuple[Content, int]:
+        """What a read of `fh` reads: its open's, or (without opens) the inode's."""
+        found = self._files.get(fh)
+        if found is not None:
+            return found
+        if not self._no_open:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        found = self._open_content(fh)
+        if len(self._files) >= CACHED_FILES:
+            self._files.clear()
+        self._files[fh] = found
+        return found
+
+    def _preload_siblings(self, fh: int) -> None:
+        """On a directory's first read, hand its other small files to the kernel.
+
+        A walk that reads every file (tar) then finds them in the page cache: no round trip
+        per file.  A walk that never reads (find) pays nothing.  Only bytes already in
+        memory or the page cache are sent, read here; the stores run in a thread of their
+        own, since a store into pages that the kernel holds locked for a READ still queued
+        waits until that READ is answered, which this loop must stay free to do.
+        """
+        ino = fh if self._no_open else self._fh_ino.get(fh, 0)
+        d = self._dir_of.get(ino)
+        if d is None or d in self._preloaded:
+            return
+        self._preloaded.add(d)
+        try:
+            rows = list(self.tree.listdir(d).rows(0))
+        except Exception:  # the listing has gone: nothing to preload
+            return
+        batch: list[tuple[int, int, bytes | memoryview]] = []
+        for _, sibling, st in rows:
+            if sibling == ino or not stat.S_ISREG(st[0]) or not 0 < st[5] <= PRELOAD:
+                continue
+            try:
+                content, fd = (self._file(sibling) if self._no_open
+                               else self._open_content(sibling))
+            except pyfuse3.FUSEError:
+                continue
+            data = self._cached_bytes(content, fd)
+            if data is not None:
+                batch.append((sibling, 0, data))
+        if batch:
+            threading.Thread(target=_store_all, args=(batch,), daemon=True,
+                             name="fusebundle-preload").start()
+
+    def _cached_bytes(self, content: Content, fd: int) -> bytes | memoryview | None:
+        """A small file's bytes if they are in memory or in the page cache, else None."""
+        if content.data is not None:
+            return content.data
+        if not self._nowait:
+            return None
+        try:
+            return self._pread(content, fd, 0, memoryview(bytearray(content.size)),
+                               os.RWF_NOWAIT)
+        except _SourceError:
+            return None  # the read reports it
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
-        content, fd = self._files[fh]
+        content, fd = self._file(fh)
+        if off == 0:
+            self._preload_siblings(fh)
         if content.data is not None:
             return content.data[off : off + size]
         if off >= content.size:
@@ -403,6 +511,7 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         self._files.pop(fh, None)
+        self._fh_ino.pop(fh, None)
 
     async def flush(self, fh: int) -> None:
         # Nothing is ever written: ENOSYS once and the kernel stops sending flush on close.
@@ -423,3 +532,28 @@ class Operations(pyfuse3.Operations):
 
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _erofs
     create = write = setxattr = removexattr = _erofs
+
+
+def _store_all(batch: list[tuple[int, int, bytes | memoryview]]) -> None:
+    """Hand the bytes to the kernel: with the patched pyfuse3 in one call without the GIL."""
+    many = getattr(pyfuse3, "notify_store_many", None)
+    if many is not None:
+        many(batch)
+        return
+    for ino, off, data in batch:  # each store wins the GIL back from the loop: slow, correct
+        with contextlib.suppress(OSError):
+            pyfuse3.notify_store(ino, off, data)
+
+
+def tune_connection(conn: Any) -> None:
+    """What this file system asks of the FUSE connection at init (patched pyfuse3 only).
+
+    libfuse wants SPLICE_READ by default (pyfuse3 registers write_buf): as root with
+    CAP_SYS_RESOURCE each request then costs a splice and a read instead of one read, and
+    without it a pipe is still set up per thread for nothing.  Nothing here is written.
+    """
+    conn.want &= ~pyfuse3.CAP_SPLICE_READ
+    # Symlinks never change while mounted: let the kernel keep their targets (else every
+    # path walk through a link asks again).  libfuse 3.14's FUSE_CAP_CACHE_SYMLINKS.
+    if conn.capable & CAP_CACHE_SYMLINKS:
+        conn.want |= CAP_CACHE_SYMLINKS

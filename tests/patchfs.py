@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import sys
+import threading
 from typing import Any
 
 import pyfuse3
@@ -90,6 +91,11 @@ class ProbeFS(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> Any:
         self.note("READ", fh)
         ino = fh - 1000 if fh > 1000 else fh
+        if ino == 3 and self.cfg.get("store_many"):
+            def store() -> None:  # b's bytes, and an inode the kernel does not know
+                self.note("STORED", pyfuse3.notify_store_many([(4, 0, TREE[4][3]),
+                                                               (999, 0, b"x")]))
+            threading.Thread(target=store).start()
         if ino == 6:
             n = max(0, min(size, BACKING_LEN - off))
             return pyfuse3.FdRange(self.backing, BACKING_OFF + off, n)

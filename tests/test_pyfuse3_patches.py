@@ -228,6 +228,20 @@ def test_fd_range_past_a_truncated_end_gives_eio_and_serving_goes_on(tmp_path: P
         assert (m.path / "a").read_bytes() == A  # the server still serves
 
 
+# ---------------------------------------------------------------------------- 0007 store many
+def test_notify_store_many_fills_the_page_cache_from_a_thread(tmp_path: Path) -> None:
+    with mounted(tmp_path, store_many=True) as m:
+        os.listdir(m.path)  # the kernel now knows b's inode
+        assert (m.path / "a").read_bytes() == A
+        deadline = time.monotonic() + 5
+        while not any(line.startswith("STORED") for line in m.requests()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert "STORED 1" in m.requests()  # b stored, the unknown inode skipped
+        assert (m.path / "b").read_bytes() == B
+        assert not [line for line in m.requests() if line in ("READ 1004", "READ 4")]
+
+
 # ---------------------------------------------------------------------------- 0006 __version__
 def test_version_is_the_patched_builds_constant() -> None:
     from importlib.metadata import version
