@@ -33,6 +33,7 @@ TIMEOUT = 7 * 24 * 3600.0  # the tree never changes while mounted
 BLKSIZE = 128 * 1024  # st_blksize: what cat and cp use as their buffer size
 IO_THREADS = 16
 PRELOAD = BLKSIZE  # files up to this size go to the kernel with their directory's first read
+PRELOAD_THREADS = 4  # directories sent ahead at once (more readers get no preload)
 PRELOAD_SPAN = 16 << 20  # the most read at once for one directory's small files
 LOAD_THREADS = 4
 GIL_SLICE = 0.0002  # seconds: see _short_gil_slices
@@ -94,6 +95,7 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, Any] = {}  # fh (or inode) -> DirListing
         self._dir_of: dict[int, int] = {}  # file inode -> the directory it was listed in
         self._preloaded: set[int] = set()  # directories whose small files went to the kernel
+        self._preloaders = threading.BoundedSemaphore(PRELOAD_THREADS)  # else: no preload
         self._next_fh = 1
         self._fds: dict[str, int] = {}  # source path -> fd, opened once
         self._load_locks: dict[str, trio.Lock] = {}
@@ -360,7 +362,7 @@ class Operations(pyfuse3.Operations):
                                          else self._open_content(sibling))))
             except pyfuse3.FUSEError:
                 continue
-        if files:
+        if files and self._preloaders.acquire(blocking=False):
             _short_gil_slices()
             threading.Thread(target=self._send_ahead, args=(files,), daemon=True,
                              name="fusebundle-preload").start()
@@ -371,6 +373,12 @@ class Operations(pyfuse3.Operations):
         A tar directory's members lie side by side in their tar: one read of the span that
         holds them serves them all (at most PRELOAD_SPAN, else the span is skipped).
         """
+        try:
+            self._send_files(files)
+        finally:
+            self._preloaders.release()
+
+    def _send_files(self, files: list[tuple[int, Content, int]]) -> None:
         batch: list[tuple[int, int, bytes | memoryview]] = []
         spans: dict[int, list[tuple[int, Content]]] = {}
         for ino, content, fd in files:
