@@ -479,3 +479,19 @@ def test_a_bad_direct_io_min_is_one_line(images, tmp_path):
     assert r.returncode != 0
     assert r.stderr.strip() == "fusebundle: -o direct_io_min=1M: expected a size in bytes", r.stderr
     assert find_mount(str(mnt)) is None
+
+
+def _rss_file_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile")
+
+
+def test_the_servers_rss_does_not_grow_by_what_it_served(mounted):
+    """Served pages of the mapped tar count as the server's RSS until it unmaps them."""
+    before = _rss_file_kib(mounted.pid)
+    r = _cat(mounted.big, mounted.pid)
+    assert r.returncode == 0 and r.stdout == BIG
+    grown = _rss_file_kib(mounted.pid) - before
+    assert grown < BIG_SIZE // 1024 // 4, f"RssFile grew by {grown} KiB for a 32 MiB read"
