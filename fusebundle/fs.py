@@ -14,6 +14,8 @@ import functools
 import itertools
 import logging
 import os
+import stat
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -21,7 +23,9 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
+from fusebundle import testhook
 from fusebundle.errors import UserError
+from fusebundle.mapped import Mapping
 from fusebundle.tarindex import read_sparse
 from fusebundle.tree import Content, Stat, Tree
 
@@ -30,8 +34,24 @@ log = logging.getLogger(__name__)
 TIMEOUT = 7 * 24 * 3600.0  # the tree never changes while mounted
 BLKSIZE = 128 * 1024  # st_blksize: what cat and cp use as their buffer size
 IO_THREADS = 16
-PRELOAD = BLKSIZE  # files up to this size go to the kernel with their open (one read's worth)
+PRELOAD = BLKSIZE  # files up to this size go to the kernel with their directory's first read
+PRELOAD_THREADS = 4  # directories sent ahead at once (more readers get no preload)
+PRELOAD_SPAN = 16 << 20  # the most read at once for one directory's small files
 LOAD_THREADS = 4
+GIL_SLICE = 0.0002  # seconds: see _short_gil_slices
+MAP_MIN = 128 * 1024  # reads at least this large are answered from a mapping of the source
+DIRECT_BLKSIZE = 1 << 20  # st_blksize of direct_io files: cat then asks for one full READ
+CACHED_FILES = 4096  # inode -> content lookups kept for reads without an open
+CACHED_LISTINGS = 256  # inode -> listing kept for readdir without an opendir
+
+# What the patched pyfuse3 (patches/pyfuse3) adds; a stock pyfuse3 runs as before without it.
+NO_OPEN = hasattr(pyfuse3.Operations, "inode_for_zero_fh")  # read/readdir get the inode
+LISTING_MODES = hasattr(pyfuse3.Operations, "readdirplus")  # plain READDIR, lean entries
+CAP_CACHE_SYMLINKS = 1 << 23  # not among pyfuse3's CAP_* names
+# --listing: READDIRPLUS with every entry's attributes (what tar, ls -l and runc want), lean
+# (attributes for directories only: the kernel makes no inode per file), plain READDIR (names
+# and types), or auto (the kernel picks plus while lookups follow the listing).
+LISTINGS = {"plus": "always", "lean": "always", "plain": "never", "auto": "auto"}
 
 T = TypeVar("T")
 
@@ -63,13 +83,30 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree) -> None:
+    inode_for_zero_fh = NO_OPEN  # open/opendir answer ENOSYS once; fh 0 then means the inode
+
+    def __init__(self, tree: Tree, listing: str = "plus", direct_io_min: int = 0) -> None:
+        """`direct_io_min` > 0: files at least that large bypass the kernel's page cache."""
         super().__init__()
+        if listing not in LISTINGS:
+            raise UserError(f"--listing={listing}: expected one of {', '.join(LISTINGS)}")
+        if listing != "plus" and not LISTING_MODES:
+            raise UserError(f"--listing={listing} needs the patched pyfuse3 (scripts/setup)")
+        self.readdirplus = LISTINGS[listing]
+        self._lean = listing == "lean"
         self.tree = tree
-        self._files: dict[int, tuple[Content, int]] = {}  # fh -> (content, fd or -1)
-        self._dirs: dict[int, Any] = {}  # fh -> DirListing
+        self.direct_io_min = direct_io_min
+        # direct_io is a flag of an open's reply: with it, files are opened (not directories).
+        self._no_open = NO_OPEN and not direct_io_min
+        self._files: dict[int, tuple[Content, int]] = {}  # fh (or inode) -> (content, fd or -1)
+        self._fh_ino: dict[int, int] = {}  # fh -> inode, when open hands out handles
+        self._dirs: dict[int, Any] = {}  # fh (or inode) -> DirListing
+        self._dir_of: dict[int, int] = {}  # file inode -> the directory it was listed in
+        self._preloaded: set[int] = set()  # directories whose small files went to the kernel
+        self._preloaders = threading.BoundedSemaphore(PRELOAD_THREADS)  # else: no preload
         self._next_fh = 1
         self._fds: dict[str, int] = {}  # source path -> fd, opened once
+        self._maps: dict[str, Mapping | None] = {}  # source path -> its mapping (None: cannot)
         self._load_locks: dict[str, trio.Lock] = {}
         self._io = trio.CapacityLimiter(IO_THREADS)
         self._loaders = trio.CapacityLimiter(LOAD_THREADS)
@@ -89,7 +126,13 @@ class Operations(pyfuse3.Operations):
         a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_size, mtime = st
         a.st_atime_ns = a.st_ctime_ns = a.st_mtime_ns = mtime
         a.st_blocks = (a.st_size + 511) // 512
+        if self._direct(a.st_size):
+            a.st_blksize = DIRECT_BLKSIZE
         return a
+
+    def _direct(self, size: int) -> bool:
+        """True if a file of `size` bytes is opened direct_io (read without the page cache)."""
+        return 0 < self.direct_io_min <= size
 
     def _stat(self, ino: int) -> pyfuse3.EntryAttributes:
         try:
@@ -169,8 +212,16 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return target
 
+    def init_connection(self, conn: Any) -> None:
+        """Called by the patched pyfuse3 at init: see `tune_connection`."""
+        tune_connection(conn)
+
     @_guarded
     async def opendir(self, inode: int, ctx: Any = None) -> int:
+        if NO_OPEN:
+            # Once: the kernel then opens directories itself, caches their listings
+            # (FOPEN_CACHE_DIR|KEEP_CACHE) and sends readdir the inode.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         if not self.tree.is_dir(inode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         await self._ready(inode)
@@ -180,10 +231,27 @@ class Operations(pyfuse3.Operations):
             self._invalidate(self.tree.take_changed())
         return fh
 
+    async def _listing(self, fh: int) -> Any:
+        """The listing readdir pages through: by handle, or by inode without an opendir."""
+        listing = self._dirs.get(fh)
+        if listing is not None or not NO_OPEN:
+            return listing if listing is not None else self._dirs[fh]
+        await self._ready(fh)  # no opendir did it
+        listing = self.tree.listdir(fh)
+        if self.tree.changed:
+            self._invalidate(self.tree.take_changed())
+        if len(self._dirs) >= CACHED_LISTINGS:
+            self._dirs.clear()
+        self._dirs[fh] = listing
+        return listing
+
     @_guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        listing = self._dirs[fh]
+        listing = await self._listing(fh)
         reply = pyfuse3.readdir_reply
+        dir_of = self._dir_of
+        d = listing.ino
+        lean = self._lean and getattr(token, "plus", False)
         # A listing can be 100k entries: one attributes object, refilled (the reply copies it).
         a = self._row
         dots = [(name, ino, self.tree.stat(ino))
@@ -195,12 +263,19 @@ class Operations(pyfuse3.Operations):
             a.st_size = size
             a.st_atime_ns = a.st_ctime_ns = a.st_mtime_ns = mtime
             a.st_blocks = (size + 511) // 512
-            if not reply(token, name, a, pos + 1):
-                return
+            if lean and not stat.S_ISDIR(a.st_mode):
+                # No attributes: the kernel lists it without making an inode for it.
+                if not reply(token, name, a, pos + 1, lookup=False):
+                    return
+            else:
+                if not reply(token, name, a, pos + 1):
+                    return
+                dir_of[ino] = d  # where the sibling preload finds its neighbours
             pos += 1
 
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        if not NO_OPEN:
+            self._dirs.pop(fh, None)
 
     @_guarded
     async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
@@ -234,59 +309,139 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
+        if self._no_open:
+            # Once: the kernel then opens files itself (no OPEN, no RELEASE) and read gets
+            # the inode.  Writes stay refused by the read-only mount.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        fh = self._new_fh()
+        self._files[fh] = self._open_content(inode)
+        self._fh_ino[fh] = inode
+        content = self._files[fh][0]
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=self._direct(content.size))
+
+    def _open_content(self, inode: int) -> tuple[Content, int]:
+        """A file's Content and the descriptor of its source (-1 for bytes in memory)."""
         content = self.tree.content(inode)
         if content is None:
             raise pyfuse3.FUSEError(errno.EISDIR if self.tree.is_dir(inode) else errno.EINVAL)
-        fd = -1
-        if content.data is None and content.path is not None:
-            fd = self._fds.get(content.path, -1)
-            if fd < 0:
-                try:
-                    fd = os.open(content.path, os.O_RDONLY | os.O_CLOEXEC)
-                except OSError as e:
-                    self._report(content.path, f"{content.path}: cannot open: {e.strerror}")
-                    raise pyfuse3.FUSEError(errno.EIO) from None
-                self._fds[content.path] = fd
-        fh = self._new_fh()
-        self._files[fh] = (content, fd)
-        self._preload(inode, content, fd)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return content, self._source_fd(content)
 
-    def _preload(self, inode: int, content: Content, fd: int) -> None:
-        """Hand a small file's bytes to the kernel's page cache along with its open.
-
-        The read that follows is then served by the kernel instead of costing one more round
-        trip here: a third less time for a walk that opens and reads many small files.
-        Only bytes already in the page cache are handed over; anything else waits for read.
-        """
-        if not 0 < content.size <= PRELOAD:
-            return
-        data: bytes | memoryview | None = content.data
-        if data is None:
-            if not self._nowait:
-                return
+    def _source_fd(self, content: Content) -> int:
+        if content.data is not None or content.path is None:
+            return -1
+        fd = self._fds.get(content.path, -1)
+        if fd < 0:
             try:
-                data = self._pread(content, fd, 0, self._inline_view(content.size),
-                                   os.RWF_NOWAIT)
-            except _SourceError:
-                return  # the read reports it
-        if data is not None:
-            with contextlib.suppress(OSError):
-                pyfuse3.notify_store(inode, 0, data)
+                fd = os.open(content.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                self._report(content.path, f"{content.path}: cannot open: {e.strerror}")
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            self._fds[content.path] = fd
+        return fd
+
+    def _file(self, fh: int) -> tuple[Content, int]:
+        """What a read of `fh` reads: its open's, or (without opens) the inode's."""
+        found = self._files.get(fh)
+        if found is not None:
+            return found
+        if not self._no_open:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        found = self._open_content(fh)
+        if len(self._files) >= CACHED_FILES:
+            self._files.clear()
+        self._files[fh] = found
+        return found
+
+    def _preload_siblings(self, fh: int) -> None:
+        """On a directory's first read, hand its other small files to the kernel.
+
+        A walk that reads every file (tar) then finds them in the page cache: no round trip
+        per file.  A walk that never reads (find) pays nothing.  Reading and storing run in
+        a thread of their own: a store into pages that the kernel holds locked for a READ
+        still queued waits until that READ is answered, which this loop must stay free to do.
+        """
+        ino = fh if self._no_open else self._fh_ino.get(fh, 0)
+        d = self._dir_of.get(ino)
+        if d is None or d in self._preloaded:
+            return
+        self._preloaded.add(d)
+        try:
+            rows = list(self.tree.listdir(d).rows(0))
+        except Exception:  # the listing has gone: nothing to preload
+            return
+        files: list[tuple[int, Content, int]] = []
+        for _, sibling, st in rows:
+            if sibling == ino or not stat.S_ISREG(st[0]) or not 0 < st[5] <= PRELOAD:
+                continue
+            try:
+                files.append((sibling, *(self._file(sibling) if self._no_open
+                                         else self._open_content(sibling))))
+            except pyfuse3.FUSEError:
+                continue
+        if files and self._preloaders.acquire(blocking=False):
+            _short_gil_slices()
+            threading.Thread(target=self._send_ahead, args=(files,), daemon=True,
+                             name="fusebundle-preload").start()
+
+    def _send_ahead(self, files: list[tuple[int, Content, int]]) -> None:
+        """The preload thread: read the files' bytes and store them in the kernel's cache.
+
+        A tar directory's members lie side by side in their tar: one read of the span that
+        holds them serves them all (at most PRELOAD_SPAN, else the span is skipped).
+        """
+        try:
+            self._send_files(files)
+        finally:
+            self._preloaders.release()
+
+    def _send_files(self, files: list[tuple[int, Content, int]]) -> None:
+        batch: list[tuple[int, int, bytes | memoryview]] = []
+        spans: dict[int, list[tuple[int, Content]]] = {}
+        for ino, content, fd in files:
+            if content.data is not None:
+                batch.append((ino, 0, content.data))
+            elif content.sparse is None and content.graft >= 0 and fd >= 0:
+                spans.setdefault(fd, []).append((ino, content))
+        for fd, group in spans.items():
+            lo = min(c.offset for _, c in group)
+            hi = max(c.offset + c.size for _, c in group)
+            if hi - lo > PRELOAD_SPAN:
+                continue
+            buf = bytearray(hi - lo)
+            try:
+                got = os.preadv(fd, [buf], lo)
+            except OSError:
+                continue  # reads of the files report it
+            if not self.tree.verify(group[0][1].graft):
+                continue  # the tar changed: reads of the files report it
+            view = memoryview(buf)
+            batch.extend((ino, 0, view[c.offset - lo : c.offset - lo + c.size])
+                         for ino, c in group if c.offset + c.size - lo <= got)
+        # Last file first: the walk reads them first to last, and a store into a file that
+        # the walk is reading waits for that READ; in the walk's order the two would go in
+        # lock-step (a READ per file), against it they meet once.
+        batch.reverse()
+        if batch:
+            _store_all(batch)
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
-        content, fd = self._files[fh]
+        content, fd = self._file(fh)
+        if off == 0:
+            self._preload_siblings(fh)
         if content.data is not None:
             return content.data[off : off + size]
         if off >= content.size:
             return b""
         n = min(size, content.size - off)
         try:
-            # Bytes already in the page cache are read right here; only a read that would
-            # wait for the disk goes to a worker thread, where it holds up nobody.
+            # Bytes already in the page cache are answered right here, a large read from a
+            # mapping of the source; only a read that would wait for the disk goes to a
+            # worker thread, where it holds up nobody.
             data = None
-            if self._nowait:
+            if n >= MAP_MIN and content.sparse is None and fd >= 0:
+                data = self._mapped(content, fd, off, n)
+            if data is None and self._nowait:
                 data = self._pread(content, fd, off, self._inline_view(n), os.RWF_NOWAIT)
             if data is None:
                 data = await trio.to_thread.run_sync(self._pread, content, fd, off,
@@ -296,6 +451,26 @@ class Operations(pyfuse3.Operations):
         except _SourceError as e:
             self._report(content.path or "?", str(e))
             raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def _mapped(self, content: Content, fd: int, off: int, n: int) -> memoryview | None:
+        """The bytes as a view of the mapped source, for the kernel to copy; None if not cached."""
+        path = content.path
+        assert path is not None
+        if path not in self._maps:
+            try:
+                self._maps[path] = Mapping(fd, os.fstat(fd).st_size)
+            except OSError as e:
+                log.debug("%s: cannot map (%s); reading it instead", path, e.strerror)
+                self._maps[path] = None
+        m = self._maps[path]
+        if m is None:
+            return None
+        view = m.view(content.offset + off, n)
+        if view is not None:
+            # Checked after the residency test: a cut there leaves the pages out of the cache.
+            self._check_source(content)
+            testhook.stop_at("read-reply")
+        return view
 
     def _inline_view(self, n: int) -> memoryview:
         """n bytes of the buffer for reads answered without an await.
@@ -329,22 +504,27 @@ class Operations(pyfuse3.Operations):
         if got != n and flags:
             return None  # partly cached: read the rest in a thread (or find it short there)
         data = buf if got == n else buf[:got]
-        if content.graft >= 0:
-            # The tar must still be the one indexed: else the offsets may point anywhere.
-            if not self.tree.verify(content.graft):
-                raise _SourceError(f"{path}: changed or removed since it was indexed")
-        else:
-            try:
-                st = os.stat(path)  # type: ignore[arg-type]
-            except OSError as e:
-                raise _SourceError(f"{path}: {e.strerror}") from None
-            if st.st_size != content.size:
-                raise _SourceError(f"{path}: its size changed from {content.size} to "
-                                   f"{st.st_size} bytes")
+        self._check_source(content)
         if len(data) != n:
             raise _SourceError(f"{path}: ends early ({len(data)} of {n} bytes at offset "
                                f"{content.offset + off})")
         return data
+
+    def _check_source(self, content: Content) -> None:
+        """Raise _SourceError unless the file's source is still the one its offsets are for."""
+        path = content.path
+        if content.graft >= 0:
+            # The tar must still be the one indexed: else the offsets may point anywhere.
+            if not self.tree.verify(content.graft):
+                raise _SourceError(f"{path}: changed or removed since it was indexed")
+            return
+        try:
+            st = os.stat(path)  # type: ignore[arg-type]
+        except OSError as e:
+            raise _SourceError(f"{path}: {e.strerror}") from None
+        if st.st_size != content.size:
+            raise _SourceError(f"{path}: its size changed from {content.size} to "
+                               f"{st.st_size} bytes")
 
     def _pread_sparse(self, content: Content, fd: int, off: int, buf: memoryview,
                       flags: int) -> memoryview | None:
@@ -362,12 +542,17 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         self._files.pop(fh, None)
+        self._fh_ino.pop(fh, None)
 
     async def flush(self, fh: int) -> None:
         # Nothing is ever written: ENOSYS once and the kernel stops sending flush on close.
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     def close_sources(self) -> None:
+        for m in self._maps.values():
+            if m is not None:
+                m.close()
+        self._maps.clear()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -378,3 +563,38 @@ class Operations(pyfuse3.Operations):
 
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _erofs
     create = write = setxattr = removexattr = _erofs
+
+
+def _short_gil_slices() -> None:
+    """Let a preload thread in within 0.2 ms, not CPython's 5 ms.
+
+    The loop keeps the GIL while requests keep coming; with the default slice a preload
+    thread that needs it a few times finishes only after tar has read the whole directory.
+    """
+    if sys.getswitchinterval() > GIL_SLICE:
+        sys.setswitchinterval(GIL_SLICE)
+
+
+def _store_all(batch: list[tuple[int, int, bytes | memoryview]]) -> None:
+    """Hand the bytes to the kernel: with the patched pyfuse3 in one call without the GIL."""
+    many = getattr(pyfuse3, "notify_store_many", None)
+    if many is not None:
+        many(batch)
+        return
+    for ino, off, data in batch:  # each store wins the GIL back from the loop: slow, correct
+        with contextlib.suppress(OSError):
+            pyfuse3.notify_store(ino, off, data)
+
+
+def tune_connection(conn: Any) -> None:
+    """What this file system asks of the FUSE connection at init (patched pyfuse3 only).
+
+    libfuse wants SPLICE_READ by default (pyfuse3 registers write_buf): as root with
+    CAP_SYS_RESOURCE each request then costs a splice and a read instead of one read, and
+    without it a pipe is still set up per thread for nothing.  Nothing here is written.
+    """
+    conn.want &= ~pyfuse3.CAP_SPLICE_READ
+    # Symlinks never change while mounted: let the kernel keep their targets (else every
+    # path walk through a link asks again).  libfuse 3.14's FUSE_CAP_CACHE_SYMLINKS.
+    if conn.capable & CAP_CACHE_SYMLINKS:
+        conn.want |= CAP_CACHE_SYMLINKS

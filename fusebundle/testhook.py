@@ -5,7 +5,8 @@ FUSEBUNDLE_TEST_STOP=<stage>  the process stops itself (SIGSTOP) on reaching tha
                               tar complete under its temporary name, its index not yet built),
                               layer-indexed (index saved, tar not yet renamed), merge (the merged
                               index built, not yet saved), pack-write (the output written under
-                              its temporary name, not yet renamed).
+                              its temporary name, not yet renamed), read-reply (a mount's reply
+                              to a large read is a checked view of its mapped tar, not yet sent).
 FUSEBUNDLE_TEST_EVENTS=<file> a line per layer decompressed into the store ("ingested <diff_id>"),
                               appended, so tests can count decompressions across processes.
 """

@@ -366,12 +366,21 @@ def _resident_pages(path: Path) -> tuple[int, int]:
         os.close(fd)
 
 
-def test_small_files_reach_the_page_cache_with_their_open(mounts):
+def test_small_files_reach_the_page_cache_with_a_siblings_read(mounts):
     mnt = mounts.mount(_scenario("basic"))
     small = mnt / "containers/onboot/001-app-setup/lower/app/VERSION"
     big = mnt / "containers/onboot/000-hello/lower/bin/busybox"
     assert 0 < small.stat().st_size <= 128 * 1024 < big.stat().st_size
-    # Opened, never read: a small file's bytes are already there, a big one's are not.
+    # A directory with two small files, neither read yet: the first read sends the other.
+    pair = next(sorted(ps)[:2] for d, _, names in os.walk(mnt / "containers")
+                if len(ps := [Path(d, n) for n in names if Path(d, n).is_file()
+                              and not Path(d, n).is_symlink()
+                              and 0 < Path(d, n).stat().st_size <= 128 * 1024]) >= 2)
+    small = pair[1]
+    assert _resident_pages(small)[0] == 0
+    pair[0].read_bytes()  # the directory's first read sends its small files ahead
+    time.sleep(0.3)
+    # Never read: a small file's bytes are already there, a big one's are not.
     assert _resident_pages(small) == (1, 1)
     resident, pages = _resident_pages(big)
     assert resident == 0 < pages
