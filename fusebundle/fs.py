@@ -365,32 +365,30 @@ class Operations(pyfuse3.Operations):
         if d is None or d in self._preloaded:
             return
         self._preloaded.add(d)
-        try:
-            rows = list(self.tree.listdir(d).rows(0))
-        except Exception:  # the listing has gone: nothing to preload
-            return
-        files: list[tuple[int, Content, int]] = []
-        for _, sibling, st in rows:
-            if sibling == ino or not stat.S_ISREG(st[0]) or not 0 < st[5] <= PRELOAD:
-                continue
-            try:
-                files.append((sibling, *(self._file(sibling) if self._no_open
-                                         else self._open_content(sibling))))
-            except pyfuse3.FUSEError:
-                continue
-        if files and self._preloaders.acquire(blocking=False):
+        if self._preloaders.acquire(blocking=False):
             _short_gil_slices()
-            threading.Thread(target=self._send_ahead, args=(files,), daemon=True,
+            threading.Thread(target=self._send_ahead, args=(d, ino), daemon=True,
                              name="fusebundle-preload").start()
 
-    def _send_ahead(self, files: list[tuple[int, Content, int]]) -> None:
-        """The preload thread: read the files' bytes and store them in the kernel's cache.
+    def _send_ahead(self, d: int, skip: int) -> None:
+        """The preload thread: find d's small files, read them, store them in the kernel.
 
         A tar directory's members lie side by side in their tar: one read of the span that
-        holds them serves them all (at most PRELOAD_SPAN, else the span is skipped).
+        holds them serves them all (at most PRELOAD_SPAN, else the span is skipped).  Only
+        sources already open are read (the file just read opened its tar).
         """
         try:
+            files = []
+            for _, ino, st in self.tree.listdir(d).rows(0):
+                if ino == skip or not stat.S_ISREG(st[0]) or not 0 < st[5] <= PRELOAD:
+                    continue
+                content = self.tree.content(ino)
+                if content is not None:
+                    fd = self._fds.get(content.path, -1) if content.path else -1
+                    files.append((ino, content, fd))
             self._send_files(files)
+        except Exception:  # a preload is only a hint: reads report real trouble
+            log.debug("preload of directory %d failed", d, exc_info=True)
         finally:
             self._preloaders.release()
 
