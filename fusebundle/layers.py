@@ -15,21 +15,31 @@ from __future__ import annotations
 import array
 import contextlib
 import json
+import logging
 import os
-import sys
-import tempfile
-import zlib
+import struct
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
 from operator import itemgetter
 
+from fusebundle import colfile
 from fusebundle.errors import CorruptTar
-from fusebundle.tarindex import IndexEntry, TarIndex
+from fusebundle.tarindex import (
+    IndexEntry,
+    TarIndex,
+    _decode_sparse,
+    _decode_xattrs,
+    _encode_sparse,
+    _encode_xattrs,
+)
 
 __all__ = ["MergedIndex", "merge"]
 
-_FORMAT = "fusebundle-merged/1"
+# 1: a JSON head and blobs read into the heap.  2: laid out to be mapped (colfile).
+_MAGIC = b"FBMERGE"
+_VERSION = 2
+log = logging.getLogger(__name__)
 _F, _H, _L, _D = b"fhld"
 _WH = b".wh."
 _OPAQUE = b".wh..wh..opq"
@@ -131,14 +141,15 @@ class _Merge:
         """Apply one layer: its whiteouts to what is below, then its entries in tar order."""
         idx = self.layers[layer]
         c = idx.columns()
-        names = _split(c.names.replace(b"/", _SEP), c.name_ends)
+        names = _split(_blob(c.names).replace(b"/", _SEP), c.name_ends)
         base = self.bases[layer]
         if c.names.find(b"..") >= 0 or c.links.find(b"..") >= 0:
-            self._check_names(layer, names, _split(c.links.replace(b"/", _SEP), c.link_ends),
+            self._check_names(layer, names, _split(_blob(c.links).replace(b"/", _SEP),
+                                                   c.link_ends),
                               c.types)
         skip = self._whiteouts(layer, names) if c.names.find(_WH) >= 0 else frozenset()
         cur, kill, types = self.cur, self.kill, self.types
-        links = _split(c.links.replace(b"/", _SEP), c.link_ends) if _H in c.types else None
+        links = _split(_blob(c.links).replace(b"/", _SEP), c.link_ends) if _H in c.types else None
         if self._apply_bulk(layer, names, links, skip):
             return
         suspects = self.suspects
@@ -500,7 +511,7 @@ class MergedIndex(TarIndex):
         def gather(attr: str, typecode: str, pick: Callable, row: int | None) -> array.array:
             src = array.array(typecode)
             for x in m.layers:
-                src.extend(getattr(x.columns(), attr))
+                _extend(src, getattr(x.columns(), attr))
             if row is None:
                 src.extend(array.array(typecode, [0]) * len(syn.rows))
             else:
@@ -609,91 +620,77 @@ class MergedIndex(TarIndex):
 
     # -- saving -----------------------------------------------------------------------------
     def save(self) -> None:
-        """Write the merged index at tar_path atomically, with each layer tar's stat key."""
-        blobs = [getattr(self, a) if tc == "s" else getattr(self, a).tobytes()
-                 for a, tc in _SAVED]
-        xattrs = {str(i): {k: v.hex() for k, v in attrs.items()}
-                  for i, attrs in self._xattrs.items()}
-        head = {"format": _FORMAT, "byteorder": sys.byteorder, "n": len(self),
-                "layers": [[p, *s] for p, s in zip(self._layer_paths, self._layer_stats,
-                                                   strict=True)],
-                "lengths": [len(b) for b in blobs], "crc": _crc(blobs), "xattrs": xattrs,
-                "sparse": {str(i): list(frags) for i, frags in self._sparse.items()}}
-        # (the crc of the blobs one after another is the crc of the body: load checks it so)
-        directory = os.path.dirname(os.path.abspath(self.tar_path))
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.tar_path) + ".",
-                                   suffix=".part", dir=directory)
-        try:
-            # mkstemp makes the file 0600; the index tells no more than the layers do.
-            if self._layer_paths:
-                with contextlib.suppress(OSError):
-                    os.fchmod(fd, os.stat(self._layer_paths[0]).st_mode & 0o666)
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(head).encode() + b"\n")
-                for b in blobs:
-                    f.write(b)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.tar_path)
-        except BaseException:
+        """Write the merged index at tar_path atomically, with each layer tar's stat key.
+
+        The columns are then used from the file (mapped), so the merge's arrays leave the heap.
+        """
+        meta = json.dumps({"n": len(self), "layers": [
+            [p, *s] for p, s in zip(self._layer_paths, self._layer_stats, strict=True)]}).encode()
+        sections: list[colfile.Section] = []
+        for attr, tc in _SAVED:
+            value = getattr(self, attr)
+            sections.append((attr, "s", value) if tc == "s" else (attr, *colfile.narrow(value)))
+        sections.append(("_xattrs", "s", _encode_xattrs(self._xattrs)))
+        sections.append(("_sparse", "s", _encode_sparse(self._sparse)))
+        mode = None
+        if self._layer_paths:
+            # The index tells no more than the layers do.
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+                mode = os.stat(self._layer_paths[0]).st_mode & 0o666
+        colfile.write(self.tar_path, _MAGIC, _VERSION, meta, sections, mode)
+        mapped = MergedIndex.load(self.tar_path, self._layer_paths)
+        if mapped is not None:
+            for attr, _ in _SAVED:
+                setattr(self, attr, getattr(mapped, attr))
 
     @classmethod
     def load(cls, path: str, layer_paths: Sequence[str]) -> MergedIndex | None:  # type: ignore[override]
-        """The index saved at `path`; None if missing, corrupt, foreign or a layer changed."""
+        """The index saved at `path`; None if missing, damaged, foreign or a layer changed
+        (a damaged one is logged in one line)."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()  # one read: after readline() the rest comes in small pieces
-            end = data.index(b"\n") + 1
-            head = json.loads(data[:end])
-            layers = head["layers"]
-            if (head.get("format") != _FORMAT or head.get("byteorder") != sys.byteorder
-                    or [x[0] for x in layers] != list(layer_paths)
-                    or any(_stat_key(x[0]) != x[1:] for x in layers)):
-                return None
-            return cls._from_saved(path, head, memoryview(data)[end:])
-        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+            mapped = colfile.read(path, _MAGIC, _VERSION)
+        except colfile.Damaged as e:
+            log.warning("merged index %s: %s: merged again", path, e)
             return None
+        if mapped is None:
+            return None
+        try:
+            head = json.loads(mapped.meta)
+            layers = head["layers"]
+            if [x[0] for x in layers] != list(layer_paths):
+                return None
+            try:
+                if any(_stat_key(x[0]) != x[1:] for x in layers):
+                    return None
+            except OSError:
+                return None
+            self = cls._from_mapped_sections(path, head, mapped)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error) as e:
+            log.warning("merged index %s: malformed (%s): merged again", path, e)
+            return None
+        return self
 
     @classmethod
-    def _from_saved(cls, path: str, head: dict, view: memoryview) -> MergedIndex | None:
-        lengths, n = head["lengths"], head["n"]
-        if len(lengths) != len(_SAVED) or sum(lengths) != len(view):
-            return None
-        blobs = []
-        pos = 0
-        for size in lengths:
-            blobs.append(view[pos : pos + size])
-            pos += size
-        if head["crc"] != zlib.crc32(view):
-            return None
+    def _from_mapped_sections(cls, path: str, head: dict, mapped: colfile.Mapped
+                              ) -> MergedIndex:
+        n = head["n"]
         self = cls(path, (0, 0, 0))
-        for (attr, tc), blob in zip(_SAVED, blobs, strict=True):
-            if tc == "s":
-                value: bytes | array.array = bytes(blob)
-            else:
-                value = array.array(tc)
-                value.frombytes(blob)
-            if len(value) != n and attr not in ("_names", "_links"):
-                return None
+        for attr, tc in _SAVED:
+            value = mapped[attr]
+            if tc != "s" and len(value) != n:
+                raise ValueError(f"column {attr} of {len(value)} entries, not {n}")
             setattr(self, attr, value)
+        if len(self._types) != n:
+            raise ValueError("type column of the wrong length")
         if n and (self._name_ends[-1] != len(self._names)
                   or self._link_ends[-1] != len(self._links)):
-            return None
+            raise ValueError("name or link blob of the wrong length")
         self._layer_paths = [x[0] for x in head["layers"]]
         self._layer_stats = [list(x[1:]) for x in head["layers"]]
         if n and max(self._srcs) >= len(self._layer_paths):
-            return None
-        self._xattrs = {int(i): {k: bytes.fromhex(v) for k, v in attrs.items()}
-                        for i, attrs in head["xattrs"].items()}
-        if any(not 0 <= i < n for i in self._xattrs):
-            return None
-        self._sparse = {int(i): array.array("q", frags)
-                        for i, frags in head.get("sparse", {}).items()}
-        if any(not 0 <= i < n or len(f) % 2 for i, f in self._sparse.items()):
-            return None
+            raise ValueError("layer number out of range")
+        self._xattrs = _decode_xattrs(bytes(mapped["_xattrs"]), n)
+        self._sparse = _decode_sparse(bytes(mapped["_sparse"]), n)
         return self
 
 
@@ -711,16 +708,24 @@ def _all(codes: bytes | bytearray, code: int) -> Iterator[int]:
         pos = codes.find(code, pos + 1)
 
 
-def _nonzero(a: array.array) -> bool:
+def _extend(dst: array.array, column: Sequence[int]) -> None:
+    """dst += column, whatever the column's typecode (saved columns are narrowed)."""
+    if isinstance(column, array.array) and column.typecode == dst.typecode:
+        dst.extend(column)
+    elif isinstance(column, memoryview) and column.format == dst.typecode:
+        dst.frombytes(column.cast("B"))
+    else:
+        dst.extend(array.array(dst.typecode, column))
+
+
+def _blob(b: bytes) -> bytes:
+    """A name or link blob as bytes (a mapped one is an mmap, which cannot replace())."""
+    return b if isinstance(b, bytes) else bytes(b)
+
+
+def _nonzero(a: Sequence[int]) -> bool:
     raw = a.tobytes()
     return raw.count(0) != len(raw)
-
-
-def _crc(blobs: list[bytes]) -> int:
-    crc = 0
-    for b in blobs:
-        crc = zlib.crc32(b, crc)
-    return crc
 
 
 def _stat_key_of(idx: TarIndex) -> tuple[int, int, int]:
