@@ -34,7 +34,7 @@ _ENTRY = struct.Struct("<16sc7xQQ")  # section name, typecode ('s': blob), offse
 _PAGE = mmap.ALLOCATIONGRANULARITY
 _ORDER = 0 if sys.byteorder == "little" else 1
 # Blobs this small are read into a bytes object: an mmap of its own would cost a page anyway.
-_SMALL_BLOB = 1 << 14
+_SMALL_BLOB = _PAGE
 _CHUNK = 1 << 20
 
 Buffer = bytes | bytearray | memoryview | array.array | mmap.mmap

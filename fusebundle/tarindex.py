@@ -1394,6 +1394,7 @@ class TarIndex:
             if kind != "s" and len(value) != n:
                 raise ValueError(f"column {attr} of {len(value)} entries, not {n}")
             setattr(self, attr, value)
+        self._types = bytes(self._types)  # iterated as ints: an mmap would give bytes
         if len(self._types) != n:
             raise ValueError("type column of the wrong length")
         if n and (self._name_ends[-1] != len(self._names)

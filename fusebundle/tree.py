@@ -222,7 +222,7 @@ class GraftTree:
             if out is None:
                 return False
             overs[i] = out
-        self.types, self.names = types, names
+        self.types, self.names = bytes(types), names
         self.parent, self.kids, self.kid_lo, self.nsub, self.name_off = arrays
         self.links = dict(zip(lk, lv, strict=True))
         self.nlinks = dict(zip(nk, nv, strict=True))
