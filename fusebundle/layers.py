@@ -21,7 +21,6 @@ import struct
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
-from operator import itemgetter
 
 from fusebundle import colfile
 from fusebundle.errors import CorruptTar
@@ -477,7 +476,8 @@ class MergedIndex(TarIndex):
     def _build(cls, m: _Merge, path: str, all_xattrs: bool) -> MergedIndex:
         syn = m.syn
         order = sorted(m.cur)
-        ino = list(map(m.cur.__getitem__, order))  # type, size, data, devices, symlink target
+        # type, size, data, devices, symlink target; an array: no int object per entry
+        ino = array.array("q", map(m.cur.__getitem__, order))
         m.cur = {}  # done with: what it held is in order and ino now
         meta = ino  # mode, owner, mtime, xattrs: the same entry unless hard links say otherwise
         hard: dict[int, bytes] = {}  # position -> first name of its inode (a link entry)
@@ -555,7 +555,7 @@ class MergedIndex(TarIndex):
         return self
 
     @staticmethod
-    def _sparse_column(m: _Merge, ino: list[int], hard: dict[int, bytes]
+    def _sparse_column(m: _Merge, ino: Sequence[int], hard: dict[int, bytes]
                        ) -> dict[int, array.array[int]]:
         """The fragment maps of sparse files, from the layer that holds each file's data."""
         by_ordinal: dict[int, array.array[int]] = {}
@@ -567,7 +567,7 @@ class MergedIndex(TarIndex):
         return {k: by_ordinal[o] for k, o in enumerate(ino) if o in by_ordinal and k not in hard}
 
     @staticmethod
-    def _link_column(m: _Merge, types: bytearray, ino: list[int],
+    def _link_column(m: _Merge, types: bytearray, ino: Sequence[int],
                      hard: dict[int, bytes]) -> tuple[bytes, array.array]:
         """Symlink targets (from the inode's layer) and hard-link targets (the first name)."""
         parts: list[bytes] = []
@@ -599,7 +599,8 @@ class MergedIndex(TarIndex):
         return b"".join(parts), ends
 
     @staticmethod
-    def _xattr_column(m: _Merge, meta: list[int], all_xattrs: bool) -> dict[int, dict[str, bytes]]:
+    def _xattr_column(m: _Merge, meta: Sequence[int], all_xattrs: bool
+                      ) -> dict[int, dict[str, bytes]]:
         by_ordinal: dict[int, dict[str, bytes]] = {}
         for layer, x in enumerate(m.layers):
             base = m.bases[layer]
@@ -695,11 +696,10 @@ class MergedIndex(TarIndex):
         return self
 
 
-def _getter(refs: list[int]) -> Callable[[Sequence[int]], tuple[int, ...]]:
-    """refs -> a function picking those items of a sequence, in one C loop."""
-    if len(refs) >= 2:
-        return itemgetter(*refs)
-    return lambda seq: tuple(seq[i] for i in refs)
+def _getter(refs: Sequence[int]) -> Callable[[Sequence[int]], Iterator[int]]:
+    """refs -> a function picking those items of a sequence, in one C loop (lazily: the
+    callers fill an array, never a tuple of a million ints)."""
+    return lambda seq: map(seq.__getitem__, refs)
 
 
 def _all(codes: bytes | bytearray, code: int) -> Iterator[int]:
