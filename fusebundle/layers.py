@@ -220,7 +220,10 @@ class _Merge:
             if types[o] != _D and (
                     prev < 0 or types[prev] == _D or (kill and not self._alive(name, prev))):
                 kill[name] = o  # a non-directory replaces a directory: its subtree goes
-        cur.update(new)
+        if cur:
+            cur.update(new)
+        else:
+            self.cur = cur = new  # the bottom layer: no copy of a dict of every path
         marker = _IMPLIED - base
         for p in implied:
             cur[p] = marker
