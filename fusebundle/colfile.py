@@ -25,7 +25,7 @@ import tempfile
 import zlib
 from collections.abc import Sequence
 
-__all__ = ["Mapped", "Section", "narrow", "read", "write"]
+__all__ = ["Damaged", "Mapped", "Section", "drop_pages", "narrow", "read", "write"]
 
 # magic, format version, byte order (0 little), metadata length, file length, crc32 of the
 # bytes after the head, number of sections
@@ -128,14 +128,23 @@ def write(path: str, magic: bytes, version: int, meta: bytes, sections: Sequence
 class Mapped:
     """A loaded file: its metadata and its sections, number columns as memoryviews."""
 
-    __slots__ = ("meta", "sections")
+    __slots__ = ("meta", "sections", "maps")
 
-    def __init__(self, meta: bytes, sections: dict[str, Buffer]) -> None:
+    def __init__(self, meta: bytes, sections: dict[str, Buffer], maps: list[mmap.mmap]) -> None:
         self.meta = meta
         self.sections = sections
+        self.maps = maps  # the mappings behind the sections
 
     def __getitem__(self, name: str) -> Buffer:
         return self.sections[name]
+
+
+def drop_pages(maps: Sequence[mmap.mmap]) -> None:
+    """Let the pages of these mappings leave our RSS; they stay in the page cache and come
+    back on the next touch (for a walk that is over, such as a merge or a tree build)."""
+    for m in maps:
+        with contextlib.suppress(OSError, ValueError):
+            m.madvise(mmap.MADV_DONTNEED)
 
 
 class Damaged(Exception):
@@ -188,7 +197,8 @@ def _read(fd: int, magic: bytes, version: int) -> Mapped:
     front = os.pread(fd, meta_len + table_len, _HEAD.size)
     if len(front) != meta_len + table_len:
         raise Damaged("truncated")
-    whole = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+    whole = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    maps = [whole]
     sections: dict[str, Buffer] = {}
     for k in range(count):
         raw_name, tc_b, off, n = _ENTRY.unpack_from(front, meta_len + k * _ENTRY.size)
@@ -201,11 +211,12 @@ def _read(fd: int, magic: bytes, version: int) -> Mapped:
             else:
                 if off % _PAGE:
                     raise Damaged(f"section {name} not page-aligned")
-                sections[name] = mmap.mmap(fd, n, access=mmap.ACCESS_READ, offset=off)
+                blob = mmap.mmap(fd, n, access=mmap.ACCESS_READ, offset=off)
+                maps.append(blob)
+                sections[name] = blob
         else:
             itemsize = array.array(tc).itemsize
             if off % 8 or n % itemsize:
                 raise Damaged(f"section {name} misaligned")
-            assert whole is not None
             sections[name] = memoryview(whole)[off : off + n].cast(tc)
-    return Mapped(front[:meta_len], sections)
+    return Mapped(front[:meta_len], sections, maps)

@@ -393,7 +393,10 @@ def merge(layers: Sequence[TarIndex], digests: Sequence[str], what: str, path: s
         m.apply(layer)
     m.settle()
     m.init_layer()
-    return MergedIndex._build(m, path, all_xattrs)
+    merged = MergedIndex._build(m, path, all_xattrs)
+    for x in layers:
+        x.drop_pages()  # walked whole; the merged index is what is read from now on
+    return merged
 
 
 def _xattrs_out(attrs: dict[str, bytes], keep_all: bool) -> dict[str, bytes]:
@@ -646,6 +649,7 @@ class MergedIndex(TarIndex):
         if mapped is not None:
             for attr, _ in _SAVED:
                 setattr(self, attr, getattr(mapped, attr))
+            self._maps = mapped._maps
 
     @classmethod
     def load(cls, path: str, layer_paths: Sequence[str]) -> MergedIndex | None:  # type: ignore[override]
@@ -696,6 +700,7 @@ class MergedIndex(TarIndex):
             raise ValueError("layer number out of range")
         self._xattrs = _decode_xattrs(bytes(mapped["_xattrs"]), n)
         self._sparse = _decode_sparse(bytes(mapped["_sparse"]), n)
+        self._maps = mapped.maps
         return self
 
 

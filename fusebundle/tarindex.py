@@ -1135,7 +1135,7 @@ class TarIndex:
     __slots__ = (
         "tar_path", "_stat", "_types", "_modes", "_uids", "_gids", "_sizes", "_mtimes",
         "_offsets", "_devmajors", "_devminors", "_names", "_name_ends", "_links",
-        "_link_ends", "_xattrs", "_sparse", "_by_name",
+        "_link_ends", "_xattrs", "_sparse", "_by_name", "_maps",
     )  # fmt: skip
 
     tar_path: str
@@ -1171,6 +1171,7 @@ class TarIndex:
         self._xattrs = {}
         self._sparse = {}
         self._by_name = None
+        self._maps: list = []  # the file's mappings, once loaded from one
 
     def columns(self) -> Columns:
         """The arrays behind the entries (read-only by convention)."""
@@ -1248,6 +1249,10 @@ class TarIndex:
         if not attrs:
             return {}
         return attrs if isinstance(attrs, MappingProxyType) else dict(attrs)
+
+    def drop_pages(self) -> None:
+        """After a walk over every entry: its pages leave our RSS (not the page cache)."""
+        colfile.drop_pages(self._maps)
 
     def sparse_map(self, i: int) -> array.array[int] | None:
         """A GNU sparse member's fragments: flat (offset, length) pairs, stored one after
@@ -1402,6 +1407,7 @@ class TarIndex:
             raise ValueError("name or link blob of the wrong length")
         self._xattrs = _decode_xattrs(bytes(mapped["_xattrs"]), n)
         self._sparse = _decode_sparse(bytes(mapped["_sparse"]), n)
+        self._maps = mapped.maps
         return self
 
 

@@ -154,6 +154,7 @@ class GraftTree:
         elif not self._load_saved():
             self._build()
             self._save()
+            idx.drop_pages()  # the build read every name; listings use the tree's own
         try:
             self.size = os.path.getsize(idx.tar_path)  # close enough for statfs
         except OSError:
