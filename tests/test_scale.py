@@ -194,3 +194,53 @@ def test_building_the_tree_stays_in_bounded_memory(tmp_path):
     assert peak < 100 * n, f"{peak / n:.0f} bytes an entry at the peak of the build"
     # Once saved, the arrays are used from the file: what stays is far less than built.
     assert kept < 40 * n, f"{kept / n:.0f} bytes an entry kept after the build"
+
+
+class _Image:
+    def __init__(self, index: TarIndex) -> None:
+        self._index = index
+
+    def index(self) -> TarIndex:
+        return self._index
+
+
+def _listing(tree) -> list:
+    out, todo = [], [(b"", tree.root)]
+    while todo:
+        path, d = todo.pop()
+        for name, ino, st in tree.rows(d, 0, 0, 0):
+            out.append((path + name, st))
+            if tree.is_dir(ino & 0xFFFFFFFF):
+                todo.append((path + name + b"/", ino & 0xFFFFFFFF))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "old-version"])
+def test_damaged_tree_arrays_are_detected_in_one_line_and_built_again(big_tar, tmp_path,
+                                                                       damage, caplog):
+    from fusebundle import tree as treemod
+    from fusebundle.view import Graft
+
+    tar = tmp_path / "t.tar"
+    os.link(big_tar, tar)
+    index = open_index(str(tar))
+    first = treemod.GraftTree(0, Graft(prefix=b"", image=_Image(index)), index)
+    expected = _listing(first)
+    assert len(expected) == len(index) + 4  # every member, and the implied top, etc, bin, dev
+    saved = Path(str(tar) + ".tree")
+    good = saved.read_bytes()
+    data = bytearray(good)
+    if damage == "truncated":
+        data = data[: len(data) - 100]
+    elif damage == "flipped":
+        data[-50] ^= 0x01
+    else:
+        struct.pack_into("<I", data, 8, treemod._TREE_FORMAT - 1)
+    saved.unlink()  # replaced, as the store replaces its files: the first tree keeps its own
+    saved.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="fusebundle.tree"):
+        again = treemod.GraftTree(0, Graft(prefix=b"", image=_Image(index)), index)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and str(saved) in lines[0] and "built again" in lines[0], lines
+    assert _listing(again) == expected
+    assert saved.read_bytes() == good
