@@ -25,6 +25,7 @@ from itertools import accumulate
 from fusebundle import colfile
 from fusebundle.errors import CorruptTar
 from fusebundle.tarindex import (
+    DROP_EVERY,
     IndexEntry,
     TarIndex,
     _decode_sparse,
@@ -38,6 +39,7 @@ __all__ = ["MergedIndex", "merge"]
 # 1: a JSON head and blobs read into the heap.  2: laid out to be mapped (colfile).
 _MAGIC = b"FBMERGE"
 _VERSION = 2
+_DROP_MASK = DROP_EVERY - 1
 log = logging.getLogger(__name__)
 _F, _H, _L, _D = b"fhld"
 _WH = b".wh."
@@ -450,7 +452,7 @@ class MergedIndex(TarIndex):
     def __iter__(self) -> Iterator[IndexEntry]:
         """Every entry in export order (one IndexEntry each, as TarIndex makes them)."""
         names, links, xattrs, paths = self._names, self._links, self._xattrs, self._layer_paths
-        sparse = self._sparse
+        sparse, maps = self._sparse, self._maps
         name_start = link_start = 0
         columns = zip(
             self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
@@ -465,6 +467,8 @@ class MergedIndex(TarIndex):
                              dict(attrs) if attrs else {}, paths[src],
                              sparse.get(i) if sparse else None)
             name_start, link_start = n_end, l_end
+            if maps and not ~i & _DROP_MASK:
+                colfile.drop_pages(maps)  # a walk in order needs no page twice
 
     def __repr__(self) -> str:
         layers = len(self._layer_paths)

@@ -578,6 +578,10 @@ class _Columns:
 
 _CHUNK = 1 << 16
 _CHUNK_MASK = _CHUNK - 1
+# A walk over every entry of a mapped index lets the pages it read go this often, so a pack of
+# a million entries holds a chunk of the index in RSS, not all of it.
+DROP_EVERY = 1 << 14
+_DROP_MASK = DROP_EVERY - 1
 
 
 def _owner_fields(fld: bytes) -> tuple[int, int, int]:
@@ -1215,6 +1219,7 @@ class TarIndex:
         """Yield every member in archive order."""
         names, links, xattrs, tar_path = self._names, self._links, self._xattrs, self.tar_path
         member_xattrs, sparse = self._member_xattrs, self._sparse
+        maps = self._maps
         name_start = link_start = 0
         columns = zip(
             self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
@@ -1242,6 +1247,8 @@ class TarIndex:
             )
             name_start = n_end
             link_start = l_end
+            if maps and not ~i & _DROP_MASK:
+                colfile.drop_pages(maps)  # a walk in order needs no page twice
 
     def _member_xattrs(self, i: int) -> Mapping[str, bytes]:
         """Entry i's xattrs: a shared read-only view when they all come from global headers."""

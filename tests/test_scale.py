@@ -244,3 +244,43 @@ def test_damaged_tree_arrays_are_detected_in_one_line_and_built_again(big_tar, t
     assert len(lines) == 1 and str(saved) in lines[0] and "built again" in lines[0], lines
     assert _listing(again) == expected
     assert saved.read_bytes() == good
+
+
+_WALK = r"""
+import sys
+from fusebundle.tarindex import open_index
+
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+
+index = open_index(sys.argv[1])
+before = rss("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets VmHWM to the current RSS
+total = 0
+for e in index:  # what pack does: every entry in the tar's order, one at a time
+    total += e.size
+print(len(index), rss("VmHWM") - before)
+"""
+
+
+def test_walking_a_mapped_index_holds_a_bounded_part_of_it(tmp_path):
+    """pack's goal is one peak at any size: walking every entry of a mapped index must not
+    keep all of its pages (200k entries: about 9 MB of index)."""
+    costs = []
+    for files in (50_000, 200_000):
+        tar = tmp_path / f"{files}.tar"
+        _headers_tar(tar, files)
+        r = subprocess.run([sys.executable, "-c", _WALK, str(tar)], capture_output=True,
+                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+                           check=False)
+        assert r.returncode == 0, r.stderr
+        n, growth = map(int, r.stdout.split())
+        costs.append((n, growth, os.path.getsize(str(tar) + ".idx")))
+        tar.unlink()
+    (_, small, small_index), (_, big, big_index) = costs
+    # Keeping every page it touched would cost the whole index (and pack at a million entries
+    # 50 MB more); what it keeps must stay well below that.
+    assert small < small_index and big < 0.75 * big_index, costs
