@@ -15,21 +15,32 @@ from __future__ import annotations
 import array
 import contextlib
 import json
+import logging
 import os
-import sys
-import tempfile
-import zlib
+import struct
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
-from operator import itemgetter
 
+from fusebundle import colfile
 from fusebundle.errors import CorruptTar
-from fusebundle.tarindex import IndexEntry, TarIndex
+from fusebundle.tarindex import (
+    DROP_EVERY,
+    IndexEntry,
+    TarIndex,
+    _decode_sparse,
+    _decode_xattrs,
+    _encode_sparse,
+    _encode_xattrs,
+)
 
 __all__ = ["MergedIndex", "merge"]
 
-_FORMAT = "fusebundle-merged/1"
+# 1: a JSON head and blobs read into the heap.  2: laid out to be mapped (colfile).
+_MAGIC = b"FBMERGE"
+_VERSION = 2
+_DROP_MASK = DROP_EVERY - 1
+log = logging.getLogger(__name__)
 _F, _H, _L, _D = b"fhld"
 _WH = b".wh."
 _OPAQUE = b".wh..wh..opq"
@@ -131,14 +142,15 @@ class _Merge:
         """Apply one layer: its whiteouts to what is below, then its entries in tar order."""
         idx = self.layers[layer]
         c = idx.columns()
-        names = _split(c.names.replace(b"/", _SEP), c.name_ends)
+        names = _split(_blob(c.names).replace(b"/", _SEP), c.name_ends)
         base = self.bases[layer]
         if c.names.find(b"..") >= 0 or c.links.find(b"..") >= 0:
-            self._check_names(layer, names, _split(c.links.replace(b"/", _SEP), c.link_ends),
+            self._check_names(layer, names, _split(_blob(c.links).replace(b"/", _SEP),
+                                                   c.link_ends),
                               c.types)
         skip = self._whiteouts(layer, names) if c.names.find(_WH) >= 0 else frozenset()
         cur, kill, types = self.cur, self.kill, self.types
-        links = _split(c.links.replace(b"/", _SEP), c.link_ends) if _H in c.types else None
+        links = _split(_blob(c.links).replace(b"/", _SEP), c.link_ends) if _H in c.types else None
         if self._apply_bulk(layer, names, links, skip):
             return
         suspects = self.suspects
@@ -210,7 +222,10 @@ class _Merge:
             if types[o] != _D and (
                     prev < 0 or types[prev] == _D or (kill and not self._alive(name, prev))):
                 kill[name] = o  # a non-directory replaces a directory: its subtree goes
-        cur.update(new)
+        if cur:
+            cur.update(new)
+        else:
+            self.cur = cur = new  # the bottom layer: no copy of a dict of every path
         marker = _IMPLIED - base
         for p in implied:
             cur[p] = marker
@@ -380,7 +395,10 @@ def merge(layers: Sequence[TarIndex], digests: Sequence[str], what: str, path: s
         m.apply(layer)
     m.settle()
     m.init_layer()
-    return MergedIndex._build(m, path, all_xattrs)
+    merged = MergedIndex._build(m, path, all_xattrs)
+    for x in layers:
+        x.drop_pages()  # walked whole; the merged index is what is read from now on
+    return merged
 
 
 def _xattrs_out(attrs: dict[str, bytes], keep_all: bool) -> dict[str, bytes]:
@@ -434,7 +452,7 @@ class MergedIndex(TarIndex):
     def __iter__(self) -> Iterator[IndexEntry]:
         """Every entry in export order (one IndexEntry each, as TarIndex makes them)."""
         names, links, xattrs, paths = self._names, self._links, self._xattrs, self._layer_paths
-        sparse = self._sparse
+        sparse, maps = self._sparse, self._maps
         name_start = link_start = 0
         columns = zip(
             self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
@@ -449,6 +467,8 @@ class MergedIndex(TarIndex):
                              dict(attrs) if attrs else {}, paths[src],
                              sparse.get(i) if sparse else None)
             name_start, link_start = n_end, l_end
+            if maps and not ~i & _DROP_MASK:
+                colfile.drop_pages(maps)  # a walk in order needs no page twice
 
     def __repr__(self) -> str:
         layers = len(self._layer_paths)
@@ -466,7 +486,8 @@ class MergedIndex(TarIndex):
     def _build(cls, m: _Merge, path: str, all_xattrs: bool) -> MergedIndex:
         syn = m.syn
         order = sorted(m.cur)
-        ino = list(map(m.cur.__getitem__, order))  # type, size, data, devices, symlink target
+        # type, size, data, devices, symlink target; an array: no int object per entry
+        ino = array.array("q", map(m.cur.__getitem__, order))
         m.cur = {}  # done with: what it held is in order and ino now
         meta = ino  # mode, owner, mtime, xattrs: the same entry unless hard links say otherwise
         hard: dict[int, bytes] = {}  # position -> first name of its inode (a link entry)
@@ -500,7 +521,7 @@ class MergedIndex(TarIndex):
         def gather(attr: str, typecode: str, pick: Callable, row: int | None) -> array.array:
             src = array.array(typecode)
             for x in m.layers:
-                src.extend(getattr(x.columns(), attr))
+                _extend(src, getattr(x.columns(), attr))
             if row is None:
                 src.extend(array.array(typecode, [0]) * len(syn.rows))
             else:
@@ -544,7 +565,7 @@ class MergedIndex(TarIndex):
         return self
 
     @staticmethod
-    def _sparse_column(m: _Merge, ino: list[int], hard: dict[int, bytes]
+    def _sparse_column(m: _Merge, ino: Sequence[int], hard: dict[int, bytes]
                        ) -> dict[int, array.array[int]]:
         """The fragment maps of sparse files, from the layer that holds each file's data."""
         by_ordinal: dict[int, array.array[int]] = {}
@@ -556,7 +577,7 @@ class MergedIndex(TarIndex):
         return {k: by_ordinal[o] for k, o in enumerate(ino) if o in by_ordinal and k not in hard}
 
     @staticmethod
-    def _link_column(m: _Merge, types: bytearray, ino: list[int],
+    def _link_column(m: _Merge, types: bytearray, ino: Sequence[int],
                      hard: dict[int, bytes]) -> tuple[bytes, array.array]:
         """Symlink targets (from the inode's layer) and hard-link targets (the first name)."""
         parts: list[bytes] = []
@@ -588,7 +609,8 @@ class MergedIndex(TarIndex):
         return b"".join(parts), ends
 
     @staticmethod
-    def _xattr_column(m: _Merge, meta: list[int], all_xattrs: bool) -> dict[int, dict[str, bytes]]:
+    def _xattr_column(m: _Merge, meta: Sequence[int], all_xattrs: bool
+                      ) -> dict[int, dict[str, bytes]]:
         by_ordinal: dict[int, dict[str, bytes]] = {}
         for layer, x in enumerate(m.layers):
             base = m.bases[layer]
@@ -609,99 +631,87 @@ class MergedIndex(TarIndex):
 
     # -- saving -----------------------------------------------------------------------------
     def save(self) -> None:
-        """Write the merged index at tar_path atomically, with each layer tar's stat key."""
-        blobs = [getattr(self, a) if tc == "s" else getattr(self, a).tobytes()
-                 for a, tc in _SAVED]
-        xattrs = {str(i): {k: v.hex() for k, v in attrs.items()}
-                  for i, attrs in self._xattrs.items()}
-        head = {"format": _FORMAT, "byteorder": sys.byteorder, "n": len(self),
-                "layers": [[p, *s] for p, s in zip(self._layer_paths, self._layer_stats,
-                                                   strict=True)],
-                "lengths": [len(b) for b in blobs], "crc": _crc(blobs), "xattrs": xattrs,
-                "sparse": {str(i): list(frags) for i, frags in self._sparse.items()}}
-        # (the crc of the blobs one after another is the crc of the body: load checks it so)
-        directory = os.path.dirname(os.path.abspath(self.tar_path))
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.tar_path) + ".",
-                                   suffix=".part", dir=directory)
-        try:
-            # mkstemp makes the file 0600; the index tells no more than the layers do.
-            if self._layer_paths:
-                with contextlib.suppress(OSError):
-                    os.fchmod(fd, os.stat(self._layer_paths[0]).st_mode & 0o666)
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(head).encode() + b"\n")
-                for b in blobs:
-                    f.write(b)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.tar_path)
-        except BaseException:
+        """Write the merged index at tar_path atomically, with each layer tar's stat key.
+
+        The columns are then used from the file (mapped), so the merge's arrays leave the heap.
+        """
+        meta = json.dumps({"n": len(self), "layers": [
+            [p, *s] for p, s in zip(self._layer_paths, self._layer_stats, strict=True)]}).encode()
+        sections: list[colfile.Section] = []
+        for attr, tc in _SAVED:
+            value = getattr(self, attr)
+            sections.append((attr, "s", value) if tc == "s" else (attr, *colfile.narrow(value)))
+        sections.append(("_xattrs", "s", _encode_xattrs(self._xattrs)))
+        sections.append(("_sparse", "s", _encode_sparse(self._sparse)))
+        mode = None
+        if self._layer_paths:
+            # The index tells no more than the layers do.
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+                mode = os.stat(self._layer_paths[0]).st_mode & 0o666
+        colfile.write(self.tar_path, _MAGIC, _VERSION, meta, sections, mode)
+        mapped = MergedIndex.load(self.tar_path, self._layer_paths)
+        if mapped is not None:
+            for attr, _ in _SAVED:
+                setattr(self, attr, getattr(mapped, attr))
+            self._maps = mapped._maps
 
     @classmethod
     def load(cls, path: str, layer_paths: Sequence[str]) -> MergedIndex | None:  # type: ignore[override]
-        """The index saved at `path`; None if missing, corrupt, foreign or a layer changed."""
+        """The index saved at `path`; None if missing, damaged, foreign or a layer changed
+        (a damaged one is logged in one line)."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()  # one read: after readline() the rest comes in small pieces
-            end = data.index(b"\n") + 1
-            head = json.loads(data[:end])
+            mapped = colfile.read(path, _MAGIC, _VERSION)
+        except colfile.Damaged as e:
+            log.warning("merged index %s: %s: merged again", path, e)
+            return None
+        if mapped is None:
+            return None
+        try:
+            head = json.loads(mapped.meta)
             layers = head["layers"]
-            if (head.get("format") != _FORMAT or head.get("byteorder") != sys.byteorder
-                    or [x[0] for x in layers] != list(layer_paths)
-                    or any(_stat_key(x[0]) != x[1:] for x in layers)):
+            if [x[0] for x in layers] != list(layer_paths):
                 return None
-            return cls._from_saved(path, head, memoryview(data)[end:])
-        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
-            return None
-
-    @classmethod
-    def _from_saved(cls, path: str, head: dict, view: memoryview) -> MergedIndex | None:
-        lengths, n = head["lengths"], head["n"]
-        if len(lengths) != len(_SAVED) or sum(lengths) != len(view):
-            return None
-        blobs = []
-        pos = 0
-        for size in lengths:
-            blobs.append(view[pos : pos + size])
-            pos += size
-        if head["crc"] != zlib.crc32(view):
-            return None
-        self = cls(path, (0, 0, 0))
-        for (attr, tc), blob in zip(_SAVED, blobs, strict=True):
-            if tc == "s":
-                value: bytes | array.array = bytes(blob)
-            else:
-                value = array.array(tc)
-                value.frombytes(blob)
-            if len(value) != n and attr not in ("_names", "_links"):
+            try:
+                if any(_stat_key(x[0]) != x[1:] for x in layers):
+                    return None
+            except OSError:
                 return None
-            setattr(self, attr, value)
-        if n and (self._name_ends[-1] != len(self._names)
-                  or self._link_ends[-1] != len(self._links)):
-            return None
-        self._layer_paths = [x[0] for x in head["layers"]]
-        self._layer_stats = [list(x[1:]) for x in head["layers"]]
-        if n and max(self._srcs) >= len(self._layer_paths):
-            return None
-        self._xattrs = {int(i): {k: bytes.fromhex(v) for k, v in attrs.items()}
-                        for i, attrs in head["xattrs"].items()}
-        if any(not 0 <= i < n for i in self._xattrs):
-            return None
-        self._sparse = {int(i): array.array("q", frags)
-                        for i, frags in head.get("sparse", {}).items()}
-        if any(not 0 <= i < n or len(f) % 2 for i, f in self._sparse.items()):
+            self = cls._from_mapped_sections(path, head, mapped)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error) as e:
+            log.warning("merged index %s: malformed (%s): merged again", path, e)
             return None
         return self
 
+    @classmethod
+    def _from_mapped_sections(cls, path: str, head: dict, mapped: colfile.Mapped
+                              ) -> MergedIndex:
+        n = head["n"]
+        self = cls(path, (0, 0, 0))
+        for attr, tc in _SAVED:
+            value = mapped[attr]
+            if tc != "s" and len(value) != n:
+                raise ValueError(f"column {attr} of {len(value)} entries, not {n}")
+            setattr(self, attr, value)
+        self._types = bytes(self._types)  # iterated as ints: an mmap would give bytes
+        if len(self._types) != n:
+            raise ValueError("type column of the wrong length")
+        if n and (self._name_ends[-1] != len(self._names)
+                  or self._link_ends[-1] != len(self._links)):
+            raise ValueError("name or link blob of the wrong length")
+        self._layer_paths = [x[0] for x in head["layers"]]
+        self._layer_stats = [list(x[1:]) for x in head["layers"]]
+        if n and max(self._srcs) >= len(self._layer_paths):
+            raise ValueError("layer number out of range")
+        self._xattrs = _decode_xattrs(bytes(mapped["_xattrs"]), n)
+        self._sparse = _decode_sparse(bytes(mapped["_sparse"]), n)
+        self._maps = mapped.maps
+        return self
 
-def _getter(refs: list[int]) -> Callable[[Sequence[int]], tuple[int, ...]]:
-    """refs -> a function picking those items of a sequence, in one C loop."""
-    if len(refs) >= 2:
-        return itemgetter(*refs)
-    return lambda seq: tuple(seq[i] for i in refs)
+
+def _getter(refs: Sequence[int]) -> Callable[[Sequence[int]], Iterator[int]]:
+    """refs -> a function picking those items of a sequence, in one C loop (lazily: the
+    callers fill an array, never a tuple of a million ints)."""
+    return lambda seq: map(seq.__getitem__, refs)
 
 
 def _all(codes: bytes | bytearray, code: int) -> Iterator[int]:
@@ -711,16 +721,24 @@ def _all(codes: bytes | bytearray, code: int) -> Iterator[int]:
         pos = codes.find(code, pos + 1)
 
 
-def _nonzero(a: array.array) -> bool:
+def _extend(dst: array.array, column: Sequence[int]) -> None:
+    """dst += column, whatever the column's typecode (saved columns are narrowed)."""
+    if isinstance(column, array.array) and column.typecode == dst.typecode:
+        dst.extend(column)
+    elif isinstance(column, memoryview) and column.format == dst.typecode:
+        dst.frombytes(column.cast("B"))
+    else:
+        dst.extend(array.array(dst.typecode, column))
+
+
+def _blob(b: bytes) -> bytes:
+    """A name or link blob as bytes (a mapped one is an mmap, which cannot replace())."""
+    return b if isinstance(b, bytes) else bytes(b)
+
+
+def _nonzero(a: Sequence[int]) -> bool:
     raw = a.tobytes()
     return raw.count(0) != len(raw)
-
-
-def _crc(blobs: list[bytes]) -> int:
-    crc = 0
-    for b in blobs:
-        crc = zlib.crc32(b, crc)
-    return crc
 
 
 def _stat_key_of(idx: TarIndex) -> tuple[int, int, int]:

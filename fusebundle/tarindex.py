@@ -13,21 +13,19 @@ about ten times slower, and it is lenient in ways a server of untrusted images c
 from __future__ import annotations
 
 import array
-import contextlib
 import errno
 import logging
 import os
 import stat
 import struct
-import sys
-import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from types import MappingProxyType
 from typing import NamedTuple
 
+from fusebundle import colfile
 from fusebundle.errors import CorruptTar
 
 __all__ = [
@@ -38,7 +36,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_MAGIC = b"FBIDX"
-FORMAT_VERSION = 2  # 2: shared xattr sets of global PAX headers; GNU sparse maps
+# 2: shared xattr sets of global PAX headers; GNU sparse maps.  3: laid out to be mapped
+# (colfile), numbers in the narrowest type that holds them.
+FORMAT_VERSION = 3
 
 _ZERO_BLOCK = bytes(512)
 # Reads start small after a jump over a big member (its data would be skipped anyway) and
@@ -527,16 +527,30 @@ def read_sparse(
 
 
 class _Columns:
-    """What one scan produces, before it becomes a TarIndex."""
+    """What one scan produces, before it becomes a TarIndex.
 
-    __slots__ = ("types", "nums", "names", "links", "devices", "xattrs", "sparse")
+    Members are taken in chunks of _CHUNK: the interleaved numbers and the names of one chunk
+    are split into the columns and joined into the blob at its end, so a scan of a million
+    members never holds a Python object per member.
+    """
+
+    __slots__ = ("types", "nums", "names", "modes", "uids", "gids", "sizes", "mtimes",
+                 "offsets", "blob", "name_ends", "links", "devices", "xattrs", "sparse")
 
     def __init__(self) -> None:
         self.types = bytearray()
         # Six numbers per member, interleaved (mode, uid, gid, size, mtime_ns, offset): one
-        # extend() per member is much cheaper than six appends; split into columns at the end.
+        # extend() per member is much cheaper than six appends; split into columns per chunk.
         self.nums = array.array("q")
-        self.names: list[bytes] = []
+        self.names: list[bytes] = []  # this chunk's names
+        self.modes = array.array("H")
+        self.uids = array.array("I")
+        self.gids = array.array("I")
+        self.sizes = array.array("q")
+        self.mtimes = array.array("q")
+        self.offsets = array.array("q")
+        self.blob: list[bytes] = []  # the names of each chunk, joined
+        self.name_ends = array.array("q")
         # Link names and device numbers are rare: kept sparse while scanning.
         self.links: dict[int, bytes] = {}
         self.devices: dict[int, tuple[int, int]] = {}
@@ -544,6 +558,30 @@ class _Columns:
         # that have only global ones (never a copy per member).
         self.xattrs: dict[int, Mapping[str, bytes]] = {}
         self.sparse: dict[int, array.array[int]] = {}  # GNU sparse members' fragment maps
+
+    def flush(self) -> None:
+        """Move the chunk taken so far into the columns."""
+        nums = self.nums
+        self.modes.extend(array.array("H", nums[0::6]))
+        self.uids.extend(array.array("I", nums[1::6]))
+        self.gids.extend(array.array("I", nums[2::6]))
+        self.sizes.extend(nums[3::6])
+        self.mtimes.extend(nums[4::6])
+        self.offsets.extend(nums[5::6])
+        del nums[:]
+        names = self.names
+        start = self.name_ends[-1] if self.name_ends else 0
+        self.name_ends.extend(array.array("q", accumulate(map(len, names), initial=start))[1:])
+        self.blob.append(b"".join(names))
+        names.clear()
+
+
+_CHUNK = 1 << 16
+_CHUNK_MASK = _CHUNK - 1
+# A walk over every entry of a mapped index lets the pages it read go this often, so a pack of
+# a million entries holds a chunk of the index in RSS, not all of it.
+DROP_EVERY = 1 << 14
+_DROP_MASK = DROP_EVERY - 1
 
 
 def _owner_fields(fld: bytes) -> tuple[int, int, int]:
@@ -825,6 +863,8 @@ def _scan(
             names_append(name)
             count += 1
             pos = next_pos
+            if not count & _CHUNK_MASK:
+                cols.flush()
     except _Corrupt as exc:
         raise _Corrupt(exc.args[0], hdr_pos) from None
     except OverflowError:
@@ -835,6 +875,7 @@ def _scan(
 
     if pend_pos >= 0:
         raise _Corrupt("extension header not followed by a member", pend_pos)
+    cols.flush()
     if progress is not None:
         progress(file_size)
     return cols
@@ -940,10 +981,8 @@ def _shown_name(
 # The index
 
 
-# magic, format version, byte order (0 little), tar st_size, st_mtime_ns, st_ino, entry count,
-# crc32 of everything after the header, number of sections
-_SaveHeader = struct.Struct("<5sHBxQqQQII")
-_Section = struct.Struct("<cBQ")  # typecode ('s' for a bytes blob), itemsize, byte length
+# The saved index's metadata: the tar's st_size, st_mtime_ns, st_ino, and the entry count.
+_Meta = struct.Struct("<QqQQ")
 
 # Column attribute name -> array typecode, or "s" for a bytes blob; this order is the file order.
 _COLUMNS: tuple[tuple[str, str], ...] = (
@@ -1066,25 +1105,32 @@ def _decode_sparse(data: bytes, n: int) -> dict[int, array.array[int]]:
     return maps
 
 
+# A column of numbers: an array while built, a memoryview of the mapped file once loaded,
+# its typecode the narrowest that holds its values (not the same in both).
+Numbers = Sequence[int]
+# A blob: bytes, or a read-only mmap (slices are bytes, find() works; no replace()).
+Blob = bytes
+
+
 class Columns(NamedTuple):
     """The index's arrays, for renderers that walk many entries without an object each.
 
     Entry i's name is names[name_ends[i-1]:name_ends[i]] (0 for i == 0); links likewise.
     """
 
-    types: bytes
-    modes: array.array[int]
-    uids: array.array[int]
-    gids: array.array[int]
-    sizes: array.array[int]
-    mtimes: array.array[int]
-    offsets: array.array[int]
-    devmajors: array.array[int]
-    devminors: array.array[int]
-    names: bytes
-    name_ends: array.array[int]
-    links: bytes
-    link_ends: array.array[int]
+    types: Blob
+    modes: Numbers
+    uids: Numbers
+    gids: Numbers
+    sizes: Numbers
+    mtimes: Numbers
+    offsets: Numbers
+    devmajors: Numbers
+    devminors: Numbers
+    names: Blob
+    name_ends: Numbers
+    links: Blob
+    link_ends: Numbers
 
 
 class TarIndex:
@@ -1093,24 +1139,24 @@ class TarIndex:
     __slots__ = (
         "tar_path", "_stat", "_types", "_modes", "_uids", "_gids", "_sizes", "_mtimes",
         "_offsets", "_devmajors", "_devminors", "_names", "_name_ends", "_links",
-        "_link_ends", "_xattrs", "_sparse", "_by_name",
+        "_link_ends", "_xattrs", "_sparse", "_by_name", "_maps",
     )  # fmt: skip
 
     tar_path: str
     _stat: tuple[int, int, int]
-    _types: bytes
-    _modes: array.array[int]
-    _uids: array.array[int]
-    _gids: array.array[int]
-    _sizes: array.array[int]
-    _mtimes: array.array[int]
-    _offsets: array.array[int]
-    _devmajors: array.array[int]
-    _devminors: array.array[int]
-    _names: bytes
-    _name_ends: array.array[int]
-    _links: bytes
-    _link_ends: array.array[int]
+    _types: Blob
+    _modes: Numbers
+    _uids: Numbers
+    _gids: Numbers
+    _sizes: Numbers
+    _mtimes: Numbers
+    _offsets: Numbers
+    _devmajors: Numbers
+    _devminors: Numbers
+    _names: Blob
+    _name_ends: Numbers
+    _links: Blob
+    _link_ends: Numbers
     # Member -> xattrs: a read-only mapping is shared by several members (global PAX xattrs).
     _xattrs: dict[int, Mapping[str, bytes]]
     _sparse: dict[int, array.array[int]]
@@ -1129,6 +1175,7 @@ class TarIndex:
         self._xattrs = {}
         self._sparse = {}
         self._by_name = None
+        self._maps: list = []  # the file's mappings, once loaded from one
 
     def columns(self) -> Columns:
         """The arrays behind the entries (read-only by convention)."""
@@ -1172,6 +1219,7 @@ class TarIndex:
         """Yield every member in archive order."""
         names, links, xattrs, tar_path = self._names, self._links, self._xattrs, self.tar_path
         member_xattrs, sparse = self._member_xattrs, self._sparse
+        maps = self._maps
         name_start = link_start = 0
         columns = zip(
             self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
@@ -1199,6 +1247,8 @@ class TarIndex:
             )
             name_start = n_end
             link_start = l_end
+            if maps and not ~i & _DROP_MASK:
+                colfile.drop_pages(maps)  # a walk in order needs no page twice
 
     def _member_xattrs(self, i: int) -> Mapping[str, bytes]:
         """Entry i's xattrs: a shared read-only view when they all come from global headers."""
@@ -1206,6 +1256,10 @@ class TarIndex:
         if not attrs:
             return {}
         return attrs if isinstance(attrs, MappingProxyType) else dict(attrs)
+
+    def drop_pages(self) -> None:
+        """After a walk over every entry: its pages leave our RSS (not the page cache)."""
+        colfile.drop_pages(self._maps)
 
     def sparse_map(self, i: int) -> array.array[int] | None:
         """A GNU sparse member's fragments: flat (offset, length) pairs, stored one after
@@ -1266,149 +1320,101 @@ class TarIndex:
                 raise CorruptTar(f"{tar_path}: {what} at offset {offset}") from None
         self = cls(tar_path, _stat_key(st))
         n = len(cols.types)
-        nums = cols.nums
         self._types = bytes(cols.types)
-        self._modes = array.array("H", nums[0::6])
-        self._uids = array.array("I", nums[1::6])
-        self._gids = array.array("I", nums[2::6])
-        self._sizes = nums[3::6]
-        self._mtimes = nums[4::6]
-        self._offsets = nums[5::6]
-        majors = [0] * n
-        minors = [0] * n
-        for i, (major, minor) in cols.devices.items():
-            majors[i] = major
-            minors[i] = minor
-        self._devmajors = array.array("I", majors)
-        self._devminors = array.array("I", minors)
-        self._names = b"".join(cols.names)
-        self._name_ends = array.array("q", accumulate(map(len, cols.names)))
-        link_lengths = [0] * n
-        for i, link in cols.links.items():
-            link_lengths[i] = len(link)
+        self._modes, self._uids, self._gids = cols.modes, cols.uids, cols.gids
+        self._sizes, self._mtimes, self._offsets = cols.sizes, cols.mtimes, cols.offsets
+        if cols.devices:
+            majors = array.array("I", bytes(4 * n))
+            minors = array.array("I", bytes(4 * n))
+            for i, (major, minor) in cols.devices.items():
+                majors[i] = major
+                minors[i] = minor
+        else:
+            majors = minors = array.array("B", bytes(n))  # read-only by convention: shared
+        self._devmajors, self._devminors = majors, minors
+        self._names = b"".join(cols.blob)
+        cols.blob.clear()
+        self._name_ends = cols.name_ends
+        if cols.links:
+            link_lengths = array.array("q", bytes(8 * n))
+            for i, link in cols.links.items():
+                link_lengths[i] = len(link)
+            self._link_ends = array.array("q", accumulate(link_lengths))
+        else:
+            self._link_ends = array.array("B", bytes(n))
         # Dicts keep insertion order, which is archive order here.
         self._links = b"".join(cols.links.values())
-        self._link_ends = array.array("q", accumulate(link_lengths))
         self._xattrs = cols.xattrs
         self._sparse = cols.sparse
         return self
 
+    def _sections(self) -> list[colfile.Section]:
+        """The columns as the saved file lays them out, numbers in the narrowest type."""
+        out: list[colfile.Section] = []
+        for attr, kind in _COLUMNS:
+            value = getattr(self, attr)
+            if kind == "s":
+                out.append((attr, "s", value))
+            else:
+                out.append((attr, *colfile.narrow(value)))
+        out.append(("_xattrs", "s", _encode_xattrs(self._xattrs)))
+        out.append(("_sparse", "s", _encode_sparse(self._sparse)))
+        return out
+
     def save(self, index_path: str) -> None:
         """Write the index to *index_path* atomically (temp file, fsync, rename)."""
-        sections: list[bytes] = []
-        for attr, typecode in _COLUMNS:
-            value = getattr(self, attr)
-            data = value if typecode == "s" else value.tobytes()
-            itemsize = 1 if typecode == "s" else value.itemsize
-            sections.append(_Section.pack(typecode.encode(), itemsize, len(data)))
-            sections.append(data)
-        xdata = _encode_xattrs(self._xattrs)
-        sections.append(_Section.pack(b"x", 1, len(xdata)))
-        sections.append(xdata)
-        sdata = _encode_sparse(self._sparse)
-        sections.append(_Section.pack(b"S", 8, len(sdata)))
-        sections.append(sdata)
-        payload = b"".join(sections)
         size, mtime_ns, ino = self._stat
-        header = _SaveHeader.pack(
-            FORMAT_MAGIC,
-            FORMAT_VERSION,
-            0 if sys.byteorder == "little" else 1,
-            size,
-            mtime_ns,
-            ino,
-            len(self),
-            zlib.crc32(payload),
-            len(_COLUMNS) + 2,
-        )
-        directory = os.path.dirname(os.path.abspath(index_path))
-        fd, tmp = tempfile.mkstemp(
-            prefix="." + os.path.basename(index_path) + ".", suffix=".tmp", dir=directory
-        )
+        meta = _Meta.pack(size, mtime_ns, ino, len(self))
         try:
-            # mkstemp makes the file 0600; the index reveals no more than the tar does.
-            with contextlib.suppress(OSError):
-                os.fchmod(fd, stat.S_IMODE(os.stat(self.tar_path).st_mode) & 0o666)
-            with os.fdopen(fd, "wb") as f:
-                f.write(header)
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, index_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        # Make the rename itself durable; not fatal where directories cannot be fsynced.
-        with contextlib.suppress(OSError):
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            # The index reveals no more than the tar does.
+            mode: int | None = stat.S_IMODE(os.stat(self.tar_path).st_mode) & 0o666
+        except OSError:
+            mode = None
+        colfile.write(index_path, FORMAT_MAGIC, FORMAT_VERSION, meta, self._sections(), mode)
 
     @classmethod
     def load(cls, index_path: str, tar_path: str) -> TarIndex | None:
-        """Read a saved index; None if it is missing, unreadable, foreign or the tar changed."""
+        """Map a saved index; None if it is missing, damaged, foreign or the tar changed.
+
+        A damaged one (truncated, flipped bytes, another format version) is logged in one line.
+        """
         try:
-            with open(index_path, "rb") as f:
-                data = f.read()
             st = os.stat(tar_path)
+            mapped = colfile.read(index_path, FORMAT_MAGIC, FORMAT_VERSION)
         except OSError:
             return None
+        except colfile.Damaged as e:
+            log.warning("tar index %s: %s: rebuilt", index_path, e)
+            return None
+        if mapped is None:
+            return None
         try:
-            return cls._decode(data, tar_path, _stat_key(st))
-        except (ValueError, IndexError, struct.error, OverflowError, UnicodeError):
+            return cls._from_mapped(mapped, tar_path, _stat_key(st))
+        except (ValueError, IndexError, KeyError, struct.error, OverflowError, UnicodeError) as e:
+            log.warning("tar index %s: malformed (%s): rebuilt", index_path, e)
             return None
 
     @classmethod
-    def _decode(cls, data: bytes, tar_path: str, stat_key: tuple[int, int, int]) -> TarIndex | None:
-        if len(data) < _SaveHeader.size:
-            return None
-        magic, version, order, size, mtime_ns, ino, n, crc, nsections = _SaveHeader.unpack_from(
-            data, 0
-        )
-        if (
-            magic != FORMAT_MAGIC
-            or version != FORMAT_VERSION
-            or order != (0 if sys.byteorder == "little" else 1)
-            or (size, mtime_ns, ino) != stat_key
-            or nsections != len(_COLUMNS) + 2
-        ):
-            return None
-        view = memoryview(data)
-        pos = _SaveHeader.size
-        if zlib.crc32(view[pos:]) != crc:
-            return None
+    def _from_mapped(cls, mapped: colfile.Mapped, tar_path: str,
+                     stat_key: tuple[int, int, int]) -> TarIndex | None:
+        size, mtime_ns, ino, n = _Meta.unpack(mapped.meta)
+        if (size, mtime_ns, ino) != stat_key:
+            return None  # the tar changed: a stale index, not a damaged one
         self = cls(tar_path, stat_key)
-        specs = (*_COLUMNS, ("_xattrs", "x"), ("_sparse", "S"))
-        for attr, typecode in specs:
-            tc, itemsize, nbytes = _Section.unpack_from(data, pos)
-            pos += _Section.size
-            chunk = view[pos : pos + nbytes]
-            pos += nbytes
-            if tc != typecode.encode() or len(chunk) != nbytes:
-                return None
-            if typecode == "x":
-                self._xattrs = _decode_xattrs(bytes(chunk), n)
-            elif typecode == "S":
-                self._sparse = _decode_sparse(bytes(chunk), n)
-            elif typecode == "s":
-                setattr(self, attr, bytes(chunk))
-            else:
-                arr = array.array(typecode)
-                if arr.itemsize != itemsize:
-                    return None
-                arr.frombytes(chunk)
-                if len(arr) != n:
-                    return None
-                setattr(self, attr, arr)
-        if pos != len(data) or len(self._types) != n:
-            return None
-        if n and (
-            self._name_ends[-1] != len(self._names) or self._link_ends[-1] != len(self._links)
-        ):
-            return None
+        for attr, kind in _COLUMNS:
+            value = mapped[attr]
+            if kind != "s" and len(value) != n:
+                raise ValueError(f"column {attr} of {len(value)} entries, not {n}")
+            setattr(self, attr, value)
+        self._types = bytes(self._types)  # iterated as ints: an mmap would give bytes
+        if len(self._types) != n:
+            raise ValueError("type column of the wrong length")
+        if n and (self._name_ends[-1] != len(self._names)
+                  or self._link_ends[-1] != len(self._links)):
+            raise ValueError("name or link blob of the wrong length")
+        self._xattrs = _decode_xattrs(bytes(mapped["_xattrs"]), n)
+        self._sparse = _decode_sparse(bytes(mapped["_sparse"]), n)
+        self._maps = mapped.maps
         return self
 
 
@@ -1429,4 +1435,7 @@ def open_index(
     except OSError as exc:
         # A read-only cache still works, only the next start pays for the scan again.
         log.warning("could not save tar index %s: %s", index_path, exc)
-    return index
+        return index
+    # Used from the file from now on: the scan's columns leave the heap.
+    mapped = TarIndex.load(index_path, tar_path)
+    return mapped if mapped is not None else index

@@ -29,19 +29,17 @@ keeps the inode of alias 0, so a file is one inode wherever it shows.
 from __future__ import annotations
 
 import array
-import contextlib
 import json
 import logging
 import os
 import stat
-import tempfile
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, chain
 
+from fusebundle import colfile
 from fusebundle.entry import Entry, directory
-from fusebundle.tarindex import TarIndex
+from fusebundle.tarindex import Blob, TarIndex
 from fusebundle.view import (
     DOCKER_CREATED,
     EXCLUDE,
@@ -56,7 +54,10 @@ from fusebundle.view import (
 log = logging.getLogger(__name__)
 
 ROOT_INO = 1
-_TREE_FORMAT = 1  # of the arrays saved beside an index; bump when _build changes
+# Of the arrays saved beside an index; bump when _build changes.  1: JSON head and blobs read
+# into the heap; 2: laid out to be mapped (colfile), kid_hi gone (kid_lo[d + 1] is its end).
+_TREE_FORMAT = 2
+_TREE_MAGIC = b"FBTREE"
 GRAFT_SHIFT = 48
 ALIAS_SHIFT = 32
 LOCAL_MASK = (1 << ALIAS_SHIFT) - 1
@@ -95,13 +96,6 @@ class Content:
     sparse: Sequence[int] | None = None  # a sparse member's fragments at `offset`
 
 
-def _crc(blobs: list[bytes]) -> int:
-    crc = 0
-    for b in blobs:
-        crc = zlib.crc32(b, crc)
-    return crc
-
-
 def graft_ino(k: int, alias: int, local: int) -> int:
     return ((k + 1) << GRAFT_SHIFT) | (alias << ALIAS_SHIFT) | local
 
@@ -137,7 +131,7 @@ class GraftTree:
 
     __slots__ = (
         "k", "graft", "idx", "n", "root", "root_entry", "types", "parent", "name_off",
-        "names", "kid_lo", "kid_hi", "kids", "nsub", "links", "nlinks", "over", "size",
+        "names", "kid_lo", "kids", "nsub", "links", "nlinks", "over", "size",
         "cols",
     )  # fmt: skip
 
@@ -160,13 +154,14 @@ class GraftTree:
         elif not self._load_saved():
             self._build()
             self._save()
+            idx.drop_pages()  # the build read every name; listings use the tree's own
         try:
             self.size = os.path.getsize(idx.tar_path)  # close enough for statfs
         except OSError:
             self.size = 0
 
     # -- the saved arrays -------------------------------------------------------------------
-    _ARRAYS = ("parent", "kids", "kid_lo", "kid_hi", "nsub", "name_off")
+    _ARRAYS = ("parent", "kids", "kid_lo", "nsub", "name_off")
 
     def _saved_path(self) -> str:
         # Init grafts turn resolv.conf into a symlink: their types differ, so their own file.
@@ -179,158 +174,248 @@ class GraftTree:
         return [st.st_size, st.st_mtime_ns, st.st_ino, self.n]
 
     def _save(self) -> None:
-        blobs = [self.types, self.names] + [getattr(self, a).tobytes() for a in self._ARRAYS]
-        pairs = [array.array("q", d) for d in (self.links.keys(), self.links.values(),
-                                                self.nlinks.keys(), self.nlinks.values(),
-                                                self.over.keys())]
-        blobs += [a.tobytes() for a in pairs]
+        sections: list[colfile.Section] = [("types", "s", self.types), ("names", "s", self.names)]
+        sections += [(a, *colfile.narrow(getattr(self, a))) for a in self._ARRAYS]
+        for name, values in (("link_from", self.links.keys()), ("link_to", self.links.values()),
+                             ("nlink_of", self.nlinks.keys()), ("nlinks", self.nlinks.values()),
+                             ("over", self.over.keys())):
+            sections.append((name, "q", array.array("q", values)))
         path = self._saved_path()
         try:
             # The index file may be missing (a merged index the store could not save).
-            head = {"format": _TREE_FORMAT, "stat": self._stat_key(),
-                    "root_entry": self.root_entry, "lengths": [len(b) for b in blobs],
-                    "crc": _crc(blobs)}
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(json.dumps(head).encode() + b"\n")
-                    for b in blobs:
-                        f.write(b)
-                os.replace(tmp, path)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            meta = json.dumps({"stat": self._stat_key(), "root_entry": self.root_entry}).encode()
+            colfile.write(path, _TREE_MAGIC, _TREE_FORMAT, meta, sections)
         except OSError as e:  # a read-only cache still works: the next mount builds again
             log.debug("%s: not saved: %s", path, e)
+            return
+        # Used from the file from now on: the build's arrays leave the heap.
+        self._load_saved()
 
     def _load_saved(self) -> bool:
+        path = self._saved_path()
         try:
-            with open(self._saved_path(), "rb") as f:
-                head = json.loads(f.readline())
-                if (head.get("format") != _TREE_FORMAT or head.get("stat") != self._stat_key()
-                        or not self.idx.verify_unchanged()):
-                    return False
-                blobs = [f.read(n) for n in head["lengths"]]
-        except (OSError, ValueError, TypeError, AttributeError):
+            mapped = colfile.read(path, _TREE_MAGIC, _TREE_FORMAT)
+            if mapped is None:
+                return False
+            head = json.loads(mapped.meta)
+            if head.get("stat") != self._stat_key() or not self.idx.verify_unchanged():
+                return False
+            types, names = mapped["types"], mapped["names"]
+            arrays = [mapped[a] for a in self._ARRAYS]
+            lk, lv, nk, nv, over = (mapped[a] for a in ("link_from", "link_to", "nlink_of",
+                                                         "nlinks", "over"))
+            total = len(types)
+            parent, kids, kid_lo, nsub, name_off = arrays
+            if (total <= self.n or len(parent) != total or len(nsub) != total
+                    or len(kid_lo) != total + 1 or len(name_off) != total + 1
+                    or kid_lo[total] != len(kids) or name_off[total] != len(names)):
+                raise ValueError("arrays of inconsistent lengths")
+            root_entry = head["root_entry"]
+        except colfile.Damaged as e:
+            log.warning("tree arrays %s: %s: built again", path, e)
             return False
-        if ([len(b) for b in blobs] != head["lengths"] or len(blobs) != 2 + 6 + 5
-                or head.get("crc") != _crc(blobs)):
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            log.warning("tree arrays %s: malformed (%s): built again", path, e)
             return False
-        self.types, self.names = blobs[0], blobs[1]
-        for name, blob in zip(self._ARRAYS, blobs[2:8], strict=True):
-            a = array.array("I")
-            a.frombytes(blob)
-            setattr(self, name, a)
-        lk, lv, nk, nv, over = (array.array("q", b) for b in blobs[8:])
-        self.links = dict(zip(lk, lv, strict=True))
-        self.nlinks = dict(zip(nk, nv, strict=True))
-        self.root_entry = head["root_entry"]
+        overs: dict[int, Entry] = {}
         for i in over:
             out = filter_entry(self.graft, self.idx, self.idx.entry(i))
             if out is None:
                 return False
-            self.over[i] = out
+            overs[i] = out
+        self.types, self.names = bytes(types), names
+        self.parent, self.kids, self.kid_lo, self.nsub, self.name_off = arrays
+        self.links = dict(zip(lk, lv, strict=True))
+        self.nlinks = dict(zip(nk, nv, strict=True))
+        self.root_entry = root_entry
+        self.over = overs
         return True
 
-    # The structure is built from the names alone: one pass to map every path to its last
-    # entry, one pass to hang every surviving entry under its parent, one sort for the order
-    # of children.  Temporaries are dropped at the end.
+    # The structure is built from the index's columns in passes over the entries, holding
+    # arrays and dicts of directories only: never an object per entry (a million-entry image
+    # would need half a gigabyte).  Children are sorted per directory.
     def _build(self) -> None:
-        idx, g = self.idx, self.graft
-        names, types, links = _columns(idx)
-        by_path: dict[bytes, int] = {}
+        idx, g, n = self.idx, self.graft, self.n
+        c = idx.columns()
+        types = bytearray(c.types)  # the filter may change a few
+        blob, ends = c.names, c.name_ends
+        picked: dict[int, bytes] | None = None
+        links: dict[int, bytes] = {}  # hard link -> its target's name (after the filter)
+        pos = types.find(_H)
+        while pos >= 0:
+            s = c.link_ends[pos - 1] if pos else 0
+            links[pos] = c.links[s : c.link_ends[pos]]
+            pos = types.find(_H, pos + 1)
         if g.pick is not None:
+            picked = {}
             for i, out in g.pick(idx).items():
                 self.over[i] = out
                 types[i] = ord(out.type)
                 links.pop(i, None)
-                by_path[out.path[len(g.prefix):]] = i
-            names, links = [], {}  # nothing else of the export shows
-        for i, name in enumerate(names):
-            if name in _SPECIAL or (types[i] == _H and links.get(i) in EXCLUDE):
+                picked[i] = out.path[len(g.prefix):]
+            links = {}
+
+        def names() -> Iterator[tuple[int, bytes]]:
+            if picked is not None:
+                return iter(sorted(picked.items()))
+            return enumerate(map(blob.__getitem__, map(slice, chain((0,), ends), ends)))
+
+        # Pass 1: the filter, the root's own entry, and the last entry of each directory name.
+        # (A directory a later non-directory replaces is no directory, and the reverse.)
+        over, special = self.over, _SPECIAL if picked is None else frozenset()
+        gone: set[int] = set()  # not in the tree: dropped by the filter, the root's own entry
+        hidden: set[int] = set()  # broken hard links: their name shows nothing at all
+        tracked = {*links.values(), *(names_of(blob, ends, links))} if links else set()
+        last: dict[bytes, int] = {}  # the names hard links need: the last entry of each
+        dirs: dict[bytes, int] = {}
+        for i, name in names():
+            if name in special or (links and i in links and links[i] in EXCLUDE):
                 out = filter_entry(g, idx, idx.entry(i))
                 if out is None:
+                    gone.add(i)
                     continue
-                self.over[i] = out
+                over[i] = out
                 types[i] = ord(out.type)
                 if out.type != "h":
                     links.pop(i, None)
             if not name:
                 if types[i] == _D:
                     self.root_entry = i
+                gone.add(i)
                 continue
-            by_path[name] = i
+            if types[i] == _D:
+                dirs[name] = i
+            elif name in dirs:
+                del dirs[name]
+            if name in tracked:
+                last[name] = i
         # Hard links: each is the inode of the entry it names (after following link chains).
         for i, target in links.items():
-            if types[i] != _H or by_path.get(names[i]) != i:
+            if types[i] != _H or last.get(_name(blob, ends, i, picked)) != i:
                 continue
             hops = 0
-            t = by_path.get(target)
+            t = last.get(target)
             while t is not None and types[t] == _H and hops < 64:
-                t = by_path.get(links[t])
+                t = last.get(links[t]) if t in links else None
                 hops += 1
             if t is None or types[t] in (_H, _D):
                 log.debug("%s: hard link %r to a missing entry %r: left out", idx.tar_path,
-                          names[i], target)
-                del by_path[names[i]]
+                          _name(blob, ends, i, picked), target)
+                hidden.add(i)  # and its name shows nothing, as if the tar had no such entry
                 continue
             self.links[i] = t
             self.nlinks[t] = self.nlinks.get(t, 1) + 1
-        # Parents, creating the directories the tar only implies (ids after the root).
-        types.append(_D)  # the root
-        kid_pairs: list[tuple[int, bytes, int]] = []
-        for name, i in list(by_path.items()):
+        # Pass 2: the parent of every entry; names under no directory entry wait for pass 3.
+        root = self.root
+        parent = array.array("I", [root]) * (n + 1)
+        loose: list[int] = []
+        for i, name in names():
             slash = name.rfind(b"/")
-            p = self.root if slash < 0 else self._dir_id(name[:slash], by_path, types, kid_pairs)
-            if p >= 0:  # else under a name that is not a directory: not reachable
-                kid_pairs.append((p, name[slash + 1 :], i))
+            if slash < 0:
+                continue  # at the root (or dropped: its parent does not matter)
+            p = dirs.get(name[:slash])
+            if p is None:
+                if i not in gone:
+                    loose.append(i)
+                continue
+            parent[i] = p
+        # Pass 3: the directories the tar only implies, unless a non-directory has the name.
+        types.append(_D)  # the root
+        orphans: set[int] = set()  # entries below a non-directory: not reachable
+        if loose:
+            implied: set[bytes] = set()
+            for i in loose:
+                path = _name(blob, ends, i, picked)
+                path = path[: path.rfind(b"/")]
+                while path and path not in dirs and path not in implied:
+                    implied.add(path)
+                    path = path[: max(path.rfind(b"/"), 0)]
+            blocked = {name for i, name in names()
+                       if name in implied and i not in gone and i not in hidden}
+            for path in sorted(implied, key=lambda x: x.count(b"/")):
+                if path in blocked:
+                    continue
+                top = path.rfind(b"/")
+                if top >= 0 and path[:top] not in dirs:
+                    continue  # below a blocked name
+                d = len(types)
+                types.append(_D)
+                dirs[path] = d
+                parent.append(root if top < 0 else dirs[path[:top]])
+            for i in loose:
+                name = _name(blob, ends, i, picked)
+                p = dirs.get(name[: name.rfind(b"/")])
+                if p is None:
+                    orphans.add(i)
+                else:
+                    parent[i] = p
         total = len(types)
         self.types = bytes(types)
-        kid_pairs.sort()
-        parent = array.array("I", [self.root]) * total
-        kids = array.array("I", [0]) * len(kid_pairs)
-        kid_lo = array.array("I", [0]) * total
-        kid_hi = array.array("I", [0]) * total
-        nsub = array.array("I", [0]) * total
-        base_names: list[bytes] = [b""] * total
-        tp, resolved = self.types, self.links
-        prev = -1
-        for pos, (p, base, i) in enumerate(kid_pairs):
-            kids[pos] = i
-            parent[i] = p
-            base_names[i] = base
-            if p != prev:
-                kid_lo[p] = pos
-                prev = p
-            kid_hi[p] = pos + 1
-            if tp[resolved.get(i, i)] == _D:
-                nsub[p] += 1
-        name_off = array.array("I", accumulate(map(len, base_names), initial=0))
-        self.kids, self.kid_lo, self.kid_hi, self.nsub = kids, kid_lo, kid_hi, nsub
-        self.parent = parent
-        self.names, self.name_off = b"".join(base_names), name_off
+        del types
+        # Children: grouped by parent (a counting sort), then each group sorted by name, the
+        # last entry of a name winning.  Ids of implied directories come after the entries.
+        counts = array.array("I", bytes(4 * (total + 1)))
+        skip = gone | orphans
+        members = _members(n, total, picked, skip, dirs)
+        for i in members():
+            counts[parent[i]] += 1
+        starts = array.array("I", accumulate(counts, initial=0))
+        del counts
+        fill = starts[:-1]
+        grouped = array.array("I", bytes(4 * starts[-1]))
+        for i in members():
+            p = parent[i]
+            grouped[fill[p]] = i
+            fill[p] += 1
+        del fill
+        base_of = self._base_namer(blob, ends, picked, dirs, n)
+        kids = array.array("I")
+        kid_lo = array.array("I", bytes(4 * (total + 1)))
+        nsub = array.array("I", bytes(4 * total))
+        tp = self.types
+        resolved = self.links
+        for p in range(total):
+            lo, hi = starts[p], starts[p + 1]
+            kid_lo[p] = len(kids)
+            if lo == hi:
+                continue
+            group = grouped[lo:hi]
+            if hi - lo > 1:
+                group = _sorted_kids(group, base_of, hidden)
+            elif group[0] in hidden:
+                continue
+            kids.extend(group)
+            for i in group:
+                if tp[resolved.get(i, i)] == _D:
+                    nsub[p] += 1
+        kid_lo[total] = len(kids)
+        del grouped, starts
+        # Each id's own name, for the listing (empty for entries not in the tree).
+        names_blob = bytearray()
+        name_off = array.array("I", [0])
+        for i in range(total):
+            names_blob += base_of(i)
+            name_off.append(len(names_blob))
+        self.kids, self.kid_lo, self.nsub, self.parent = kids, kid_lo, nsub, parent
+        self.names, self.name_off = bytes(names_blob), name_off
 
-    def _dir_id(self, path: bytes, by_path: dict[bytes, int], types: bytearray,
-                kid_pairs: list[tuple[int, bytes, int]]) -> int:
-        """The local id of directory `path`, creating implicit ones; -1 if it is not one."""
-        missing: list[bytes] = []  # implicit directories to create, deepest first
-        p = self.root
-        while path:
-            i = by_path.get(path)
-            if i is not None:
-                if types[i] != _D:
-                    return -1
-                p = i
-                break
-            missing.append(path)
-            path = path[: max(path.rfind(b"/"), 0)]
-        for path in reversed(missing):
-            i = len(types)
-            by_path[path] = i
-            types.append(_D)
-            kid_pairs.append((p, path[path.rfind(b"/") + 1 :], i))
-            p = i
-        return p
+    def _base_namer(self, blob: Blob, ends: Sequence[int], picked: dict[int, bytes] | None,
+                    dirs: dict[bytes, int], n: int) -> Callable[[int], bytes]:
+        """id -> its last path component."""
+        implied = {d: path for path, d in dirs.items() if d > n}
+
+        def base(i: int) -> bytes:
+            if i < n:
+                if picked is not None and i not in picked:
+                    return b""
+                name = _name(blob, ends, i, picked)
+            elif i in implied:
+                name = implied[i]
+            else:
+                return b""  # the root
+            return name[name.rfind(b"/") + 1 :]
+
+        return base
 
     # -------------------------------------------------------------------------- queries
     def base(self, i: int) -> bytes:
@@ -341,7 +426,7 @@ class GraftTree:
         return self.types[self.links.get(i, i)] == _D
 
     def child_count(self, d: int) -> int:
-        return self.kid_hi[d] - self.kid_lo[d]
+        return self.kid_lo[d + 1] - self.kid_lo[d]
 
     def child(self, d: int, pos: int) -> tuple[bytes, int]:
         """The pos-th child of directory d in name order: (name, local id, links resolved)."""
@@ -350,7 +435,7 @@ class GraftTree:
 
     def find(self, d: int, name: bytes) -> int | None:
         """The child of directory d called name (links resolved), by binary search."""
-        lo, hi = self.kid_lo[d], self.kid_hi[d]
+        lo, hi = self.kid_lo[d], self.kid_lo[d + 1]
         kids, off, blob = self.kids, self.name_off, self.names
         while lo < hi:
             mid = (lo + hi) >> 1
@@ -375,7 +460,7 @@ class GraftTree:
         cols, over, n = self.cols, self.over, self.n
         modes, uids, gids, sizes, mtimes = cols[:5] if cols is not None else ((),) * 5
         nlinks, nsub = self.nlinks, self.nsub
-        for j in range(self.kid_lo[d] + first, self.kid_hi[d]):
+        for j in range(self.kid_lo[d] + first, self.kid_lo[d + 1]):
             i = kids[j]
             name = blob[off[i] : off[i + 1]]
             i = links.get(i, i)
@@ -484,48 +569,52 @@ def _numeric_columns(idx: TarIndex) -> tuple[Sequence[int], ...] | None:
     columns = idx.columns()
     cols = tuple(getattr(columns, name) for name in _NUMERIC)
     n = len(idx)
-    if any(not isinstance(c, array.array) or len(c) != n for c in cols):
+    if any(not isinstance(c, array.array | memoryview) or len(c) != n for c in cols):
         return None
     return cols
 
 
-def _columns(idx: TarIndex) -> tuple[list[bytes], bytearray, dict[int, bytes]]:
-    """Names, type codes and hard-link targets of every index entry."""
-    fast = _fast_columns(idx)
-    if fast is not None:
-        return fast
-    # The portable way: one IndexEntry per member.
-    names: list[bytes] = []
-    types = bytearray()
-    links: dict[int, bytes] = {}
-    for i, e in enumerate(idx):
-        names.append(e.name)
-        types.append(ord(e.type))
-        if e.type == "h":
-            links[i] = e.linkname
-    return names, types, links
+def _name(blob: Blob, ends: Sequence[int], i: int, picked: dict[int, bytes] | None) -> bytes:
+    """Entry i's path in the graft (a picked entry's own, else the index's)."""
+    if picked is not None:
+        return picked[i]
+    return blob[ends[i - 1] if i else 0 : ends[i]]
 
 
-def _fast_columns(idx: TarIndex) -> tuple[list[bytes], bytearray, dict[int, bytes]] | None:
-    """_columns from the index's name and link blobs: no IndexEntry objects (5x faster)."""
-    c = idx.columns()
-    blob, ends, codes, lblob, lends = c.names, c.name_ends, c.types, c.links, c.link_ends
-    if (not isinstance(blob, bytes) or not isinstance(lblob, bytes)
-            or not isinstance(codes, bytes) or not isinstance(ends, array.array)
-            or not isinstance(lends, array.array) or len(codes) != len(idx)
-            or len(ends) != len(idx) or len(lends) != len(idx)):
-        return None
-    starts = [0, *ends[:-1]] if len(ends) else []
-    names = [blob[s:e] for s, e in zip(starts, ends, strict=True)]
-    types = bytearray(codes)
-    links = {}
-    if _H in types:
-        lstarts = [0, *lends[:-1]]
-        pos = types.find(_H)
-        while pos >= 0:
-            links[pos] = lblob[lstarts[pos] : lends[pos]]
-            pos = types.find(_H, pos + 1)
-    return names, types, links
+def names_of(blob: Blob, ends: Sequence[int], ids: Iterable[int]) -> Iterator[bytes]:
+    """The index names of the entries `ids`."""
+    for i in ids:
+        yield blob[ends[i - 1] if i else 0 : ends[i]]
+
+
+def _members(n: int, total: int, picked: dict[int, bytes] | None, skip: set[int],
+             dirs: dict[bytes, int]) -> Callable[[], Iterator[int]]:
+    """The ids that take a place under a parent: entries not skipped, implied directories."""
+    implied = sorted(d for d in dirs.values() if d > n)
+
+    def members() -> Iterator[int]:
+        base = picked if picked is not None else range(n)
+        if skip:
+            yield from (i for i in base if i not in skip)
+        else:
+            yield from base
+        yield from implied
+
+    return members
+
+
+def _sorted_kids(group: array.array, base_of: Callable[[int], bytes],
+                 hidden: set[int]) -> array.array:
+    """A directory's children in name order; of several of one name the last entry wins (the
+    highest id: implied directories never share a name with an entry)."""
+    pairs = sorted(zip(map(base_of, group), group, strict=True))
+    out = array.array("I")
+    for k, (name, i) in enumerate(pairs):
+        if k + 1 < len(pairs) and pairs[k + 1][0] == name:
+            continue
+        if i not in hidden:
+            out.append(i)
+    return out
 
 
 # ------------------------------------------------------------------------------ synthetic

@@ -756,9 +756,8 @@ def test_tree_renders_what_the_view_lists(tmp_path, fast, saved, monkeypatch):
     from fusebundle.entry import directory, regular
     from fusebundle.view import INIT_RESOLV_LINK, Graft, View
 
-    if not fast:  # what an index without the arrays tree.py reads directly gets
+    if not fast:  # attributes from entry() where the index's columns are not used
         monkeypatch.setattr(treemod, "_numeric_columns", lambda idx: None)
-        monkeypatch.setattr(treemod, "_fast_columns", lambda idx: None)
     odd_tar = _odd_rootfs().write(tmp_path / "odd.tar")
     layer_tar = _layer_rootfs().write(tmp_path / "layer.tar")
 
