@@ -43,6 +43,8 @@ MAP_MIN = 128 * 1024  # reads at least this large are answered from a mapping of
 DIRECT_BLKSIZE = 1 << 20  # st_blksize of direct_io files: cat then asks for one full READ
 CACHED_FILES = 4096  # inode -> content lookups kept for reads without an open
 CACHED_LISTINGS = 256  # inode -> listing kept for readdir without an opendir
+DIRS_OF = 1 << 16  # file inode -> directory pairs kept for the sibling preload
+ADAPT_LOOKUPS = 32  # --listing=adaptive: lookups of lean-listed files before going plus
 
 # What the patched pyfuse3 (patches/pyfuse3) adds; a stock pyfuse3 runs as before without it.
 NO_OPEN = hasattr(pyfuse3.Operations, "inode_for_zero_fh")  # read/readdir get the inode
@@ -50,8 +52,11 @@ LISTING_MODES = hasattr(pyfuse3.Operations, "readdirplus")  # plain READDIR, lea
 CAP_CACHE_SYMLINKS = 1 << 23  # not among pyfuse3's CAP_* names
 # --listing: READDIRPLUS with every entry's attributes (what tar, ls -l and runc want), lean
 # (attributes for directories only: the kernel makes no inode per file), plain READDIR (names
-# and types), or auto (the kernel picks plus while lookups follow the listing).
-LISTINGS = {"plus": "always", "lean": "always", "plain": "never", "auto": "auto"}
+# and types), auto (the kernel picks plus while lookups follow the listing), or adaptive (lean
+# until callers look up the files it listed without attributes, then plus for the mount).
+LISTINGS = {"plus": "always", "lean": "always", "plain": "never", "auto": "auto",
+            "adaptive": "always"}
+DEFAULT_LISTING = "adaptive" if LISTING_MODES else "plus"
 
 T = TypeVar("T")
 
@@ -85,15 +90,20 @@ class Operations(pyfuse3.Operations):
 
     inode_for_zero_fh = NO_OPEN  # open/opendir answer ENOSYS once; fh 0 then means the inode
 
-    def __init__(self, tree: Tree, listing: str = "plus", direct_io_min: int = 0) -> None:
-        """`direct_io_min` > 0: files at least that large bypass the kernel's page cache."""
+    def __init__(self, tree: Tree, listing: str | None = None, direct_io_min: int = 0) -> None:
+        """`listing`: see LISTINGS (None: DEFAULT_LISTING).  `direct_io_min` > 0: files at
+        least that large bypass the kernel's page cache."""
         super().__init__()
+        listing = listing or DEFAULT_LISTING
         if listing not in LISTINGS:
             raise UserError(f"--listing={listing}: expected one of {', '.join(LISTINGS)}")
         if listing != "plus" and not LISTING_MODES:
             raise UserError(f"--listing={listing} needs the patched pyfuse3 (scripts/setup)")
         self.readdirplus = LISTINGS[listing]
-        self._lean = listing == "lean"
+        self._lean = listing in ("lean", "adaptive")
+        self._adapting = listing == "adaptive"
+        self._lean_lookups = 0
+        self._lean_dirs: set[int] = set()  # directories listed lean while adapting
         self.tree = tree
         self.direct_io_min = direct_io_min
         # direct_io is a flag of an open's reply: with it, files are opened (not directories).
@@ -198,12 +208,34 @@ class Operations(pyfuse3.Operations):
         ino = self.tree.lookup(parent_inode, name)
         if self.tree.changed:
             self._invalidate(self.tree.take_changed())
+        if ino is not None:
+            self._note_parent(ino, parent_inode)
         if ino is None:
             a = pyfuse3.EntryAttributes()
             a.st_ino = 0  # a negative entry, cached by the kernel like a positive one
             a.entry_timeout = TIMEOUT
             return a
         return self._stat(ino)
+
+    def _note_parent(self, ino: int, parent: int) -> None:
+        """Remember where a file was found (for the preload); adapt the listing to callers.
+
+        A lookup of a file listed without attributes means its caller wants them: tar,
+        ls -l, du.  After ADAPT_LOOKUPS of those the mount lists with attributes for good;
+        a walk that only descends (find) never looks files up and stays lean.
+        """
+        self._remember_dir(ino, parent)
+        if self._adapting and parent in self._lean_dirs:
+            self._lean_lookups += 1
+            if self._lean_lookups >= ADAPT_LOOKUPS:
+                self._lean = self._adapting = False
+                self._lean_dirs.clear()
+                log.debug("listing: callers stat what they list; attributes from now on")
+
+    def _remember_dir(self, ino: int, d: int) -> None:
+        if len(self._dir_of) >= DIRS_OF:
+            self._dir_of.clear()  # a hint for recent listings only: bounded at any size
+        self._dir_of[ino] = d
 
     @_guarded
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
@@ -252,6 +284,10 @@ class Operations(pyfuse3.Operations):
         dir_of = self._dir_of
         d = listing.ino
         lean = self._lean and getattr(token, "plus", False)
+        if lean and self._adapting:
+            self._lean_dirs.add(d)
+        if len(dir_of) >= DIRS_OF:
+            dir_of.clear()  # a hint for recent listings only: bounded at any size
         # A listing can be 100k entries: one attributes object, refilled (the reply copies it).
         a = self._row
         dots = [(name, ino, self.tree.stat(ino))

@@ -65,13 +65,15 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
                         "interrupted")
     m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]",
                    help="extra FUSE mount options, e.g. allow_other")
-    m.add_argument("--listing", choices=("plus", "lean", "plain", "auto"), default="plus",
-                   help="what directory listings carry: plus (default) every entry's "
-                        "attributes, best when entries are then stat'ed (tar, ls -l, runc); "
-                        "lean attributes for directories only and plain names and types only, "
-                        "both cheaper for walks that only descend (find) but a lookup per file "
-                        "stat'ed later; auto lets the kernel choose per directory (lean, plain "
-                        "and auto need the patched pyfuse3 of scripts/setup)")
+    m.add_argument("--listing", choices=("plus", "lean", "plain", "auto", "adaptive"),
+                   default=None,
+                   help="what directory listings carry: plus every entry's attributes, best "
+                        "when entries are then stat'ed (tar, ls -l, runc); lean attributes for "
+                        "directories only and plain names and types only, both cheaper for "
+                        "walks that only descend (find) but a lookup per file stat'ed later; "
+                        "auto lets the kernel choose per directory; adaptive (the default "
+                        "with the patched pyfuse3 of scripts/setup, else plus) is lean until "
+                        "callers stat the files listed, then plus for the rest of the mount")
     m.add_argument("--log", metavar="FILE",
                    help="where the background server logs (default: mount.log in the cache "
                         "directory)")
@@ -335,7 +337,8 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     view = build_view(cfg, session.resolve, share_by_id=args.share_by_id,
                       resolve_layout=session.resolve_layout)
     tree = Tree(view, expand=args.expand)
-    ops = Operations(tree, listing=getattr(args, "listing", "plus"), direct_io_min=direct_io_min)
+    ops = Operations(tree, listing=getattr(args, "listing", None),
+                     direct_io_min=direct_io_min)
     try:
         pyfuse3.init(ops, mnt, options)
     except RuntimeError:

@@ -104,7 +104,8 @@ def test_write_opens_still_fail(layout: Path, tmp_path: Path) -> None:
 
 
 def test_first_read_sends_the_small_siblings_ahead(layout: Path, tmp_path: Path) -> None:
-    with mounted(layout, tmp_path) as root:
+    # Plus: a store needs the kernel to know the inode, which a lean listing does not give.
+    with mounted(layout, tmp_path, "--listing=plus") as root:
         d = root / "data"
         names = sorted(os.listdir(d))
         assert "f05.txt" in names
@@ -167,7 +168,7 @@ def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
     return got
 
 
-@pytest.mark.parametrize("mode", ["lean", "plain", "auto"])
+@pytest.mark.parametrize("mode", ["lean", "plain", "auto", "adaptive"])
 def test_listing_modes_show_the_same_tree(layout: Path, tmp_path: Path, mode: str) -> None:
     with mounted(layout, tmp_path, "--listing=plus") as root:
         want = _tree(root)
@@ -184,3 +185,37 @@ def test_bad_listing_mode_is_one_line(layout: Path, tmp_path: Path) -> None:
                         str(layout / "cfg.yml"), str(tmp_path / "m")],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--listing" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_adaptive_listing_goes_plus_once_callers_stat_files(tmp_path: Path) -> None:
+    many = fs.ADAPT_LOOKUPS + 8
+    b = RootfsBuilder().dir("a").dir("b")
+    for i in range(many):
+        b.file(f"a/x{i:03d}", b"x")
+    for i in range(5):
+        b.file(f"b/y{i}", b"y")
+    write_oci_layout(tmp_path / "oci", REF, [b.tobytes()], {"Cmd": ["/bin/sh"]})
+    (tmp_path / "cfg.yml").write_text(f"onboot:\n  - name: app\n    image: {REF}\n")
+
+    def listed_then_stat(root: Path, d: str, names: list[str]) -> int:
+        os.listdir(root / d)
+        return _replies_during(_server_pid(root),
+                               lambda: [os.lstat(root / d / n) for n in names])
+
+    def loaded(root: Path) -> Path:
+        os.listdir(root)  # loads the image: its top directories' attributes are asked again
+        for d in ("a", "b"):
+            os.lstat(root / d)
+        return root
+
+    with mounted(tmp_path, tmp_path, "--listing=plus") as root:
+        assert listed_then_stat(loaded(root), "a", ["x000"]) == 0  # the listing made its inode
+    with mounted(tmp_path, tmp_path) as root:  # adaptive, the default
+        loaded(root)
+        # Listed lean: stat'ing a file is a lookup, one reply each.
+        assert listed_then_stat(root, "a", ["x000"]) == 1
+        rest = [f"x{i:03d}" for i in range(1, many)]
+        assert listed_then_stat(root, "a", rest) == len(rest)
+        # That many lookups of listed files: listings carry attributes from now on.
+        assert listed_then_stat(root, "b", ["y0", "y1"]) == 0
