@@ -28,8 +28,6 @@ from fusebundle.tarindex import (
     DROP_EVERY,
     IndexEntry,
     TarIndex,
-    _decode_sparse,
-    _decode_xattrs,
     _encode_sparse,
     _encode_xattrs,
 )
@@ -687,24 +685,11 @@ class MergedIndex(TarIndex):
                               ) -> MergedIndex:
         n = head["n"]
         self = cls(path, (0, 0, 0))
-        for attr, tc in _SAVED:
-            value = mapped[attr]
-            if tc != "s" and len(value) != n:
-                raise ValueError(f"column {attr} of {len(value)} entries, not {n}")
-            setattr(self, attr, value)
-        self._types = bytes(self._types)  # iterated as ints: an mmap would give bytes
-        if len(self._types) != n:
-            raise ValueError("type column of the wrong length")
-        if n and (self._name_ends[-1] != len(self._names)
-                  or self._link_ends[-1] != len(self._links)):
-            raise ValueError("name or link blob of the wrong length")
+        self._adopt(mapped, _SAVED, n)
         self._layer_paths = [x[0] for x in head["layers"]]
         self._layer_stats = [list(x[1:]) for x in head["layers"]]
         if n and max(self._srcs) >= len(self._layer_paths):
             raise ValueError("layer number out of range")
-        self._xattrs = _decode_xattrs(bytes(mapped["_xattrs"]), n)
-        self._sparse = _decode_sparse(bytes(mapped["_sparse"]), n)
-        self._maps = mapped.maps
         return self
 
 

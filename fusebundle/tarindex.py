@@ -1401,7 +1401,13 @@ class TarIndex:
         if (size, mtime_ns, ino) != stat_key:
             return None  # the tar changed: a stale index, not a damaged one
         self = cls(tar_path, stat_key)
-        for attr, kind in _COLUMNS:
+        self._adopt(mapped, _COLUMNS, n)
+        return self
+
+    def _adopt(self, mapped: colfile.Mapped, columns: Sequence[tuple[str, str]],
+               n: int) -> None:
+        """Use a mapped file's columns as this index's; ValueError if their lengths disagree."""
+        for attr, kind in columns:
             value = mapped[attr]
             if kind != "s" and len(value) != n:
                 raise ValueError(f"column {attr} of {len(value)} entries, not {n}")
@@ -1415,7 +1421,6 @@ class TarIndex:
         self._xattrs = _decode_xattrs(bytes(mapped["_xattrs"]), n)
         self._sparse = _decode_sparse(bytes(mapped["_sparse"]), n)
         self._maps = mapped.maps
-        return self
 
 
 def open_index(
