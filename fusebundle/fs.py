@@ -569,8 +569,7 @@ class Operations(pyfuse3.Operations):
             data = read_sparse(fd, content.offset, content.sparse, content.size, off, len(buf))
         except OSError as e:
             raise _SourceError(f"{content.path}: read failed: {e.strerror}") from None
-        if not self.tree.verify(content.graft):
-            raise _SourceError(f"{content.path}: changed or removed since it was indexed")
+        self._check_source(content)
         buf[: len(data)] = data
         return buf[: len(data)]
 
