@@ -224,7 +224,7 @@ class Operations(pyfuse3.Operations):
         ls -l, du.  After ADAPT_LOOKUPS of those the mount lists with attributes for good;
         a walk that only descends (find) never looks files up and stays lean.
         """
-        self._remember_dir(ino, parent)
+        self._dir_map()[ino] = parent
         if self._adapting and parent in self._lean_dirs:
             self._lean_lookups += 1
             if self._lean_lookups >= ADAPT_LOOKUPS:
@@ -232,10 +232,14 @@ class Operations(pyfuse3.Operations):
                 self._lean_dirs.clear()
                 log.debug("listing: callers stat what they list; attributes from now on")
 
-    def _remember_dir(self, ino: int, d: int) -> None:
+    def _dir_map(self) -> dict[int, int]:
+        """File inode -> the directory it was seen in, for the sibling preload.
+
+        A hint for recent listings and lookups only: emptied when full, so bounded at any size.
+        """
         if len(self._dir_of) >= DIRS_OF:
-            self._dir_of.clear()  # a hint for recent listings only: bounded at any size
-        self._dir_of[ino] = d
+            self._dir_of.clear()
+        return self._dir_of
 
     @_guarded
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
@@ -266,8 +270,10 @@ class Operations(pyfuse3.Operations):
     async def _listing(self, fh: int) -> Any:
         """The listing readdir pages through: by handle, or by inode without an opendir."""
         listing = self._dirs.get(fh)
-        if listing is not None or not NO_OPEN:
-            return listing if listing is not None else self._dirs[fh]
+        if listing is not None:
+            return listing
+        if not NO_OPEN:
+            return self._dirs[fh]  # a handle opendir never gave: KeyError, answered EIO
         await self._ready(fh)  # no opendir did it
         listing = self.tree.listdir(fh)
         if self.tree.changed:
@@ -281,13 +287,11 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = await self._listing(fh)
         reply = pyfuse3.readdir_reply
-        dir_of = self._dir_of
+        dir_of = self._dir_map()
         d = listing.ino
         lean = self._lean and getattr(token, "plus", False)
         if lean and self._adapting:
             self._lean_dirs.add(d)
-        if len(dir_of) >= DIRS_OF:
-            dir_of.clear()  # a hint for recent listings only: bounded at any size
         # A listing can be 100k entries: one attributes object, refilled (the reply copies it).
         a = self._row
         dots = [(name, ino, self.tree.stat(ino))
