@@ -6,10 +6,12 @@ by hand, and read back through `pack` and a real mount: the bytes must be the fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,30 +68,42 @@ def test_a_merged_index_keeps_sparse_maps_through_save_and_load(tmp_path, fmt, v
         assert list(e.sparse) == list(idx.sparse_map(idx.find(b"data/sparse.bin")))
 
 
+def _pack(tmp_path: Path, cfg: Path, save: Path) -> tarfile.TarFile:
+    """pack the config from the docker save archive; the output, opened."""
+    out = tmp_path / "out.tar"
+    r = cli("pack", "--from", f"docker-archive:{save}", cfg, "-o", out, cache=tmp_path / "cache")
+    assert r.returncode == 0, r.stderr
+    return tarfile.open(out)
+
+
+@contextlib.contextmanager
+def _mounted(tmp_path: Path, cfg: Path, save: Path) -> Iterator[Path]:
+    """A mount of the config from the docker save archive, sharing _pack's cache."""
+
+    def fb(*args, **kw):
+        return cli(*args, cache=tmp_path / "cache", **kw)
+
+    mounts = Mounts(fb, tmp_path)
+    try:
+        yield mounts.mount(cfg, "--from", f"docker-archive:{save}")
+    finally:
+        mounts.cleanup()
+
+
 @pytest.mark.parametrize(("fmt", "version"), FORMATS)
 def test_pack_and_mount_serve_sparse_files_with_their_holes(tmp_path, fmt, version):
     layer, want = _layer(tmp_path, fmt, version)
     save = docker_archive(tmp_path, [layer], "fbtest/sparse:1")
     cfg = tmp_path / "sparse.yml"
     cfg.write_text("onboot:\n  - name: s\n    image: fbtest/sparse:1\n    readonly: true\n")
-    cache = tmp_path / "cache"
-    out = tmp_path / "out.tar"
-    r = cli("pack", "--from", f"docker-archive:{save}", cfg, "-o", out, cache=cache)
-    assert r.returncode == 0, r.stderr
-    with tarfile.open(out) as t:
+    with _pack(tmp_path, cfg, save) as t:
         got = t.extractfile("containers/onboot/000-s/rootfs/data/sparse.bin").read()
         plain = t.extractfile("containers/onboot/000-s/rootfs/data/plain.txt").read()
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(want).hexdigest()
     assert plain == b"plain\n"
     if not HAVE_FUSE:
         return
-
-    def fb(*args, **kw):
-        return cli(*args, cache=cache, **kw)
-
-    mounts = Mounts(fb, tmp_path)
-    try:
-        mnt = mounts.mount(cfg, "--from", f"docker-archive:{save}")
+    with _mounted(tmp_path, cfg, save) as mnt:
         path = mnt / "containers/onboot/000-s/rootfs/data/sparse.bin"
         assert path.stat().st_size == len(want)
         assert path.read_bytes() == want
@@ -98,8 +112,6 @@ def test_pack_and_mount_serve_sparse_files_with_their_holes(tmp_path, fmt, versi
                            (8 * MIB - 5001, 100), (MIB, 4096)):
                 f.seek(pos)
                 assert f.read(n) == want[pos:pos + n], (pos, n)
-    finally:
-        mounts.cleanup()
 
 
 def test_a_sparse_kernel_binary_is_served_whole(tmp_path):
@@ -116,21 +128,9 @@ def test_a_sparse_kernel_binary_is_served_whole(tmp_path):
     cfg = tmp_path / "kernel.yml"
     cfg.write_text("kernel:\n  image: fbtest/sparse-kernel:1\n  cmdline: console=ttyS0\n"
                    "  tar: none\n")
-    cache = tmp_path / "cache"
-    out = tmp_path / "out.tar"
-    r = cli("pack", "--from", f"docker-archive:{save}", cfg, "-o", out, cache=cache)
-    assert r.returncode == 0, r.stderr
-    with tarfile.open(out) as t:
+    with _pack(tmp_path, cfg, save) as t:
         assert t.extractfile("boot/kernel").read() == want
     if not HAVE_FUSE:
         return
-
-    def fb(*args, **kw):
-        return cli(*args, cache=cache, **kw)
-
-    mounts = Mounts(fb, tmp_path)
-    try:
-        mnt = mounts.mount(cfg, "--from", f"docker-archive:{save}")
+    with _mounted(tmp_path, cfg, save) as mnt:
         assert (mnt / "boot/kernel").read_bytes() == want
-    finally:
-        mounts.cleanup()
