@@ -24,13 +24,7 @@ from itertools import accumulate
 
 from fusebundle import colfile
 from fusebundle.errors import CorruptTar
-from fusebundle.tarindex import (
-    DROP_EVERY,
-    IndexEntry,
-    TarIndex,
-    _encode_sparse,
-    _encode_xattrs,
-)
+from fusebundle.tarindex import _COLUMNS, DROP_EVERY, IndexEntry, TarIndex
 
 __all__ = ["MergedIndex", "merge"]
 
@@ -413,12 +407,8 @@ def _stat_key(path: str) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-# Saved columns, in file order: (attribute, array typecode or "s" for bytes).
-_SAVED = (
-    ("_types", "s"), ("_modes", "H"), ("_uids", "I"), ("_gids", "I"), ("_sizes", "q"),
-    ("_mtimes", "q"), ("_offsets", "q"), ("_devmajors", "I"), ("_devminors", "I"),
-    ("_names", "s"), ("_name_ends", "q"), ("_links", "s"), ("_link_ends", "q"), ("_srcs", "H"),
-)  # fmt: skip
+# Saved columns, in file order: a layer index's, then which layer each entry's data is in.
+_SAVED = (*_COLUMNS, ("_srcs", "H"))
 
 
 class MergedIndex(TarIndex):
@@ -635,12 +625,7 @@ class MergedIndex(TarIndex):
         """
         meta = json.dumps({"n": len(self), "layers": [
             [p, *s] for p, s in zip(self._layer_paths, self._layer_stats, strict=True)]}).encode()
-        sections: list[colfile.Section] = []
-        for attr, tc in _SAVED:
-            value = getattr(self, attr)
-            sections.append((attr, "s", value) if tc == "s" else (attr, *colfile.narrow(value)))
-        sections.append(("_xattrs", "s", _encode_xattrs(self._xattrs)))
-        sections.append(("_sparse", "s", _encode_sparse(self._sparse)))
+        sections = self._sections(_SAVED)
         mode = None
         if self._layer_paths:
             # The index tells no more than the layers do.

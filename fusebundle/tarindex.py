@@ -1348,10 +1348,11 @@ class TarIndex:
         self._sparse = cols.sparse
         return self
 
-    def _sections(self) -> list[colfile.Section]:
+    def _sections(self, columns: Sequence[tuple[str, str]] = _COLUMNS
+                  ) -> list[colfile.Section]:
         """The columns as the saved file lays them out, numbers in the narrowest type."""
         out: list[colfile.Section] = []
-        for attr, kind in _COLUMNS:
+        for attr, kind in columns:
             value = getattr(self, attr)
             if kind == "s":
                 out.append((attr, "s", value))
