@@ -26,7 +26,7 @@ import trio
 from fusebundle import testhook
 from fusebundle.errors import UserError
 from fusebundle.mapped import Mapping
-from fusebundle.tarindex import read_sparse
+from fusebundle.tar.index import read_sparse
 from fusebundle.tree import Content, Stat, Tree
 
 log = logging.getLogger(__name__)

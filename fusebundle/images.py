@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fusebundle.errors import CorruptTar, UserError
-from fusebundle.tarindex import TarIndex, open_index
+from fusebundle.tar.index import TarIndex, open_index
 
 Progress = Callable[[int], None]
 

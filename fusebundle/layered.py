@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fusebundle.images import Cache, ImageInfo
 from fusebundle.sources.base import LayerRef, LayerSource, ResolvedImage
-from fusebundle.tarindex import TarIndex
+from fusebundle.tar.index import TarIndex
 
 if TYPE_CHECKING:
     from fusebundle.store import Store

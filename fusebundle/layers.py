@@ -22,9 +22,9 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
 
-from fusebundle import colfile
 from fusebundle.errors import CorruptTar
-from fusebundle.tarindex import _COLUMNS, DROP_EVERY, IndexEntry, TarIndex
+from fusebundle.tar import colfile
+from fusebundle.tar.index import _COLUMNS, DROP_EVERY, IndexEntry, TarIndex
 
 __all__ = ["MergedIndex", "merge"]
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from fusebundle.errors import CorruptTar, EngineError, UserError
 from fusebundle.images import ImageInfo, cache_subdir
-from fusebundle.tarindex import TarIndex, open_index
+from fusebundle.tar.index import TarIndex, open_index
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"

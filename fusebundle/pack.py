@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from fusebundle import testhook
 from fusebundle.entry import Entry
 from fusebundle.errors import CorruptTar, UserError
-from fusebundle.tarindex import read_sparse
+from fusebundle.tar.index import read_sparse
 
 if TYPE_CHECKING:
     from fusebundle.view import View

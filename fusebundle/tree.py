@@ -37,9 +37,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain
 
-from fusebundle import colfile
 from fusebundle.entry import Entry, directory
-from fusebundle.tarindex import Blob, TarIndex
+from fusebundle.tar import colfile
+from fusebundle.tar.index import Blob, TarIndex
 from fusebundle.view import (
     DOCKER_CREATED,
     EXCLUDE,

@@ -19,7 +19,7 @@ from fusebundle.entry import Entry, directory, regular
 from fusebundle.errors import UserError
 from fusebundle.images import ImageInfo
 from fusebundle.schema import LABEL_KEY
-from fusebundle.tarindex import IndexEntry, TarIndex
+from fusebundle.tar.index import IndexEntry, TarIndex
 
 # Names docker export always adds that make no sense in a bundle (matched at the image root).
 EXCLUDE = frozenset({b".dockerenv", b"Dockerfile", b"dev/console", b"dev/pts", b"dev/shm",

@@ -20,7 +20,7 @@ from fusebundle import layers as L
 from fusebundle import view
 from fusebundle.errors import CorruptTar, UserError
 from fusebundle.layers import MergedIndex, merge
-from fusebundle.tarindex import TarIndex
+from fusebundle.tar.index import TarIndex
 
 PINNED = 1492533000 * 10**9
 INIT_NAMES = {b".dockerenv", b"dev", b"dev/console", b"dev/pts", b"dev/shm", b"etc",

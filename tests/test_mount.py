@@ -699,7 +699,7 @@ class _Image:
         self.calls = 0
 
     def index(self):
-        from fusebundle.tarindex import open_index
+        from fusebundle.tar.index import open_index
 
         self.calls += 1
         return open_index(str(self.tar))

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fusebundle import colfile, tarindex
-from fusebundle.tarindex import TarIndex, open_index
+from fusebundle.tar import colfile
+from fusebundle.tar import index as tarindex
+from fusebundle.tar.index import TarIndex, open_index
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,7 +116,7 @@ def test_a_damaged_index_is_detected_in_one_line_and_rebuilt(big_tar, tmp_path, 
         idx.write_bytes(bytes(data))
     else:
         idx.write_bytes(b"FBTREE\0\0" + good[8:])
-    with caplog.at_level(logging.WARNING, logger="fusebundle.tarindex"):
+    with caplog.at_level(logging.WARNING, logger="fusebundle.tar.index"):
         again = open_index(str(tar))
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "\n" not in lines[0] and str(idx) in lines[0], lines
@@ -148,7 +149,7 @@ def test_narrow_picks_the_smallest_type():
 
 _BUILD = r"""
 import os, sys
-from fusebundle.tarindex import open_index
+from fusebundle.tar.index import open_index
 from fusebundle.tree import GraftTree
 from fusebundle.view import Graft
 
@@ -248,7 +249,7 @@ def test_damaged_tree_arrays_are_detected_in_one_line_and_built_again(big_tar, t
 
 _WALK = r"""
 import sys
-from fusebundle.tarindex import open_index
+from fusebundle.tar.index import open_index
 
 def rss(field):
     for line in open("/proc/self/status"):

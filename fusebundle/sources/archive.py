@@ -21,7 +21,7 @@ from fusebundle.sources import manifest as mf
 from fusebundle.sources import reference
 from fusebundle.sources.base import LayerRef, NotFound, Platform, ResolvedImage
 from fusebundle.sources.oci import LayoutReader, read_limited
-from fusebundle.tarindex import TarIndex
+from fusebundle.tar.index import TarIndex
 
 _MAX_LINKS = 8  # symlink hops inside the archive before giving up (docker writes one)
 

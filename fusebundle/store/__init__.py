@@ -38,7 +38,7 @@ from fusebundle.sources.base import LayerRef, ResolvedImage
 from fusebundle.store import locks, records
 from fusebundle.store.records import ImageRecord, digest_hex
 from fusebundle.store.stream import Outcome, ReadError, WriteError, unpack
-from fusebundle.tarindex import TarIndex, open_index
+from fusebundle.tar.index import TarIndex, open_index
 
 __all__ = ["BadLayer", "CorruptLayer", "ImageRecord", "LayerInfo", "PruneReport", "Store",
            "StoreError"]

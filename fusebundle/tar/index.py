@@ -25,8 +25,8 @@ from itertools import accumulate
 from types import MappingProxyType
 from typing import NamedTuple
 
-from fusebundle import colfile
 from fusebundle.errors import CorruptTar
+from fusebundle.tar import colfile
 
 __all__ = [
     "Columns", "IndexEntry", "TarIndex", "open_index", "read_sparse", "FORMAT_MAGIC",
