@@ -133,7 +133,7 @@ class _Session:
 
 def load_session(args: argparse.Namespace) -> tuple[Any, _Session]:
     """The merged config of the command's files, and a session to resolve its images."""
-    from fusebundle.config import load_config
+    from fusebundle.config.load import load_config
 
     cfg = load_config(args.configs)
     if cfg.trust and not args.quiet:
@@ -207,7 +207,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """fusebundle config: show how each container's config.json comes about."""
-    from fusebundle import oci
+    from fusebundle.config import runtime as oci
     from fusebundle.view import image_label
 
     cfg, session = load_session(args)

@@ -12,13 +12,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fusebundle import metadata, oci, schema
-from fusebundle.config import Config, FileSpec, Volume
-from fusebundle.config import Entry as ContainerEntry
+from fusebundle.config import metadata
+from fusebundle.config import runtime as oci
+from fusebundle.config import schema
+from fusebundle.config.load import Config, FileSpec, Volume
+from fusebundle.config.load import Entry as ContainerEntry
 from fusebundle.entry import Entry, directory, regular
 from fusebundle.errors import UserError
 from fusebundle.images import ImageInfo
-from fusebundle.schema import LABEL_KEY
+from fusebundle.config.schema import LABEL_KEY
 from fusebundle.tar.index import IndexEntry, TarIndex
 
 # Names docker export always adds that make no sense in a bundle (matched at the image root).

@@ -10,8 +10,8 @@ import json
 import textwrap
 from pathlib import Path
 
-from fusebundle.config import Config, FileSpec, load_config
-from fusebundle.metadata import moby_json
+from fusebundle.config.load import Config, FileSpec, load_config
+from fusebundle.config.metadata import moby_json
 from fusebundle.view import file_entries
 
 

@@ -6,7 +6,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from fusebundle.errors import ConfigError
-from fusebundle.schema import image_label, parse_label, validate_entry
+from fusebundle.config.schema import image_label, parse_label, validate_entry
 
 W = "system.yml: services[2] (getty)"
 

@@ -11,7 +11,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from fusebundle.errors import ConfigError, UserError
-from fusebundle.schema import check_reference, validate_entry
+from fusebundle.config.schema import check_reference, validate_entry
 
 SECTIONS = ("onboot", "onshutdown", "services")
 TOP_KEYS = ("kernel", "init", "onboot", "onshutdown", "services", "trust", "files", "volumes")

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fusebundle.errors import ConfigError
-from fusebundle.schema import (
+from fusebundle.config.schema import (
     ALL_CAPS,
     BIND_ADD_DEFAULTS,
     BIND_DEFAULTS,
@@ -27,7 +27,7 @@ from fusebundle.schema import (
 )
 
 if TYPE_CHECKING:
-    from fusebundle.config import Volume
+    from fusebundle.config.load import Volume
 
 OCI_VERSION = "1.0.0"
 
