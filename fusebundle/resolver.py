@@ -164,7 +164,7 @@ class Resolver:
         if not self.specs:
             # In the default order the engine is asked only if one answers: no engine is
             # not an error when another source has the image.
-            from fusebundle import engineapi
+            from fusebundle.sources import engineapi
 
             sock = engineapi.socket_path(self.docker_host)
             if sock is not None and not os.path.exists(sock):

@@ -12,15 +12,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fusebundle.config import metadata
+from fusebundle.config import metadata, schema
 from fusebundle.config import runtime as oci
-from fusebundle.config import schema
 from fusebundle.config.load import Config, FileSpec, Volume
 from fusebundle.config.load import Entry as ContainerEntry
+from fusebundle.config.schema import LABEL_KEY
 from fusebundle.entry import Entry, directory, regular
 from fusebundle.errors import UserError
 from fusebundle.images import ImageInfo
-from fusebundle.config.schema import LABEL_KEY
 from fusebundle.tar.index import IndexEntry, TarIndex
 
 # Names docker export always adds that make no sense in a bundle (matched at the image root).

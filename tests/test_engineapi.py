@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from imagetools import RootfsBuilder, import_image
 
-from fusebundle import engineapi
+from fusebundle.sources import engineapi
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from fusebundle.errors import ConfigError
 from fusebundle.config.runtime import (
     append_mount,
     build_oci,
@@ -19,6 +18,7 @@ from fusebundle.config.runtime import (
     runtime_json_bytes,
 )
 from fusebundle.config.schema import parse_label, validate_entry
+from fusebundle.errors import ConfigError
 
 CONFORMANCE = Path("/work/shared/conformance")
 GOLDEN = CONFORMANCE / "golden"

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from fusebundle.config.load import load_config
-from fusebundle.errors import ConfigError
 from fusebundle.config.metadata import moby_dict
 from fusebundle.config.runtime import build_oci, config_json_bytes, runtime_json_bytes
 from fusebundle.config.schema import parse_label, validate_entry
+from fusebundle.errors import ConfigError
 
 WHERE = "t.yml: services[0] (t)"
 IMAGE = {"Entrypoint": None, "Cmd": ["/bin/sh"], "Env": None, "WorkingDir": "",

@@ -10,8 +10,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from fusebundle.errors import ConfigError, UserError
 from fusebundle.config.schema import check_reference, validate_entry
+from fusebundle.errors import ConfigError, UserError
 
 SECTIONS = ("onboot", "onshutdown", "services")
 TOP_KEYS = ("kernel", "init", "onboot", "onshutdown", "services", "trust", "files", "volumes")

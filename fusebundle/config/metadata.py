@@ -20,7 +20,13 @@ from __future__ import annotations
 from typing import Any
 
 from fusebundle.config.load import Config, Entry, FileSpec, Volume
-from fusebundle.config.runtime import _id_mappings, _resources, go_json, mount_struct, runtime_struct
+from fusebundle.config.runtime import (
+    _id_mappings,
+    _resources,
+    go_json,
+    mount_struct,
+    runtime_struct,
+)
 
 # Image's fields in declaration order, by how encoding/json treats an empty value.
 _ALWAYS = ("name", "image")

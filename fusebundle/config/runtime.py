@@ -13,7 +13,6 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from fusebundle.errors import ConfigError
 from fusebundle.config.schema import (
     ALL_CAPS,
     BIND_ADD_DEFAULTS,
@@ -25,6 +24,7 @@ from fusebundle.config.schema import (
     parse_tmpfs,
     resolve_mount,
 )
+from fusebundle.errors import ConfigError
 
 if TYPE_CHECKING:
     from fusebundle.config.load import Volume

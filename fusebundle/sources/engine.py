@@ -11,9 +11,9 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from fusebundle import engineapi
 from fusebundle.errors import EngineError
 from fusebundle.images import ImageInfo, Progress
+from fusebundle.sources import engineapi
 
 _TRANSPORT = {"FileNotFoundError": "no such socket", "ConnectionRefusedError": "connection refused",
               "Connection refused": "connection refused",
