@@ -73,7 +73,7 @@ def table(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from fusebundle.images import default_cache_dir
+    from fusebundle.images.exported import default_cache_dir
     from fusebundle.store import Store
 
     return Store(args.cache_dir or default_cache_dir())

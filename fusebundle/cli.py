@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from fusebundle import __version__
 from fusebundle.errors import UserError
-from fusebundle.resolver import SOURCES_HELP
+from fusebundle.images.resolver import SOURCES_HELP
 
 EXIT_INTERRUPTED = 130
 
@@ -95,9 +95,9 @@ class _Session:
     """The sources, the store and the images of one command, created on demand."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from fusebundle.images import default_cache_dir
+        from fusebundle.images.exported import default_cache_dir
         from fusebundle.progress import enabled
-        from fusebundle.resolver import Resolver
+        from fusebundle.images.resolver import Resolver
         from fusebundle.sources.base import Platform
 
         self.args = args
@@ -119,8 +119,8 @@ class _Session:
 
     def resolve_layout(self, ref: str, platforms: list[str]) -> Any:
         """A handle on the image's OCI layout as a tar (today's `volumes: format: oci`)."""
-        from fusebundle.layered import LayeredImage
-        from fusebundle.ocilayout import LayoutImage
+        from fusebundle.images.layered import LayeredImage
+        from fusebundle.images.layout import LayoutImage
 
         handle = self.resolve(ref)
         if isinstance(handle, LayeredImage):  # its layers, as the engine would save them
@@ -176,7 +176,7 @@ def config_images(cfg: Any) -> list[str]:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     """fusebundle pull: make every image of the configs present in the store (or cache)."""
-    from fusebundle.layered import LayeredImage
+    from fusebundle.images.layered import LayeredImage
 
     cfg, session = load_session(args)
     fetched = present = exported = 0

@@ -320,7 +320,7 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
 
     from fusebundle.cli import load_session
     from fusebundle.fs import Operations
-    from fusebundle.images import default_cache_dir
+    from fusebundle.images.exported import default_cache_dir
     from fusebundle.tree import Tree
     from fusebundle.view import build_view
 

@@ -19,7 +19,7 @@ from fusebundle.config.load import Entry as ContainerEntry
 from fusebundle.config.schema import LABEL_KEY
 from fusebundle.entry import Entry, directory, regular
 from fusebundle.errors import UserError
-from fusebundle.images import ImageInfo
+from fusebundle.images.exported import ImageInfo
 from fusebundle.tar.index import IndexEntry, TarIndex
 
 # Names docker export always adds that make no sense in a bundle (matched at the image root).

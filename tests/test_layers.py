@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from imagetools import T0, T1, RootfsBuilder
 
-from fusebundle import layers as L
+from fusebundle.images import flatten as L
 from fusebundle import view
 from fusebundle.errors import CorruptTar, UserError
-from fusebundle.layers import MergedIndex, merge
+from fusebundle.images.flatten import MergedIndex, merge
 from fusebundle.tar.index import TarIndex
 
 PINNED = 1492533000 * 10**9

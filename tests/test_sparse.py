@@ -19,7 +19,7 @@ from faulttools import cli
 from test_layers import docker_archive
 from test_mount import HAVE_FUSE, Mounts
 
-from fusebundle.layers import MergedIndex, merge
+from fusebundle.images.flatten import MergedIndex, merge
 from fusebundle.tar.index import TarIndex
 
 MIB = 1 << 20

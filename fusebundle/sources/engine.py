@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fusebundle.errors import EngineError
-from fusebundle.images import ImageInfo, Progress
+from fusebundle.images.exported import ImageInfo, Progress
 from fusebundle.sources import engineapi
 
 _TRANSPORT = {"FileNotFoundError": "no such socket", "ConnectionRefusedError": "connection refused",

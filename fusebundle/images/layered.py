@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fusebundle.images import Cache, ImageInfo
+from fusebundle.images.exported import Cache, ImageInfo
 from fusebundle.sources.base import LayerRef, LayerSource, ResolvedImage
 from fusebundle.tar.index import TarIndex
 
@@ -123,7 +123,7 @@ class LayeredImage:
             return self._index
 
     def _load(self) -> TarIndex:
-        from fusebundle import layers as layermod
+        from fusebundle.images import flatten as layermod
         from fusebundle import testhook
 
         paths = [self.store.layer_path(layer.diff_id) for layer in self.image.layers]

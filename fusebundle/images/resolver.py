@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fusebundle.errors import ConfigError, EngineError, UserError
-from fusebundle.images import Cache
+from fusebundle.images.exported import Cache
 from fusebundle.sources.base import Platform
 
 SOURCES_HELP = ("where images come from, tried in the order given (repeatable): store, docker, "
@@ -132,7 +132,7 @@ class Resolver:
         raise UserError(f"image {ref}: not found: {'; '.join(tried)}")
 
     def _from_store(self, ref: str, name: str) -> Any:
-        from fusebundle.layered import LayeredImage
+        from fusebundle.images.layered import LayeredImage
 
         if not any(kind != "docker" for kind, _ in self.order):
             return None  # only the engine was asked for: its exports are its own cache
@@ -159,7 +159,7 @@ class Resolver:
                             self.verify_layers, fallback)
 
     def _from_engine(self, ref: str) -> Any:
-        from fusebundle.images import LazyImage
+        from fusebundle.images.exported import LazyImage
 
         if not self.specs:
             # In the default order the engine is asked only if one answers: no engine is
@@ -173,7 +173,7 @@ class Resolver:
         return LazyImage(info, self.cache, self.engine(), self.show_progress)
 
     def _from_layers(self, ref: str, kind: str, arg: str) -> Any:
-        from fusebundle.layered import LayeredImage
+        from fusebundle.images.layered import LayeredImage
 
         src = self._layer_source(kind, arg)
         image = src.resolve(ref, self.platform)

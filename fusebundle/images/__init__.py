@@ -1,0 +1,7 @@
+"""From a reference to an image the view can index.
+
+`resolver`: which source each image comes from (--from in order, or the default);
+`layered`: an image of stored layers, fetched on first use; `flatten`: layer indexes -> one
+export-like merged index (whiteouts, walk order, link election); `exported`: the engine
+exports' cache; `layout`: an image as an OCI layout tar, for volumes with `format: oci`.
+"""
