@@ -96,8 +96,8 @@ class _Session:
 
     def __init__(self, args: argparse.Namespace) -> None:
         from fusebundle.images.exported import default_cache_dir
-        from fusebundle.progress import enabled
         from fusebundle.images.resolver import Resolver
+        from fusebundle.progress import enabled
         from fusebundle.sources.base import Platform
 
         self.args = args
@@ -146,7 +146,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     """fusebundle pack: build the view and write it as one tar."""
     from fusebundle.pack import pack
     from fusebundle.progress import Bar
-    from fusebundle.view import build_view
+    from fusebundle.bundle.view import build_view
 
     cfg, session = load_session(args)
     view = build_view(cfg, session.resolve, share_by_id=args.share_by_id,
@@ -208,7 +208,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     """fusebundle config: show how each container's config.json comes about."""
     from fusebundle.config import runtime as oci
-    from fusebundle.view import image_label
+    from fusebundle.bundle.view import image_label
 
     cfg, session = load_session(args)
     id_map = cfg.id_map()

@@ -322,7 +322,7 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     from fusebundle.fs import Operations
     from fusebundle.images.exported import default_cache_dir
     from fusebundle.tree import Tree
-    from fusebundle.view import build_view
+    from fusebundle.bundle.view import build_view
 
     mnt = _check_mountpoint(args.mountpoint)
     options = _options(args)

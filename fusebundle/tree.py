@@ -37,10 +37,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain
 
-from fusebundle.entry import Entry, directory
+from fusebundle.bundle.entry import Entry, directory
 from fusebundle.tar import colfile
 from fusebundle.tar.index import Blob, TarIndex
-from fusebundle.view import (
+from fusebundle.bundle.view import (
     DOCKER_CREATED,
     EXCLUDE,
     REPLACE,

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from imagetools import T0, T1, RootfsBuilder
 
-from fusebundle.images import flatten as L
-from fusebundle import view
+from fusebundle.bundle import view
 from fusebundle.errors import CorruptTar, UserError
+from fusebundle.images import flatten as L
 from fusebundle.images.flatten import MergedIndex, merge
 from fusebundle.tar.index import TarIndex
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fusebundle.config.load import Config, FileSpec, load_config
 from fusebundle.config.metadata import moby_json
-from fusebundle.view import file_entries
+from fusebundle.bundle.view import file_entries
 
 
 def _load(tmp_path: Path, *docs: str) -> Config:

@@ -753,8 +753,8 @@ def _bytes_of(entry=None, content=None) -> bytes:
                          ids=["columns", "entries", "saved-arrays"])
 def test_tree_renders_what_the_view_lists(tmp_path, fast, saved, monkeypatch):
     from fusebundle import tree as treemod
-    from fusebundle.entry import directory, regular
-    from fusebundle.view import INIT_RESOLV_LINK, Graft, View
+    from fusebundle.bundle.entry import directory, regular
+    from fusebundle.bundle.view import INIT_RESOLV_LINK, Graft, View
 
     if not fast:  # attributes from entry() where the index's columns are not used
         monkeypatch.setattr(treemod, "_numeric_columns", lambda idx: None)

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from fusebundle.entry import Entry, directory, regular
+from fusebundle.bundle.entry import Entry, directory, regular
 from fusebundle.errors import CorruptTar
 from fusebundle.pack import _pax_record, header, write_entries
 

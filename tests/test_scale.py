@@ -151,7 +151,7 @@ _BUILD = r"""
 import os, sys
 from fusebundle.tar.index import open_index
 from fusebundle.tree import GraftTree
-from fusebundle.view import Graft
+from fusebundle.bundle.view import Graft
 
 class Image:
     def __init__(self, index):
@@ -220,7 +220,7 @@ def _listing(tree) -> list:
 def test_damaged_tree_arrays_are_detected_in_one_line_and_built_again(big_tar, tmp_path,
                                                                        damage, caplog):
     from fusebundle import tree as treemod
-    from fusebundle.view import Graft
+    from fusebundle.bundle.view import Graft
 
     tar = tmp_path / "t.tar"
     os.link(big_tar, tar)

@@ -369,7 +369,7 @@ def test_a_label_without_adds_is_read_as_in_2017():
 
 
 def test_metadata_json_writes_what_metadata_yaml_writes(tmp_path):
-    from fusebundle.view import file_entries
+    from fusebundle.bundle.view import file_entries
 
     def content(kind: str) -> bytes:
         cfg = _config(tmp_path, f"init: [a]\nfiles:\n  - path: etc/m\n    metadata: {kind}\n")

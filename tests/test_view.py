@@ -11,7 +11,7 @@ from fusebundle.config.load import Config
 from fusebundle.config.load import Entry as Container
 from fusebundle.images.exported import ImageInfo
 from fusebundle.tar.index import TarIndex
-from fusebundle.view import HOSTS, NO_RESOLV, PINNED_MTIME_NS, Graft, build_view, graft_entries
+from fusebundle.bundle.view import HOSTS, NO_RESOLV, PINNED_MTIME_NS, Graft, build_view, graft_entries
 
 
 @dataclass

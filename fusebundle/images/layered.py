@@ -123,8 +123,8 @@ class LayeredImage:
             return self._index
 
     def _load(self) -> TarIndex:
-        from fusebundle.images import flatten as layermod
         from fusebundle import testhook
+        from fusebundle.images import flatten as layermod
 
         paths = [self.store.layer_path(layer.diff_id) for layer in self.image.layers]
         self.store.hold(layer.diff_id for layer in self.image.layers)

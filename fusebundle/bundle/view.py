@@ -17,7 +17,7 @@ from fusebundle.config import runtime as oci
 from fusebundle.config.load import Config, FileSpec, Volume
 from fusebundle.config.load import Entry as ContainerEntry
 from fusebundle.config.schema import LABEL_KEY
-from fusebundle.entry import Entry, directory, regular
+from fusebundle.bundle.entry import Entry, directory, regular
 from fusebundle.errors import UserError
 from fusebundle.images.exported import ImageInfo
 from fusebundle.tar.index import IndexEntry, TarIndex
