@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from imagetools import T1, RootfsBuilder, busybox_bytes, import_image
 
-from fusebundle.mountcmd import _alive, _server_pid, find_mount
+from fusebundle.cli.mount import _alive, _server_pid, find_mount
 
 REPO = Path(__file__).resolve().parent.parent
 CONFORMANCE = Path("/work/shared/conformance")
@@ -752,9 +752,9 @@ def _bytes_of(entry=None, content=None) -> bytes:
 @pytest.mark.parametrize("fast,saved", [(True, False), (False, False), (True, True)],
                          ids=["columns", "entries", "saved-arrays"])
 def test_tree_renders_what_the_view_lists(tmp_path, fast, saved, monkeypatch):
-    from fusebundle import tree as treemod
     from fusebundle.bundle.entry import directory, regular
     from fusebundle.bundle.view import INIT_RESOLV_LINK, Graft, View
+    from fusebundle.fs import tree as treemod
 
     if not fast:  # attributes from entry() where the index's columns are not used
         monkeypatch.setattr(treemod, "_numeric_columns", lambda idx: None)

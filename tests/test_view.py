@@ -7,11 +7,18 @@ from pathlib import Path
 
 from imagetools import RootfsBuilder
 
+from fusebundle.bundle.view import (
+    HOSTS,
+    NO_RESOLV,
+    PINNED_MTIME_NS,
+    Graft,
+    build_view,
+    graft_entries,
+)
 from fusebundle.config.load import Config
 from fusebundle.config.load import Entry as Container
 from fusebundle.images.exported import ImageInfo
 from fusebundle.tar.index import TarIndex
-from fusebundle.bundle.view import HOSTS, NO_RESOLV, PINNED_MTIME_NS, Graft, build_view, graft_entries
 
 
 @dataclass

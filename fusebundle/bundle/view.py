@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fusebundle.bundle.entry import Entry, directory, regular
 from fusebundle.config import metadata, schema
 from fusebundle.config import runtime as oci
 from fusebundle.config.load import Config, FileSpec, Volume
 from fusebundle.config.load import Entry as ContainerEntry
 from fusebundle.config.schema import LABEL_KEY
-from fusebundle.bundle.entry import Entry, directory, regular
 from fusebundle.errors import UserError
 from fusebundle.images.exported import ImageInfo
 from fusebundle.tar.index import IndexEntry, TarIndex

@@ -84,7 +84,8 @@ def parser() -> argparse.ArgumentParser:
     _common(pl)
     pl.set_defaults(run=cmd_pull)
 
-    from fusebundle import cachecmd, mountcmd
+    from fusebundle.cli import cache as cachecmd
+    from fusebundle.cli import mount as mountcmd
 
     mountcmd.add_parsers(sub, _common)
     cachecmd.add_parsers(sub)
@@ -144,9 +145,9 @@ def load_session(args: argparse.Namespace) -> tuple[Any, _Session]:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     """fusebundle pack: build the view and write it as one tar."""
+    from fusebundle.bundle.view import build_view
     from fusebundle.pack import pack
     from fusebundle.progress import Bar
-    from fusebundle.bundle.view import build_view
 
     cfg, session = load_session(args)
     view = build_view(cfg, session.resolve, share_by_id=args.share_by_id,
@@ -207,8 +208,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """fusebundle config: show how each container's config.json comes about."""
-    from fusebundle.config import runtime as oci
     from fusebundle.bundle.view import image_label
+    from fusebundle.config import runtime as oci
 
     cfg, session = load_session(args)
     id_map = cfg.id_map()

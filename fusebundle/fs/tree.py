@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from itertools import accumulate, chain
 
 from fusebundle.bundle.entry import Entry, directory
-from fusebundle.tar import colfile
-from fusebundle.tar.index import Blob, TarIndex
 from fusebundle.bundle.view import (
     DOCKER_CREATED,
     EXCLUDE,
@@ -50,6 +48,8 @@ from fusebundle.bundle.view import (
     View,
     filter_entry,
 )
+from fusebundle.tar import colfile
+from fusebundle.tar.index import Blob, TarIndex
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import trio
 
 from fusebundle import testhook
 from fusebundle.errors import UserError
-from fusebundle.mapped import Mapping
+from fusebundle.fs.mapped import Mapping
+from fusebundle.fs.tree import Content, Stat, Tree
 from fusebundle.tar.index import read_sparse
-from fusebundle.tree import Content, Stat, Tree
 
 log = logging.getLogger(__name__)
 

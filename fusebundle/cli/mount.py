@@ -318,11 +318,11 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     import pyfuse3
     import trio
 
-    from fusebundle.cli import load_session
-    from fusebundle.fs import Operations
-    from fusebundle.images.exported import default_cache_dir
-    from fusebundle.tree import Tree
     from fusebundle.bundle.view import build_view
+    from fusebundle.cli.commands import load_session
+    from fusebundle.fs.ops import Operations
+    from fusebundle.fs.tree import Tree
+    from fusebundle.images.exported import default_cache_dir
 
     mnt = _check_mountpoint(args.mountpoint)
     options = _options(args)
@@ -409,7 +409,7 @@ async def _main(mnt: str, ready: Callable[[], None]) -> None:
     import pyfuse3
     import trio
 
-    from fusebundle import loop
+    from fusebundle.fs import loop
 
     async with trio.open_nursery() as nursery:
 

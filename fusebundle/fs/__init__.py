@@ -1,0 +1,7 @@
+"""The view served through FUSE (read-only). Importing this package imports pyfuse3 and trio:
+only the mount's server does, at one place (`cli.mount`).
+
+`tree`: the view as inodes (graft subtrees as arrays over the index); `ops`: the FUSE calls and
+the reader behind them; `mapped`: a read-only mapping of a source tar that large reads reply
+from; `loop`: the server's wait for requests (poll /dev/fuse, park in trio when idle).
+"""
