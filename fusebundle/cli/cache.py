@@ -12,6 +12,9 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from fusebundle.images.exported import default_cache_dir
+from fusebundle.store import Store
+
 SHORT = 12  # hex digits of a digest in a table, as docker shows image IDs
 
 
@@ -72,10 +75,7 @@ def table(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
     return out
 
 
-def _store(args: argparse.Namespace) -> Any:
-    from fusebundle.images.exported import default_cache_dir
-    from fusebundle.store import Store
-
+def _store(args: argparse.Namespace) -> Store:
     return Store(args.cache_dir or default_cache_dir())
 
 

@@ -10,8 +10,16 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from fusebundle import __version__
+from fusebundle.bundle.view import build_view, image_label
+from fusebundle.cli import cache as cachecmd
+from fusebundle.cli import mount as mountcmd
+from fusebundle.cli.session import load_session
+from fusebundle.config import runtime as oci
 from fusebundle.errors import UserError
+from fusebundle.images.layered import LayeredImage
 from fusebundle.images.resolver import SOURCES_HELP
+from fusebundle.pack import pack
+from fusebundle.progress import Bar
 
 EXIT_INTERRUPTED = 130
 
@@ -84,71 +92,13 @@ def parser() -> argparse.ArgumentParser:
     _common(pl)
     pl.set_defaults(run=cmd_pull)
 
-    from fusebundle.cli import cache as cachecmd
-    from fusebundle.cli import mount as mountcmd
-
     mountcmd.add_parsers(sub, _common)
     cachecmd.add_parsers(sub)
     return p
 
 
-class _Session:
-    """The sources, the store and the images of one command, created on demand."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        from fusebundle.images.exported import default_cache_dir
-        from fusebundle.images.resolver import Resolver
-        from fusebundle.progress import enabled
-        from fusebundle.sources.base import Platform
-
-        self.args = args
-        self.show_progress = enabled(args.quiet)
-        platform = Platform.parse(args.platform) if args.platform else Platform.host()
-        self.resolver = Resolver(args.sources, args.cache_dir or default_cache_dir(),
-                                 docker_host=args.docker_host, pull=args.pull,
-                                 platform=platform, insecure=tuple(args.insecure_registry or ()),
-                                 show_progress=self.show_progress,
-                                 verify_layers=args.command == "pack")
-        self.cache = self.resolver.cache
-        self._images: dict[str, Any] = {}
-
-    def resolve(self, ref: str) -> Any:
-        """The handle of an image (resolved once per reference)."""
-        if ref not in self._images:
-            self._images[ref] = self.resolver.resolve(ref)
-        return self._images[ref]
-
-    def resolve_layout(self, ref: str, platforms: list[str]) -> Any:
-        """A handle on the image's OCI layout as a tar (today's `volumes: format: oci`)."""
-        from fusebundle.images.layered import LayeredImage
-        from fusebundle.images.layout import LayoutImage
-
-        handle = self.resolve(ref)
-        if isinstance(handle, LayeredImage):  # its layers, as the engine would save them
-            return LayoutImage(handle.info, handle.save, self.cache.root, platforms)
-        engine = self.resolver.engine()
-        return LayoutImage(handle.info,
-                           lambda image_id: engine.api.get_image(image_id, 1 << 20),
-                           self.cache.root, platforms)
-
-
-def load_session(args: argparse.Namespace) -> tuple[Any, _Session]:
-    """The merged config of the command's files, and a session to resolve its images."""
-    from fusebundle.config.load import load_config
-
-    cfg = load_config(args.configs)
-    if cfg.trust and not args.quiet:
-        print("fusebundle: warning: trust: is not supported (no notary); images are used "
-              "as the engine has them", file=sys.stderr)
-    return cfg, _Session(args)
-
-
 def cmd_pack(args: argparse.Namespace) -> int:
     """fusebundle pack: build the view and write it as one tar."""
-    from fusebundle.bundle.view import build_view
-    from fusebundle.pack import pack
-    from fusebundle.progress import Bar
-
     cfg, session = load_session(args)
     view = build_view(cfg, session.resolve, share_by_id=args.share_by_id,
                       resolve_layout=session.resolve_layout)
@@ -177,8 +127,6 @@ def config_images(cfg: Any) -> list[str]:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     """fusebundle pull: make every image of the configs present in the store (or cache)."""
-    from fusebundle.images.layered import LayeredImage
-
     cfg, session = load_session(args)
     fetched = present = exported = 0
     size = 0
@@ -208,9 +156,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """fusebundle config: show how each container's config.json comes about."""
-    from fusebundle.bundle.view import image_label
-    from fusebundle.config import runtime as oci
-
     cfg, session = load_session(args)
     id_map = cfg.id_map()
     found = False

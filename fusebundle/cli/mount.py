@@ -34,16 +34,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fusebundle.bundle.view import build_view
+from fusebundle.cli.session import load_session
 from fusebundle.errors import UserError
+from fusebundle.images.exported import default_cache_dir
 
 log = logging.getLogger("fusebundle")
 
 FSNAME = "fusebundle"
 FSTYPE = "fuse." + FSNAME
 UMOUNT_TIMEOUT = 30.0
-# libfuse 3 reads up to 1 MiB per request.  Deeper windows (4 and 16 MiB) were measured slower
-# for cat: the reader's own page-cache work grows and no READ is saved.
-READ_AHEAD_KB = 1024
 DIRECT_IO_OPT = "direct_io_min="
 
 
@@ -315,14 +315,8 @@ def _wait_ready(pid: int, r: int) -> int:
 
 def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     """Load, mount and serve until unmounted or signalled; `ready_fd` gets a byte once up."""
-    import pyfuse3
-    import trio
-
-    from fusebundle.bundle.view import build_view
-    from fusebundle.cli.commands import load_session
-    from fusebundle.fs.ops import Operations
-    from fusebundle.fs.tree import Tree
-    from fusebundle.images.exported import default_cache_dir
+    # The one place pyfuse3 and trio are imported: no other command pays for them.
+    from fusebundle import fs
 
     mnt = _check_mountpoint(args.mountpoint)
     options = _options(args)
@@ -336,14 +330,10 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     cfg, session = load_session(args)
     view = build_view(cfg, session.resolve, share_by_id=args.share_by_id,
                       resolve_layout=session.resolve_layout)
-    tree = Tree(view, expand=args.expand)
-    ops = Operations(tree, listing=getattr(args, "listing", None),
+    tree = fs.Tree(view, expand=args.expand)
+    ops = fs.Operations(tree, listing=getattr(args, "listing", None),
                      direct_io_min=direct_io_min)
-    try:
-        pyfuse3.init(ops, mnt, options)
-    except RuntimeError:
-        # libfuse has said why on stderr.
-        raise UserError(f"{args.mountpoint}: mount failed") from None
+    fs.serve.init(ops, mnt, options, args.mountpoint)
     pid_file = _write_pid_file(mnt)
     if ready_fd is not None:
         os.chdir("/")
@@ -360,9 +350,9 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
         os.close(ready_fd)
 
     try:
-        trio.run(_main, mnt, ready)
+        fs.serve.run(mnt, ready)
     finally:
-        pyfuse3.close(unmount=True)
+        fs.serve.close()
         ops.close_sources()
         if pid_file is not None:
             with contextlib.suppress(OSError):
@@ -393,54 +383,6 @@ def _detach(log_fd: int) -> None:
     os.close(null)
     if log_fd >= 0:
         os.close(log_fd)
-
-
-def _read_ahead(dev: int) -> None:
-    """Let the kernel read ahead up to the largest FUSE read (the default is 128 KiB)."""
-    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
-    try:
-        with open(path, "w") as f:
-            f.write(f"{READ_AHEAD_KB}\n")
-    except OSError as e:
-        log.debug("cannot set %s: %s", path, e.strerror)
-
-
-async def _main(mnt: str, ready: Callable[[], None]) -> None:
-    import pyfuse3
-    import trio
-
-    from fusebundle.fs import loop
-
-    async with trio.open_nursery() as nursery:
-
-        async def fuse_main() -> None:
-            try:
-                await loop.main(pyfuse3)
-            finally:
-                nursery.cancel_scope.cancel()
-
-        async def signals() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM,
-                                           signal.SIGHUP) as received:
-                async for signum in received:
-                    log.info("%s: unmounting", signal.Signals(signum).name)
-                    loop.terminate(pyfuse3)
-                    return
-
-        async def announce() -> None:
-            # The kernel answers this stat through our own loop: proof that the mount serves.
-            try:
-                st = await trio.to_thread.run_sync(os.stat, mnt)
-            except OSError as e:
-                log.error("the mount does not answer: %s", e.strerror)
-                loop.terminate(pyfuse3)
-                return
-            _read_ahead(st.st_dev)
-            ready()
-
-        nursery.start_soon(fuse_main)
-        nursery.start_soon(signals)
-        nursery.start_soon(announce)
 
 
 # ------------------------------------------------------------------------------ umount

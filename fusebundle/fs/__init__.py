@@ -1,7 +1,14 @@
 """The view served through FUSE (read-only). Importing this package imports pyfuse3 and trio:
-only the mount's server does, at one place (`cli.mount`).
+only the mount's server does, at one place (`cli.mount.serve`).
 
 `tree`: the view as inodes (graft subtrees as arrays over the index); `ops`: the FUSE calls and
 the reader behind them; `mapped`: a read-only mapping of a source tar that large reads reply
-from; `loop`: the server's wait for requests (poll /dev/fuse, park in trio when idle).
+from; `loop`: the server's wait for requests (poll /dev/fuse, park in trio when idle); `serve`:
+init, the trio main (requests, signals, the ready announcement), close.
 """
+
+from fusebundle.fs import serve
+from fusebundle.fs.ops import Operations
+from fusebundle.fs.tree import Tree
+
+__all__ = ["Operations", "Tree", "serve"]
