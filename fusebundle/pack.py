@@ -11,15 +11,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from fusebundle import testhook
 from fusebundle.bundle.entry import Entry
+from fusebundle.bundle.view import View
 from fusebundle.errors import CorruptTar, UserError
 from fusebundle.tar.index import read_sparse
-
-if TYPE_CHECKING:
-    from fusebundle.bundle.view import View
 
 BLOCK = 512
 TYPEFLAGS = {"f": b"0", "h": b"1", "l": b"2", "c": b"3", "b": b"4", "d": b"5", "p": b"6"}

@@ -692,7 +692,7 @@ class _Image:
     """An image handle over a tar on disk (what images.LazyImage is for an engine)."""
 
     def __init__(self, tar: Path) -> None:
-        from fusebundle.images.exported import ImageInfo
+        from fusebundle.sources.base import ImageInfo
 
         self.tar = tar
         self.info = ImageInfo(ref=tar.name, id="sha256:" + tar.stem, config={})

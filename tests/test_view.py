@@ -17,7 +17,7 @@ from fusebundle.bundle.view import (
 )
 from fusebundle.config.load import Config
 from fusebundle.config.load import Entry as Container
-from fusebundle.images.exported import ImageInfo
+from fusebundle.sources.base import ImageInfo
 from fusebundle.tar.index import TarIndex
 
 

@@ -19,7 +19,7 @@ from fusebundle.config.load import Config, FileSpec, Volume
 from fusebundle.config.load import Entry as ContainerEntry
 from fusebundle.config.schema import LABEL_KEY
 from fusebundle.errors import UserError
-from fusebundle.images.exported import ImageInfo
+from fusebundle.sources.base import ImageInfo
 from fusebundle.tar.index import IndexEntry, TarIndex
 
 # Names docker export always adds that make no sense in a bundle (matched at the image root).

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from fusebundle.config.load import Volume
 from fusebundle.config.schema import (
     ALL_CAPS,
     BIND_ADD_DEFAULTS,
@@ -25,9 +26,6 @@ from fusebundle.config.schema import (
     resolve_mount,
 )
 from fusebundle.errors import ConfigError
-
-if TYPE_CHECKING:
-    from fusebundle.config.load import Volume
 
 OCI_VERSION = "1.0.0"
 

@@ -12,37 +12,13 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from fusebundle.errors import CorruptTar, UserError
+from fusebundle.progress import Bar
+from fusebundle.sources.base import ImageInfo, ImageSource, Progress
 from fusebundle.tar.index import TarIndex, open_index
-
-Progress = Callable[[int], None]
-
-
-@dataclass
-class ImageInfo:
-    """What the engine says of one image reference: its ID and its config."""
-
-    ref: str
-    id: str
-    config: dict[str, Any]
-    size: int = 0
-
-    @property
-    def hex(self) -> str:
-        """The ID without its algorithm prefix, safe as a file name."""
-        return self.id.split(":", 1)[-1]
-
-
-class ImageSource(Protocol):
-    """Somewhere images come from: a Docker engine today, archives later."""
-
-    def inspect(self, ref: str, pull: bool) -> ImageInfo: ...
-
-    def export(self, info: ImageInfo, out: Any, progress: Progress | None) -> None: ...
 
 
 def default_cache_dir() -> str:
@@ -184,8 +160,6 @@ class LazyImage:
 
     def index(self) -> TarIndex:
         """The export's index; exports and scans the image the first time."""
-        from fusebundle.progress import Bar
-
         with Bar(f"export {self.info.ref}", self.info.size, self.show_progress) as bar:
             return self.cache.index(self.info, self.source, bar.to)
 

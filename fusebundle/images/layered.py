@@ -13,18 +13,22 @@ import io
 import json
 import logging
 import os
+import tarfile
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from fusebundle.images.exported import Cache, ImageInfo
-from fusebundle.sources.base import LayerRef, LayerSource, ResolvedImage
+from fusebundle import testhook
+from fusebundle.errors import UserError
+from fusebundle.images import flatten as layermod
+from fusebundle.images.exported import Cache
+from fusebundle.progress import Bar
+from fusebundle.sources.base import ImageInfo, LayerRef, LayerSource, ResolvedImage
+from fusebundle.store import CorruptLayer, Store, locks
 from fusebundle.tar.index import TarIndex
-
-if TYPE_CHECKING:
-    from fusebundle.store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,8 +80,6 @@ class LayeredImage:
 
     def fetch(self) -> Fetched:
         """Make every layer present in the store (up to 4 at once); count what it cost."""
-        from fusebundle.progress import Bar
-
         layers = self.image.layers
         self.store.hold(layer.diff_id for layer in layers)
         missing = [layer for layer in layers if not self.store.has_layer(layer.diff_id)]
@@ -123,9 +125,6 @@ class LayeredImage:
             return self._index
 
     def _load(self) -> TarIndex:
-        from fusebundle import testhook
-        from fusebundle.images import flatten as layermod
-
         paths = [self.store.layer_path(layer.diff_id) for layer in self.image.layers]
         self.store.hold(layer.diff_id for layer in self.image.layers)
         if self.verify:
@@ -147,8 +146,6 @@ class LayeredImage:
 
     def _save(self, merged: Any) -> None:
         """Save the merged index; under its lock, its temporary files are a dead process's."""
-        from fusebundle.store import locks
-
         directory = os.path.dirname(self.merged_path)
         try:
             lock = os.path.join(self.store.root, "locks",
@@ -166,9 +163,6 @@ class LayeredImage:
     def _checked(self, layer: LayerRef, use: Callable[[str], T]) -> T:
         """use(diff_id); if the stored layer turns out corrupt (the store then drops it), fetch
         it again from the source and use that, or say that no source was given."""
-        from fusebundle.errors import UserError
-        from fusebundle.store import CorruptLayer
-
         try:
             return use(layer.diff_id)
         except CorruptLayer as e:
@@ -188,9 +182,6 @@ class LayeredImage:
     def save(self, _image_id: str = "") -> Iterator[bytes]:
         """The image as `docker save` (20.10) writes it, in chunks: its config, then each
         stored layer as `<n>/layer.tar`, then manifest.json (for volumes: format: oci)."""
-        import tarfile
-        import tempfile
-
         self.fetch()
         hexdigest = self.image.config_digest.split(":", 1)[1]
         with tempfile.TemporaryFile(dir=self.store.root) as tmp:
@@ -211,8 +202,6 @@ class LayeredImage:
 
 
 def _missing_in_store(image: ResolvedImage, layer: LayerRef) -> Exception:
-    from fusebundle.errors import UserError
-
     return UserError(f"image {image.ref}: layer {layer.diff_id} is no longer in the store and "
                      f"no source was given to fetch it again (use --from)")
 

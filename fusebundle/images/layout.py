@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from fusebundle.errors import CorruptTar, EngineError, UserError
-from fusebundle.images.exported import ImageInfo, cache_subdir
+from fusebundle.images.exported import cache_subdir
+from fusebundle.sources.base import ImageInfo
 from fusebundle.tar.index import TarIndex, open_index
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"

@@ -15,8 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fusebundle.errors import ConfigError, EngineError, UserError
-from fusebundle.images.exported import Cache
-from fusebundle.sources.base import Platform
+from fusebundle.images.exported import Cache, LazyImage
+from fusebundle.images.layered import LayeredImage
+from fusebundle.sources import TRANSPORTS, engineapi
+from fusebundle.sources.base import LayerSource, Platform
+from fusebundle.sources.engine import DockerEngine
+from fusebundle.sources.reference import parse
+from fusebundle.store import Store
 
 SOURCES_HELP = ("where images come from, tried in the order given (repeatable): store, docker, "
                 "registry, docker-archive:FILE, oci:DIR; default: the store, then the Docker "
@@ -27,9 +32,11 @@ DEFAULT_ORDER = ("store", "docker", "registry")
 def parse_spec(spec: str) -> tuple[str, str]:
     """(kind, argument) of one `--from` value; ConfigError for anything else."""
     kind, sep, arg = spec.partition(":")
-    if kind in ("store", "docker", "registry") and not sep:
+    transport = TRANSPORTS.get(kind)
+    takes_path = transport is not None and transport.takes_path
+    if (kind in ("store", "docker") or transport is not None) and not takes_path and not sep:
         return kind, ""
-    if kind in ("docker-archive", "oci") and sep and arg:
+    if takes_path and sep and arg:
         return kind, os.path.abspath(os.path.expanduser(arg))
     raise ConfigError(f"--from {spec}: expected store, docker, registry, docker-archive:FILE "
                       f"or oci:DIR")
@@ -52,7 +59,7 @@ class Resolver:
     insecure: tuple[str, ...] = ()
     show_progress: bool = False
     verify_layers: bool = False  # hash stored layers again before use (for pack)
-    _sources: dict[str, Any] = field(default_factory=dict)
+    _sources: dict[str, LayerSource] = field(default_factory=dict)
     _store: Any = None
     _cache: Cache | None = None
     _engine: Any = None
@@ -73,43 +80,25 @@ class Resolver:
     def store(self) -> Any:
         """The layer store, opened on first need."""
         if self._store is None:
-            from fusebundle.store import Store
-
             self._store = Store(self.cache_root)
         return self._store
 
     def engine(self) -> Any:
         """The Docker engine source (connects lazily)."""
         if self._engine is None:
-            from fusebundle.sources.engine import DockerEngine
-
             self._engine = DockerEngine(self.docker_host)
         return self._engine
 
-    def _layer_source(self, kind: str, arg: str) -> Any:
+    def _layer_source(self, kind: str, arg: str) -> LayerSource:
         name = source_name(kind, arg)
         src = self._sources.get(name)
         if src is None:
-            if kind == "oci":
-                from fusebundle.sources.oci import OCILayout
-
-                src = OCILayout(arg)
-            elif kind == "docker-archive":
-                from fusebundle.sources.archive import DockerArchive
-
-                src = DockerArchive(arg)
-            else:
-                from fusebundle.sources.registry import Registry
-
-                src = Registry(insecure=self.insecure)
-            self._sources[name] = src
+            src = self._sources[name] = TRANSPORTS[kind].open(arg, self.insecure)
         return src
 
     # -------------------------------------------------------------------------- resolving
     def resolve(self, ref: str) -> Any:
         """A handle for `ref` from the first source that has it; one line if none has."""
-        from fusebundle.sources.reference import parse
-
         name = parse(ref).name
         if not self.pull:
             hit = self._from_store(ref, name)
@@ -132,8 +121,6 @@ class Resolver:
         raise UserError(f"image {ref}: not found: {'; '.join(tried)}")
 
     def _from_store(self, ref: str, name: str) -> Any:
-        from fusebundle.images.layered import LayeredImage
-
         if not any(kind != "docker" for kind, _ in self.order):
             return None  # only the engine was asked for: its exports are its own cache
         image = self.store.find_image(name, str(self.platform))
@@ -151,7 +138,7 @@ class Resolver:
         def fallback() -> Any:
             # The first named layer source, to fetch a stored layer found corrupt again.
             for kind, arg in self.order:
-                if kind in ("oci", "docker-archive", "registry"):
+                if kind in TRANSPORTS:
                     return self._layer_source(kind, arg)
             return None
 
@@ -159,13 +146,9 @@ class Resolver:
                             self.verify_layers, fallback)
 
     def _from_engine(self, ref: str) -> Any:
-        from fusebundle.images.exported import LazyImage
-
         if not self.specs:
             # In the default order the engine is asked only if one answers: no engine is
             # not an error when another source has the image.
-            from fusebundle.sources import engineapi
-
             sock = engineapi.socket_path(self.docker_host)
             if sock is not None and not os.path.exists(sock):
                 raise EngineError(f"no Docker engine at unix://{sock}")
@@ -173,8 +156,6 @@ class Resolver:
         return LazyImage(info, self.cache, self.engine(), self.show_progress)
 
     def _from_layers(self, ref: str, kind: str, arg: str) -> Any:
-        from fusebundle.images.layered import LayeredImage
-
         src = self._layer_source(kind, arg)
         image = src.resolve(ref, self.platform)
         return LayeredImage(image, src, self.store, self.cache, self.show_progress,

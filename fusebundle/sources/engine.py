@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from fusebundle.errors import EngineError
-from fusebundle.images.exported import ImageInfo, Progress
 from fusebundle.sources import engineapi
+from fusebundle.sources.base import ImageInfo, Progress
 
 _TRANSPORT = {"FileNotFoundError": "no such socket", "ConnectionRefusedError": "connection refused",
               "Connection refused": "connection refused",
@@ -37,14 +37,18 @@ class DockerEngine:
         self._host = host
         self._socket = engineapi.socket_path(host)
         self._docker: Any = None
+        self._requests: Any = None
         self._client: Any = None
 
     def _sdk(self) -> Any:
         """The docker module, once a client is connected; EngineError if it cannot be."""
         if self._client is None:
-            import docker  # imported on first need: a warm mount never needs it
+            # The SDK (and requests, its transport) is imported here on first need and nowhere
+            # else: a warm mount never needs it.
+            import docker
+            import requests
 
-            self._docker = docker
+            self._docker, self._requests = docker, requests
             where = self._host or os.environ.get("DOCKER_HOST") or "the default socket"
             try:
                 if self._host:
@@ -64,12 +68,10 @@ class DockerEngine:
     @contextlib.contextmanager
     def _reported(self, what: str) -> Iterator[None]:
         """Turn whatever the SDK raises into one EngineError line; our own errors pass."""
-        import requests
-
         docker = self._sdk()
         try:
             yield
-        except (docker.errors.DockerException, requests.RequestException) as e:
+        except (docker.errors.DockerException, self._requests.RequestException) as e:
             # Checked first: both are OSError subclasses, but the engine's, not ours.
             raise _engine_error(what, e) from None
         except (EngineError, OSError):
@@ -92,9 +94,7 @@ class DockerEngine:
                 return None
 
     def _pull(self, ref: str) -> None:
-        from docker.utils import parse_repository_tag
-
-        repo, tag = parse_repository_tag(ref)
+        repo, tag = self._sdk().utils.parse_repository_tag(ref)
         with self._reported(f"image {ref}: not found and pull failed"):
             for msg in self.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
                 if isinstance(msg, dict) and msg.get("error"):

@@ -19,6 +19,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from fusebundle.errors import UserError
@@ -37,6 +38,14 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = ["Registry", "RegistryError", "Denied", "registry_host"]
+
+
+def _httpx() -> ModuleType:
+    """httpx, imported here on first need and nowhere else: only commands that reach a
+    registry pay for importing it."""
+    import httpx
+
+    return httpx
 
 MANIFEST_ACCEPT = ", ".join((manifest.OCI_INDEX, manifest.OCI_MANIFEST,
                              manifest.DOCKER_MANIFEST_LIST, manifest.DOCKER_MANIFEST))
@@ -118,7 +127,7 @@ class Registry:
         with self._lock:
             client = self._clients.get(verify)
             if client is None:
-                import httpx  # only commands that reach a registry pay for importing it
+                httpx = _httpx()
 
                 read, connect = self._timeout
                 # trust_env off: no .netrc credentials slipped in, no proxy from the environment.
@@ -168,7 +177,7 @@ class Registry:
               headers: dict[str, str] | None = None, stream: bool = False,
               challenge: bool = True, base: str = "", tries: int = 0) -> httpx.Response:
         """GET host/path with auth and bounded retries; the response of any final status."""
-        import httpx
+        httpx = _httpx()
 
         client = self._client_for(host)
         url = (base or self._bases[host]) + path
@@ -268,7 +277,7 @@ class Registry:
                 if len(data) > manifest.MAX_METADATA:
                     raise RegistryError(f"{where}: bigger than {manifest.MAX_METADATA} bytes")
         except Exception as e:
-            import httpx
+            httpx = _httpx()
 
             if isinstance(e, httpx.TransportError):
                 raise RegistryError(f"{where}: connection lost ({self._reason(e)})") from None
@@ -421,7 +430,7 @@ class _BlobStream(io.RawIOBase):
 
     def _next_chunk(self) -> bytes | None:
         """The next bytes of the blob, reconnecting as needed; None at its end."""
-        import httpx
+        httpx = _httpx()
 
         while True:
             if self._chunks is None:
