@@ -5,3 +5,10 @@
 export-like merged index (whiteouts, walk order, link election); `exported`: the engine
 exports' cache; `layout`: an image as an OCI layout tar, for volumes with `format: oci`.
 """
+
+from fusebundle.images.exported import Cache, LazyImage, default_cache_dir
+from fusebundle.images.layered import LayeredImage
+from fusebundle.images.layout import LayoutImage
+from fusebundle.images.resolver import Resolver
+
+__all__ = ["Cache", "LayeredImage", "LayoutImage", "LazyImage", "Resolver", "default_cache_dir"]

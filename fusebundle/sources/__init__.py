@@ -13,7 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fusebundle.sources.archive import DockerArchive
-from fusebundle.sources.base import LayerSource
+from fusebundle.sources.base import (
+    ImageInfo,
+    LayerRef,
+    LayerSource,
+    NotFound,
+    Platform,
+    ResolvedImage,
+)
 from fusebundle.sources.oci import OCILayout
 from fusebundle.sources.registry import Registry
 
@@ -32,4 +39,5 @@ TRANSPORTS: dict[str, Transport] = {
     "registry": Transport(False, lambda _path, insecure: Registry(insecure=insecure)),
 }
 
-__all__ = ["TRANSPORTS", "Transport"]
+__all__ = ["TRANSPORTS", "ImageInfo", "LayerRef", "LayerSource", "NotFound", "Platform",
+           "ResolvedImage", "Transport"]
