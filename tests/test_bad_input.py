@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from imagetools import RootfsBuilder, import_image
+from support.imagetools import RootfsBuilder, import_image
 
 
 @pytest.fixture(scope="module")

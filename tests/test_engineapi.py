@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from imagetools import RootfsBuilder, import_image
+from support.imagetools import RootfsBuilder, import_image
 
 from fusebundle.sources import engineapi
 

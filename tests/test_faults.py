@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faulttools import (
+from support.faulttools import (
     BIG,
     Images,
     StallingRegistry,

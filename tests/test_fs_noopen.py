@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from imagetools import RootfsBuilder, write_oci_layout
+from support.imagetools import RootfsBuilder, write_oci_layout
 from test_mount import _resident_pages
 
 from fusebundle.fs import ops as fs

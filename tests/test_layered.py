@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DOCKER_ENV_NOISE, REPO, LocalRegistry, PrivateDockerd
-from imagetools import import_image
+from support.imagetools import import_image
 from test_mount import (
     CONFORMANCE,
     HAVE_FUSE,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagetools import T0, T1, RootfsBuilder
+from support.imagetools import T0, T1, RootfsBuilder
 
 from fusebundle.bundle import view
 from fusebundle.errors import CorruptTar, UserError
@@ -565,7 +565,7 @@ RUN ln /data/keep.txt /data/keep-link && mkdir /hl && echo a > /hl/z && ln /hl/z
 
 
 def base_rootfs() -> RootfsBuilder:
-    from imagetools import busybox_bytes
+    from support.imagetools import busybox_bytes
     r = RootfsBuilder()
     r.dir("bin").file("bin/busybox", busybox_bytes(), mode=0o755)
     for applet in APPLETS:
@@ -639,7 +639,7 @@ def export_of(api: Any, ref: str, path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def built(dockerd: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from imagetools import import_image
+    from support.imagetools import import_image
     api = dockerd.client.api
     tmp = tmp_path_factory.mktemp("layers-docker")
     base = base_rootfs().write(tmp / "base.tar")

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from imagetools import T1, RootfsBuilder, busybox_bytes, import_image
+from support.imagetools import T1, RootfsBuilder, busybox_bytes, import_image
 
 from fusebundle.cli.mount import _alive, _server_pid, find_mount
 

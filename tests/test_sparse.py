@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faulttools import cli
+from support.faulttools import cli
 from test_layers import docker_archive
 from test_mount import HAVE_FUSE, Mounts
 

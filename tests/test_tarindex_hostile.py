@@ -16,9 +16,9 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-import tarcorpus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import tarcorpus
 from test_tarindex import (
     END,
     b256,

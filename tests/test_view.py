@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagetools import RootfsBuilder
+from support.imagetools import RootfsBuilder
 
 from fusebundle.bundle.view import (
     HOSTS,

@@ -13,12 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fakeregistry import layer_tar
-from imagetools import write_oci_layout
-
 from fusebundle.store import locks
+from support.fakeregistry import layer_tar
+from support.imagetools import write_oci_layout
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # The base layer holds 3 MiB that gzip makes small (too big for a 2 MiB tmpfs once unpacked)
 # and 2.5 MB it cannot: half the blob is more than the 1 MiB the store reads at once.
@@ -159,7 +158,7 @@ class StallingRegistry:
         import threading
         from http.server import ThreadingHTTPServer
 
-        from fakeregistry import OCI_MANIFEST, FakeRegistry, Image, _handler_for
+        from support.fakeregistry import OCI_MANIFEST, FakeRegistry, Image, _handler_for
 
         self.reg = reg = FakeRegistry()
         blobs = images.layout / "blobs" / "sha256"
