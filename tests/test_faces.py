@@ -20,7 +20,7 @@ FACES = {
                          "Store", "StoreError"],
     "fusebundle.sources": ["TRANSPORTS", "ImageInfo", "LayerRef", "LayerSource", "NotFound",
                            "Platform", "ResolvedImage", "Transport"],
-    "fusebundle.config": ["Config", "Entry", "FileSpec", "Volume", "load_config"],
+    "fusebundle.config": ["Config", "Container", "FileSpec", "Volume", "load_config"],
     "fusebundle.tar": ["IndexEntry", "TarIndex", "open_index", "read_sparse"],
 }
 

@@ -15,8 +15,7 @@ from fusebundle.bundle.view import (
     build_view,
     graft_entries,
 )
-from fusebundle.config.load import Config
-from fusebundle.config.load import Entry as Container
+from fusebundle.config.load import Config, Container
 from fusebundle.sources.base import ImageInfo
 from fusebundle.tar.index import TarIndex
 

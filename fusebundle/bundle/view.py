@@ -15,10 +15,10 @@ from typing import Protocol
 from fusebundle.bundle.entry import Entry, directory, regular
 from fusebundle.config import metadata, schema
 from fusebundle.config import runtime as oci
-from fusebundle.config.load import Config, FileSpec, Volume
-from fusebundle.config.load import Entry as ContainerEntry
+from fusebundle.config.load import Config, Container, FileSpec, Volume
 from fusebundle.config.schema import LABEL_KEY
 from fusebundle.errors import UserError
+from fusebundle.images.flatten import PINNED_MTIME_NS
 from fusebundle.sources.base import ImageInfo
 from fusebundle.tar.index import IndexEntry, TarIndex
 
@@ -37,11 +37,10 @@ REPLACE = {b"etc/hosts": HOSTS, b"etc/resolv.conf": NO_RESOLV}
 INIT_RESOLV_LINK = b"/run/resolvconf/resolv.conf"
 
 # Entries docker writes when it creates the container: their mtimes are the creation time, so
-# they are pinned to keep output reproducible (to linuxkit's later default, 2017-04-18T16:30Z).
+# they are pinned to keep output reproducible (to PINNED_MTIME_NS).
 DOCKER_CREATED = frozenset({b".dockerenv", b"dev", b"dev/console", b"dev/pts", b"dev/shm",
                             b"etc", b"etc/hostname", b"etc/hosts", b"etc/mtab",
                             b"etc/resolv.conf", b"proc", b"sys"})
-PINNED_MTIME_NS = 1492533000 * 1_000_000_000
 
 class ImageHandle(Protocol):
     """An image whose export can be indexed on demand."""
@@ -283,7 +282,7 @@ class _Builder:
     def add(self, item: Entry | Graft | KernelImage) -> None:
         self.view.items.append(item)
 
-    def bundle(self, c: ContainerEntry, id_map: dict[str, int]) -> None:
+    def bundle(self, c: Container, id_map: dict[str, int]) -> None:
         handle = self.resolve(c.image)
         info = handle.info
         spec, runtime = oci.build_oci(c.spec, image_label(info, c.where), info.config, id_map,

@@ -5,6 +5,6 @@ keys and today's); `runtime`: config.json and runtime.json, as the reference's
 ConfigInspectToOCI; `metadata`: `files: metadata:`, the merged config as moby marshals it.
 """
 
-from fusebundle.config.load import Config, Entry, FileSpec, Volume, load_config
+from fusebundle.config.load import Config, Container, FileSpec, Volume, load_config
 
-__all__ = ["Config", "Entry", "FileSpec", "Volume", "load_config"]
+__all__ = ["Config", "Container", "FileSpec", "Volume", "load_config"]

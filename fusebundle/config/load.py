@@ -29,7 +29,7 @@ FIRST_ID = 100
 
 
 @dataclass
-class Entry:
+class Container:
     """One container of onboot, onshutdown or services."""
 
     section: str
@@ -96,9 +96,9 @@ class Config:
     sources: list[str] = field(default_factory=list)
     kernel: Kernel = field(default_factory=Kernel)
     init: list[str] = field(default_factory=list)
-    onboot: list[Entry] = field(default_factory=list)
-    onshutdown: list[Entry] = field(default_factory=list)
-    services: list[Entry] = field(default_factory=list)
+    onboot: list[Container] = field(default_factory=list)
+    onshutdown: list[Container] = field(default_factory=list)
+    services: list[Container] = field(default_factory=list)
     files: list[FileSpec] = field(default_factory=list)
     trust: dict[str, list[str]] = field(default_factory=dict)
     volumes: list[Volume] = field(default_factory=list)
@@ -111,7 +111,7 @@ class Config:
         """Today's volumes by name (empty when the config has none: 2017's rules)."""
         return {v.name: v for v in self.volumes}
 
-    def containers(self) -> list[Entry]:
+    def containers(self) -> list[Container]:
         """All bundles in build order: onboot, onshutdown, services."""
         return [*self.onboot, *self.onshutdown, *self.services]
 
@@ -287,13 +287,13 @@ def _parse_file(raw: object, where: str) -> FileSpec:
     return FileSpec(spec=spec, where=where, raw_path=raw["path"])
 
 
-def _parse_entry(raw: object, section: str, index: int, where: str) -> Entry:
+def _parse_entry(raw: object, section: str, index: int, where: str) -> Container:
     name = raw.get("name") if isinstance(raw, dict) else None
     if isinstance(name, str) and name:
         where = f"{where} ({name})"  # errors name the container, as label errors do
     spec = validate_entry(raw, where)
     _check_ref(spec["image"], f"{where}: field 'image'")
-    return Entry(section=section, index=index, name=spec["name"], image=spec["image"],
+    return Container(section=section, index=index, name=spec["name"], image=spec["image"],
                  spec=spec, where=where)
 
 
@@ -332,7 +332,7 @@ def _merge_file(cfg: Config, path: str, doc: Any) -> None:
             cfg.files.extend(_parse_file(f, f"{where}[{i}]") for i, f in enumerate(value))
         else:
             _expect(isinstance(value, list), where, "a list", value)
-            entries: list[Entry] = getattr(cfg, key)
+            entries: list[Container] = getattr(cfg, key)
             for item in value:
                 # Numbering runs on across files: the bundle index is within the merged section.
                 entries.append(_parse_entry(item, key, len(entries), f"{where}[{len(entries)}]"))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusebundle.config.load import Config, Entry, FileSpec, Volume
+from fusebundle.config.load import Config, Container, FileSpec, Volume
 from fusebundle.config.runtime import (
     _id_mappings,
     _resources,
@@ -60,7 +60,7 @@ def _image_field(key: str, value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
 
 
-def _image(e: Entry) -> dict[str, Any]:
+def _image(e: Container) -> dict[str, Any]:
     spec = e.spec
     out: dict[str, Any] = {}
     for key in _IMAGE_FIELDS:
@@ -74,7 +74,7 @@ def _image(e: Entry) -> dict[str, Any]:
     return out
 
 
-def _images(entries: list[Entry]) -> list[dict[str, Any]] | None:
+def _images(entries: list[Container]) -> list[dict[str, Any]] | None:
     return [_image(e) for e in entries] or None
 
 

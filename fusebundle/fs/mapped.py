@@ -25,7 +25,7 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 MADV_DONTNEED = 4
 MADV_WILLNEED = 3
 MADV_POPULATE_READ = 22  # Linux 5.14: fill the page tables now, one call instead of faults
-DROP_EVERY = 4 << 20  # unmap served pages after this many bytes: they count as our RSS
+DROP_EVERY_BYTES = 4 << 20  # unmap served pages after this many bytes: they count as our RSS
 
 
 class Mapping:
@@ -61,7 +61,7 @@ class Mapping:
         if b"\0" in ctypes.string_at(self._vec, pages):
             _libc.madvise(self.addr + start, length, MADV_WILLNEED)  # for the next try
             return None
-        if self._handed > DROP_EVERY:
+        if self._handed > DROP_EVERY_BYTES:
             self.drop()
         self._handed += length
         # One call maps the range; else the kernel's copy faults 64 KiB at a time.  A failure

@@ -24,14 +24,14 @@ from itertools import accumulate
 
 from fusebundle.errors import CorruptTar
 from fusebundle.tar import colfile
-from fusebundle.tar.index import _COLUMNS, DROP_EVERY, IndexEntry, TarIndex
+from fusebundle.tar.index import _COLUMNS, DROP_EVERY_ENTRIES, IndexEntry, TarIndex
 
 __all__ = ["MergedIndex", "merge"]
 
 # 1: a JSON head and blobs read into the heap.  2: laid out to be mapped (colfile).
 _MAGIC = b"FBMERGE"
 _VERSION = 2
-_DROP_MASK = DROP_EVERY - 1
+_DROP_MASK = DROP_EVERY_ENTRIES - 1
 log = logging.getLogger(__name__)
 _F, _H, _L, _D = b"fhld"
 _WH = b".wh."
@@ -46,8 +46,8 @@ _SECOND = 1_000_000_000
 # bytes), with no sort key to build.
 _SEP = b"\x00"
 _CAP = "security.capability"
-# view.PINNED_MTIME_NS (the view pins these mtimes again); not imported: view imports images,
-# which will import this module.
+# The mtime docker's own entries get in a reproducible tree (linuxkit's later default,
+# 2017-04-18T16:30Z): the init layer's here, and the view's DOCKER_CREATED entries.
 PINNED_MTIME_NS = 1492533000 * _SECOND
 
 # docker's initlayer.Setup: (path, kind); kind b"d" dir, b"f" empty file, else the target of

@@ -83,7 +83,7 @@ class DockerEngine:
         if self._socket is not None:
             try:
                 data = engineapi.inspect_image(self._socket, ref)
-            except engineapi.NotFound:
+            except engineapi.NoSuchImage:
                 return None
             if data is not None:
                 return data

@@ -19,7 +19,7 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 TIMEOUT = 60.0  # seconds, as the SDK's default
 
 
-class NotFound(Exception):
+class NoSuchImage(Exception):
     """The engine answered 404: it has no such image."""
 
 
@@ -34,7 +34,7 @@ def socket_path(host: str | None) -> str | None:
 def inspect_image(path: str, ref: str) -> dict[str, Any] | None:
     """GET /images/REF/json on the socket at `path`.
 
-    The decoded answer; NotFound on a 404; None when this path cannot tell (the SDK will).
+    The decoded answer; NoSuchImage on a 404; None when this path cannot tell (the SDK will).
     """
     request = (f"GET /images/{quote(ref, safe='/:')}/json HTTP/1.0\r\n"
                "Host: docker\r\nUser-Agent: fusebundle\r\n\r\n").encode()
@@ -53,7 +53,7 @@ def inspect_image(path: str, ref: str) -> dict[str, Any] | None:
     if not sep or not status:
         return None
     if status[0] == b"404":
-        raise NotFound(ref)
+        raise NoSuchImage(ref)
     if status[0] != b"200" or b"transfer-encoding: chunked" in head.lower():
         return None
     try:

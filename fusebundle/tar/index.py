@@ -580,8 +580,8 @@ _CHUNK = 1 << 16
 _CHUNK_MASK = _CHUNK - 1
 # A walk over every entry of a mapped index lets the pages it read go this often, so a pack of
 # a million entries holds a chunk of the index in RSS, not all of it.
-DROP_EVERY = 1 << 14
-_DROP_MASK = DROP_EVERY - 1
+DROP_EVERY_ENTRIES = 1 << 14
+_DROP_MASK = DROP_EVERY_ENTRIES - 1
 
 
 def _owner_fields(fld: bytes) -> tuple[int, int, int]:
