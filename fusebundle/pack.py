@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from fusebundle import testhook
+from fusebundle.atomic import Temp, atomic_file
 from fusebundle.bundle.entry import Entry
 from fusebundle.bundle.view import View
 from fusebundle.errors import CorruptTar, UserError
@@ -264,27 +265,20 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
     prefix = "." + os.path.basename(out) + ".fusebundle-"
     try:
         _clean_dead_temps(directory, prefix)
-        fd, tmp = _locked_temp(directory, prefix)
+        temp = Temp(*_locked_temp(directory, prefix))
     except OSError as e:
         raise UserError(f"{out}: cannot create a file in {directory}: {e.strerror}") from None
     try:
-        try:
-            n = write_entries(entries, fd, True, progress)
-            os.fsync(fd)
+        # The next pack to `out` removes the temporary file if even removing it fails here.
+        with atomic_file(out, temp) as t:
+            n = write_entries(entries, t.fd, True, progress)
             umask = os.umask(0)
             os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
+            os.fchmod(t.fd, 0o666 & ~umask)
             testhook.stop_at("pack-write")
-            os.replace(tmp, out)
-        finally:
-            os.close(fd)
         return n
     except OSError as e:
         raise UserError(f"{out}: write failed: {e.strerror or e}") from None
-    finally:
-        # On a failing disk even this may fail: the next pack to `out` removes it.
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
 
 
 def _locked_temp(directory: str, prefix: str) -> tuple[int, str]:

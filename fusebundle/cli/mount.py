@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fusebundle.atomic import Temp, atomic_file
 from fusebundle.bundle.view import build_view
 from fusebundle.cli.session import load_session
 from fusebundle.errors import UserError
@@ -158,14 +159,18 @@ def _pid_file(mnt: str) -> str:
     return os.path.join(_run_dir(), digest + ".pid")
 
 
+def _pid_temp(pid_file: str) -> Temp:
+    """`<pid file>.<our pid>.tmp`: one writer per process, so the name needs no randomness."""
+    path = f"{pid_file}.{os.getpid()}.tmp"
+    return Temp(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666), path)
+
+
 def _write_pid_file(mnt: str) -> str | None:
     path = _pid_file(mnt)
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{os.getpid()}\n{mnt}\n")
-        os.replace(tmp, path)
+        with atomic_file(path, _pid_temp(path)) as t:
+            os.write(t.fd, f"{os.getpid()}\n{mnt}\n".encode())
         return path
     except OSError as e:
         log.warning("cannot write %s (umount will not wait for the server): %s", path,

@@ -11,10 +11,10 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from fusebundle.atomic import TempName, atomic_file
 from fusebundle.errors import CorruptTar, UserError
 from fusebundle.progress import Bar
 from fusebundle.sources.base import ImageInfo, ImageSource, Progress
@@ -74,20 +74,13 @@ class Cache:
         with self._locked(info):
             if os.path.exists(path):  # another process exported it while we waited
                 return path
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{info.hex}.",
-                                       suffix=".part")
             try:
-                with os.fdopen(fd, "wb") as out:
+                with atomic_file(path, TempName(f".{info.hex}.")) as t, \
+                        os.fdopen(t.fd, "wb", closefd=False) as out:
                     source.export(info, out, progress)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, path)
             except OSError as e:
                 raise UserError(f"image {info.ref}: cannot write its export to the cache: "
                                 f"{e.strerror or e}") from None
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
             self.exports += 1
         return path
 
@@ -118,21 +111,16 @@ class Cache:
 
     @staticmethod
     def _copy_out(src: str, offset: int, size: int, dest: str) -> None:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), suffix=".part")
-        try:
-            with open(src, "rb") as f, os.fdopen(fd, "wb") as out:
-                f.seek(offset)
-                left = size
-                while left:
-                    chunk = f.read(min(left, 1 << 20))
-                    if not chunk:
-                        raise CorruptTar(f"{src}: ends early inside an inner tar")
-                    out.write(chunk)
-                    left -= len(chunk)
-            os.replace(tmp, dest)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        with atomic_file(dest) as t, open(src, "rb") as f, \
+                os.fdopen(t.fd, "wb", closefd=False) as out:
+            f.seek(offset)
+            left = size
+            while left:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    raise CorruptTar(f"{src}: ends early inside an inner tar")
+                out.write(chunk)
+                left -= len(chunk)
 
     def index(self, info: ImageInfo, source: ImageSource,
               progress: Progress | None = None) -> TarIndex:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
+from fusebundle.atomic import atomic_file
 from fusebundle.errors import CorruptTar, EngineError, UserError
 from fusebundle.images.exported import cache_subdir
 from fusebundle.sources.base import ImageInfo
@@ -77,15 +78,9 @@ def write_layout(save_tar: str, ref: str, platforms: list[str], dest: str) -> No
         if missing:
             raise UserError(f"image {ref}: the engine holds it for {have} only, not for "
                             f"{', '.join(missing)}")
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w",
-                                                          format=tarfile.PAX_FORMAT) as out:
-                _write(src, out, ref, config, config_bytes, layers)
-            os.replace(tmp, dest)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        with atomic_file(dest) as t, os.fdopen(t.fd, "wb", closefd=False) as raw, \
+                tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as out:
+            _write(src, out, ref, config, config_bytes, layers)
 
 
 def _write(src: tarfile.TarFile, out: tarfile.TarFile, ref: str, config: dict,

@@ -21,9 +21,10 @@ import mmap
 import os
 import struct
 import sys
-import tempfile
 import zlib
 from collections.abc import Sequence
+
+from fusebundle.atomic import TempName, atomic_file
 
 __all__ = ["Damaged", "Mapped", "Section", "drop_pages", "narrow", "read", "write"]
 
@@ -86,43 +87,24 @@ def write(path: str, magic: bytes, version: int, meta: bytes, sections: Sequence
         pos += n
     total = pos
     body = meta + b"".join(table)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".part",
-                               dir=directory)
-    try:
-        if mode is not None:
-            with contextlib.suppress(OSError):
-                os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(bytes(_HEAD.size))  # the head goes in last, once the CRC is known
-            crc = zlib.crc32(body)
-            f.write(body)
-            at = _HEAD.size + len(body)
-            for (_, _, data), place in zip(sections, places, strict=True):
-                gap = bytes(place - at)
-                crc = zlib.crc32(gap, crc)
-                f.write(gap)
-                view = memoryview(data).cast("B") if not isinstance(data, mmap.mmap) \
-                    else memoryview(data)
-                crc = zlib.crc32(view, crc)
-                f.write(view)
-                at = place + view.nbytes
-                view.release()
-            f.seek(0)
-            f.write(_HEAD.pack(magic, version, _ORDER, len(meta), total, crc, len(sections)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    with atomic_file(path, TempName("." + os.path.basename(path) + "."), mode) as t, \
+            os.fdopen(t.fd, "wb", closefd=False) as f:
+        f.write(bytes(_HEAD.size))  # the head goes in last, once the CRC is known
+        crc = zlib.crc32(body)
+        f.write(body)
+        at = _HEAD.size + len(body)
+        for (_, _, data), place in zip(sections, places, strict=True):
+            gap = bytes(place - at)
+            crc = zlib.crc32(gap, crc)
+            f.write(gap)
+            view = memoryview(data).cast("B") if not isinstance(data, mmap.mmap) \
+                else memoryview(data)
+            crc = zlib.crc32(view, crc)
+            f.write(view)
+            at = place + view.nbytes
+            view.release()
+        f.seek(0)
+        f.write(_HEAD.pack(magic, version, _ORDER, len(meta), total, crc, len(sections)))
 
 
 class Mapped:
