@@ -13,7 +13,6 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from fusebundle.config.schema import check_reference, validate_entry
 from fusebundle.errors import ConfigError, UserError
 
-SECTIONS = ("onboot", "onshutdown", "services")
 TOP_KEYS = ("kernel", "init", "onboot", "onshutdown", "services", "trust", "files", "volumes")
 KERNEL_KEYS = ("image", "cmdline", "binary", "tar", "ucode")
 VOLUME_FORMATS = ("filesystem", "oci")

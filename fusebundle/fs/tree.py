@@ -80,10 +80,6 @@ _IMPLICIT_DIR = directory(b"")
 Stat = tuple[int, int, int, int, int, int, int]
 
 
-class SourceChanged(Exception):
-    """The file a node's bytes come from is gone, changed or shorter than indexed."""
-
-
 @dataclass(frozen=True, slots=True)
 class Content:
     """Where the bytes of one regular file are."""
