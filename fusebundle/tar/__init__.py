@@ -1,7 +1,9 @@
 """The tar format, both ways, knowing nothing of images.
 
-`index`: the one-pass header scan and the columnar index saved beside a tar; `colfile`: the
-saved indexes' file format (narrowed columns and blobs, used in place through mmap).
+`header`: fields, PAX and GNU records, global records, sparse maps and the bounds one archive
+may ask of us; `scan`: the one-pass scanner's hot loop; `index`: `IndexEntry` and the columnar
+`TarIndex` saved beside a tar; `colfile`: the saved indexes' file format (narrowed columns and
+blobs, used in place through mmap).
 """
 
 from fusebundle.tar.index import IndexEntry, TarIndex, open_index, read_sparse
