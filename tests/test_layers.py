@@ -859,7 +859,7 @@ def _view_entries(idx: TarIndex, prefix: bytes) -> list[tuple]:
 
 
 def _tree_walk(idx: TarIndex, prefix: bytes) -> list[tuple]:
-    from fusebundle.fs.tree import GraftTree
+    from fusebundle.fs.graft_tree import GraftTree
     g = view.Graft(prefix=prefix, image=_Handle(idx))  # type: ignore[arg-type]
     t = GraftTree(0, g, idx)
     out = []

@@ -150,7 +150,7 @@ def test_narrow_picks_the_smallest_type():
 _BUILD = r"""
 import os, sys
 from fusebundle.tar.index import open_index
-from fusebundle.fs.tree import GraftTree
+from fusebundle.fs.graft_tree import GraftTree
 from fusebundle.bundle.view import Graft
 
 class Image:
@@ -220,7 +220,7 @@ def _listing(tree) -> list:
 def test_damaged_tree_arrays_are_detected_in_one_line_and_built_again(big_tar, tmp_path,
                                                                        damage, caplog):
     from fusebundle.bundle.view import Graft
-    from fusebundle.fs import tree as treemod
+    from fusebundle.fs import graft_tree as treemod
 
     tar = tmp_path / "t.tar"
     os.link(big_tar, tar)
@@ -239,7 +239,7 @@ def test_damaged_tree_arrays_are_detected_in_one_line_and_built_again(big_tar, t
         struct.pack_into("<I", data, 8, treemod._TREE_FORMAT - 1)
     saved.unlink()  # replaced, as the store replaces its files: the first tree keeps its own
     saved.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="fusebundle.fs.tree"):
+    with caplog.at_level(logging.WARNING, logger="fusebundle.fs.graft_tree"):
         again = treemod.GraftTree(0, Graft(prefix=b"", image=_Image(index)), index)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and str(saved) in lines[0] and "built again" in lines[0], lines

@@ -1,7 +1,9 @@
 """The view served through FUSE (read-only). Importing this package imports pyfuse3 and trio:
 only the mount's server does, at one place (`cli.mount.serve`).
 
-`tree`: the view as inodes (graft subtrees as arrays over the index); `ops`: the FUSE calls and
+`inode`: inode numbers, `Stat`, `Content`; `tree`: the view as inodes (synthetic nodes, and
+the grafts placed among them); `graft_tree`: one graft's arrays over its image's index, saved
+beside it; `ops`: the FUSE calls and
 the reader behind them; `mapped`: a read-only mapping of a source tar that large reads reply
 from; `loop`: the server's wait for requests (poll /dev/fuse, park in trio when idle); `serve`:
 init, the trio main (requests, signals, the ready announcement), close.

@@ -25,8 +25,9 @@ import trio
 
 from fusebundle import testhook
 from fusebundle.errors import UserError
+from fusebundle.fs.inode import Content, Stat
 from fusebundle.fs.mapped import Mapping
-from fusebundle.fs.tree import Content, Stat, Tree
+from fusebundle.fs.tree import Tree
 from fusebundle.tar.index import read_sparse
 
 log = logging.getLogger(__name__)
