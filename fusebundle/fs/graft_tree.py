@@ -16,6 +16,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import accumulate, chain
 
 from fusebundle.bundle.entry import Entry
@@ -166,40 +167,57 @@ class GraftTree:
     # arrays and dicts of directories only: never an object per entry (a million-entry image
     # would need half a gigabyte).  Children are sorted per directory.
     def _build(self) -> None:
-        idx, g, n = self.idx, self.graft, self.n
+        """The arrays, in passes over the index: the filter and directory names, hard links,
+        parents, implied directories, children, each id's own name."""
+        w = self._start()
+        last = self._filter_pass(w)
+        self._link_pass(w, last)
+        parent, loose = self._parent_pass(w)
+        orphans = self._implied_pass(w, parent, loose)
+        total = len(w.types)
+        self.types = bytes(w.types)
+        w.types = bytearray()
+        base_of = self._base_namer(w.blob, w.ends, w.picked, w.dirs, self.n)
+        self._child_pass(w, parent, w.gone | orphans, total, base_of)
+        # Each id's own name, for the listing (empty for entries not in the tree).
+        names_blob = bytearray()
+        name_off = array.array("I", [0])
+        for i in range(total):
+            names_blob += base_of(i)
+            name_off.append(len(names_blob))
+        self.parent = parent
+        self.names, self.name_off = bytes(names_blob), name_off
+
+    def _start(self) -> _Work:
+        """The types (the filter may change a few), hard links and the reference's pick."""
+        idx, g = self.idx, self.graft
         c = idx.columns()
-        types = bytearray(c.types)  # the filter may change a few
-        blob, ends = c.names, c.name_ends
-        picked: dict[int, bytes] | None = None
-        links: dict[int, bytes] = {}  # hard link -> its target's name (after the filter)
+        w = _Work(bytearray(c.types), c.names, c.name_ends)
+        types, links = w.types, w.links
         pos = types.find(_H)
         while pos >= 0:
             s = c.link_ends[pos - 1] if pos else 0
             links[pos] = c.links[s : c.link_ends[pos]]
             pos = types.find(_H, pos + 1)
         if g.pick is not None:
-            picked = {}
+            w.picked = {}
             for i, out in g.pick(idx).items():
                 self.over[i] = out
                 types[i] = ord(out.type)
                 links.pop(i, None)
-                picked[i] = out.path[len(g.prefix):]
-            links = {}
+                w.picked[i] = out.path[len(g.prefix):]
+            w.links = {}
+        return w
 
-        def names() -> Iterator[tuple[int, bytes]]:
-            if picked is not None:
-                return iter(sorted(picked.items()))
-            return enumerate(map(blob.__getitem__, map(slice, chain((0,), ends), ends)))
-
-        # Pass 1: the filter, the root's own entry, and the last entry of each directory name.
-        # (A directory a later non-directory replaces is no directory, and the reverse.)
-        over, special = self.over, _SPECIAL if picked is None else frozenset()
-        gone: set[int] = set()  # not in the tree: dropped by the filter, the root's own entry
-        hidden: set[int] = set()  # broken hard links: their name shows nothing at all
-        tracked = {*links.values(), *(names_of(blob, ends, links))} if links else set()
-        last: dict[bytes, int] = {}  # the names hard links need: the last entry of each
-        dirs: dict[bytes, int] = {}
-        for i, name in names():
+    def _filter_pass(self, w: _Work) -> dict[bytes, int]:
+        """Pass 1: the filter, the root's own entry, and the last entry of each directory name
+        (a directory a later non-directory replaces is no directory, and the reverse); the
+        last entry of each name hard links need."""
+        idx, g, types, links, gone, dirs = self.idx, self.graft, w.types, w.links, w.gone, w.dirs
+        over, special = self.over, _SPECIAL if w.picked is None else frozenset()
+        tracked = {*links.values(), *(names_of(w.blob, w.ends, links))} if links else set()
+        last: dict[bytes, int] = {}
+        for i, name in w.names():
             if name in special or (links and i in links and links[i] in EXCLUDE):
                 out = filter_entry(g, idx, idx.entry(i))
                 if out is None:
@@ -220,7 +238,12 @@ class GraftTree:
                 del dirs[name]
             if name in tracked:
                 last[name] = i
-        # Hard links: each is the inode of the entry it names (after following link chains).
+        return last
+
+    def _link_pass(self, w: _Work, last: dict[bytes, int]) -> None:
+        """Hard links: each is the inode of the entry it names (after following link chains);
+        one to a missing entry is hidden, as if the tar had no such entry."""
+        types, links, blob, ends, picked = w.types, w.links, w.blob, w.ends, w.picked
         for i, target in links.items():
             if types[i] != _H or last.get(_name(blob, ends, i, picked)) != i:
                 continue
@@ -230,17 +253,20 @@ class GraftTree:
                 t = last.get(links[t]) if t in links else None
                 hops += 1
             if t is None or types[t] in (_H, _D):
-                log.debug("%s: hard link %r to a missing entry %r: left out", idx.tar_path,
+                log.debug("%s: hard link %r to a missing entry %r: left out", self.idx.tar_path,
                           _name(blob, ends, i, picked), target)
-                hidden.add(i)  # and its name shows nothing, as if the tar had no such entry
+                w.hidden.add(i)  # and its name shows nothing, as if the tar had no such entry
                 continue
             self.links[i] = t
             self.nlinks[t] = self.nlinks.get(t, 1) + 1
-        # Pass 2: the parent of every entry; names under no directory entry wait for pass 3.
-        root = self.root
-        parent = array.array("I", [root]) * (n + 1)
+
+    def _parent_pass(self, w: _Work) -> tuple[array.array, list[int]]:
+        """Pass 2: the parent of every entry; names under no directory entry (loose) wait for
+        pass 3."""
+        root, dirs, gone = self.root, w.dirs, w.gone
+        parent = array.array("I", [root]) * (self.n + 1)
         loose: list[int] = []
-        for i, name in names():
+        for i, name in w.names():
             slash = name.rfind(b"/")
             if slash < 0:
                 continue  # at the root (or dropped: its parent does not matter)
@@ -250,44 +276,50 @@ class GraftTree:
                     loose.append(i)
                 continue
             parent[i] = p
-        # Pass 3: the directories the tar only implies, unless a non-directory has the name.
+        return parent, loose
+
+    def _implied_pass(self, w: _Work, parent: array.array, loose: list[int]) -> set[int]:
+        """Pass 3: the directories the tar only implies, unless a non-directory has the name;
+        the entries below a non-directory (not reachable)."""
+        types, dirs, root = w.types, w.dirs, self.root
         types.append(_D)  # the root
-        orphans: set[int] = set()  # entries below a non-directory: not reachable
-        if loose:
-            implied: set[bytes] = set()
-            for i in loose:
-                path = _name(blob, ends, i, picked)
-                path = path[: path.rfind(b"/")]
-                while path and path not in dirs and path not in implied:
-                    implied.add(path)
-                    path = path[: max(path.rfind(b"/"), 0)]
-            blocked = {name for i, name in names()
-                       if name in implied and i not in gone and i not in hidden}
-            for path in sorted(implied, key=lambda x: x.count(b"/")):
-                if path in blocked:
-                    continue
-                top = path.rfind(b"/")
-                if top >= 0 and path[:top] not in dirs:
-                    continue  # below a blocked name
-                d = len(types)
-                types.append(_D)
-                dirs[path] = d
-                parent.append(root if top < 0 else dirs[path[:top]])
-            for i in loose:
-                name = _name(blob, ends, i, picked)
-                p = dirs.get(name[: name.rfind(b"/")])
-                if p is None:
-                    orphans.add(i)
-                else:
-                    parent[i] = p
-        total = len(types)
-        self.types = bytes(types)
-        del types
-        # Children: grouped by parent (a counting sort), then each group sorted by name, the
-        # last entry of a name winning.  Ids of implied directories come after the entries.
+        orphans: set[int] = set()
+        if not loose:
+            return orphans
+        implied: set[bytes] = set()
+        for i in loose:
+            path = _name(w.blob, w.ends, i, w.picked)
+            path = path[: path.rfind(b"/")]
+            while path and path not in dirs and path not in implied:
+                implied.add(path)
+                path = path[: max(path.rfind(b"/"), 0)]
+        blocked = {name for i, name in w.names()
+                   if name in implied and i not in w.gone and i not in w.hidden}
+        for path in sorted(implied, key=lambda x: x.count(b"/")):
+            if path in blocked:
+                continue
+            top = path.rfind(b"/")
+            if top >= 0 and path[:top] not in dirs:
+                continue  # below a blocked name
+            d = len(types)
+            types.append(_D)
+            dirs[path] = d
+            parent.append(root if top < 0 else dirs[path[:top]])
+        for i in loose:
+            name = _name(w.blob, w.ends, i, w.picked)
+            p = dirs.get(name[: name.rfind(b"/")])
+            if p is None:
+                orphans.add(i)
+            else:
+                parent[i] = p
+        return orphans
+
+    def _child_pass(self, w: _Work, parent: array.array, skip: set[int], total: int,
+                    base_of: Callable[[int], bytes]) -> None:
+        """Children: grouped by parent (a counting sort), then each group sorted by name, the
+        last entry of a name winning.  Ids of implied directories come after the entries."""
         counts = array.array("I", bytes(4 * (total + 1)))
-        skip = gone | orphans
-        members = _members(n, total, picked, skip, dirs)
+        members = _members(self.n, total, w.picked, skip, w.dirs)
         for i in members():
             counts[parent[i]] += 1
         starts = array.array("I", accumulate(counts, initial=0))
@@ -299,7 +331,7 @@ class GraftTree:
             grouped[fill[p]] = i
             fill[p] += 1
         del fill
-        base_of = self._base_namer(blob, ends, picked, dirs, n)
+        hidden = w.hidden
         kids = array.array("I")
         kid_lo = array.array("I", bytes(4 * (total + 1)))
         nsub = array.array("I", bytes(4 * total))
@@ -320,15 +352,7 @@ class GraftTree:
                 if tp[resolved.get(i, i)] == _D:
                     nsub[p] += 1
         kid_lo[total] = len(kids)
-        del grouped, starts
-        # Each id's own name, for the listing (empty for entries not in the tree).
-        names_blob = bytearray()
-        name_off = array.array("I", [0])
-        for i in range(total):
-            names_blob += base_of(i)
-            name_off.append(len(names_blob))
-        self.kids, self.kid_lo, self.nsub, self.parent = kids, kid_lo, nsub, parent
-        self.names, self.name_off = bytes(names_blob), name_off
+        self.kids, self.kid_lo, self.nsub = kids, kid_lo, nsub
 
     def _base_namer(self, blob: Blob, ends: Sequence[int], picked: dict[int, bytes] | None,
                     dirs: dict[bytes, int], n: int) -> Callable[[int], bytes]:
@@ -503,6 +527,27 @@ def _numeric_columns(idx: TarIndex) -> tuple[Sequence[int], ...] | None:
     if any(not isinstance(c, array.array | memoryview) or len(c) != n for c in cols):
         return None
     return cols
+
+
+@dataclass(slots=True)
+class _Work:
+    """What the passes of GraftTree._build hand each other."""
+
+    types: bytearray  # one type code per id (the filter may change a few)
+    blob: Blob  # the index's names
+    ends: Sequence[int]
+    picked: dict[int, bytes] | None = None  # the reference's pick: id -> path in the graft
+    links: dict[int, bytes] = field(default_factory=dict)  # hard link -> its target's name
+    gone: set[int] = field(default_factory=set)  # not in the tree: filtered, the root's own
+    hidden: set[int] = field(default_factory=set)  # broken hard links: their name shows nothing
+    dirs: dict[bytes, int] = field(default_factory=dict)  # directory path -> its id
+
+    def names(self) -> Iterator[tuple[int, bytes]]:
+        """(id, path in the graft) of every entry, in index order (a pick's in id order)."""
+        if self.picked is not None:
+            return iter(sorted(self.picked.items()))
+        ends = self.ends
+        return enumerate(map(self.blob.__getitem__, map(slice, chain((0,), ends), ends)))
 
 
 def _name(blob: Blob, ends: Sequence[int], i: int, picked: dict[int, bytes] | None) -> bytes:
