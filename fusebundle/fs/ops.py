@@ -23,12 +23,10 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from fusebundle import testhook
 from fusebundle.errors import UserError
 from fusebundle.fs.inode import Content, Stat
-from fusebundle.fs.mapped import Mapping
+from fusebundle.fs.reader import Reader, SourceError
 from fusebundle.fs.tree import Tree
-from fusebundle.tar.index import read_sparse
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +35,8 @@ BLKSIZE = 128 * 1024  # st_blksize: what cat and cp use as their buffer size
 IO_THREADS = 16
 PRELOAD = BLKSIZE  # files up to this size go to the kernel with their directory's first read
 PRELOAD_THREADS = 4  # directories sent ahead at once (more readers get no preload)
-PRELOAD_SPAN = 16 << 20  # the most read at once for one directory's small files
 LOAD_THREADS = 4
 GIL_SLICE = 0.0002  # seconds: see _short_gil_slices
-MAP_MIN = 128 * 1024  # reads at least this large are answered from a mapping of the source
 DIRECT_BLKSIZE = 1 << 20  # st_blksize of direct_io files: cat then asks for one full READ
 CACHED_FILES = 4096  # inode -> content lookups kept for reads without an open
 CACHED_LISTINGS = 256  # inode -> listing kept for readdir without an opendir
@@ -78,10 +74,6 @@ def _guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
-class _SourceError(Exception):
-    """Reading a file's bytes failed: the message says why, the reader gets EIO."""
-
-
 class Operations(pyfuse3.Operations):
     """Read-only FUSE operations over a Tree."""
 
@@ -116,16 +108,13 @@ class Operations(pyfuse3.Operations):
         self._preloaded: set[int] = set()  # directories whose small files went to the kernel
         self._preloaders = threading.BoundedSemaphore(PRELOAD_THREADS)  # else: no preload
         self._next_fh = 1
-        self._fds: dict[str, int] = {}  # source path -> fd, opened once
-        self._maps: dict[str, Mapping | None] = {}  # source path -> its mapping (None: cannot)
+        self.reader = Reader(tree)
         self._load_locks: dict[str, trio.Lock] = {}
         self._io = trio.CapacityLimiter(IO_THREADS)
         self._loaders = trio.CapacityLimiter(LOAD_THREADS)
         self._broken: set[str] = set()  # sources already reported broken
         self._broken_lock = threading.Lock()
-        self._nowait = hasattr(os, "RWF_NOWAIT")
         self._row = self._attr(0, (0, 0, 0, 0, 0, 0, 0))  # refilled by readdir
-        self._inline = bytearray()
 
     # -------------------------------------------------------------------------- helpers
     def _attr(self, ino: int, st: Stat) -> pyfuse3.EntryAttributes:
@@ -365,20 +354,11 @@ class Operations(pyfuse3.Operations):
         content = self.tree.content(inode)
         if content is None:
             raise pyfuse3.FUSEError(errno.EISDIR if self.tree.is_dir(inode) else errno.EINVAL)
-        return content, self._source_fd(content)
-
-    def _source_fd(self, content: Content) -> int:
-        if content.data is not None or content.path is None:
-            return -1
-        fd = self._fds.get(content.path, -1)
-        if fd < 0:
-            try:
-                fd = os.open(content.path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as e:
-                self._report(content.path, f"{content.path}: cannot open: {e.strerror}")
-                raise pyfuse3.FUSEError(errno.EIO) from None
-            self._fds[content.path] = fd
-        return fd
+        try:
+            return content, self.reader.source_fd(content)
+        except SourceError as e:
+            self._report(content.path or "?", str(e))
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     def _file(self, fh: int) -> tuple[Content, int]:
         """What a read of `fh` reads: its open's, or (without opens) the inode's."""
@@ -425,43 +405,14 @@ class Operations(pyfuse3.Operations):
                     continue
                 content = self.tree.content(ino)
                 if content is not None:
-                    fd = self._fds.get(content.path, -1) if content.path else -1
-                    files.append((ino, content, fd))
-            self._send_files(files)
+                    files.append((ino, content, self.reader.open_fd(content)))
+            batch = self.reader.batch(files)
+            if batch:
+                _store_all(batch)
         except Exception:  # a preload is only a hint: reads report real trouble
             log.debug("preload of directory %d failed", d, exc_info=True)
         finally:
             self._preloaders.release()
-
-    def _send_files(self, files: list[tuple[int, Content, int]]) -> None:
-        batch: list[tuple[int, int, bytes | memoryview]] = []
-        spans: dict[int, list[tuple[int, Content]]] = {}
-        for ino, content, fd in files:
-            if content.data is not None:
-                batch.append((ino, 0, content.data))
-            elif content.sparse is None and content.graft >= 0 and fd >= 0:
-                spans.setdefault(fd, []).append((ino, content))
-        for fd, group in spans.items():
-            lo = min(c.offset for _, c in group)
-            hi = max(c.offset + c.size for _, c in group)
-            if hi - lo > PRELOAD_SPAN:
-                continue
-            buf = bytearray(hi - lo)
-            try:
-                got = os.preadv(fd, [buf], lo)
-            except OSError:
-                continue  # reads of the files report it
-            if not self.tree.verify(group[0][1].graft):
-                continue  # the tar changed: reads of the files report it
-            view = memoryview(buf)
-            batch.extend((ino, 0, view[c.offset - lo : c.offset - lo + c.size])
-                         for ino, c in group if c.offset + c.size - lo <= got)
-        # Last file first: the walk reads them first to last, and a store into a file that
-        # the walk is reading waits for that READ; in the walk's order the two would go in
-        # lock-step (a READ per file), against it they meet once.
-        batch.reverse()
-        if batch:
-            _store_all(batch)
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
@@ -473,110 +424,19 @@ class Operations(pyfuse3.Operations):
         if off >= content.size:
             return b""
         n = min(size, content.size - off)
+        reader = self.reader
         try:
-            # Bytes already in the page cache are answered right here, a large read from a
-            # mapping of the source; only a read that would wait for the disk goes to a
-            # worker thread, where it holds up nobody.
-            data = None
-            if n >= MAP_MIN and content.sparse is None and fd >= 0:
-                data = self._mapped(content, fd, off, n)
-            if data is None and self._nowait:
-                data = self._pread(content, fd, off, self._inline_view(n), os.RWF_NOWAIT)
+            # Bytes already in the page cache are answered right here; only a read that would
+            # wait for the disk goes to a worker thread, where it holds up nobody.
+            data = reader.cached(content, fd, off, n)
             if data is None:
-                data = await trio.to_thread.run_sync(self._pread, content, fd, off,
+                data = await trio.to_thread.run_sync(reader.pread, content, fd, off,
                                                      memoryview(bytearray(n)), 0,
                                                      limiter=self._io)
             return data
-        except _SourceError as e:
+        except SourceError as e:
             self._report(content.path or "?", str(e))
             raise pyfuse3.FUSEError(errno.EIO) from None
-
-    def _mapped(self, content: Content, fd: int, off: int, n: int) -> memoryview | None:
-        """The bytes as a view of the mapped source, for the kernel to copy; None if not cached."""
-        path = content.path
-        assert path is not None
-        if path not in self._maps:
-            try:
-                self._maps[path] = Mapping(fd, os.fstat(fd).st_size)
-            except OSError as e:
-                log.debug("%s: cannot map (%s); reading it instead", path, e.strerror)
-                self._maps[path] = None
-        m = self._maps[path]
-        if m is None:
-            return None
-        view = m.view(content.offset + off, n)
-        if view is not None:
-            # Checked after the residency test: a cut there leaves the pages out of the cache.
-            self._check_source(content)
-            testhook.stop_at("read-reply")
-        return view
-
-    def _inline_view(self, n: int) -> memoryview:
-        """n bytes of the buffer for reads answered without an await.
-
-        pyfuse3 copies a read's bytes into its reply before the next request is taken, so
-        one buffer serves them all: no allocating, zeroing and freeing 1 MiB per request.
-        """
-        if len(self._inline) < n:
-            self._inline = bytearray(n)
-        return memoryview(self._inline)[:n]
-
-    def _pread(self, content: Content, fd: int, off: int, buf: memoryview,
-               flags: int) -> memoryview | None:
-        """Fill buf with a file's bytes from offset `off` of its source, or raise _SourceError.
-
-        With RWF_NOWAIT in `flags`, None when the bytes are not all in the page cache.
-        """
-        path = content.path
-        n = len(buf)
-        if content.sparse is not None:
-            return self._pread_sparse(content, fd, off, buf, flags)
-        try:
-            got = os.preadv(fd, [buf], content.offset + off, flags)
-        except BlockingIOError:
-            return None
-        except OSError as e:
-            if flags and e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                self._nowait = False  # not on this file system: always use a thread
-                return None
-            raise _SourceError(f"{path}: read failed: {e.strerror}") from None
-        if got != n and flags:
-            return None  # partly cached: read the rest in a thread (or find it short there)
-        data = buf if got == n else buf[:got]
-        self._check_source(content)
-        if len(data) != n:
-            raise _SourceError(f"{path}: ends early ({len(data)} of {n} bytes at offset "
-                               f"{content.offset + off})")
-        return data
-
-    def _check_source(self, content: Content) -> None:
-        """Raise _SourceError unless the file's source is still the one its offsets are for."""
-        path = content.path
-        if content.graft >= 0:
-            # The tar must still be the one indexed: else the offsets may point anywhere.
-            if not self.tree.verify(content.graft):
-                raise _SourceError(f"{path}: changed or removed since it was indexed")
-            return
-        try:
-            st = os.stat(path)  # type: ignore[arg-type]
-        except OSError as e:
-            raise _SourceError(f"{path}: {e.strerror}") from None
-        if st.st_size != content.size:
-            raise _SourceError(f"{path}: its size changed from {content.size} to "
-                               f"{st.st_size} bytes")
-
-    def _pread_sparse(self, content: Content, fd: int, off: int, buf: memoryview,
-                      flags: int) -> memoryview | None:
-        """_pread for a sparse member: its fragments, holes as zeros (always in a thread)."""
-        if flags:
-            return None
-        try:
-            data = read_sparse(fd, content.offset, content.sparse, content.size, off, len(buf))
-        except OSError as e:
-            raise _SourceError(f"{content.path}: read failed: {e.strerror}") from None
-        self._check_source(content)
-        buf[: len(data)] = data
-        return buf[: len(data)]
 
     async def release(self, fh: int) -> None:
         self._files.pop(fh, None)
@@ -587,13 +447,8 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     def close_sources(self) -> None:
-        for m in self._maps.values():
-            if m is not None:
-                m.close()
-        self._maps.clear()
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        """Close the sources' descriptors and mappings (the server is done)."""
+        self.reader.close()
 
     # -------------------------------------------------------------------------- read-only
     async def _erofs(self, *args: Any) -> Any:
