@@ -338,7 +338,11 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     tree = fs.Tree(view, expand=args.expand)
     ops = fs.Operations(tree, listing=getattr(args, "listing", None),
                      direct_io_min=direct_io_min)
-    fs.serve.init(ops, mnt, options, args.mountpoint)
+    try:
+        fs.serve.init(ops, mnt, options)
+    except RuntimeError:
+        # libfuse has said why on stderr.
+        raise UserError(f"{args.mountpoint}: mount failed") from None
     pid_file = _write_pid_file(mnt)
     if ready_fd is not None:
         os.chdir("/")

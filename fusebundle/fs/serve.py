@@ -10,7 +10,6 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from fusebundle.errors import UserError
 from fusebundle.fs import loop
 from fusebundle.fs.ops import Operations
 
@@ -21,13 +20,9 @@ log = logging.getLogger("fusebundle")
 READ_AHEAD_KB = 1024
 
 
-def init(ops: Operations, mnt: str, options: set[str], shown: str) -> None:
-    """Mount `ops` at `mnt`; one line naming `shown` (the mount point as given) if it fails."""
-    try:
-        pyfuse3.init(ops, mnt, options)
-    except RuntimeError:
-        # libfuse has said why on stderr.
-        raise UserError(f"{shown}: mount failed") from None
+def init(ops: Operations, mnt: str, options: set[str]) -> None:
+    """Mount `ops` at `mnt` (RuntimeError if libfuse cannot; it says why on stderr)."""
+    pyfuse3.init(ops, mnt, options)
 
 
 def run(mnt: str, ready: Callable[[], None]) -> None:
