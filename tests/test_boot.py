@@ -512,3 +512,31 @@ def _ucode_from_memory() -> bytes:
     with tempfile.TemporaryDirectory() as d:
         return _ucode_cpio(Path(d))
 
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "kill -9"])
+def test_kernel_initrd_stopped_before_its_renames_leaves_nothing(world, tmp_path, how):
+    import signal
+
+    from faulttools import kill9, spawn, stopped, wait_for
+
+    out = tmp_path / "out" / "vm"
+    out.parent.mkdir()
+    cache = tmp_path / "cache"
+    p = spawn("pack", "-q", "--from", f"oci:{world.layout}", world.config, "-o", out,
+              "--format", "kernel+initrd", cache=cache, FUSEBUNDLE_TEST_STOP="pack-write")
+    wait_for(lambda: stopped(p.pid) or p.poll() is not None, "pack to stop before renaming")
+    assert p.poll() is None, p.communicate()
+    assert len(temps(out.parent)) == 3  # the three outputs, complete, under temporary names
+    if how == "SIGTERM":
+        p.send_signal(signal.SIGTERM)
+        p.send_signal(signal.SIGCONT)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 143 and one_line(err) == "fusebundle: terminated"
+        assert os.listdir(out.parent) == []
+    else:
+        kill9(p)
+        r = _pack(world, out, "--format", "kernel+initrd", cache=cache)  # cleans up after it
+        assert r.returncode == 0, r.stderr
+        assert sorted(os.listdir(out.parent)) == ["vm-cmdline", "vm-initrd.img", "vm-kernel"]
+    assert temps(cache) == []
