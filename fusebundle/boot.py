@@ -51,10 +51,13 @@ class _Split:
             self._copy(e, self.fds[KERNEL])
         elif e.path == b"boot/cmdline":
             self._copy(e, self.fds[CMDLINE])
-        elif e.path == b"boot/ucode.cpio":
-            self.ucode = e  # it leads the initrd: written once the cpio is complete
         elif not e.path.startswith(b"boot/"):
             self.cpio.add(e)
+        else:
+            if e.path == b"boot/ucode.cpio":
+                self.ucode = e  # it leads the initrd: written once the cpio is complete
+            if self.progress and e.type == "f":
+                self.progress(e.size)  # (the bar's total counts every file of the tree)
 
     def _copy(self, e: Entry, fd: int) -> None:
         if e.type != "f":

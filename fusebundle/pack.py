@@ -254,6 +254,8 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
 
     `fmt` is one of FORMATS: every format renders the same walk of the view's entries.
     """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}")
     progress = None
     if progress_factory is not None:
         # A first pass over the indexes (no data) gives the total for the progress bar.

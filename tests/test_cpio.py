@@ -178,3 +178,47 @@ def test_written_through_a_pipe(tmp_path) -> None:
         os.close(w)
         assert reader.wait(timeout=30) == 0
     assert b"through a pipe\n" in _gunzip((tmp_path / "piped").read_bytes())
+
+
+# -- the kernel+initrd split alone ---------------------------------------------------------
+def test_the_split_puts_a_late_ucode_first_and_leaves_other_boot_files_out(tmp_path) -> None:
+    from fusebundle.boot import write_kernel_initrd
+
+    ucode = b"070701-not-parsed-here" * 10
+    entries = [directory(b"lib"), regular(b"lib/mod.ko", b"module"),  # a kernel tar first
+               directory(b"boot"), regular(b"boot/cmdline", b"console=ttyS0"),
+               regular(b"boot/kernel", b"MZkernel"), regular(b"boot/ucode.cpio", ucode),
+               regular(b"boot/extra", b"left out"), regular(b"init", b"#!/bin/sh\n")]
+    seen: list[int] = []
+    write_kernel_initrd(entries, str(tmp_path / "vm"), seen.append)
+    assert sorted(os.listdir(tmp_path)) == ["vm-cmdline", "vm-initrd.img", "vm-kernel"]
+    assert (tmp_path / "vm-kernel").read_bytes() == b"MZkernel"
+    assert (tmp_path / "vm-cmdline").read_bytes() == b"console=ttyS0"
+    initrd = (tmp_path / "vm-initrd.img").read_bytes()
+    assert initrd.startswith(ucode) and initrd[len(ucode):len(ucode) + 2] == b"\x1f\x8b"
+    data = _gunzip(initrd[len(ucode):])
+    names = [data[i + 110:data.index(b"\0", i + 110)] for i in _headers(data)]
+    assert names == [b"lib", b"lib/mod.ko", b"boot", b"init", b"TRAILER!!!"]
+    assert sum(seen) == sum(e.size for e in entries)  # the progress bar reaches its total
+
+
+def _headers(data: bytes) -> list[int]:
+    out, pos = [], 0
+    while True:
+        out.append(pos)
+        namesize, size = int(data[pos + 94:pos + 102], 16), int(data[pos + 54:pos + 62], 16)
+        if data[pos + 110:pos + 120] == b"TRAILER!!!":
+            return out
+        body = (pos + 110 + namesize + 3) & ~3
+        pos = (body + size + 3) & ~3
+
+
+def test_the_split_without_a_kernel_leaves_nothing(tmp_path) -> None:
+    from fusebundle.boot import write_kernel_initrd
+    from fusebundle.errors import UserError
+
+    with pytest.raises(UserError, match="no boot/kernel"):
+        write_kernel_initrd([directory(b"etc"), regular(b"etc/motd", b"hi")], str(tmp_path / "vm"))
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(UserError, match="three files"):
+        write_kernel_initrd([], "-")
