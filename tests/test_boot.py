@@ -540,3 +540,10 @@ def test_kernel_initrd_stopped_before_its_renames_leaves_nothing(world, tmp_path
         assert r.returncode == 0, r.stderr
         assert sorted(os.listdir(out.parent)) == ["vm-cmdline", "vm-initrd.img", "vm-kernel"]
     assert temps(cache) == []
+
+
+@pytest.mark.parametrize("fmt", ["cpio", "kernel+initrd"])
+def test_an_output_directory_that_is_missing_is_one_line(world, tmp_path, fmt):
+    r = _pack(world, tmp_path / "no" / "vm", "--format", fmt, cache=tmp_path / "cache")
+    assert r.returncode == 1
+    assert "does not exist" in one_line(r.stderr) and not (tmp_path / "no").exists()
