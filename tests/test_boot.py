@@ -486,7 +486,7 @@ def test_kernel_initrd_boots_under_qemu(tmp_path):
     except subprocess.TimeoutExpired as e:  # subprocess.run killed qemu
         raise AssertionError(f"no poweroff within {BOOT_TIMEOUT} s:\n"
                              f"{(e.stdout or b'').decode(errors='replace')[-3000:]}") from None
-    tail = console[-4000:]
+    tail = console[-4000:] + "\nqemu's stderr: " + run.stderr.decode(errors="replace")[-1000:]
     assert f"{MARKER} pid 1" in console, tail
     assert "containers: 000-hello" in console, tail
     assert "ucode came first" in console, tail  # the ucode cpio was unpacked too
