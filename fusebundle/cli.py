@@ -68,6 +68,11 @@ def parser() -> argparse.ArgumentParser:
     _common(pk)
     pk.add_argument("-o", "--output", required=True, metavar="OUT.tar",
                     help="output file, written atomically; '-' for stdout")
+    # pack.FORMATS, spelt here: importing pack would slow every command's start
+    pk.add_argument("--format", choices=("tar", "cpio", "kernel+initrd"), default="tar",
+                    help="tar (default); cpio: one gzip'd newc cpio of the whole tree; "
+                         "kernel+initrd: OUT-kernel, OUT-initrd.img and OUT-cmdline, as "
+                         "LinuxKit writes them (needs a kernel: section)")
     pk.set_defaults(run=cmd_pack)
 
     cf = sub.add_parser("config", help="show each container's merged entry and config.json",
@@ -148,7 +153,14 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from fusebundle.progress import Bar
     from fusebundle.view import build_view
 
+    if args.format == "kernel+initrd":
+        from fusebundle.boot import refuse_stdout
+
+        refuse_stdout(args.output)
     cfg, session = load_session(args)
+    if args.format == "kernel+initrd" and not cfg.kernel.image:
+        raise UserError("kernel+initrd needs a kernel: section with an image; the config has "
+                        "none")
     view = build_view(cfg, session.resolve, share_by_id=args.share_by_id,
                       resolve_layout=session.resolve_layout)
     view.prepare()  # export and index everything before the output is opened
@@ -159,7 +171,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         return bars[-1].add
 
     try:
-        pack(view, args.output, progress if session.show_progress else None)
+        pack(view, args.output, progress if session.show_progress else None, args.format)
     finally:
         for b in bars:
             b.close()

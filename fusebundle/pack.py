@@ -245,38 +245,42 @@ def write_entries(entries: Iterable[Entry], fd: int, seekable: bool,
     return w.pos
 
 
+FORMATS = ("tar", "cpio", "kernel+initrd")
+
+
 def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int], None]]
-         | None = None) -> int:
-    """Write the view to `out` (a path, or '-' for stdout) atomically; return bytes written."""
+         | None = None, fmt: str = "tar") -> int:
+    """Write the view to `out` (a path, or '-' for stdout) atomically; return bytes written.
+
+    `fmt` is one of FORMATS: every format renders the same walk of the view's entries.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}")
     progress = None
     if progress_factory is not None:
         # A first pass over the indexes (no data) gives the total for the progress bar.
         progress = progress_factory(sum(e.size for e in view.entries() if e.type == "f"))
     entries = view.entries()
+    if fmt == "kernel+initrd":
+        from fusebundle.boot import write_kernel_initrd
+
+        return write_kernel_initrd(entries, out, progress)
+    render = write_entries
+    if fmt == "cpio":
+        from fusebundle.cpio import write_cpio
+
+        render = write_cpio
     if out == "-":
         fd = sys.stdout.fileno()
         if os.isatty(fd):
-            raise UserError("refusing to write a tar to a terminal; use -o FILE or a pipe")
+            raise UserError(f"refusing to write a {fmt} to a terminal; use -o FILE or a pipe")
         sys.stdout.flush()
-        return write_entries(entries, fd, stat.S_ISREG(os.fstat(fd).st_mode), progress)
-    directory = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(directory):
-        raise UserError(f"{out}: directory {directory} does not exist")
-    if os.path.isdir(out):
-        raise UserError(f"{out}: is a directory")
-    prefix = "." + os.path.basename(out) + ".fusebundle-"
-    try:
-        _clean_dead_temps(directory, prefix)
-        fd, tmp = _locked_temp(directory, prefix)
-    except OSError as e:
-        raise UserError(f"{out}: cannot create a file in {directory}: {e.strerror}") from None
+        return render(entries, fd, stat.S_ISREG(os.fstat(fd).st_mode), progress)
+    fd, tmp = open_temp(out)
     try:
         try:
-            n = write_entries(entries, fd, True, progress)
-            os.fsync(fd)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
+            n = render(entries, fd, True, progress)
+            finish_temp(fd)
             testhook.stop_at("pack-write")
             os.replace(tmp, out)
         finally:
@@ -288,6 +292,29 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
         # On a failing disk even this may fail: the next pack to `out` removes it.
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def open_temp(out: str) -> tuple[int, str]:
+    """A locked temporary file beside `out`, to be renamed over it once complete."""
+    directory = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(directory):
+        raise UserError(f"{out}: directory {directory} does not exist")
+    if os.path.isdir(out):
+        raise UserError(f"{out}: is a directory")
+    prefix = "." + os.path.basename(out) + ".fusebundle-"
+    try:
+        _clean_dead_temps(directory, prefix)
+        return _locked_temp(directory, prefix)
+    except OSError as e:
+        raise UserError(f"{out}: cannot create a file in {directory}: {e.strerror}") from None
+
+
+def finish_temp(fd: int) -> None:
+    """Make a complete temporary output durable, with the mode a new file would have."""
+    os.fsync(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
 
 
 def _locked_temp(directory: str, prefix: str) -> tuple[int, str]:

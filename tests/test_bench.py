@@ -154,3 +154,12 @@ def test_write_small_counts_tiny_trees(tmp_path: Path, files: int) -> None:
     n = bench.write_small(tmp_path / "t.tar", files)
     with tarfile.open(tmp_path / "t.tar") as t:
         assert n == len(t.getmembers()) + 1
+
+
+def test_the_cpio_row_is_held_to_pack_plus_gzip() -> None:
+    metric = "pack --format cpio, both images (s)"
+    assert bench.met(metric, {"fusebundle": 60.0, "pack + gzip -1": 50.0}) == "yes"
+    assert bench.met(metric, {"fusebundle": 61.0, "pack + gzip -1": 50.0}) == "NO"
+    assert bench.ratio(metric, {"fusebundle": 55.0, "pack + gzip -1": 50.0}) == "1.10"
+    table = bench.report({metric: {"fusebundle": 55.0, "pack + gzip -1": 50.0}})
+    assert "| pack + gzip -1 |" in table.splitlines()[0]
