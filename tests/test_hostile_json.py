@@ -519,8 +519,8 @@ def test_property_image_config(config: Any, depth: int) -> None:
         assert isinstance(config, dict)
         if isinstance(out, list):
             assert out == config["rootfs"]["diff_ids"]
-        elif isinstance(out, str):
-            assert out in ("linux/amd64",)
+        elif isinstance(out, str):  # amd64 asked without a variant takes any variant
+            assert out.split("/")[:2] == ["linux", "amd64"]
 
 
 class MemFiles(dict[str, bytes]):

@@ -90,7 +90,7 @@ def decode(data: bytes, path: str) -> ImageRecord:
         raise BadRecord(f"its file name does not match {name} {platform}")
     try:
         config = base64.b64decode(_str(doc, "config"), validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: a str that is not ASCII
         raise BadRecord("'config' is not base64") from None
     want = _str(doc, "configDigest")
     if "sha256:" + hashlib.sha256(config).hexdigest() != want:
