@@ -93,11 +93,13 @@ def own_media_type(doc: dict[str, Any], what: str) -> str | None:
     return jsondoc.Fields(doc, what).string("mediaType")
 
 
+_PLATFORM_STRINGS = ("os", "architecture", "variant")  # the fields of a platform read here
+
+
 def _platform(fields: jsondoc.Fields) -> None:
-    """A platform object's fields as the OCI spec's Platform struct types them."""
-    for key in ("os", "architecture", "variant", "os.version"):
+    """A platform object's fields as the OCI spec's Platform struct types them (strings)."""
+    for key in _PLATFORM_STRINGS:
         fields.string(key)
-    fields.strings("os.features")
 
 
 def _descriptor(desc: Any, what: str, kind: str) -> dict[str, Any]:
@@ -114,12 +116,21 @@ def _descriptor(desc: Any, what: str, kind: str) -> dict[str, Any]:
     size = desc.get("size", -1)
     if not isinstance(size, int) or isinstance(size, bool) or size < -1:
         raise UserError(f"{what}: {kind} {desc['digest']} has a bad size {size!r}")
-    fields = jsondoc.Fields(desc, f"{what}: {kind} {desc['digest']}")
-    plat = fields.obj("platform")
-    if plat is not None:
-        _platform(plat)
-    fields.string_map("annotations")
+    plat, annotations = desc.get("platform"), desc.get("annotations")
+    # The common case checked inline (an index may list tens of thousands of descriptors);
+    # `Fields` words the message when something is off.
+    if not (plat is None or isinstance(plat, dict) and _strings_only(plat, _PLATFORM_STRINGS)) \
+            or not (annotations is None or isinstance(annotations, dict)
+                    and _strings_only(annotations, annotations)):
+        fields = jsondoc.Fields(desc, f"{what}: {kind} {desc['digest']}")
+        if (platform_fields := fields.obj("platform")) is not None:
+            _platform(platform_fields)
+        fields.string_map("annotations")
     return desc
+
+
+def _strings_only(obj: dict[str, Any], keys: Any) -> bool:
+    return all(isinstance(obj[k], str) for k in keys if k in obj)
 
 
 # -- indexes ----------------------------------------------------------------------------------
