@@ -16,9 +16,11 @@ import io
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from fusebundle.sources import jsondoc
 from fusebundle.sources import manifest as mf
 from fusebundle.sources.archive import DockerArchive
 from fusebundle.sources.base import Platform
+from fusebundle.sources.engine import DockerEngine
 from fusebundle.sources.oci import LayoutReader
 from fusebundle.sources.regauth import RegistryError, token_answer
 from fusebundle.sources.registry import Registry
@@ -627,3 +630,43 @@ def test_bound_is_below_the_interpreter_limit() -> None:
                       list)
     with pytest.raises(jsondoc.TooDeep, match=r"^w: nested more than 512 deep$"):
         jsondoc.parse(b"[" * (jsondoc.MAX_DEPTH + 1) + b"]" * (jsondoc.MAX_DEPTH + 1), "w")
+
+
+# -- the engine's inspect: its answer is typed like every other document -----------------------
+def _engine_answering(path: Path, config: Any) -> threading.Thread:
+    """A unix socket that answers one image inspect with `config` as the image's Config (a
+    real engine's typed structs never write such an answer: a fault only a fake can make)."""
+    body = json.dumps({"Id": sha(b"image"), "Config": config, "Size": 3}).encode()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_engine_inspect_is_decoded_as_docker_does(tmp_path: Path) -> None:
+    sock = tmp_path / "engine.sock"
+    thread = _engine_answering(sock, {"Entrypoint": "abc", "Cmd": None, "Env": ["A=1"]})
+    info = DockerEngine(f"unix://{sock}").inspect(REF, pull=False)
+    thread.join(10)
+    assert info.config["Entrypoint"] == ["abc"] and info.config["Env"] == ["A=1"]
+    assert info.id == sha(b"image") and info.size == 3
+
+
+def test_engine_inspect_with_a_string_env_is_one_line(tmp_path: Path) -> None:
+    sock = tmp_path / "engine.sock"
+    thread = _engine_answering(sock, {"Env": "PATH=/x"})
+    with pytest.raises(UserError) as e:
+        DockerEngine(f"unix://{sock}").inspect(REF, pull=False)
+    thread.join(10)
+    assert str(e.value) == (f"image {REF}: inspect: field 'config.Env' is a string, "
+                            "not a list of strings")
