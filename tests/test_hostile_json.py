@@ -670,3 +670,28 @@ def test_engine_inspect_with_a_string_env_is_one_line(tmp_path: Path) -> None:
     thread.join(10)
     assert str(e.value) == (f"image {REF}: inspect: field 'config.Env' is a string, "
                             "not a list of strings")
+
+
+# -- the registry's manifests and indexes, and docker's config.json -----------------------------
+def test_registry_deep_manifest_and_string_platform(fake: FakeRegistry, tmp_path: Path) -> None:
+    fake.auth = ""
+    fake.manifests[("fb/deep", "1")] = (mf.OCI_MANIFEST, deep())
+    index = json.dumps({"schemaVersion": 2, "mediaType": mf.OCI_INDEX, "manifests": [
+        {"mediaType": mf.OCI_MANIFEST, "digest": sha(b"m"), "size": 1,
+         "platform": "linux/amd64"}]}).encode()
+    fake.manifests[("fb/plat", "1")] = (mf.OCI_INDEX, index)
+    reg = Registry(docker_config=str(tmp_path))
+    with pytest.raises(UserError) as e:
+        reg.resolve(f"{fake.address}/fb/deep:1", AMD64)
+    assert str(e.value) == (f"registry {fake.address}: {fake.address}/fb/deep:1: manifest "
+                            f"{sha(deep())}: nested more than {jsondoc.MAX_DEPTH} deep")
+    with pytest.raises(UserError) as e:
+        reg.resolve(f"{fake.address}/fb/plat:1", AMD64)
+    assert str(e.value).endswith(f"manifest {sha(b'm')}: field 'platform' is a string, "
+                                 "not an object")
+
+
+def test_deep_docker_config_is_one_line(fake: FakeRegistry, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_bytes(deep())
+    with pytest.raises(RegistryError, match=r"^docker config .*: unreadable \(RecursionError\)$"):
+        Registry(docker_config=str(tmp_path)).resolve(f"{fake.address}/fb/app:1", AMD64)

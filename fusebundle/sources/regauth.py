@@ -101,8 +101,9 @@ class DockerConfig:
                     doc = json.load(f)
             except FileNotFoundError:
                 doc = {}
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, RecursionError) as e:
                 # The error text of json could quote the file, which holds secrets: name it only.
+                # (RecursionError: nested deeper than the decoder goes.)
                 raise RegistryError(f"docker config {path}: unreadable ({type(e).__name__})"
                                     ) from None
             self._doc = doc if isinstance(doc, dict) else {}
@@ -165,7 +166,7 @@ def _run_helper(name: str, server: str) -> Credentials | None:
     try:
         doc = json.loads(done.stdout)
         user, secret = str(doc.get("Username") or ""), str(doc.get("Secret") or "")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         raise RegistryError(f"credential helper {program}: its answer is not JSON") from None
     if not secret:
         return None
