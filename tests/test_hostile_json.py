@@ -222,6 +222,30 @@ def test_save_with_string_env_is_one_line(work: Path) -> None:
     store_clean(work / "cache")
 
 
+@pytest.mark.parametrize("config", [image_config({"Env": "PATH=/x"}),
+                                    image_config()[:-1] + b', "x": ' + deep() + b"}"],
+                         ids=["Env-string", "deep"])
+def test_pack_leaves_no_output(work: Path, config: bytes) -> None:
+    layout = oci_layout(work / "layout", config)
+    r = cli("pack", work / "sys.yml", "-o", work / "out.tar", "--from", f"oci:{layout}",
+            "--platform", "linux/amd64", cache=work / "cache")
+    fails(r, 1, f"oci:{layout}: {REF}: config: ")
+    assert {p.name for p in work.iterdir()} <= {"cache", "layout", "sys.yml"}  # no out.tar
+    store_clean(work / "cache")
+
+
+def test_pack_of_a_string_entrypoint(work: Path) -> None:
+    """The bundle itself: config.json in the packed tar runs ["abc"], not ["a", "b", "c"]."""
+    layout = oci_layout(work / "layout", image_config({"Entrypoint": "abc"}))
+    r = cli("pack", work / "sys.yml", "-o", work / "out.tar", "--from", f"oci:{layout}",
+            "--platform", "linux/amd64", cache=work / "cache")
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(work / "out.tar") as tar:
+        [name] = [n for n in tar.getnames() if n.endswith("-odd/config.json")]
+        spec = json.load(tar.extractfile(name))  # type: ignore[arg-type]
+    assert spec["process"]["args"] == ["abc"]
+
+
 # -- defect 7: deep documents, through the CLI -----------------------------------------------
 def test_deep_index_json(work: Path) -> None:
     layout = oci_layout(work / "layout", image_config(), index=deep())
