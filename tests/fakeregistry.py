@@ -129,6 +129,9 @@ class FakeRegistry:
     tokens: dict[str, str] = field(default_factory=dict)  # token -> scope
     server: ThreadingHTTPServer | None = None
     tls: tuple[str, str] | None = None  # (certificate file, key file): serve HTTPS only
+    # The token service's answer as bytes, given the token it issued (a hostile answer);
+    # None for the usual {"token": ..., "expires_in": 300}.
+    token_answer: Callable[[str], bytes] | None = None
 
     # -- content ---------------------------------------------------------------------------
     def put(self, repo: str, tag: str, image: Image) -> None:
@@ -262,8 +265,9 @@ def _handler_for(reg: FakeRegistry) -> type[BaseHTTPRequestHandler]:
             elif not reg.anonymous_pull:
                 return self._error(401, "UNAUTHORIZED")
             token = self._issue(query.get("scope", [""])[0])
-            self._reply(200, json.dumps({"token": token, "expires_in": 300}).encode(),
-                        {"Content-Type": "application/json"})
+            body = (reg.token_answer(token) if reg.token_answer is not None
+                    else json.dumps({"token": token, "expires_in": 300}).encode())
+            self._reply(200, body, {"Content-Type": "application/json"})
 
         def _issue(self, scope: str) -> str:
             token = "tok-" + secrets.token_hex(16)

@@ -10,15 +10,14 @@ are served as bounded views (pread at the member's offset); nothing is written b
 from __future__ import annotations
 
 import io
-import json
 import os
 import posixpath
 import threading
 from typing import Any, BinaryIO, cast
 
 from fusebundle.errors import CorruptTar, UserError
+from fusebundle.sources import jsondoc, reference
 from fusebundle.sources import manifest as mf
-from fusebundle.sources import reference
 from fusebundle.sources.base import LayerRef, NotFound, Platform, ResolvedImage
 from fusebundle.sources.oci import LayoutReader, read_limited
 from fusebundle.tarindex import TarIndex
@@ -175,10 +174,9 @@ class DockerArchive:
             if not self.files.exists("manifest.json"):
                 self._manifest = []
                 return self._manifest
-            try:
-                doc = json.loads(self.files.read("manifest.json", mf.MAX_METADATA))
-            except (ValueError, UnicodeDecodeError) as e:
-                raise UserError(f"{self.name}: manifest.json is not valid JSON ({e})") from None
+            doc = jsondoc.parse(self.files.read("manifest.json", mf.MAX_METADATA),
+                                f"{self.name}: manifest.json",
+                                f"{self.name}: manifest.json is not valid JSON")
             if not isinstance(doc, list) or not all(isinstance(i, dict) for i in doc):
                 raise UserError(f"{self.name}: manifest.json is not a list of images")
             for item in doc:
@@ -223,11 +221,9 @@ class DockerArchive:
         if mf.is_sha256("sha256:" + stem):
             mf.verify(config_bytes, "sha256:" + stem, f"{what} (config)")
         plat = mf.check_platform(config_bytes, platform, what)
-        diff_ids = (mf.load_json(config_bytes, f"{what} (config)").get("rootfs") or {}).get(
-            "diff_ids")
-        if not isinstance(diff_ids, list) or len(diff_ids) != len(item["Layers"]):
-            count = len(diff_ids) if isinstance(diff_ids, list) else "no"
-            raise UserError(f"{what}: config lists {count} diff_ids for "
+        diff_ids = mf.config_diff_ids(config_bytes, what)
+        if len(diff_ids) != len(item["Layers"]):
+            raise UserError(f"{what}: config lists {len(diff_ids)} diff_ids for "
                             f"{len(item['Layers'])} layers")
         layers: list[dict[str, Any]] = []
         for path, diff_id in zip(item["Layers"], diff_ids, strict=True):

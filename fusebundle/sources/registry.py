@@ -334,8 +334,9 @@ class Registry:
         body, digest = self._manifest(host, parsed, parsed.digest or parsed.tag, shown)
         for _ in range(_MAX_INDEX_DEPTH + 1):
             doc = manifest.load_json(body, f"{what}: manifest {digest}")
-            if doc.get("mediaType") not in manifest.INDEX_TYPES and not (
-                    doc.get("mediaType") is None and "manifests" in doc):
+            media_type = manifest.own_media_type(doc, f"{what}: manifest {digest}")
+            if media_type not in manifest.INDEX_TYPES and not (
+                    media_type is None and "manifests" in doc):
                 break
             chosen = manifest.choose(doc, platform, what)
             body, digest = self._manifest(host, parsed, chosen["digest"], shown)
