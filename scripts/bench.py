@@ -32,6 +32,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_real.py lies beside
+import bench_real  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 FB = [str(REPO / ".venv/bin/python"), "-m", "fusebundle"]
 SCALE_DIR = REPO / ".bench" / "scale"
@@ -1030,6 +1033,8 @@ TARGETS: list[tuple[str, str, str, Callable[[Row], bool]]] = [
      lambda r: _fb(r) <= _v(r, "docker pull")),
 ]
 
+TARGETS += bench_real.targets()
+
 # The scale rows' own targets, where they differ from the default run's.
 SCALE_TARGETS: list[tuple[str, str, str, Callable[[Row], bool]]] = [
     ("server peak RSS, first access (MB)", "ratarmount", "<= 150 MB", lambda r: _fb(r) <= 150),
@@ -1089,9 +1094,10 @@ def cell(v: float | str) -> str:
 
 def report(results: dict[str, Row]) -> str:
     """A markdown table: a row per metric, median (lowest–highest run) in each peer's cell."""
-    cols = ["fusebundle", "ratarmount", "archivemount", "limit (tar)", "limit (disk)",
-            "tar -cf", "pack + gzip -1", "docker", "gzip -dc", "1 layer", "5 layers",
-            "docker pull", "skopeo", "pyfuse3 + trio", "all", "input"]
+    cols = ["fusebundle", "fusebundle (no preload)", "ratarmount", "archivemount", "podman",
+            "tar -xf", "limit (tar)", "limit (disk)", "tar -cf", "pack + gzip -1", "docker",
+            "gzip -dc", "1 layer", "5 layers", "docker pull", "skopeo", "pyfuse3 + trio", "all",
+            "input"]
     cols = [c for c in cols if any(c in r for r in results.values())]
     lines = ["| metric | " + " | ".join(cols) + " | fusebundle / peer | target | met |",
              "|---" * (len(cols) + 4) + "|"]
@@ -1116,9 +1122,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="10k files and 256 MiB, 3 runs")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    ap.add_argument("--part", choices=("all", "mount", "sources", "cpio"),
+    ap.add_argument("--part", choices=("all", "mount", "sources", "cpio", "real"),
                     help="mount: the engine-export mounts; sources: OCI layouts, no engine; "
-                         "cpio: only pack --format cpio against pack + gzip -1 "
+                         "cpio: only pack --format cpio against pack + gzip -1; real: a Debian "
+                         "image built with mmdebstrap and docker build, idle and busy "
                          "(default: all, or none with --scale)")
     ap.add_argument("--scale", action="store_true",
                     help="fusebundle's costs at 10k, 100k and 1M small files (inputs kept in "
@@ -1142,13 +1149,18 @@ def main() -> int:
                 b.measure_sources()
             if part == "cpio":
                 b.measure_cpio()
+            if part in ("all", "real"):
+                bench_real.measure_real(b, sys.modules[__name__])
+                b.results.update(bench_real.derived(b.results))
             if args.scale or args.scale_sizes:
                 b.measure_scale(sizes)
         finally:
             for m in Path(tmp).glob("mnt-*"):
                 unmount(m)
     inputs = []
-    if part != "none":
+    if part == "real":
+        inputs.append("a Debian image of 7 layers (mmdebstrap + docker build)")
+    elif part != "none":
         inputs.append(f"{'quick' if args.quick else 'full'} inputs ({b.small_files} files, "
                       f"{b.large_size >> 20} MiB)")
     if args.scale or args.scale_sizes:
