@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from fusebundle.errors import UserError
 from fusebundle.sources import manifest, reference
 from fusebundle.sources.base import LayerRef, NotFound, Platform, ResolvedImage
+from fusebundle.sources.netbounds import PING_WINDOW, RATE_WINDOW, Deadline, Pace, scaled
 from fusebundle.sources.regauth import (
     Authenticator,
     Denied,
@@ -160,19 +161,35 @@ class Registry:
         text = " ".join(str(exc).split()) or type(exc).__name__
         return scrub(text, self._auth.secrets())[:200]
 
+    def _delay(self, attempt: int, wait: float | None = None) -> float:
+        return min(wait if wait is not None else self.backoff * 2 ** (attempt - 1), self.max_wait)
+
     def _sleep_before(self, attempt: int, wait: float | None = None) -> None:
-        delay = wait if wait is not None else self.backoff * 2 ** (attempt - 1)
-        time.sleep(min(delay, self.max_wait))
+        time.sleep(self._delay(attempt, wait))
+
+    def _attempt_timeout(self, deadline: Deadline, read: float | None) -> httpx.Timeout:
+        """One try's timeouts: today's per-operation ones, cut to what the deadline leaves."""
+        import httpx
+
+        default_read, connect = self._timeout
+        left = deadline.left()
+        return httpx.Timeout(min(read or default_read, left), connect=min(connect, left))
 
     def _send(self, where: str, host: str, domain: str, repo: str, path: str, *,
               headers: dict[str, str] | None = None, stream: bool = False,
-              challenge: bool = True, base: str = "", tries: int = 0) -> httpx.Response:
-        """GET host/path with auth and bounded retries; the response of any final status."""
+              challenge: bool = True, base: str = "", tries: int = 0,
+              deadline: Deadline | None = None, read: float | None = None) -> httpx.Response:
+        """GET host/path with auth and bounded retries; the response of any final status.
+
+        Waiting on the network, summed over the tries, ends at DEADLINE (default: one
+        per-read timeout, so retries fit in the time one silent try used to take).
+        """
         import httpx
 
         client = self._client_for(host)
         url = (base or self._bases[host]) + path
         tries = tries or self.tries
+        deadline = deadline or Deadline(self._timeout[0])
         attempt = 0
         answered = False
         while True:
@@ -182,8 +199,11 @@ class Registry:
             if grant:
                 sent["Authorization"] = grant
             try:
-                response = client.send(client.build_request("GET", url, headers=sent),
-                                       stream=stream)
+                if deadline.passed():
+                    raise httpx.TimeoutException("timed out")
+                request = client.build_request("GET", url, headers=sent,
+                                               timeout=self._attempt_timeout(deadline, read))
+                response = client.send(request, stream=stream)
             except httpx.RequestError as e:
                 if _caused_by(e, (ssl.SSLError,)) or "SSL" in str(e):
                     raise RegistryError(f"{where}: TLS failure ({self._reason(e)})") from None
@@ -196,6 +216,9 @@ class Registry:
                 if attempt >= tries:
                     raise RegistryError(f"{where}: unreachable after {tries} "
                                         f"{'try' if tries == 1 else 'tries'} "
+                                        f"({self._reason(e)})") from None
+                if deadline.left() <= self._delay(attempt):
+                    raise RegistryError(f"{where}: no answer within {deadline.shown()} "
                                         f"({self._reason(e)})") from None
                 self._sleep_before(attempt)
                 continue
@@ -212,6 +235,7 @@ class Registry:
                                             f"({self._reason(e)})") from None
                     answered = True
                     attempt -= 1  # the challenge round is not a failure
+                    deadline = deadline.renewed()
                     continue
                 return response
             if status == 429 or status >= 500:
@@ -221,6 +245,7 @@ class Registry:
                     raise RegistryError(f"{where}: gave up after {tries} tries "
                                         f"(last answer HTTP {status})")
                 self._sleep_before(attempt, wait)
+                deadline = deadline.renewed()
                 continue
             return response
 
@@ -236,17 +261,20 @@ class Registry:
         """GET /v2/ once per host: is a registry there, and on HTTPS or (where allowed) HTTP?
 
         As docker does, a host where plain HTTP is allowed is tried on HTTPS first (its
-        certificate not checked), then on HTTP.
+        certificate not checked), then on HTTP.  All of it ends within PING_WINDOW, the HTTPS
+        try of such a host within half of it, so that a silent server costs ~15 s, not minutes.
         """
         if host in self._bases:
             return
         where = f"registry {host}"
         schemes = ["https", "http"] if plain_http_allowed(host, self.insecure) else ["https"]
+        overall = Deadline(PING_WINDOW)
         for scheme in schemes:
             last = scheme == schemes[-1]
             try:
                 response = self._send(where, host, domain, "", "/v2/", challenge=False,
-                                      base=f"{scheme}://{host}", tries=0 if last else 1)
+                                      base=f"{scheme}://{host}", tries=0 if last else 1,
+                                      deadline=overall if last else Deadline(PING_WINDOW / 2))
             except RegistryError:
                 if last:
                     raise
@@ -262,11 +290,15 @@ class Registry:
     def _read_small(self, response: httpx.Response, where: str) -> bytes:
         """The body of a manifest or config, refusing one too big to be one."""
         data = bytearray()
+        pace = Pace()
         try:
             for chunk in response.iter_bytes():
                 data += chunk
                 if len(data) > manifest.MAX_METADATA:
                     raise RegistryError(f"{where}: bigger than {manifest.MAX_METADATA} bytes")
+                slow = pace.add(len(chunk))
+                if slow:
+                    raise RegistryError(f"{where}: {slow}")
         except Exception as e:
             import httpx
 
@@ -375,6 +407,7 @@ class _BlobStream(io.RawIOBase):
         self._failures = 0  # consecutive drops without a byte in between
         self._resumes = 0
         self._done = False
+        self._pace = Pace()  # over the whole blob, reconnections included
         self._open()
 
     def readable(self) -> bool:
@@ -389,7 +422,9 @@ class _BlobStream(io.RawIOBase):
             headers["Range"] = f"bytes={self._received}-"
         response = self._registry._send(self._where, self._host, self._domain, self._repo,
                                         f"/v2/{self._repo}/blobs/{self.digest}",
-                                        headers=headers, stream=True)
+                                        headers=headers, stream=True,
+                                        # no byte in a rate window is below any minimum rate
+                                        read=scaled(RATE_WINDOW))
         status = response.status_code
         if status == 206 and self._received:
             start = response.headers.get("content-range", "").removeprefix("bytes ")
@@ -450,6 +485,10 @@ class _BlobStream(io.RawIOBase):
                     continue
             self._failures = 0
             self._received += len(chunk)
+            slow = self._pace.add(len(chunk))
+            if slow:
+                self._drop()
+                raise RegistryError(f"{self._where}: {slow}; gave up at byte {self._received}")
             if 0 <= self.size < self._received:
                 self._drop()
                 raise RegistryError(f"{self._where}: more bytes than the {self.size} the "
