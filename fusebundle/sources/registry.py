@@ -176,11 +176,12 @@ class Registry:
 
                 read, connect = self._timeout
                 context = ssl_context(tls, verify)
-                # trust_env stays off, but not for .netrc: httpx >= 0.24 reads it only through
-                # an explicit NetRCAuth (checked in 0.29's _client.py and _auth.py); trust_env
-                # now means environment proxies and SSL_CERT_FILE/DIR.  The proxies are read
-                # here instead (regnet: CIDRs and host:port in NO_PROXY, loopback never,
-                # credentials kept out of messages), and the CAs come from our context.
+                # trust_env stays off, but no longer for .netrc: in httpx 0.29 (read in its
+                # _client.py, _utils.py and _auth.py) .netrc is used only through an explicit
+                # NetRCAuth, and trust_env means environment proxies and SSL_CERT_FILE/DIR
+                # (the latter only when verify=True; we pass a context).  The proxies are
+                # read in regnet instead: CIDRs and host:port in NO_PROXY, loopback never,
+                # credentials kept out of messages.
                 mounts = {f"{scheme}://": httpx.HTTPTransport(
                     verify=context, proxy=proxy.url if proxy else None)
                     for scheme, proxy in proxies.items()}
