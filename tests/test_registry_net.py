@@ -403,6 +403,21 @@ def test_private_ca_through_certs_d(tmp_path: Path, pki: Path, hostname: str,
         reg.stop()
 
 
+def test_https_through_connect(tmp_path: Path, pki: Path, hostname: str, proxy: Tinyproxy,
+                               image: Image) -> None:
+    reg = _tls_registry(tmp_path / "reg", pki, image, clientcas=True)
+    try:
+        where = f"{hostname}:{reg.port}"
+        pair = _certs_d(tmp_path, where, pki, ("ca.pem", "ca.crt"),
+                        ("client.pem", "client.cert"), ("client.key", "client.key"))
+        r = fb(tmp_path, where, "--cert-dir", str(pair), env={"https_proxy": proxy.url})
+        assert r.returncode == 0, r.stderr
+        assert stored(tmp_path, image)
+        assert f"CONNECT {where}" in proxy.seen()
+    finally:
+        reg.stop()
+
+
 def test_client_certificates(tmp_path: Path, pki: Path, hostname: str, image: Image) -> None:
     reg = _tls_registry(tmp_path / "reg", pki, image, clientcas=True)
     try:

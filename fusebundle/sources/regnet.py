@@ -64,8 +64,8 @@ def parse_proxy(value: str, variable: str) -> Proxy:
     if scheme not in ("http", "https") or not host or port == -1:
         raise ConfigError(f"{variable}: expected http://[USER:PASSWORD@]HOST[:PORT], got "
                           f"{shown if host else 'no host'} (SOCKS proxies are not supported)")
-    secrets = tuple(s for s in (parts.password, unquote(parts.password or ""), parts.username,
-                                unquote(parts.username or "")) if s)
+    # The user name is not secret (and a short one would blank out half of every message).
+    secrets = tuple(s for s in (parts.password, unquote(parts.password or "")) if s)
     if parts.password:
         import base64
 
