@@ -119,6 +119,7 @@ class Registry:
         self._tls: dict[str, HostTLS | None] = {}
         self._proxies: dict[tuple[str, str], Proxy | None] = {}  # (scheme, host) -> proxy
         self._proxy_secrets: set[str] = set()
+        self._contexts: dict[tuple[HostTLS | None, bool], ssl.SSLContext] = {}
         # image name -> (the endpoint whose manifest was used, why the ones before it failed)
         self.answered: dict[str, tuple[str, str]] = {}
         self._refused: dict[tuple[str, str], set[str]] = {}  # (name, layer) -> endpoints
@@ -175,18 +176,22 @@ class Registry:
                 import httpx  # only commands that reach a registry pay for importing it
 
                 read, connect = self._timeout
-                context = ssl_context(tls, verify)
+                context = self._contexts.get((tls, verify))
+                if context is None:  # one per kind: loading a CA store costs tens of ms
+                    context = self._contexts[(tls, verify)] = ssl_context(tls, verify)
                 # trust_env stays off, but no longer for .netrc: in httpx 0.29 (read in its
                 # _client.py, _utils.py and _auth.py) .netrc is used only through an explicit
                 # NetRCAuth, and trust_env means environment proxies and SSL_CERT_FILE/DIR
                 # (the latter only when verify=True; we pass a context).  The proxies are
                 # read in regnet instead: CIDRs and host:port in NO_PROXY, loopback never,
                 # credentials kept out of messages.
-                mounts = {f"{scheme}://": httpx.HTTPTransport(
-                    verify=context, proxy=proxy.url if proxy else None)
-                    for scheme, proxy in proxies.items()}
+                https, http = (httpx.HTTPTransport(verify=context,
+                                                   proxy=proxy.url if proxy else None)
+                               for proxy in (proxies["https"], proxies["http"]))
+                # `transport` given: httpx makes no default one (with a CA store of its own).
                 client = httpx.Client(
-                    follow_redirects=True, trust_env=False, mounts=mounts,
+                    follow_redirects=True, trust_env=False, transport=https,
+                    mounts={"http://": http},
                     timeout=httpx.Timeout(read, connect=connect),
                     headers={"User-Agent": "fusebundle"})
                 self._clients[host] = client
