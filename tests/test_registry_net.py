@@ -22,13 +22,16 @@ from pathlib import Path
 
 import pytest
 from conftest import _die_with_parent, _stop
-from fakeregistry import OCI_MANIFEST, FakeRegistry, Image, make_image, sha256
+from fakeregistry import OCI_MANIFEST, FakeRegistry, Image, SilentServer, make_image, sha256
 from faulttools import env_for, one_line, temps
 
 from fusebundle.errors import ConfigError
 from fusebundle.sources import regnet
+from fusebundle.sources.base import Platform
 from fusebundle.sources.regauth import RegistryError
+from fusebundle.sources.registry import Registry
 
+AMD64 = Platform("linux", "amd64")
 PROXY_PASSWORD = "pr0xy-Pa55-q7"  # must never be shown, --debug included
 LAYER_FILE = b"through the company network\n" * 100
 
@@ -482,6 +485,27 @@ def test_mirror_with_wrong_bytes_falls_back_to_origin(tmp_path: Path, origin: Di
         assert len(fake.requests(lambda s: s.path.endswith(bad))) == 1
     finally:
         fake.stop()
+
+
+def test_silent_mirror_is_waited_for_once(tmp_path: Path, image: Image,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUSEBUNDLE_TEST_NET_SCALE", "0.1")  # its 15 s ping bound -> 1.5 s
+    silent, origin = SilentServer(), FakeRegistry().start()
+    try:
+        origin.put("fb/app", "1", image)
+        origin.put("fb/app", "2", image)
+        reg = Registry(docker_config=str(tmp_path), backoff=0.05,
+                       mirrors=regnet.parse_mirrors([], [silent.address]))
+        for tag in ("1", "2"):
+            got = reg.resolve(f"{origin.address}/fb/app:{tag}", AMD64)
+            assert got.manifest_digest == image.digest
+            label, failed = reg.answered[f"{origin.address}/fb/app:{tag}"]
+            assert label == f"origin {origin.address}"
+            assert f"mirror {silent.address}" in failed and "no answer within" in failed
+        assert silent.accepted == 2  # HTTPS then HTTP, for the first image only
+    finally:
+        silent.stop()
+        origin.stop()
 
 
 def test_help_shows_the_flags() -> None:

@@ -133,6 +133,7 @@ class Registry:
         self._auth = Authenticator(DockerConfig(docker_config), self.insecure)
         self._clients: dict[str, httpx.Client] = {}  # by host: its TLS and proxies
         self._bases: dict[str, str] = {}  # host -> "https://host" or "http://host", once pinged
+        self._unreachable: dict[str, str] = {}  # host -> why its ping failed, this session
         self._log_filter: _ScrubLog | None = None
         self._lock = threading.Lock()
 
@@ -349,6 +350,8 @@ class Registry:
         """
         if host in self._bases:
             return
+        if host in self._unreachable:  # a dead mirror costs its wait once, not per image
+            raise RegistryError(self._unreachable[host])
         where = f"registry {host}"
         # A certs.d entry means verified HTTPS only, loopback included (as skopeo); a mirror
         # URL with a scheme is used with that scheme only.
@@ -362,8 +365,9 @@ class Registry:
                 response = self._send(where, host, domain, "", "/v2/", challenge=False,
                                       base=f"{scheme}://{host}", tries=0 if last else 1,
                                       deadline=overall if last else Deadline(PING_WINDOW / 2))
-            except RegistryError:
+            except RegistryError as e:
                 if last:
+                    self._unreachable[host] = str(e)
                     raise
                 continue
             response.close()
