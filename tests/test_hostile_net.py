@@ -123,6 +123,7 @@ def test_dripping_blob_fails_by_its_rate(fake: FakeRegistry, image: Image,
     assert f"blob {layer}" in line and "too slow" in line and "below 1024 bytes/s" in line
     assert len(fake.requests(lambda s: s.path == path)) == 1  # a drip is not resumed
     assert run.seconds < 30, run.seconds  # a 3 s window; unbounded before
+    assert run.max_rss_kib < MAX_RSS_KIB
     assert_store_untouched(cache)
 
 
@@ -135,6 +136,7 @@ def test_dripping_manifest_fails_by_its_rate(fake: FakeRegistry, tmp_path: Path)
     assert run.returncode == 1, run.stderr
     assert "too slow" in one_line(run.stderr)
     assert run.seconds < 30, run.seconds
+    assert run.max_rss_kib < MAX_RSS_KIB
     assert_store_untouched(cache)
 
 
