@@ -39,6 +39,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure-registry", action="append", metavar="HOST[:PORT]",
                    help="a registry that may be reached over plain HTTP (repeatable; "
                         "localhost and 127.0.0.0/8 always may)")
+    p.add_argument("--cert-dir", metavar="DIR",
+                   help="a certs.d tree (DIR/HOST[:PORT]/*.crt CAs, *.cert + *.key client "
+                        "certificates) used instead of /etc/docker/certs.d, "
+                        "/etc/containers/certs.d and ~/.config/containers/certs.d")
+    p.add_argument("--registry-mirror", action="append", metavar="URL",
+                   help="a mirror of docker.io, tried before it (repeatable, in order; "
+                        "as dockerd's registry-mirrors)")
+    p.add_argument("--mirror", action="append", metavar="[REGISTRY=]URL",
+                   help="a mirror of REGISTRY, or of every registry without REGISTRY=, "
+                        "tried before it (repeatable, in order; LinuxKit's flag). Proxies: "
+                        "HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY")
     p.add_argument("--docker-host", metavar="URL",
                    help="Docker engine to use (default: $DOCKER_HOST or the local socket)")
     p.add_argument("--cache-dir", metavar="DIR",
@@ -111,6 +122,9 @@ class _Session:
         self.resolver = Resolver(args.sources, args.cache_dir or default_cache_dir(),
                                  docker_host=args.docker_host, pull=args.pull,
                                  platform=platform, insecure=tuple(args.insecure_registry or ()),
+                                 cert_dir=args.cert_dir,
+                                 registry_mirrors=tuple(args.registry_mirror or ()),
+                                 mirrors=tuple(args.mirror or ()),
                                  show_progress=self.show_progress,
                                  verify_layers=args.command == "pack")
         self.cache = self.resolver.cache
@@ -199,6 +213,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
         if isinstance(handle, LayeredImage):
             source = handle.source.name if handle.source is not None else "store"
             handle.index()
+            served_by = getattr(handle.source, "served_by", None)
+            if served_by is not None and served_by(ref, handle.image.name):
+                source += f" ({served_by(ref, handle.image.name)})"
             f = handle.fetched
             fetched += f.layers
             present += f.present

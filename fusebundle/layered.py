@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from fusebundle.errors import UserError
 from fusebundle.images import Cache, ImageInfo
 from fusebundle.sources.base import LayerRef, LayerSource, ResolvedImage
 from fusebundle.tarindex import TarIndex
@@ -99,7 +100,15 @@ class LayeredImage:
                 return source.open_blob(self.image, layer)
 
             with Bar(f"{self.image.ref} {short}", layer.size, self.show_progress) as bar:
-                self.store.ingest(layer, open_blob, self.image.ref, bar.to)
+                while True:
+                    try:
+                        self.store.ingest(layer, open_blob, self.image.ref, bar.to)
+                        break
+                    except UserError as e:
+                        # A registry mirror's bad blob is fetched again from the next endpoint.
+                        refused = getattr(source, "refused_blob", None)
+                        if refused is None or not refused(self.image, layer, e):
+                            raise
             with self._count:
                 if opened:
                     self.fetched.layers += 1

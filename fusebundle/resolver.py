@@ -50,6 +50,9 @@ class Resolver:
     pull: bool = False
     platform: Platform = field(default_factory=Platform.host)
     insecure: tuple[str, ...] = ()
+    cert_dir: str | None = None
+    registry_mirrors: tuple[str, ...] = ()  # --registry-mirror URL, for docker.io
+    mirrors: tuple[str, ...] = ()  # --mirror [REGISTRY=]URL
     show_progress: bool = False
     verify_layers: bool = False  # hash stored layers again before use (for pack)
     _sources: dict[str, Any] = field(default_factory=dict)
@@ -58,8 +61,11 @@ class Resolver:
     _engine: Any = None
 
     def __post_init__(self) -> None:
+        from fusebundle.sources.regnet import parse_mirrors
+
         self.order = [parse_spec(s) for s in self.specs] if self.specs else [
             (k, "") for k in DEFAULT_ORDER]
+        self.mirror_table = parse_mirrors(self.registry_mirrors, self.mirrors)
 
     # -------------------------------------------------------------------------- parts
     @property
@@ -101,7 +107,8 @@ class Resolver:
             else:
                 from fusebundle.sources.registry import Registry
 
-                src = Registry(insecure=self.insecure)
+                src = Registry(insecure=self.insecure, cert_dir=self.cert_dir,
+                               mirrors=self.mirror_table)
             self._sources[name] = src
         return src
 

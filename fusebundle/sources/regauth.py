@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from fusebundle.errors import UserError
 from fusebundle.sources import jsondoc
+from fusebundle.sources.netbounds import TOKEN_MAX, TOKEN_WINDOW, Deadline
 
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # where docker keeps docker.io's credentials
 _HELPER_TIMEOUT = 30.0
@@ -264,13 +265,18 @@ class Authenticator:
             query["service"] = params["service"]
         used = "with credentials" if creds is not None else "anonymously"
         client = client_for(parts.netloc)
+        deadline = Deadline(TOKEN_WINDOW)
         if creds is not None and creds.identity_token:
             form = dict(query, grant_type="refresh_token", refresh_token=creds.identity_token,
                         client_id="fusebundle")
-            response = client.post(realm, data=form)
+            request = client.build_request("POST", realm, data=form,
+                                           timeout=_timeout(deadline))
         else:
             auth_header = {"Authorization": creds.basic()} if creds and creds.password else {}
-            response = client.get(realm, params=query, headers=auth_header)
+            request = client.build_request("GET", realm, params=query, headers=auth_header,
+                                           timeout=_timeout(deadline))
+        body, response = _token_exchange(client, request, deadline,
+                                         f"{where}: the token service {parts.netloc}")
         if response.status_code in (401, 403):
             raise Denied(f"{where}: the token service {parts.netloc} refused a pull token "
                          f"(HTTP {response.status_code}, asked {used}"
@@ -278,8 +284,8 @@ class Authenticator:
         if response.status_code != 200:
             raise RegistryError(f"{where}: the token service {parts.netloc} answered HTTP "
                                 f"{response.status_code}")
-        token, lifetime = token_answer(response.content, f"{where}: the token service "
-                                                         f"{parts.netloc}'s answer")
+        token, lifetime = token_answer(body, f"{where}: the token service "
+                                             f"{parts.netloc}'s answer")
         if not token:
             raise RegistryError(f"{where}: the token service {parts.netloc} sent no token")
         self._secrets.add(token)
@@ -308,6 +314,39 @@ def token_answer(body: bytes, what: str) -> tuple[str, int]:
     except UserError as e:
         raise RegistryError(str(e)) from None
     return token, lifetime or _TOKEN_LIFETIME
+
+
+def _timeout(deadline: Deadline) -> Any:
+    """httpx timeouts that end no later than DEADLINE."""
+    import httpx
+
+    return httpx.Timeout(deadline.left())
+
+
+def _token_exchange(client: Any, request: Any, deadline: Deadline,
+                    where: str) -> tuple[bytes, Any]:
+    """(body, response) of a token request, within DEADLINE and TOKEN_MAX bytes.
+
+    The body is read only from a 200 answer (b"" otherwise); the response comes back closed.
+    """
+    import httpx
+
+    data = bytearray()
+    try:
+        response = client.send(request, stream=True)
+        try:
+            for chunk in response.iter_bytes() if response.status_code == 200 else ():
+                data += chunk
+                if len(data) > TOKEN_MAX:
+                    raise RegistryError(f"{where}: its answer is bigger than {TOKEN_MAX} "
+                                        "bytes (a token is a few KiB)")
+                if deadline.passed():  # a drip: each read is quick, the whole is not
+                    raise httpx.ReadTimeout("answer too slow")
+        finally:
+            response.close()
+    except httpx.TimeoutException:
+        raise RegistryError(f"{where}: no complete answer within {deadline.shown()}") from None
+    return bytes(data), response
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
