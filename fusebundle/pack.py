@@ -259,12 +259,70 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
             raise UserError("refusing to write a tar to a terminal; use -o FILE or a pipe")
         sys.stdout.flush()
         return write_entries(entries, fd, stat.S_ISREG(os.fstat(fd).st_mode), progress)
-    directory = os.path.dirname(os.path.abspath(out))
+    target = _output_target(out)
+    if target is None:
+        return _pack_to_stream(entries, out, progress)
+    return _pack_to_file(entries, out, target, progress)
+
+
+# What -o may name, by the type of what is there: a regular file is replaced atomically, a
+# character device or FIFO is written into (GNU tar's choice: -o /dev/null, -o >(gzip >x)),
+# and anything else is refused rather than replaced (docker save refuses all of them).
+_REFUSED = {stat.S_IFDIR: "is a directory",
+            stat.S_IFBLK: "is a block device (a tar is never written over a disk)",
+            stat.S_IFSOCK: "is a socket"}
+
+
+def _output_target(out: str) -> str | None:
+    """The regular file to replace for `out` (a symlink's target), or None to write into it."""
+    try:
+        st = os.stat(out)
+    except FileNotFoundError:
+        if os.path.islink(out):
+            raise UserError(f"{out}: is a dangling symlink (to {os.readlink(out)}); "
+                            "name the file itself") from None
+        target = out
+    except OSError as e:
+        raise UserError(f"{out}: cannot use as output: {e.strerror}") from None
+    else:
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            why = _REFUSED.get(stat.S_IFMT(st.st_mode), "is not a regular file")
+            raise UserError(f"{out}: {why}; -o takes a file, a character device or a FIFO")
+        # a symlink stays: its target is the file replaced, in the target's directory
+        target = os.path.realpath(out)
+    directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise UserError(f"{out}: directory {directory} does not exist")
-    if os.path.isdir(out):
-        raise UserError(f"{out}: is a directory")
-    prefix = "." + os.path.basename(out) + ".fusebundle-"
+    return target
+
+
+def _pack_to_stream(entries: Iterable[Entry], out: str,
+                    progress: Callable[[int], None] | None) -> int:
+    """Write into a character device or FIFO as it is: nothing to rename, nothing to leave."""
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise UserError(f"{out}: cannot open: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):  # replaced since the stat
+            raise UserError(f"{out}: changed while opening it; try again")
+        if os.isatty(fd):
+            raise UserError(f"{out}: refusing to write a tar to a terminal")
+        return write_entries(entries, fd, False, progress)
+    except OSError as e:
+        raise UserError(f"{out}: write failed: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def _pack_to_file(entries: Iterable[Entry], out: str, target: str,
+                  progress: Callable[[int], None] | None) -> int:
+    """Write a temporary file beside `target`, then rename it over `target`."""
+    directory = os.path.dirname(os.path.abspath(target))
+    prefix = "." + os.path.basename(target) + ".fusebundle-"
     try:
         _clean_dead_temps(directory, prefix)
         fd, tmp = _locked_temp(directory, prefix)
@@ -278,7 +336,7 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
             os.umask(umask)
             os.fchmod(fd, 0o666 & ~umask)
             testhook.stop_at("pack-write")
-            os.replace(tmp, out)
+            os.replace(tmp, target)
         finally:
             os.close(fd)
         return n

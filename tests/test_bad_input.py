@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import os
+import socket
+import stat
+import subprocess
+import tarfile
+import threading
 from pathlib import Path
 
 import pytest
 from imagetools import RootfsBuilder, import_image
+from offline import one_line, run_fb, store_listable
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +162,105 @@ def test_trust_is_accepted_with_one_warning(fb, tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "trust" in r.stderr
     assert (tmp_path / "out.tar").exists()
+
+
+# ------------------------------------------------- pack -o onto what is not a regular file
+# (issue 17, defect 1: a rename over -o once turned /dev/null into a regular file)
+FILES_ONLY = "files:\n  - path: etc/motd\n    contents: hello\n"
+
+
+def _offline_pack(tmp_path: Path, out: Path) -> subprocess.CompletedProcess:
+    cfg = tmp_path / "system.yml"
+    cfg.write_text(FILES_ONLY)
+    return run_fb(tmp_path / "store", "pack", "-q", cfg, "-o", out, timeout=60)
+
+
+def _no_temps(directory: Path) -> None:
+    assert [p.name for p in directory.iterdir() if ".fusebundle-" in p.name] == []
+
+
+def _null_device(tmp_path: Path) -> Path:
+    dev = tmp_path / "null"
+    os.mknod(dev, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # what /dev/null is
+    return dev
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+@pytest.mark.parametrize("via_symlink", [False, True])
+def test_pack_into_a_character_device_keeps_it(tmp_path, via_symlink) -> None:
+    dev = _null_device(tmp_path)
+    out = dev
+    if via_symlink:
+        out = tmp_path / "link"
+        out.symlink_to(dev)
+    r = _offline_pack(tmp_path, out)
+    assert r.returncode == 0, r.stderr
+    st = os.lstat(dev)
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert not via_symlink or out.is_symlink()
+    _no_temps(tmp_path)
+
+
+def test_pack_into_a_fifo_streams_the_tar(tmp_path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    r = _offline_pack(tmp_path, fifo)
+    reader.join(30)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    with tarfile.open(fileobj=io.BytesIO(got[0])) as t:
+        assert t.extractfile("etc/motd").read() == b"hello"
+    _no_temps(tmp_path)
+
+
+def test_pack_over_a_symlink_replaces_its_target_not_the_link(tmp_path) -> None:
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "out.tar"
+    target.write_bytes(b"old")
+    link = tmp_path / "out.tar"
+    link.symlink_to(target)
+    r = _offline_pack(tmp_path, link)
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink()
+    with tarfile.open(target) as t:
+        assert t.extractfile("etc/motd").read() == b"hello"
+    _no_temps(tmp_path / "real")
+
+
+def _refused(tmp_path: Path, out: Path, *words: str) -> None:
+    r = _offline_pack(tmp_path, out)
+    one_line(r, str(out), *words, code=1)
+    _no_temps(tmp_path)
+    store_listable(tmp_path / "store")
+
+
+def test_pack_refuses_a_directory(tmp_path) -> None:
+    (tmp_path / "d").mkdir()
+    _refused(tmp_path, tmp_path / "d", "is a directory")
+    assert (tmp_path / "d").is_dir() and list((tmp_path / "d").iterdir()) == []
+
+
+def test_pack_refuses_a_dangling_symlink(tmp_path) -> None:
+    link = tmp_path / "out.tar"
+    link.symlink_to(tmp_path / "elsewhere.tar")
+    _refused(tmp_path, link, "dangling symlink")
+    assert link.is_symlink() and not (tmp_path / "elsewhere.tar").exists()
+
+
+def test_pack_refuses_a_socket(tmp_path) -> None:
+    path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        _refused(tmp_path, path, "is a socket")
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+def test_pack_refuses_a_block_device(tmp_path) -> None:
+    dev = tmp_path / "disk"
+    os.mknod(dev, stat.S_IFBLK | 0o600, os.makedev(7, 250))  # a loop device number
+    _refused(tmp_path, dev, "block device")
+    assert stat.S_ISBLK(os.lstat(dev).st_mode)
