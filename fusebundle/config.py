@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from fusebundle import yamlload
 from fusebundle.errors import ConfigError, UserError
 from fusebundle.schema import check_reference, validate_entry
 
@@ -26,6 +28,7 @@ FILE_STRING_KEYS = ("path", "symlink", "contents", "source", "metadata", "mode")
 FILE_BOOL_KEYS = ("directory", "optional")
 FILE_ID_KEYS = ("uid", "gid")
 FIRST_ID = 100
+MAX_DOCUMENT_BYTES = yamlload.MAX_DOCUMENT_BYTES
 
 
 @dataclass
@@ -120,32 +123,51 @@ class Config:
         return {e.name: FIRST_ID + i for i, e in enumerate(self.containers())}
 
 
-def _yaml() -> YAML:
-    # The pure loader speaks YAML 1.2, where `name: n` or `on` stay strings.
-    y = YAML(typ="safe", pure=True)
-    y.allow_duplicate_keys = False
-    return y
-
-
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def read_yaml(path: str) -> Any:
-    """Load one YAML document from a file, as plain Python data."""
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def read_config_text(path: str) -> str:
+    """A config file's text: a regular file of at most MAX_DOCUMENT_BYTES, in UTF-8."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        # O_NONBLOCK: opening a FIFO with no writer must not wait; the type check refuses it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise UserError(f"{path}: no such config file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, not a config file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError(f"{path}: is a directory, not a config file")
+        if not stat.S_ISREG(st.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+            raise UserError(f"{path}: is {kind}, not a config file (save it to a file first)")
+        too_big = ConfigError(f"{path}: larger than {MAX_DOCUMENT_BYTES >> 20} MiB, the most "
+                              "a config file may hold")
+        if st.st_size > MAX_DOCUMENT_BYTES:
+            raise too_big
+        try:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)  # (it may have grown since the stat)
+        except OSError as e:
+            raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise too_big
     try:
-        return _yaml().load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+
+
+def read_yaml(path: str) -> Any:
+    """Load one YAML document from a file, as plain Python data."""
+    text = read_config_text(path)
+    try:
+        return yamlload.load(text)
     except MarkedYAMLError as e:
         mark = e.problem_mark
         loc = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
