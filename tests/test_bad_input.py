@@ -15,6 +15,8 @@ import pytest
 from imagetools import RootfsBuilder, import_image
 from offline import one_line, run_fb, store_listable
 
+from fusebundle.errors import UserError
+
 
 @pytest.fixture(scope="module")
 def small_image(dockerd, tmp_path_factory) -> str:
@@ -264,3 +266,50 @@ def test_pack_refuses_a_block_device(tmp_path) -> None:
     os.mknod(dev, stat.S_IFBLK | 0o600, os.makedev(7, 250))  # a loop device number
     _refused(tmp_path, dev, "block device")
     assert stat.S_ISBLK(os.lstat(dev).st_mode)
+
+
+# ------------------------------------------- files: source: from procfs and sysfs (defect 10)
+SYSFS_FILES = ("/sys/devices/system/cpu/online", "/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _pack_sources(tmp_path: Path, *sources: str) -> subprocess.CompletedProcess:
+    cfg = tmp_path / "system.yml"
+    cfg.write_text("files:\n" + "".join(f"  - path: etc/f{i}\n    source: {s}\n"
+                                         for i, s in enumerate(sources)))
+    (tmp_path / "out").mkdir()
+    return run_fb(tmp_path / "store", "pack", "-q", cfg, "-o", tmp_path / "out" / "b.tar")
+
+
+def test_kernel_files_pack_with_their_real_bytes(tmp_path) -> None:
+    sysfs = next((p for p in SYSFS_FILES if os.access(p, os.R_OK)), None)
+    if sysfs is None:
+        pytest.skip("no known sysfs file here")
+    assert os.stat("/proc/version").st_size == 0 and os.stat(sysfs).st_size == 4096
+    r = _pack_sources(tmp_path, "/proc/version", sysfs)
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(tmp_path / "out" / "b.tar") as t:
+        got = {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
+    assert got == {"etc/f0": Path("/proc/version").read_bytes(),
+                   "etc/f1": Path(sysfs).read_bytes()}
+    assert got["etc/f0"].startswith(b"Linux version")
+
+
+def test_a_kernel_file_past_the_bound_is_one_line(monkeypatch) -> None:
+    from fusebundle import view
+    monkeypatch.setattr(view, "MAX_PSEUDO_BYTES", 16)
+    with pytest.raises(UserError, match="more than 0 MiB from a kernel file"):
+        view._read_pseudo("/proc/self/status", "x")
+
+
+def test_a_kernel_stream_without_end_is_one_line(tmp_path) -> None:
+    from fusebundle import view
+    fifo = tmp_path / "stream"  # like /proc/kmsg: open, but nothing to read yet
+    os.mkfifo(fifo)
+    r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    w = os.open(fifo, os.O_WRONLY)
+    try:
+        with pytest.raises(UserError, match="no end"):
+            view._read_pseudo(str(fifo), "x")
+    finally:
+        os.close(w)
+        os.close(r)
