@@ -29,12 +29,13 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fusebundle.errors import UserError
+from fusebundle.errors import UserError, shown
 
 log = logging.getLogger("fusebundle")
 
@@ -339,11 +340,7 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     tree = Tree(view, expand=args.expand)
     ops = Operations(tree, listing=getattr(args, "listing", None),
                      direct_io_min=direct_io_min)
-    try:
-        pyfuse3.init(ops, mnt, options)
-    except RuntimeError:
-        # libfuse has said why on stderr.
-        raise UserError(f"{args.mountpoint}: mount failed") from None
+    _mount(lambda: pyfuse3.init(ops, mnt, options), args.mountpoint)
     pid_file = _write_pid_file(mnt)
     if ready_fd is not None:
         os.chdir("/")
@@ -369,6 +366,37 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
                 os.unlink(pid_file)
     log.info("unmounted")
     return 0
+
+
+LIBFUSE_SAYS = 4096  # bytes of libfuse's (and fusermount3's) stderr kept: a line or two
+
+
+def _mount(init: Callable[[], None], arg: str) -> None:
+    """Run pyfuse3.init with stderr caught: libfuse and fusermount3 print their reason there,
+    which a failure then says once, in fusebundle's own line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            init()
+            failed = False
+        except RuntimeError:
+            failed = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        said = caught.read(LIBFUSE_SAYS).decode("utf-8", "replace")
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    if not failed:
+        for line in lines:  # warnings of a mount that worked are still worth seeing
+            print(f"fusebundle: warning: {line}", file=sys.stderr)
+        return
+    reason = lines[-1] if lines else "libfuse gave no reason"
+    for prefix in ("fusermount3: ", "fusermount: ", "fuse: ", "mount failed: "):
+        reason = reason.removeprefix(prefix)
+    raise UserError(f"{shown(arg)}: mount failed: {reason}")
 
 
 def _open_log(path: str) -> int:

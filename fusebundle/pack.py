@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from fusebundle import testhook
 from fusebundle.entry import Entry
-from fusebundle.errors import CorruptTar, UserError
+from fusebundle.errors import CorruptTar, UserError, shown
 from fusebundle.tarindex import read_sparse
 
 if TYPE_CHECKING:
@@ -279,22 +279,22 @@ def _output_target(out: str) -> str | None:
         st = os.stat(out)
     except FileNotFoundError:
         if os.path.islink(out):
-            raise UserError(f"{out}: is a dangling symlink (to {os.readlink(out)}); "
+            raise UserError(f"{shown(out)}: is a dangling symlink (to {shown(os.readlink(out))}); "
                             "name the file itself") from None
         target = out
     except OSError as e:
-        raise UserError(f"{out}: cannot use as output: {e.strerror}") from None
+        raise UserError(f"{shown(out)}: cannot use as output: {e.strerror}") from None
     else:
         if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
             return None
         if not stat.S_ISREG(st.st_mode):
             why = _REFUSED.get(stat.S_IFMT(st.st_mode), "is not a regular file")
-            raise UserError(f"{out}: {why}; -o takes a file, a character device or a FIFO")
+            raise UserError(f"{shown(out)}: {why}; -o takes a file, a character device or a FIFO")
         # a symlink stays: its target is the file replaced, in the target's directory
         target = os.path.realpath(out)
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
-        raise UserError(f"{out}: directory {directory} does not exist")
+        raise UserError(f"{shown(out)}: directory {shown(directory)} does not exist")
     return target
 
 
@@ -304,16 +304,16 @@ def _pack_to_stream(entries: Iterable[Entry], out: str,
     try:
         fd = os.open(out, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
-        raise UserError(f"{out}: cannot open: {e.strerror}") from None
+        raise UserError(f"{shown(out)}: cannot open: {e.strerror}") from None
     try:
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):  # replaced since the stat
-            raise UserError(f"{out}: changed while opening it; try again")
+            raise UserError(f"{shown(out)}: changed while opening it; try again")
         if os.isatty(fd):
-            raise UserError(f"{out}: refusing to write a tar to a terminal")
+            raise UserError(f"{shown(out)}: refusing to write a tar to a terminal")
         return write_entries(entries, fd, False, progress)
     except OSError as e:
-        raise UserError(f"{out}: write failed: {e.strerror or e}") from None
+        raise UserError(f"{shown(out)}: write failed: {e.strerror or e}") from None
     finally:
         os.close(fd)
 
@@ -327,7 +327,8 @@ def _pack_to_file(entries: Iterable[Entry], out: str, target: str,
         _clean_dead_temps(directory, prefix)
         fd, tmp = _locked_temp(directory, prefix)
     except OSError as e:
-        raise UserError(f"{out}: cannot create a file in {directory}: {e.strerror}") from None
+        raise UserError(f"{shown(out)}: cannot create a file in {shown(directory)}: "
+                        f"{e.strerror}") from None
     try:
         try:
             n = write_entries(entries, fd, True, progress)
@@ -341,7 +342,7 @@ def _pack_to_file(entries: Iterable[Entry], out: str, target: str,
             os.close(fd)
         return n
     except OSError as e:
-        raise UserError(f"{out}: write failed: {e.strerror or e}") from None
+        raise UserError(f"{shown(out)}: write failed: {e.strerror or e}") from None
     finally:
         # On a failing disk even this may fail: the next pack to `out` removes it.
         with contextlib.suppress(OSError):

@@ -16,7 +16,7 @@ from fusebundle import metadata, oci, schema
 from fusebundle.config import Config, FileSpec, Volume
 from fusebundle.config import Entry as ContainerEntry
 from fusebundle.entry import Entry, directory, regular
-from fusebundle.errors import UserError
+from fusebundle.errors import UserError, shown
 from fusebundle.images import ImageInfo
 from fusebundle.schema import LABEL_KEY
 from fusebundle.tarindex import IndexEntry, TarIndex
@@ -418,13 +418,13 @@ def _source_file(f: FileSpec) -> tuple[str, int, bytes | None] | None:
     except OSError as e:
         if spec.get("optional"):
             return None
-        raise UserError(f"{f.where}: source {spec['source']}: {e.strerror}") from None
+        raise UserError(f"{f.where}: source {shown(spec['source'])}: {e.strerror}") from None
     if not os.path.isfile(src) or not os.access(src, os.R_OK):
         if spec.get("optional"):
             return None
-        raise UserError(f"{f.where}: source {spec['source']}: not a readable file")
+        raise UserError(f"{f.where}: source {shown(spec['source'])}: not a readable file")
     if st.st_size == 0 or _fs_type(st.st_dev) in PSEUDO_FS:
-        data = _read_pseudo(src, f"{f.where}: source {spec['source']}")
+        data = _read_pseudo(src, f"{f.where}: source {shown(spec['source'])}")
         return os.path.abspath(src), len(data), data
     return os.path.abspath(src), st.st_size, None
 

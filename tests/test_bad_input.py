@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
 
 import pytest
 from imagetools import RootfsBuilder, import_image
-from offline import one_line, run_fb, store_listable
+from offline import REPO, one_line, run_fb, store_listable
 
-from fusebundle.errors import UserError
+from fusebundle.errors import UserError, go_quote, shown
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +315,63 @@ def test_a_kernel_stream_without_end_is_one_line(tmp_path) -> None:
     finally:
         os.close(w)
         os.close(r)
+
+
+# ----------------------------------- names with control characters; mount without the right
+# (defect 13: each must stay one line, names quoted as Go's %q does)
+@pytest.mark.parametrize(("text", "quoted", "code"), [
+    ('services:\n  - name: "a\\nb"\n    image: alpine\n', '("a\\nb")', 2),
+    ('files:\n  - {path: "etc/a\\nb", contents: x, symlink: y}\n', '("etc/a\\nb")', 2),
+    ('files:\n  - {path: etc/x, source: "/nowhere/a\\u0085\\u2028b"}\n',
+     'source "/nowhere/a\\u0085\\u2028b"', 1),
+])
+def test_names_with_control_characters_are_quoted(tmp_path, text, quoted, code) -> None:
+    cfg = tmp_path / "system.yml"
+    cfg.write_text(text)
+    (tmp_path / "out").mkdir()
+    r = run_fb(tmp_path / "store", "pack", "-q", cfg, "-o", tmp_path / "out" / "b.tar")
+    one_line(r, quoted, code=code)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_paths_with_newlines_on_the_command_line_are_quoted(tmp_path) -> None:
+    cfg = tmp_path / "sys\ntem.yml"
+    cfg.write_text("files: [\n")
+    one_line(run_fb(tmp_path / "store", "pack", cfg, "-o", tmp_path / "o.tar"),
+             '"' + str(tmp_path) + '/sys\\ntem.yml": line', code=2)
+    cfg = tmp_path / "system.yml"
+    cfg.write_text(FILES_ONLY)
+    out = tmp_path / "no\ndir" / "o.tar"
+    one_line(run_fb(tmp_path / "store", "pack", cfg, "-o", out), "no\\ndir", "does not exist")
+
+
+def test_go_quote_is_go_strconv_quote() -> None:
+    # expected values as Go's strconv.Quote prints them
+    assert go_quote("a\nb\t\"c\"\\") == '"a\\nb\\t\\"c\\"\\\\"'
+    assert go_quote("\x00\x1b\x7f") == '"\\x00\\x1b\\x7f"'
+    assert go_quote("é\u00a0\u2028\U000e0001😀") == '"é\\u00a0\\u2028\\U000e0001😀"'
+    assert go_quote(b"\xff\xfeok") == '"\\xff\\xfeok"'
+    assert shown("plain name-1") == "plain name-1" and shown("a\nb") == '"a\\nb"'
+
+
+@pytest.mark.skipif(not (os.geteuid() == 0 and os.path.exists("/dev/fuse")
+                         and shutil.which("fusermount3") and shutil.which("setpriv")),
+                    reason="needs root, /dev/fuse, fusermount3 and setpriv")
+@pytest.mark.parametrize("foreground", [False, True])
+def test_mount_without_the_right_to_mount_says_why_once(tmp_path, foreground) -> None:
+    # Without CAP_SYS_ADMIN (dropped from the bounding set, so the setuid fusermount3 cannot
+    # regain it) libfuse's mount(2) and fusermount3's both fail with EPERM and say so.
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cfg = tmp_path / "system.yml"
+    cfg.write_text(FILES_ONLY)
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/none",
+           "FUSEBUNDLE_CACHE_DIR": str(tmp_path / "store"), "PYTHONPATH": str(REPO)}
+    r = subprocess.run(["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin",
+                        sys.executable, "-m", "fusebundle", "mount",
+                        *(["--foreground"] if foreground else []), cfg, mnt],
+                       env=env, capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, check=False)
+    one_line(r, str(mnt), "mount failed: Operation not permitted", code=1)
+    assert not os.path.ismount(mnt) and list(mnt.iterdir()) == []
+    store_listable(tmp_path / "store")
