@@ -210,25 +210,25 @@ def _check_mountpoint(arg: str) -> str:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise UserError(f"{arg}: mount point does not exist") from None
+        raise UserError(f"{shown(arg)}: mount point does not exist") from None
     except OSError as e:
         if e.errno == errno.ENOTCONN:
-            raise UserError(f"{arg}: a stale mount is there (its server is gone); "
-                            f"clear it with: fusebundle umount {arg}") from None
-        raise UserError(f"{arg}: {e.strerror}") from None
+            raise UserError(f"{shown(arg)}: a stale mount is there (its server is gone); "
+                            f"clear it with: fusebundle umount {shown(arg)}") from None
+        raise UserError(f"{shown(arg)}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise UserError(f"{arg}: mount point is not a directory")
+        raise UserError(f"{shown(arg)}: mount point is not a directory")
     m = find_mount(path)
     if m is not None:
         if _stale(path):
-            raise UserError(f"{arg}: a stale mount is there (its server is gone); "
-                            f"clear it with: fusebundle umount {arg}")
-        raise UserError(f"{arg}: already a mount point ({m.fstype})")
+            raise UserError(f"{shown(arg)}: a stale mount is there (its server is gone); "
+                            f"clear it with: fusebundle umount {shown(arg)}")
+        raise UserError(f"{shown(arg)}: already a mount point ({m.fstype})")
     try:
         if os.listdir(path):
-            raise UserError(f"{arg}: mount point is not empty")
+            raise UserError(f"{shown(arg)}: mount point is not empty")
     except OSError as e:
-        raise UserError(f"{arg}: {e.strerror}") from None
+        raise UserError(f"{shown(arg)}: {e.strerror}") from None
     return path
 
 
@@ -489,8 +489,8 @@ def _unmount(mnt: str, lazy: bool) -> None:
             return
         why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
     if "busy" in why.lower():
-        raise UserError(f"{mnt}: busy (a process uses it); close it, or use umount --lazy")
-    raise UserError(f"{mnt}: cannot unmount: {why}")
+        raise UserError(f"{shown(mnt)}: busy (a process uses it); close it, or use umount --lazy")
+    raise UserError(f"{shown(mnt)}: cannot unmount: {why}")
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -498,16 +498,16 @@ def cmd_umount(args: argparse.Namespace) -> int:
     mnt = os.path.realpath(os.path.abspath(args.mountpoint))
     m = find_mount(mnt)
     if m is None:
-        raise UserError(f"{args.mountpoint}: not mounted")
+        raise UserError(f"{shown(args.mountpoint)}: not mounted")
     if m.fstype != FSTYPE:
-        raise UserError(f"{args.mountpoint}: not a fusebundle mount (it is {m.fstype})")
+        raise UserError(f"{shown(args.mountpoint)}: not a fusebundle mount (it is {m.fstype})")
     pid = _server_pid(mnt)
     _unmount(mnt, args.lazy or _stale(mnt))
     if pid is not None:
         deadline = time.monotonic() + args.timeout
         while _alive(pid):
             if time.monotonic() > deadline:
-                raise UserError(f"{args.mountpoint}: unmounted, but its server (pid {pid}) "
+                raise UserError(f"{shown(args.mountpoint)}: unmounted, but its server (pid {pid}) "
                                 f"has not exited after {args.timeout:g} s")
             time.sleep(0.02)
     with contextlib.suppress(OSError):

@@ -208,3 +208,37 @@ def test_any_text_is_data_or_one_project_error(tmp_path, text) -> None:
             load()
         except UserError as e:
             assert "\n" not in str(e), str(e)
+
+
+# ------------------------------------------------ labels of real images, through the CLI
+ENGINE_LABELS = {
+    "alias-bomb": LABEL_CASES["alias-bomb"],
+    "deep-20000": "{command: " + "[" * 20_000 + "]" * 20_000 + "}",
+    "int-5000-digits": LABEL_CASES["int"],
+}
+
+
+@pytest.fixture(scope="module")
+def labelled_images(dockerd, tmp_path_factory) -> dict[str, str]:
+    from imagetools import RootfsBuilder, import_image
+
+    tmp = tmp_path_factory.mktemp("labels")
+    RootfsBuilder().dir("etc").file("etc/motd", "hi\n").write(tmp / "rootfs.tar")
+    refs = {}
+    for case, label in ENGINE_LABELS.items():
+        refs[case] = f"fbtest/hostile-label-{case}:1"
+        import_image(dockerd.client, tmp / "rootfs.tar", refs[case],
+                     ['CMD ["/bin/sh"]', f"LABEL org.mobyproject.config='{label}'"])
+    return refs
+
+
+@pytest.mark.parametrize("case", sorted(ENGINE_LABELS))
+def test_hostile_label_of_an_image_is_one_line(fb, labelled_images, tmp_path, cache_dir,
+                                               case) -> None:
+    cfg = tmp_path / "system.yml"
+    cfg.write_text(f"onboot:\n  - name: a\n    image: {labelled_images[case]}\n")
+    (tmp_path / "out").mkdir()
+    r = fb("pack", "-q", cfg, "-o", tmp_path / "out" / "b.tar", timeout=120)
+    one_line(r, "onboot[0] (a)", "label is not valid YAML", code=2)
+    assert list((tmp_path / "out").iterdir()) == []
+    assert fb("cache", "ls").returncode == 0
