@@ -136,6 +136,13 @@ class _Constructor(SafeConstructor):
             raise ConstructorError(None, None, f"cannot read this value: {problem}",
                                    node.start_mark) from None
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_mapping(node, deep)
+        except TypeError:  # a key that is a list holding a list: ruamel cannot hash it
+            raise ConstructorError(None, None, "a mapping key holds a list or mapping",
+                                   node.start_mark) from None
+
     def construct_yaml_int(self, node: Any) -> int:
         text = self.construct_scalar(node)
         if len(text) > MAX_INT_CHARS:

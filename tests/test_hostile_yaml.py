@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from offline import one_line, run_fb, store_listable
 
-from fusebundle import schema, yamlload
+from fusebundle import metadata, oci, schema, yamlload
 from fusebundle.config import load_config
 from fusebundle.errors import ConfigError, UserError
 
@@ -242,3 +242,46 @@ def test_hostile_label_of_an_image_is_one_line(fb, labelled_images, tmp_path, ca
     one_line(r, "onboot[0] (a)", "label is not valid YAML", code=2)
     assert list((tmp_path / "out").iterdir()) == []
     assert fb("cache", "ls").returncode == 0
+
+
+_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+              st.floats(allow_nan=True), st.text(max_size=8),
+              st.sampled_from(["all", "none", "host", "new", "/a:/b", "/a:/b:ro", "0666",
+                               "nofile,1,2", "CAP_SYS_ADMIN", "root", "a", "@pkg:x"])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=12)
+_FIELDS = sorted(schema._IMAGE_FIELDS)
+_ENTRY = st.dictionaries(st.sampled_from(_FIELDS), _JSON, max_size=4)
+_FILE = st.dictionaries(st.sampled_from(["path", "contents", "source", "symlink", "directory",
+                                         "metadata", "mode", "uid", "gid", "optional", "x"]),
+                        _JSON, max_size=4)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(entry=_ENTRY, file=_FILE, section=st.sampled_from(["onboot", "services", "onshutdown"]))
+def test_any_field_value_is_data_or_one_project_error(tmp_path, entry, file, section) -> None:
+    # JSON is YAML 1.2: schema-shaped documents whose values have any type and structure
+    doc = {section: [{"name": "a", "image": "alpine", **entry}], "files": [file]}
+    cfg = tmp_path / "any.yml"
+    cfg.write_text(json.dumps(doc))
+    label = json.dumps({k: v for k, v in entry.items() if k not in ("name", "image")})
+    for load in (lambda: load_config([str(cfg)]),
+                 lambda: schema.parse_label(label, "services[0] (a)"),
+                 lambda: _config_json(cfg, label)):
+        try:
+            load()
+        except UserError as e:
+            assert "\n" not in str(e), str(e)
+
+
+def _config_json(cfg: Path, label: str) -> None:
+    """What pack builds from a loaded config and label: config.json and metadata."""
+    loaded = load_config([str(cfg)])
+    entry = loaded.containers()[0]
+    oci.build_oci(entry.spec, schema.parse_label(label, entry.where),
+                  {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]}, loaded.id_map(), entry.where,
+                  loaded.volume_map())
+    metadata.moby_json(loaded)
