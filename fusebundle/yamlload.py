@@ -30,13 +30,14 @@ MAX_DEPTH = 200
 
 # go-yaml v3's excessive-aliasing rule (decode.go, allowedAliasRatio): once a document has more
 # than 1,000 nodes and more than 100 of them come from aliases, that share may be 99% up to
-# 400,000 nodes, falling linearly to 10% at 4,000,000 and beyond.  Whatever the document, no
-# more than about 400,000 nodes come from aliases.
+# 400,000 nodes, falling linearly to 10% at 4,000,000 and beyond.  A document of at most
+# MAX_DOCUMENT_BYTES writes at most 524,288 nodes (`[a,a,...`), so it can stand for at most
+# 1.65 million nodes once expanded (computed from the rule).
 ALIAS_MIN_NODES = 1_000
 ALIAS_MIN_ALIASED = 100
 ALIAS_RANGE_LOW = 400_000
 ALIAS_RANGE_HIGH = 4_000_000
-# Counting stops here (a billion laughs would count to 10**30): a document of at most
+# Counting stops here (30 levels of ten aliases would count to 10**30): a document of at most
 # MAX_DOCUMENT_BYTES writes fewer nodes than this, so past it the rule always refuses.
 EXPANSION_CAP = 10 * MAX_DOCUMENT_BYTES
 
