@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from fusebundle import testhook
 from fusebundle.entry import Entry
-from fusebundle.errors import CorruptTar, UserError
+from fusebundle.errors import CorruptTar, UserError, shown
 from fusebundle.tarindex import read_sparse
 
 if TYPE_CHECKING:
@@ -276,37 +276,92 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
             raise UserError(f"refusing to write a {fmt} to a terminal; use -o FILE or a pipe")
         sys.stdout.flush()
         return render(entries, fd, stat.S_ISREG(os.fstat(fd).st_mode), progress)
-    fd, tmp = open_temp(out)
+    target = _output_target(out)
+    if target is None:
+        return _pack_to_stream(render, entries, out, fmt, progress)
+    fd, tmp = open_temp(out, target)
     try:
         try:
             n = render(entries, fd, True, progress)
             finish_temp(fd)
             testhook.stop_at("pack-write")
-            os.replace(tmp, out)
+            os.replace(tmp, target)
         finally:
             os.close(fd)
         return n
     except OSError as e:
-        raise UserError(f"{out}: write failed: {e.strerror or e}") from None
+        raise UserError(f"{shown(out)}: write failed: {e.strerror or e}") from None
     finally:
         # On a failing disk even this may fail: the next pack to `out` removes it.
         with contextlib.suppress(OSError):
             os.unlink(tmp)
 
 
-def open_temp(out: str) -> tuple[int, str]:
-    """A locked temporary file beside `out`, to be renamed over it once complete."""
-    directory = os.path.dirname(os.path.abspath(out))
+# What -o may name, by the type of what is there: a regular file is replaced atomically, a
+# character device or FIFO is written into (GNU tar's choice: -o /dev/null, -o >(gzip >x)),
+# and anything else is refused rather than replaced (docker save refuses all of them).
+_REFUSED = {stat.S_IFDIR: "is a directory",
+            stat.S_IFBLK: "is a block device (a tar is never written over a disk)",
+            stat.S_IFSOCK: "is a socket"}
+
+
+def _output_target(out: str) -> str | None:
+    """The regular file to replace for `out` (a symlink's target), or None to write into it."""
+    try:
+        st = os.stat(out)
+    except FileNotFoundError:
+        if os.path.islink(out):
+            raise UserError(f"{shown(out)}: is a dangling symlink (to {shown(os.readlink(out))}); "
+                            "name the file itself") from None
+        return out
+    except OSError as e:
+        raise UserError(f"{shown(out)}: cannot use as output: {e.strerror}") from None
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        why = _REFUSED.get(stat.S_IFMT(st.st_mode), "is not a regular file")
+        raise UserError(f"{shown(out)}: {why}; -o takes a file, a character device or a FIFO")
+    return os.path.realpath(out)  # a symlink stays: its target is the file replaced
+
+
+def _pack_to_stream(render: Callable[..., int], entries: Iterable[Entry], out: str, fmt: str,
+                    progress: Callable[[int], None] | None) -> int:
+    """Write into a character device or FIFO as it is: nothing to rename, nothing to leave."""
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise UserError(f"{shown(out)}: cannot open: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):  # replaced since the stat
+            raise UserError(f"{shown(out)}: changed while opening it; try again")
+        if os.isatty(fd):
+            raise UserError(f"{shown(out)}: refusing to write a {fmt} to a terminal")
+        return render(entries, fd, False, progress)
+    except OSError as e:
+        raise UserError(f"{shown(out)}: write failed: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def open_temp(out: str, target: str | None = None) -> tuple[int, str]:
+    """A locked temporary file beside `target` (else `out`), to be renamed over it once complete.
+
+    Messages name `out`, as the user wrote it.
+    """
+    target = target or out
+    directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
-        raise UserError(f"{out}: directory {directory} does not exist")
-    if os.path.isdir(out):
-        raise UserError(f"{out}: is a directory")
-    prefix = "." + os.path.basename(out) + ".fusebundle-"
+        raise UserError(f"{shown(out)}: directory {shown(directory)} does not exist")
+    if os.path.isdir(target):
+        raise UserError(f"{shown(out)}: is a directory")
+    prefix = "." + os.path.basename(target) + ".fusebundle-"
     try:
         _clean_dead_temps(directory, prefix)
         return _locked_temp(directory, prefix)
     except OSError as e:
-        raise UserError(f"{out}: cannot create a file in {directory}: {e.strerror}") from None
+        raise UserError(f"{shown(out)}: cannot create a file in {shown(directory)}: "
+                        f"{e.strerror}") from None
 
 
 def finish_temp(fd: int) -> None:
