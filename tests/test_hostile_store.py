@@ -299,6 +299,30 @@ def test_registry_layer_without_a_size_is_one_line(tmp_path: Path) -> None:
         reg.stop()
 
 
+def test_store_and_registry_refuse_a_layer_of_unknown_size(tmp_path: Path) -> None:
+    # An image record written before sizes were required may hold a layer without one.
+    from fusebundle.errors import UserError
+    from fusebundle.sources.registry import Registry
+
+    ref = LayerRef(sha(SMALL_TAR), sha(SMALL_TAR), TAR)
+    with Store(str(tmp_path / "cache")) as store, pytest.raises(UserError) as e:
+        store.ingest(ref, lambda: io.BytesIO(SMALL_TAR), "t")
+    assert str(e.value) == (f"image t: layer {ref.digest}: its descriptor gives no size; "
+                            "pull the image again (--pull)")
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()
+                and p.parent.name != "locks"]
+    reg = FakeRegistry().start()
+    try:
+        image = _image_of(SMALL_TAR, SMALL_TAR)
+        image.name = f"{reg.address}/fb/app:1"
+        with Registry() as client, pytest.raises(UserError, match=r"fb/app: blob sha256:\w+ "
+                                                 "has no size$"):
+            client.open_blob(image, ref)
+        assert reg.log == []
+    finally:
+        reg.stop()
+
+
 # -- defect 8: non-regular blobs, temporaries 0600 ------------------------------------------------
 def _replace_blob(layout: Path, digest: str, kind: str, secret: Path) -> None:
     blob = layout / "blobs" / "sha256" / digest[7:]

@@ -351,6 +351,9 @@ class Registry:
         """A stream of the layer blob's exact bytes, resumed across dropped connections."""
         parsed = reference.parse(image.name)
         host = registry_host(parsed.domain)
+        if layer.size < 0:  # the size bounds the download; manifests must give it
+            raise RegistryError(f"registry {host}: {parsed.path}: blob {layer.digest} has no "
+                                "size")
         self._ping(host, parsed.domain)  # the image may come from the store, not resolve()
         stream = _BlobStream(self, host, parsed.domain, parsed.path, layer.digest, layer.size)
         return io.BufferedReader(stream, _CHUNK)  # type: ignore[return-value]

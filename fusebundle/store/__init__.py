@@ -208,8 +208,10 @@ class Store:
         try:
             try:
                 with open_blob() as src:
-                    got = unpack(src, fd, progress,
-                                 limit=layer.size if layer.size >= 0 else None)
+                    if layer.size < 0:  # only from a record older than sizes being required
+                        raise BadLayer(f"{where}: its descriptor gives no size; pull the "
+                                       "image again (--pull)")
+                    got = unpack(src, fd, progress, limit=layer.size)
             except ReadError as e:
                 raise BadLayer(f"{where}: {e}") from None
             except WriteError as e:
