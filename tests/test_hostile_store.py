@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -105,28 +106,33 @@ class Run:
         self.code, self.stderr, self.rss = code, stderr, rss
 
 
-# Runs the CLI under an address-space limit and writes its peak RSS to a file.  A fresh small
-# process forks it, so the peak is the CLI's own (a child forked from pytest would start with
-# pytest's pages counted).
+# Runs the CLI under an address-space limit and a time limit, and writes its peak RSS to a
+# file.  A fresh small process forks it, so the peak is the CLI's own (a child forked from
+# pytest would start with pytest's pages counted), and kills it when the time is up.
 _MEASURE = """
-import os, resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
+import os, resource, signal, sys
+rss_file, memory, seconds, *args = sys.argv[1:]
+resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
 pid = os.fork()
 if pid == 0:
-    os.execv(sys.executable, [sys.executable, "-m", "fusebundle", *sys.argv[3:]])
+    os.execv(sys.executable, [sys.executable, "-m", "fusebundle", *args])
+signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
+signal.alarm(int(seconds))
 _, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as f:
+with open(rss_file, "w") as f:
     f.write(str(usage.ru_maxrss * 1024))
 sys.exit(os.waitstatus_to_exitcode(status) % 256)
 """
 
 
-def run(tmp: Path, *args: str | os.PathLike, cache: Path, timeout: float = 120) -> Run:
-    """The CLI as a process limited to MEM_LIMIT of address space, its peak RSS measured."""
+def run(tmp: Path, *args: str | os.PathLike, cache: Path, timeout: int = 120) -> Run:
+    """The CLI as a process limited to MEM_LIMIT of address space and `timeout` seconds, its
+    peak RSS measured."""
     rss = tmp / f"rss.{time.monotonic_ns()}"
-    r = subprocess.run([sys.executable, "-c", _MEASURE, rss, str(MEM_LIMIT),
+    r = subprocess.run([sys.executable, "-c", _MEASURE, rss, str(MEM_LIMIT), str(timeout),
                         *map(os.fspath, args)], env=env_for(cache), stdin=subprocess.DEVNULL,
-                       capture_output=True, text=True, timeout=timeout, check=False)
+                       capture_output=True, text=True, timeout=timeout + 30, check=False)
+    assert r.returncode != -signal.SIGKILL % 256, f"killed after {timeout} s: {r.stderr}"
     return Run(r.returncode, r.stderr, int(rss.read_text()))
 
 
