@@ -90,9 +90,6 @@ def write(path: str, magic: bytes, version: int, meta: bytes, sections: Sequence
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".part",
                                dir=directory)
     try:
-        if mode is not None:
-            with contextlib.suppress(OSError):
-                os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(bytes(_HEAD.size))  # the head goes in last, once the CRC is known
             crc = zlib.crc32(body)
@@ -112,6 +109,9 @@ def write(path: str, magic: bytes, version: int, meta: bytes, sections: Sequence
             f.write(_HEAD.pack(magic, version, _ORDER, len(meta), total, crc, len(sections)))
             f.flush()
             os.fsync(f.fileno())
+            if mode is not None:  # 0600 (mkstemp's) until complete, as every temporary
+                with contextlib.suppress(OSError):
+                    os.fchmod(f.fileno(), mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

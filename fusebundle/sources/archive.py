@@ -19,10 +19,12 @@ from fusebundle.errors import CorruptTar, UserError
 from fusebundle.sources import jsondoc, reference
 from fusebundle.sources import manifest as mf
 from fusebundle.sources.base import LayerRef, NotFound, Platform, ResolvedImage
-from fusebundle.sources.oci import LayoutReader, read_limited
+from fusebundle.sources.oci import LayoutReader, is_blob, not_regular, read_limited
 from fusebundle.tarindex import TarIndex
 
 _MAX_LINKS = 8  # symlink hops inside the archive before giving up (docker writes one)
+_TYPE_WORDS = {"l": "symlink", "d": "directory", "p": "FIFO", "c": "character device",
+               "b": "block device"}
 
 
 class _Member(io.RawIOBase):
@@ -122,6 +124,9 @@ class TarFiles:
             entry = index.entry(i)
             if entry.type == "f":
                 return entry.offset, entry.size
+            if is_blob(path) and entry.type != "h":  # a hard link names a member's bytes
+                raise not_regular(f"{self.name}: member {path}", _TYPE_WORDS.get(
+                    entry.type, "special file"))
             link = entry.linkname.decode("utf-8", "surrogateescape")
             if entry.type == "h":
                 name = link

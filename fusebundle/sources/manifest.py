@@ -103,7 +103,7 @@ def _platform(fields: jsondoc.Fields) -> None:
 
 
 def _descriptor(desc: Any, what: str, kind: str) -> dict[str, Any]:
-    """A descriptor with a str mediaType, a sha256 digest and an int size (or no size).
+    """A descriptor with a str mediaType, a sha256 digest and a size of 0 or more bytes.
 
     Its platform, when there is one, is an object of strings and its annotations a
     map[string]string, as the OCI spec's Descriptor struct decodes them.
@@ -113,8 +113,13 @@ def _descriptor(desc: Any, what: str, kind: str) -> dict[str, Any]:
     if not isinstance(desc.get("mediaType"), str):
         raise UserError(f"{what}: {kind} descriptor has no mediaType")
     hex_of(desc.get("digest"), f"{what}: {kind}")
-    size = desc.get("size", -1)
-    if not isinstance(size, int) or isinstance(size, bool) or size < -1:
+    # OCI requires the size: it is what bounds reading the blob (as containerd, which refuses
+    # any other size).
+    if "size" not in desc:
+        raise UserError(f"{what}: {kind} {desc['digest']} has no size (a descriptor must "
+                        "give one)")
+    size = desc["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise UserError(f"{what}: {kind} {desc['digest']} has a bad size {size!r}")
     plat, annotations = desc.get("platform"), desc.get("annotations")
     # The common case checked inline (an index may list tens of thousands of descriptors);
@@ -249,6 +254,6 @@ def image_from(ref: str, name: str, source: str, platform: str, manifest_digest:
     for i, (diff_id, desc) in enumerate(zip(diff_ids, layers, strict=True)):
         hex_of(diff_id, f"{what}: diff_id {i}")
         desc = _descriptor(desc, what, "layer")
-        refs.append(LayerRef(desc["digest"], diff_id, desc["mediaType"], desc.get("size", -1)))
+        refs.append(LayerRef(desc["digest"], diff_id, desc["mediaType"], desc["size"]))
     return ResolvedImage(ref=ref, name=name, source=source, config_bytes=config_bytes,
                          platform=platform, layers=refs, manifest_digest=manifest_digest)

@@ -509,6 +509,9 @@ class Registry:
         origin; an endpoint that failed for this layer (see `refused_blob`) is skipped.
         """
         parsed = reference.parse(image.name)
+        if layer.size < 0:  # the size bounds the download; manifests must give it
+            raise RegistryError(f"registry {registry_host(parsed.domain)}: {parsed.path}: blob "
+                                f"{layer.digest} has no size")
         key = (image.name, layer.digest)
         endpoints = self._endpoints(parsed.domain)
         first = self.answered.get(image.ref, ("", ""))[0]

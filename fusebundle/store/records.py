@@ -135,11 +135,11 @@ def write(directory: str, image: ResolvedImage) -> str:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
                                suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(encode(image))
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o644)  # 0600 (mkstemp's) until complete, as every temporary
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
