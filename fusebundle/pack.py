@@ -16,7 +16,7 @@ from fusebundle import testhook
 from fusebundle.atomic import Temp, atomic_file
 from fusebundle.bundle.entry import Entry
 from fusebundle.bundle.view import View
-from fusebundle.errors import CorruptTar, UserError
+from fusebundle.errors import CorruptTar, UserError, shown
 from fusebundle.tar.index import read_sparse
 
 BLOCK = 512
@@ -243,42 +243,125 @@ def write_entries(entries: Iterable[Entry], fd: int, seekable: bool,
     return w.pos
 
 
+FORMATS = ("tar", "cpio", "kernel+initrd")
+
+
 def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int], None]]
-         | None = None) -> int:
-    """Write the view to `out` (a path, or '-' for stdout) atomically; return bytes written."""
+         | None = None, fmt: str = "tar") -> int:
+    """Write the view to `out` (a path, or '-' for stdout) atomically; return bytes written.
+
+    `fmt` is one of FORMATS: every format renders the same walk of the view's entries.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}")
     progress = None
     if progress_factory is not None:
         # A first pass over the indexes (no data) gives the total for the progress bar.
         progress = progress_factory(sum(e.size for e in view.entries() if e.type == "f"))
     entries = view.entries()
+    if fmt == "kernel+initrd":
+        from fusebundle.boot import write_kernel_initrd
+
+        return write_kernel_initrd(entries, out, progress)
+    render = write_entries
+    if fmt == "cpio":
+        from fusebundle.cpio import write_cpio
+
+        render = write_cpio
     if out == "-":
         fd = sys.stdout.fileno()
         if os.isatty(fd):
-            raise UserError("refusing to write a tar to a terminal; use -o FILE or a pipe")
+            raise UserError(f"refusing to write a {fmt} to a terminal; use -o FILE or a pipe")
         sys.stdout.flush()
-        return write_entries(entries, fd, stat.S_ISREG(os.fstat(fd).st_mode), progress)
-    directory = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(directory):
-        raise UserError(f"{out}: directory {directory} does not exist")
-    if os.path.isdir(out):
-        raise UserError(f"{out}: is a directory")
-    prefix = "." + os.path.basename(out) + ".fusebundle-"
-    try:
-        _clean_dead_temps(directory, prefix)
-        temp = Temp(*_locked_temp(directory, prefix))
-    except OSError as e:
-        raise UserError(f"{out}: cannot create a file in {directory}: {e.strerror}") from None
+        return render(entries, fd, stat.S_ISREG(os.fstat(fd).st_mode), progress)
+    target = _output_target(out)
+    if target is None:
+        return _pack_to_stream(render, entries, out, fmt, progress)
+    temp = Temp(*open_temp(out, target))
     try:
         # The next pack to `out` removes the temporary file if even removing it fails here.
-        with atomic_file(out, temp) as t:
-            n = write_entries(entries, t.fd, True, progress)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(t.fd, 0o666 & ~umask)
+        with atomic_file(target, temp) as t:
+            n = render(entries, t.fd, True, progress)
+            finish_temp(t.fd)
             testhook.stop_at("pack-write")
         return n
     except OSError as e:
-        raise UserError(f"{out}: write failed: {e.strerror or e}") from None
+        raise UserError(f"{shown(out)}: write failed: {e.strerror or e}") from None
+
+
+# What -o may name, by the type of what is there: a regular file is replaced atomically, a
+# character device or FIFO is written into (GNU tar's choice: -o /dev/null, -o >(gzip >x)),
+# and anything else is refused rather than replaced (docker save refuses all of them).
+_REFUSED = {stat.S_IFDIR: "is a directory",
+            stat.S_IFBLK: "is a block device (a tar is never written over a disk)",
+            stat.S_IFSOCK: "is a socket"}
+
+
+def _output_target(out: str) -> str | None:
+    """The regular file to replace for `out` (a symlink's target), or None to write into it."""
+    try:
+        st = os.stat(out)
+    except FileNotFoundError:
+        if os.path.islink(out):
+            raise UserError(f"{shown(out)}: is a dangling symlink (to {shown(os.readlink(out))}); "
+                            "name the file itself") from None
+        return out
+    except OSError as e:
+        raise UserError(f"{shown(out)}: cannot use as output: {e.strerror}") from None
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        why = _REFUSED.get(stat.S_IFMT(st.st_mode), "is not a regular file")
+        raise UserError(f"{shown(out)}: {why}; -o takes a file, a character device or a FIFO")
+    return os.path.realpath(out)  # a symlink stays: its target is the file replaced
+
+
+def _pack_to_stream(render: Callable[..., int], entries: Iterable[Entry], out: str, fmt: str,
+                    progress: Callable[[int], None] | None) -> int:
+    """Write into a character device or FIFO as it is: nothing to rename, nothing to leave."""
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise UserError(f"{shown(out)}: cannot open: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):  # replaced since the stat
+            raise UserError(f"{shown(out)}: changed while opening it; try again")
+        if os.isatty(fd):
+            raise UserError(f"{shown(out)}: refusing to write a {fmt} to a terminal")
+        return render(entries, fd, False, progress)
+    except OSError as e:
+        raise UserError(f"{shown(out)}: write failed: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def open_temp(out: str, target: str | None = None) -> tuple[int, str]:
+    """A locked temporary file beside `target` (else `out`), to be renamed over it once complete.
+
+    Messages name `out`, as the user wrote it.
+    """
+    target = target or out
+    directory = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(directory):
+        raise UserError(f"{shown(out)}: directory {shown(directory)} does not exist")
+    if os.path.isdir(target):
+        raise UserError(f"{shown(out)}: is a directory")
+    prefix = "." + os.path.basename(target) + ".fusebundle-"
+    try:
+        _clean_dead_temps(directory, prefix)
+        return _locked_temp(directory, prefix)
+    except OSError as e:
+        raise UserError(f"{shown(out)}: cannot create a file in {shown(directory)}: "
+                        f"{e.strerror}") from None
+
+
+def finish_temp(fd: int) -> None:
+    """Make a complete temporary output durable, with the mode a new file would have."""
+    os.fsync(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
 
 
 def _locked_temp(directory: str, prefix: str) -> tuple[int, str]:

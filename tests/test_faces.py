@@ -19,7 +19,7 @@ FACES = {
     "fusebundle.store": ["BadLayer", "CorruptLayer", "ImageRecord", "LayerInfo", "PruneReport",
                          "Store", "StoreError"],
     "fusebundle.sources": ["TRANSPORTS", "ImageInfo", "LayerRef", "LayerSource", "NotFound",
-                           "Platform", "ResolvedImage", "Transport"],
+                           "Options", "Platform", "ResolvedImage", "Transport"],
     "fusebundle.config": ["Config", "Container", "FileSpec", "Volume", "load_config"],
     "fusebundle.tar": ["IndexEntry", "TarIndex", "open_index", "read_sparse"],
 }

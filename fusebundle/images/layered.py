@@ -101,7 +101,15 @@ class LayeredImage:
                 return source.open_blob(self.image, layer)
 
             with Bar(f"{self.image.ref} {short}", layer.size, self.show_progress) as bar:
-                self.store.ingest(layer, open_blob, self.image.ref, bar.to)
+                while True:
+                    try:
+                        self.store.ingest(layer, open_blob, self.image.ref, bar.to)
+                        break
+                    except UserError as e:
+                        # A registry mirror's bad blob is fetched again from the next endpoint.
+                        refused = getattr(source, "refused_blob", None)
+                        if refused is None or not refused(self.image, layer, e):
+                            raise
             with self._count:
                 if opened:
                     self.fetched.layers += 1
