@@ -548,12 +548,11 @@ class Registry:
             f"layer {digest[:19]} not from {label}: {reason[:160]}")
 
     def refused_blob(self, image: ResolvedImage, layer: LayerRef, error: BaseException) -> bool:
-        """The store refused a blob (bad digest, broken stream): True if it should be asked
-        again, from the next endpoint; only a mirror's blob is, the origin's error stands."""
-        from fusebundle.store import BadLayer
-
+        """The store refused a blob (`error`: its BadLayer, or this registry's RegistryError
+        for a broken stream): True if it should be asked again, from the next endpoint; only a
+        mirror's blob is, the origin's error stands."""
         label = self._blob_endpoint.get((image.name, layer.digest), "")
-        if not label.startswith("mirror") or not isinstance(error, BadLayer | RegistryError):
+        if not label.startswith("mirror"):
             return False
         self._note_refusal(image.name, layer.digest, label, error)
         return True
