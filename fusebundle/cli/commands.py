@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from fusebundle import __version__
-from fusebundle.boot import refuse_stdout
 from fusebundle.bundle.view import build_view, image_label
 from fusebundle.cli import cache as cachecmd
 from fusebundle.cli import mount as mountcmd
@@ -20,6 +19,7 @@ from fusebundle.errors import UserError
 from fusebundle.images.layered import LayeredImage
 from fusebundle.images.resolver import SOURCES_HELP
 from fusebundle.pack import pack
+from fusebundle.pack.boot import refuse_stdout
 from fusebundle.progress import Bar
 
 EXIT_INTERRUPTED = 130

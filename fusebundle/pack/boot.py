@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 
 from fusebundle import testhook
 from fusebundle.bundle.entry import Entry
-from fusebundle.cpio import CpioWriter, Sources
 from fusebundle.errors import UserError
 from fusebundle.pack import finish_temp, open_temp
+from fusebundle.pack.cpio import CpioWriter, Sources
 
 KERNEL, INITRD, CMDLINE = "-kernel", "-initrd.img", "-cmdline"  # LinuxKit's names
 COPY = 1 << 20  # the gzip'd cpio is copied behind the ucode this much at a time

@@ -260,12 +260,12 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
         progress = progress_factory(sum(e.size for e in view.entries() if e.type == "f"))
     entries = view.entries()
     if fmt == "kernel+initrd":
-        from fusebundle.boot import write_kernel_initrd
+        from fusebundle.pack.boot import write_kernel_initrd
 
         return write_kernel_initrd(entries, out, progress)
     render = write_entries
     if fmt == "cpio":
-        from fusebundle.cpio import write_cpio
+        from fusebundle.pack.cpio import write_cpio
 
         render = write_cpio
     if out == "-":
