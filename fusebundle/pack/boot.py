@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from fusebundle import testhook
 from fusebundle.bundle.entry import Entry
 from fusebundle.errors import UserError
-from fusebundle.pack import finish_temp, open_temp
 from fusebundle.pack.cpio import CpioWriter, Sources
+from fusebundle.pack.output import finish_temp, open_temp
 
 KERNEL, INITRD, CMDLINE = "-kernel", "-initrd.img", "-cmdline"  # LinuxKit's names
 COPY = 1 << 20  # the gzip'd cpio is copied behind the ucode this much at a time
