@@ -163,7 +163,7 @@ def load_session(args: argparse.Namespace) -> tuple[Any, _Session]:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     """fusebundle pack: build the view and write it as one tar."""
-    from fusebundle.pack import pack
+    from fusebundle.pack import check_output, pack
     from fusebundle.progress import Bar
     from fusebundle.view import build_view
 
@@ -175,6 +175,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
     if args.format == "kernel+initrd" and not cfg.kernel.image:
         raise UserError("kernel+initrd needs a kernel: section with an image; the config has "
                         "none")
+    if args.format != "kernel+initrd":  # its -o is a prefix of three new files
+        check_output(args.output)
     view = build_view(cfg, session.resolve, share_by_id=args.share_by_id,
                       resolve_layout=session.resolve_layout)
     view.prepare()  # export and index everything before the output is opened
