@@ -12,7 +12,7 @@ import fusebundle
 
 FACES = {
     "fusebundle.cli": ["main"],
-    "fusebundle.pack": ["FORMATS", "pack"],
+    "fusebundle.pack": ["FORMATS", "check_output", "pack"],
     "fusebundle.fs": ["Operations", "Tree", "serve"],
     "fusebundle.bundle": ["Entry", "View", "build_view", "directory", "regular"],
     "fusebundle.images": ["Cache", "LayeredImage", "LayoutImage", "LazyImage", "Resolver",
