@@ -22,7 +22,7 @@ FACES = {
     "fusebundle.sources": ["TRANSPORTS", "ImageInfo", "LayerRef", "LayerSource", "NotFound",
                            "Options", "Platform", "ResolvedImage", "Transport"],
     "fusebundle.config": ["Config", "Container", "FileSpec", "Volume", "load_config"],
-    "fusebundle.tar": ["IndexEntry", "TarIndex", "open_index", "read_sparse"],
+    "fusebundle.tar": ["IndexEntry", "Stamp", "TarIndex", "open_index", "read_sparse"],
 }
 
 
