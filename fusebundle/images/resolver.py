@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 from fusebundle.errors import ConfigError, EngineError, UserError
 from fusebundle.images.exported import Cache, LazyImage
+from fusebundle.images.handle import PullableImage
 from fusebundle.images.layered import LayeredImage
 from fusebundle.sources import TRANSPORTS, Options, engineapi
 from fusebundle.sources.base import LayerSource, Platform
@@ -64,9 +64,9 @@ class Resolver:
     show_progress: bool = False
     verify_layers: bool = False  # hash stored layers again before use (for pack)
     _sources: dict[str, LayerSource] = field(default_factory=dict)
-    _store: Any = None
+    _store: Store | None = None
     _cache: Cache | None = None
-    _engine: Any = None
+    _engine: DockerEngine | None = None
 
     def __post_init__(self) -> None:
         self.order = [parse_spec(s) for s in self.specs] if self.specs else [
@@ -83,13 +83,13 @@ class Resolver:
         return self._cache
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         """The layer store, opened on first need."""
         if self._store is None:
             self._store = Store(self.cache_root)
         return self._store
 
-    def engine(self) -> Any:
+    def engine(self) -> DockerEngine:
         """The Docker engine source (connects lazily)."""
         if self._engine is None:
             self._engine = DockerEngine(self.docker_host)
@@ -103,7 +103,7 @@ class Resolver:
         return src
 
     # -------------------------------------------------------------------------- resolving
-    def resolve(self, ref: str) -> Any:
+    def resolve(self, ref: str) -> PullableImage:
         """A handle for `ref` from the first source that has it; one line if none has."""
         name = parse(ref).name
         if not self.pull:
@@ -126,7 +126,7 @@ class Resolver:
                 tried.append(_reason(source_name(kind, arg), e))
         raise UserError(f"image {ref}: not found: {'; '.join(tried)}")
 
-    def _from_store(self, ref: str, name: str) -> Any:
+    def _from_store(self, ref: str, name: str) -> LayeredImage | None:
         if not any(kind != "docker" for kind, _ in self.order):
             return None  # only the engine was asked for: its exports are its own cache
         image = self.store.find_image(name, str(self.platform))
@@ -141,7 +141,7 @@ class Resolver:
             return None  # pruned or half-pulled: a source fetches the rest
         image.ref = ref
 
-        def fallback() -> Any:
+        def fallback() -> LayerSource | None:
             # The first named layer source, to fetch a stored layer found corrupt again.
             for kind, arg in self.order:
                 if kind in TRANSPORTS:
@@ -151,7 +151,7 @@ class Resolver:
         return LayeredImage(image, None, self.store, self.cache, self.show_progress,
                             self.verify_layers, fallback)
 
-    def _from_engine(self, ref: str) -> Any:
+    def _from_engine(self, ref: str) -> LazyImage:
         if not self.specs:
             # In the default order the engine is asked only if one answers: no engine is
             # not an error when another source has the image.
@@ -161,7 +161,7 @@ class Resolver:
         info = self.engine().inspect(ref, self.pull)
         return LazyImage(info, self.cache, self.engine(), self.show_progress)
 
-    def _from_layers(self, ref: str, kind: str, arg: str) -> Any:
+    def _from_layers(self, ref: str, kind: str, arg: str) -> LayeredImage:
         src = self._layer_source(kind, arg)
         image = src.resolve(ref, self.platform)
         return LayeredImage(image, src, self.store, self.cache, self.show_progress,
