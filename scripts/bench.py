@@ -722,7 +722,7 @@ class Bench:
     def measure_sources(self) -> None:
         """An OCI layout with the small image as one gzip layer and as five, no engine."""
         sys.path.insert(0, str(REPO / "tests"))
-        from imagetools import write_oci_layout
+        from support.imagetools import write_oci_layout
 
         w = self.work
         print("sources inputs:", file=sys.stderr)

@@ -30,7 +30,6 @@ import docker
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import imagetools` from tests
 
 # Variables that would point the docker SDK or the CLI somewhere else than DOCKER_HOST.
 DOCKER_ENV_NOISE = ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT",

@@ -14,8 +14,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from imagetools import RootfsBuilder, import_image
-from offline import REPO, one_line, run_fb, store_listable
+from support.imagetools import RootfsBuilder, import_image
+from support.offline import REPO, one_line, run_fb, store_listable
 
 from fusebundle.errors import UserError, go_quote, shown
 
@@ -297,14 +297,14 @@ def test_kernel_files_pack_with_their_real_bytes(tmp_path) -> None:
 
 
 def test_a_kernel_file_past_the_bound_is_one_line(monkeypatch) -> None:
-    from fusebundle import view
+    from fusebundle.bundle import view
     monkeypatch.setattr(view, "MAX_PSEUDO_BYTES", 16)
     with pytest.raises(UserError, match="more than 0 MiB from a kernel file"):
         view._read_pseudo("/proc/self/status", "x")
 
 
 def test_a_kernel_stream_without_end_is_one_line(tmp_path) -> None:
-    from fusebundle import view
+    from fusebundle.bundle import view
     fifo = tmp_path / "stream"  # like /proc/kmsg: open, but nothing to read yet
     os.mkfifo(fifo)
     r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from faulttools import cli, one_line, temps
-from imagetools import T1, RootfsBuilder, busybox_bytes, write_oci_layout
+from support.faulttools import cli, one_line, temps
+from support.imagetools import T1, RootfsBuilder, busybox_bytes, write_oci_layout
 from test_faults import _docker_archive
 
 ROOT = os.geteuid() == 0
@@ -336,7 +336,7 @@ def _cli_argv(w: World) -> list[str]:
 
 
 def _env(w: World) -> dict[str, str]:
-    from faulttools import env_for
+    from support.faulttools import env_for
 
     return env_for(w.root / "cache")
 
@@ -518,7 +518,7 @@ def _ucode_from_memory() -> bytes:
 def test_kernel_initrd_stopped_before_its_renames_leaves_nothing(world, tmp_path, how):
     import signal
 
-    from faulttools import kill9, spawn, stopped, wait_for
+    from support.faulttools import kill9, spawn, stopped, wait_for
 
     out = tmp_path / "out" / "vm"
     out.parent.mkdir()

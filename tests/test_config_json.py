@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from imagetools import RootfsBuilder, import_image
+from support.imagetools import RootfsBuilder, import_image
 
 YAML_LABEL = ("{readonly: true, capabilities: [CAP_NET_ADMIN, CAP_SYS_TIME], "
               "env: [FROM=label], net: host, pid: host, hostname: from-label, "

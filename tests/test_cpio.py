@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fusebundle.cpio import NotInitramfs, newc_header, relative_link, trailer, write_cpio
-from fusebundle.entry import Entry, directory, regular
+from fusebundle.bundle.entry import Entry, directory, regular
 from fusebundle.errors import CorruptTar
+from fusebundle.pack.cpio import NotInitramfs, newc_header, relative_link, trailer, write_cpio
 
 
 def _write(tmp_path, entries: list[Entry]) -> bytes:
@@ -182,7 +182,7 @@ def test_written_through_a_pipe(tmp_path) -> None:
 
 # -- the kernel+initrd split alone ---------------------------------------------------------
 def test_the_split_puts_a_late_ucode_first_and_leaves_other_boot_files_out(tmp_path) -> None:
-    from fusebundle.boot import write_kernel_initrd
+    from fusebundle.pack.boot import write_kernel_initrd
 
     ucode = b"070701-not-parsed-here" * 10
     entries = [directory(b"lib"), regular(b"lib/mod.ko", b"module"),  # a kernel tar first
@@ -214,8 +214,8 @@ def _headers(data: bytes) -> list[int]:
 
 
 def test_the_split_without_a_kernel_leaves_nothing(tmp_path) -> None:
-    from fusebundle.boot import write_kernel_initrd
     from fusebundle.errors import UserError
+    from fusebundle.pack.boot import write_kernel_initrd
 
     with pytest.raises(UserError, match="no boot/kernel"):
         write_kernel_initrd([directory(b"etc"), regular(b"etc/motd", b"hi")], str(tmp_path / "vm"))

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from imagetools import RootfsBuilder, import_image
+from support.imagetools import RootfsBuilder, import_image
 
-from fusebundle import engineapi
+from fusebundle.sources import engineapi
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,9 +61,9 @@ def test_inspect_matches_the_sdk(dockerd, image):
 
 
 def test_missing_image_is_not_found(dockerd):
-    with pytest.raises(engineapi.NotFound):
+    with pytest.raises(engineapi.NoSuchImage):
         engineapi.inspect_image(_unix(dockerd), "fbtest/no-such-image:1")
-    with pytest.raises(engineapi.NotFound):
+    with pytest.raises(engineapi.NoSuchImage):
         engineapi.inspect_image(_unix(dockerd), "fbtest/no-such@sha256:" + "0" * 64)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faulttools import (
+from support.faulttools import (
     BIG,
     Images,
     StallingRegistry,
@@ -176,7 +176,7 @@ def test_killed_mid_download_and_decompression(images, reference, tmp_path, stal
 
 @pytest.mark.skipif(not HAVE_FUSE, reason="needs /dev/fuse, fusermount3 and root")
 def test_mount_killed_mid_download(images, reference, tmp_path, stalling):
-    from fusebundle.mountcmd import _server_pid, find_mount
+    from fusebundle.cli.mount import _server_pid, find_mount
 
     cache, mnt = tmp_path / "cache", tmp_path / "mnt"
     mnt.mkdir()
@@ -402,7 +402,7 @@ def test_a_damaged_index_is_rebuilt(images, reference, filled, tmp_path, damage,
 
 @pytest.mark.skipif(not HAVE_FUSE, reason="needs /dev/fuse, fusermount3 and root")
 def test_a_mount_fetches_a_damaged_layer_again(images, filled, tmp_path):
-    from fusebundle.mountcmd import find_mount
+    from fusebundle.cli.mount import find_mount
 
     layer = images.layer_path(filled, "base")
     os.truncate(layer, layer.stat().st_size - 5000)
@@ -424,7 +424,7 @@ def test_a_mount_fetches_a_damaged_layer_again(images, filled, tmp_path):
 # ------------------------------------------------------------------------------ eight at once
 @pytest.mark.skipif(not HAVE_FUSE, reason="needs /dev/fuse, fusermount3 and root")
 def test_eight_processes_share_one_store(images, reference, tmp_path):
-    from fusebundle.mountcmd import find_mount
+    from fusebundle.cli.mount import find_mount
 
     cache, events, mnt = tmp_path / "cache", tmp_path / "events", tmp_path / "mnt"
     mnt.mkdir()
@@ -464,7 +464,7 @@ def test_eight_processes_share_one_store(images, reference, tmp_path):
 # ------------------------------------------------------------------------------ a live mount
 @pytest.mark.skipif(not HAVE_FUSE, reason="needs /dev/fuse, fusermount3 and root")
 def test_a_mount_survives_prune_and_reports_a_cut_tar(images, tmp_path):
-    from fusebundle.mountcmd import find_mount
+    from fusebundle.cli.mount import find_mount
 
     cache, mnt, log = tmp_path / "cache", tmp_path / "mnt", tmp_path / "mount.log"
     mnt.mkdir()

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from imagetools import RootfsBuilder, write_oci_layout
+from support.imagetools import RootfsBuilder, write_oci_layout
 from test_mount import _resident_pages
 
-from fusebundle import fs
+from fusebundle.fs import ops as fs
 
 pytestmark = [
     pytest.mark.skipif(not (os.path.exists("/dev/fuse") and shutil.which("fusermount3")
@@ -71,7 +71,7 @@ def mounted(layout: Path, tmp_path: Path, *args: str) -> Iterator[Path]:
 
 
 def _server_pid(mnt_root: Path) -> int:
-    from fusebundle.mountcmd import _server_pid as pid_of
+    from fusebundle.cli.mount import _server_pid as pid_of
 
     mnt = mnt_root.parents[3]
     pid = pid_of(str(mnt))

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakeregistry import FakeRegistry, layer_tar, make_image
-from faulttools import env_for, temps
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from support.fakeregistry import FakeRegistry, layer_tar, make_image
+from support.faulttools import env_for, temps
 
+from fusebundle.config.schema import LABEL_KEY, image_label
 from fusebundle.errors import ConfigError, UserError
-from fusebundle.schema import LABEL_KEY, image_label
 from fusebundle.sources import jsondoc
 from fusebundle.sources import manifest as mf
 from fusebundle.sources.archive import DockerArchive

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fakeregistry import FakeRegistry, Image, SilentServer, make_image, sha256
-from faulttools import env_for, locks_free, one_line, temps
+from support.fakeregistry import FakeRegistry, Image, SilentServer, make_image, sha256
+from support.faulttools import env_for, locks_free, one_line, temps
 
 # Python, httpx and the store's threads fit in well under this; a 256 MiB token held whole
 # (1.5 GiB at its peak, as the issue measured) does not.

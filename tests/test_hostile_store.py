@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakeregistry import FakeRegistry, Image, make_image
-from faulttools import env_for, one_line
+from support.fakeregistry import FakeRegistry, Image, make_image
+from support.faulttools import env_for, one_line
 
 from fusebundle.sources.base import LayerRef, Platform
 from fusebundle.sources.oci import OCILayout

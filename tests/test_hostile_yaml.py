@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from offline import one_line, run_fb, store_listable
+from support.offline import one_line, run_fb, store_listable
 
-from fusebundle import metadata, oci, schema, yamlload
-from fusebundle.config import load_config
+from fusebundle.config import load_config, metadata, schema, yamlload
+from fusebundle.config import runtime as oci
 from fusebundle.errors import ConfigError, UserError
 
 
@@ -220,7 +220,7 @@ ENGINE_LABELS = {
 
 @pytest.fixture(scope="module")
 def labelled_images(dockerd, tmp_path_factory) -> dict[str, str]:
-    from imagetools import RootfsBuilder, import_image
+    from support.imagetools import RootfsBuilder, import_image
 
     tmp = tmp_path_factory.mktemp("labels")
     RootfsBuilder().dir("etc").file("etc/motd", "hi\n").write(tmp / "rootfs.tar")

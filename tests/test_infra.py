@@ -8,7 +8,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from imagetools import (
+from ruamel.yaml import YAML
+from support.imagetools import (
     DEMO_REPO_TAG,
     T1,
     RootfsBuilder,
@@ -16,7 +17,6 @@ from imagetools import (
     list_containers,
     split_repo_tag,
 )
-from ruamel.yaml import YAML
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = ["scripts/setup", "scripts/test", "scripts/demo", ".ci/run"]

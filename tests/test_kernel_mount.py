@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import test_mount
-from imagetools import RootfsBuilder, import_image
+from support.imagetools import RootfsBuilder, import_image
 from test_mount import SCENARIOS, _pack, _scenario, assert_same_tree
 
 images = test_mount.images  # fixtures shared with the mount tests

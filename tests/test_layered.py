@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DOCKER_ENV_NOISE, REPO, LocalRegistry, PrivateDockerd
-from imagetools import import_image
+from support.imagetools import import_image
 from test_mount import (
     CONFORMANCE,
     HAVE_FUSE,
@@ -578,7 +578,7 @@ def test_every_image_flattens_as_umoci_unpacks_it(world, ref, tmp_path):
     """A second opinion on the layer rules: umoci, an independent implementation."""
     from test_layers import _tree_of_dir, _tree_of_merged
 
-    from fusebundle.layers import merge
+    from fusebundle.images.flatten import merge
     from fusebundle.sources.base import Platform
     from fusebundle.store import Store
 

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagetools import T0, T1, RootfsBuilder
+from support.imagetools import T0, T1, RootfsBuilder
 
-from fusebundle import layers as L
-from fusebundle import view
+from fusebundle.bundle import view
 from fusebundle.errors import CorruptTar, UserError
-from fusebundle.layers import MergedIndex, merge
-from fusebundle.tarindex import TarIndex
+from fusebundle.images import flatten as L
+from fusebundle.images.flatten import MergedIndex, merge
+from fusebundle.tar.index import TarIndex
 
 PINNED = 1492533000 * 10**9
 INIT_NAMES = {b".dockerenv", b"dev", b"dev/console", b"dev/pts", b"dev/shm", b"etc",
@@ -565,7 +565,7 @@ RUN ln /data/keep.txt /data/keep-link && mkdir /hl && echo a > /hl/z && ln /hl/z
 
 
 def base_rootfs() -> RootfsBuilder:
-    from imagetools import busybox_bytes
+    from support.imagetools import busybox_bytes
     r = RootfsBuilder()
     r.dir("bin").file("bin/busybox", busybox_bytes(), mode=0o755)
     for applet in APPLETS:
@@ -639,7 +639,7 @@ def export_of(api: Any, ref: str, path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def built(dockerd: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from imagetools import import_image
+    from support.imagetools import import_image
     api = dockerd.client.api
     tmp = tmp_path_factory.mktemp("layers-docker")
     base = base_rootfs().write(tmp / "base.tar")
@@ -859,7 +859,7 @@ def _view_entries(idx: TarIndex, prefix: bytes) -> list[tuple]:
 
 
 def _tree_walk(idx: TarIndex, prefix: bytes) -> list[tuple]:
-    from fusebundle.tree import GraftTree
+    from fusebundle.fs.graft_tree import GraftTree
     g = view.Graft(prefix=prefix, image=_Handle(idx))  # type: ignore[arg-type]
     t = GraftTree(0, g, idx)
     out = []

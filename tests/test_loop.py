@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from fusebundle import loop
+from fusebundle.fs import loop
 
 
 class Stock:

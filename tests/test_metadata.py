@@ -10,9 +10,9 @@ import json
 import textwrap
 from pathlib import Path
 
-from fusebundle.config import Config, FileSpec, load_config
-from fusebundle.metadata import moby_json
-from fusebundle.view import file_entries
+from fusebundle.bundle.view import file_entries
+from fusebundle.config.load import Config, FileSpec, load_config
+from fusebundle.config.metadata import moby_json
 
 
 def _load(tmp_path: Path, *docs: str) -> Config:

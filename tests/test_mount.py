@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from imagetools import T1, RootfsBuilder, busybox_bytes, import_image
+from support.imagetools import T1, RootfsBuilder, busybox_bytes, import_image
 
-from fusebundle.mountcmd import _alive, _server_pid, find_mount
+from fusebundle.cli.mount import _alive, _server_pid, find_mount
 
 REPO = Path(__file__).resolve().parent.parent
 CONFORMANCE = Path("/work/shared/conformance")
@@ -692,14 +692,14 @@ class _Image:
     """An image handle over a tar on disk (what images.LazyImage is for an engine)."""
 
     def __init__(self, tar: Path) -> None:
-        from fusebundle.images import ImageInfo
+        from fusebundle.sources.base import ImageInfo
 
         self.tar = tar
         self.info = ImageInfo(ref=tar.name, id="sha256:" + tar.stem, config={})
         self.calls = 0
 
     def index(self):
-        from fusebundle.tarindex import open_index
+        from fusebundle.tar.index import open_index
 
         self.calls += 1
         return open_index(str(self.tar))
@@ -752,12 +752,13 @@ def _bytes_of(entry=None, content=None) -> bytes:
 @pytest.mark.parametrize("fast,saved", [(True, False), (False, False), (True, True)],
                          ids=["columns", "entries", "saved-arrays"])
 def test_tree_renders_what_the_view_lists(tmp_path, fast, saved, monkeypatch):
-    from fusebundle import tree as treemod
-    from fusebundle.entry import directory, regular
-    from fusebundle.view import INIT_RESOLV_LINK, Graft, View
+    from fusebundle.bundle.entry import directory, regular
+    from fusebundle.bundle.view import INIT_RESOLV_LINK, Graft, View
+    from fusebundle.fs import graft_tree
+    from fusebundle.fs import tree as treemod
 
     if not fast:  # attributes from entry() where the index's columns are not used
-        monkeypatch.setattr(treemod, "_numeric_columns", lambda idx: None)
+        monkeypatch.setattr(graft_tree, "_numeric_columns", lambda idx: None)
     odd_tar = _odd_rootfs().write(tmp_path / "odd.tar")
     layer_tar = _layer_rootfs().write(tmp_path / "layer.tar")
 

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from fusebundle.errors import ConfigError
-from fusebundle.oci import (
+from fusebundle.config.runtime import (
     append_mount,
     build_oci,
     config_json_bytes,
     is_readonly,
     runtime_json_bytes,
 )
-from fusebundle.schema import parse_label, validate_entry
+from fusebundle.config.schema import parse_label, validate_entry
+from fusebundle.errors import ConfigError
 
 CONFORMANCE = Path("/work/shared/conformance")
 GOLDEN = CONFORMANCE / "golden"

@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from imagetools import T0, T1, RootfsBuilder, import_image, list_containers
+from support.imagetools import T0, T1, RootfsBuilder, import_image, list_containers
 
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_bind_service+ep
 LONG_DIR = "data/" + "/".join([f"segment-{i:02d}-" + "x" * 20 for i in range(8)])

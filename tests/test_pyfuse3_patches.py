@@ -23,7 +23,7 @@ import pyfuse3
 import pytest
 
 HERE = Path(__file__).resolve().parent
-FS = HERE / "patchfs.py"
+FS = HERE / "support" / "patchfs.py"
 PATCHES = sorted((HERE.parent / "patches" / "pyfuse3").glob("*.patch"))
 A = b"alpha " * 1000
 B = b"bravo!" * 333

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fakeregistry import layer_tar
-from faulttools import cli, sha, stopped, wait_for
-from imagetools import RootfsBuilder, busybox_bytes, write_oci_layout
+from support.fakeregistry import layer_tar
+from support.faulttools import cli, sha, stopped, wait_for
+from support.imagetools import RootfsBuilder, busybox_bytes, write_oci_layout
 
-from fusebundle.mountcmd import _alive, _server_pid, find_mount
+from fusebundle.cli.mount import _alive, _server_pid, find_mount
 
 HAVE_FUSE = (os.geteuid() == 0 and os.path.exists("/dev/fuse")
              and shutil.which("fusermount3") is not None)

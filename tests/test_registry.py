@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import LocalRegistry
-from fakeregistry import DOCKER_LIST, FakeRegistry, Image, make_image, sha256
+from support.fakeregistry import DOCKER_LIST, FakeRegistry, Image, make_image, sha256
 
 from fusebundle.errors import UserError
 from fusebundle.sources.base import NotFound, Platform, ResolvedImage
@@ -632,7 +632,7 @@ def _skopeo(*args: str) -> None:
 @pytest.fixture(scope="module")
 def pushed(dockerd, real_registry: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A two-layer image built by dockerd and pushed to the registry: its engine-side facts."""
-    import imagetools
+    from support import imagetools
 
     d = tmp_path_factory.mktemp("build")
     base = imagetools.RootfsBuilder().dir("etc").file("etc/base", "base\n").write(d / "base.tar")
@@ -696,7 +696,7 @@ def test_real_registry_oci_typed(pushed: dict, real_registry: str, tmp_path: Pat
 
 def _oci_layout(d: Path, images: list[Image], tag: str) -> None:
     """An OCI layout holding an index of IMAGES, named TAG."""
-    from fakeregistry import make_index
+    from support.fakeregistry import make_index
 
     blobs = d / "blobs" / "sha256"
     blobs.mkdir(parents=True)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 from conftest import _die_with_parent, _stop
-from fakeregistry import OCI_MANIFEST, FakeRegistry, Image, SilentServer, make_image, sha256
-from faulttools import env_for, one_line, temps
+from support.fakeregistry import OCI_MANIFEST, FakeRegistry, Image, SilentServer, make_image, sha256
+from support.faulttools import env_for, one_line, temps
 
 from fusebundle.errors import ConfigError
 from fusebundle.sources import regnet

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fusebundle import colfile, tarindex
-from fusebundle.tarindex import TarIndex, open_index
+from fusebundle.tar import colfile
+from fusebundle.tar import index as tarindex
+from fusebundle.tar.index import TarIndex, open_index
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,7 +116,7 @@ def test_a_damaged_index_is_detected_in_one_line_and_rebuilt(big_tar, tmp_path, 
         idx.write_bytes(bytes(data))
     else:
         idx.write_bytes(b"FBTREE\0\0" + good[8:])
-    with caplog.at_level(logging.WARNING, logger="fusebundle.tarindex"):
+    with caplog.at_level(logging.WARNING, logger="fusebundle.tar.index"):
         again = open_index(str(tar))
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "\n" not in lines[0] and str(idx) in lines[0], lines
@@ -148,9 +149,9 @@ def test_narrow_picks_the_smallest_type():
 
 _BUILD = r"""
 import os, sys
-from fusebundle.tarindex import open_index
-from fusebundle.tree import GraftTree
-from fusebundle.view import Graft
+from fusebundle.tar.index import open_index
+from fusebundle.fs.graft_tree import GraftTree
+from fusebundle.bundle.view import Graft
 
 class Image:
     def __init__(self, index):
@@ -218,8 +219,8 @@ def _listing(tree) -> list:
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "old-version"])
 def test_damaged_tree_arrays_are_detected_in_one_line_and_built_again(big_tar, tmp_path,
                                                                        damage, caplog):
-    from fusebundle import tree as treemod
-    from fusebundle.view import Graft
+    from fusebundle.bundle.view import Graft
+    from fusebundle.fs import graft_tree as treemod
 
     tar = tmp_path / "t.tar"
     os.link(big_tar, tar)
@@ -238,7 +239,7 @@ def test_damaged_tree_arrays_are_detected_in_one_line_and_built_again(big_tar, t
         struct.pack_into("<I", data, 8, treemod._TREE_FORMAT - 1)
     saved.unlink()  # replaced, as the store replaces its files: the first tree keeps its own
     saved.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="fusebundle.tree"):
+    with caplog.at_level(logging.WARNING, logger="fusebundle.fs.graft_tree"):
         again = treemod.GraftTree(0, Graft(prefix=b"", image=_Image(index)), index)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and str(saved) in lines[0] and "built again" in lines[0], lines
@@ -248,7 +249,7 @@ def test_damaged_tree_arrays_are_detected_in_one_line_and_built_again(big_tar, t
 
 _WALK = r"""
 import sys
-from fusebundle.tarindex import open_index
+from fusebundle.tar.index import open_index
 
 def rss(field):
     for line in open("/proc/self/status"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from ruamel.yaml import YAML
 
+from fusebundle.config.schema import image_label, parse_label, validate_entry
 from fusebundle.errors import ConfigError
-from fusebundle.schema import image_label, parse_label, validate_entry
 
 W = "system.yml: services[2] (getty)"
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from fusebundle.config import load_config
+from fusebundle.config.load import load_config
+from fusebundle.config.metadata import moby_dict
+from fusebundle.config.runtime import build_oci, config_json_bytes, runtime_json_bytes
+from fusebundle.config.schema import parse_label, validate_entry
 from fusebundle.errors import ConfigError
-from fusebundle.metadata import moby_dict
-from fusebundle.oci import build_oci, config_json_bytes, runtime_json_bytes
-from fusebundle.schema import parse_label, validate_entry
 
 WHERE = "t.yml: services[0] (t)"
 IMAGE = {"Entrypoint": None, "Cmd": ["/bin/sh"], "Env": None, "WorkingDir": "",
@@ -369,7 +369,7 @@ def test_a_label_without_adds_is_read_as_in_2017():
 
 
 def test_metadata_json_writes_what_metadata_yaml_writes(tmp_path):
-    from fusebundle.view import file_entries
+    from fusebundle.bundle.view import file_entries
 
     def content(kind: str) -> bytes:
         cfg = _config(tmp_path, f"init: [a]\nfiles:\n  - path: etc/m\n    metadata: {kind}\n")

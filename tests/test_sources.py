@@ -20,7 +20,7 @@ from typing import Any
 
 import docker.errors
 import pytest
-from imagetools import RootfsBuilder, busybox_bytes, import_image
+from support.imagetools import RootfsBuilder, busybox_bytes, import_image
 
 from fusebundle.errors import UserError
 from fusebundle.sources import manifest as mf

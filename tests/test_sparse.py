@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faulttools import cli
+from support.faulttools import cli
 from test_layers import docker_archive
 from test_mount import HAVE_FUSE, Mounts
 
-from fusebundle.layers import MergedIndex, merge
-from fusebundle.tarindex import TarIndex
+from fusebundle.images.flatten import MergedIndex, merge
+from fusebundle.tar.index import TarIndex
 
 MIB = 1 << 20
 FORMATS = [("gnu", None), ("pax", "0.0"), ("pax", "0.1"), ("pax", "1.0")]

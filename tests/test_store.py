@@ -315,7 +315,7 @@ def test_keyboard_interrupt_mid_blob_leaves_nothing(tmp_path: Path, other_tar: b
 # ------------------------------------------------------------------------------ other processes
 CHILD = textwrap.dedent("""
     import io, json, os, signal, sys, time
-    from fusebundle.cli import _on_sigterm
+    from fusebundle.cli.commands import _on_sigterm
     from fusebundle.sources.base import LayerRef
     from fusebundle.store import Store
 

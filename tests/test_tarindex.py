@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fusebundle.errors import CorruptTar, UserError
-from fusebundle.tarindex import FORMAT_MAGIC, IndexEntry, TarIndex, open_index
+from fusebundle.tar.index import FORMAT_MAGIC, IndexEntry, TarIndex, open_index
 
 # ---------------------------------------------------------------------------------------------
 # Hand-made archives, for what tarfile cannot or will not write.

@@ -16,9 +16,9 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-import tarcorpus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import tarcorpus
 from test_tarindex import (
     END,
     b256,
@@ -34,7 +34,7 @@ from test_tarindex import (
 )
 
 from fusebundle.errors import CorruptTar
-from fusebundle.tarindex import IndexEntry, TarIndex, open_index, read_sparse
+from fusebundle.tar.index import IndexEntry, TarIndex, open_index, read_sparse
 
 # The largest whole second of int64 nanoseconds, 2262-04-11T23:47:16Z.
 CLAMP_NS = 9_223_372_036 * 10**9

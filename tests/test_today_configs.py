@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import test_mount
-from imagetools import RootfsBuilder, busybox_bytes, import_image
+from support.imagetools import RootfsBuilder, busybox_bytes, import_image
 from test_kernel_mount import KERNEL, UCODE
 from test_kernel_mount import kernel_image as kernel_image  # noqa: PLC0414 (a fixture)
 from test_mount import _pack, assert_same_tree

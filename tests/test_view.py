@@ -5,13 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagetools import RootfsBuilder
+from support.imagetools import RootfsBuilder
 
-from fusebundle.config import Config
-from fusebundle.config import Entry as Container
-from fusebundle.images import ImageInfo
-from fusebundle.tarindex import TarIndex
-from fusebundle.view import HOSTS, NO_RESOLV, PINNED_MTIME_NS, Graft, build_view, graft_entries
+from fusebundle.bundle.view import (
+    HOSTS,
+    NO_RESOLV,
+    PINNED_MTIME_NS,
+    Graft,
+    build_view,
+    graft_entries,
+)
+from fusebundle.config.load import Config, Container
+from fusebundle.sources.base import ImageInfo
+from fusebundle.tar.index import TarIndex
 
 
 @dataclass

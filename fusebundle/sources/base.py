@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import platform as _platform
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
@@ -19,6 +20,34 @@ _MACHINE_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64
                  "armv7l": "arm", "armv6l": "arm", "i686": "386", "i386": "386",
                  "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 _DEFAULT_VARIANT = {"arm64": "v8", "arm": "v7"}
+
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ImageInfo:
+    """What the engine says of one image reference: its ID and its config."""
+
+    ref: str
+    id: str
+    config: dict[str, Any]
+    size: int = 0
+
+    @property
+    def hex(self) -> str:
+        """The ID without its algorithm prefix, safe as a file name."""
+        return self.id.split(":", 1)[-1]
+
+
+class ImageSource(Protocol):
+    """Somewhere images come from: a Docker engine today, archives later."""
+
+    def inspect(self, ref: str, pull: bool) -> ImageInfo: ...
+
+    def export(self, info: ImageInfo, out: Any, progress: Progress | None) -> None: ...
+
+    def save(self, image_id: str) -> Iterator[bytes]: ...
 
 
 class NotFound(UserError):

@@ -11,10 +11,9 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from fusebundle import engineapi
 from fusebundle.errors import EngineError
-from fusebundle.images import ImageInfo, Progress
-from fusebundle.sources import jsondoc
+from fusebundle.sources import engineapi, jsondoc
+from fusebundle.sources.base import ImageInfo, Progress
 
 _TRANSPORT = {"FileNotFoundError": "no such socket", "ConnectionRefusedError": "connection refused",
               "Connection refused": "connection refused",
@@ -38,14 +37,18 @@ class DockerEngine:
         self._host = host
         self._socket = engineapi.socket_path(host)
         self._docker: Any = None
+        self._requests: Any = None
         self._client: Any = None
 
     def _sdk(self) -> Any:
         """The docker module, once a client is connected; EngineError if it cannot be."""
         if self._client is None:
-            import docker  # imported on first need: a warm mount never needs it
+            # The SDK (and requests, its transport) is imported here on first need and nowhere
+            # else: a warm mount never needs it.
+            import docker
+            import requests
 
-            self._docker = docker
+            self._docker, self._requests = docker, requests
             where = self._host or os.environ.get("DOCKER_HOST") or "the default socket"
             try:
                 if self._host:
@@ -65,12 +68,10 @@ class DockerEngine:
     @contextlib.contextmanager
     def _reported(self, what: str) -> Iterator[None]:
         """Turn whatever the SDK raises into one EngineError line; our own errors pass."""
-        import requests
-
         docker = self._sdk()
         try:
             yield
-        except (docker.errors.DockerException, requests.RequestException) as e:
+        except (docker.errors.DockerException, self._requests.RequestException) as e:
             # Checked first: both are OSError subclasses, but the engine's, not ours.
             raise _engine_error(what, e) from None
         except (EngineError, OSError):
@@ -82,7 +83,7 @@ class DockerEngine:
         if self._socket is not None:
             try:
                 data = engineapi.inspect_image(self._socket, ref)
-            except engineapi.NotFound:
+            except engineapi.NoSuchImage:
                 return None
             if data is not None:
                 return data
@@ -93,9 +94,7 @@ class DockerEngine:
                 return None
 
     def _pull(self, ref: str) -> None:
-        from docker.utils import parse_repository_tag
-
-        repo, tag = parse_repository_tag(ref)
+        repo, tag = self._sdk().utils.parse_repository_tag(ref)
         with self._reported(f"image {ref}: not found and pull failed"):
             for msg in self.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
                 if isinstance(msg, dict) and msg.get("error"):
@@ -119,6 +118,10 @@ class DockerEngine:
         return ImageInfo(ref=ref, id=image_id,
                          config=jsondoc.container_config(data.get("Config"), what),
                          size=fields.integer("Size", 0, jsondoc.INT64_MAX) or 0)
+
+    def save(self, image_id: str) -> Iterator[bytes]:
+        """`docker save` of one image, in chunks of 1 MiB."""
+        return self.api.get_image(image_id, 1 << 20)
 
     def export(self, info: ImageInfo, out: Any, progress: Progress | None) -> None:
         """Stream `docker export` of a temporary container into `out`; always remove it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from types import ModuleType
 
 # Test knob, not a user setting: FUSEBUNDLE_TEST_NET_SCALE multiplies every time bound below
 # (0.1 turns the 30 s rate window into 3 s) so the tests of hostile servers stay fast.
@@ -84,3 +85,11 @@ class Pace:
                     f"{MIN_RATE} bytes/s over {self.window:g} s")
         self._start, self._bytes = now, 0
         return None
+
+
+def httpx_module() -> ModuleType:
+    """httpx, imported here on first need and nowhere else: only commands that reach a
+    registry pay for importing it."""
+    import httpx
+
+    return httpx

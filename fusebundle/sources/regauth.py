@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from fusebundle.errors import UserError
 from fusebundle.sources import jsondoc
-from fusebundle.sources.netbounds import TOKEN_MAX, TOKEN_WINDOW, Deadline
+from fusebundle.sources.netbounds import TOKEN_MAX, TOKEN_WINDOW, Deadline, httpx_module
 
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # where docker keeps docker.io's credentials
 _HELPER_TIMEOUT = 30.0
@@ -318,7 +318,7 @@ def token_answer(body: bytes, what: str) -> tuple[str, int]:
 
 def _timeout(deadline: Deadline) -> Any:
     """httpx timeouts that end no later than DEADLINE."""
-    import httpx
+    httpx = httpx_module()
 
     return httpx.Timeout(deadline.left())
 
@@ -329,7 +329,7 @@ def _token_exchange(client: Any, request: Any, deadline: Deadline,
 
     The body is read only from a 200 answer (b"" otherwise); the response comes back closed.
     """
-    import httpx
+    httpx = httpx_module()
 
     data = bytearray()
     try:

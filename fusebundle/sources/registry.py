@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from fusebundle.errors import UserError
 from fusebundle.sources import manifest, reference
 from fusebundle.sources.base import LayerRef, NotFound, Platform, ResolvedImage
-from fusebundle.sources.netbounds import PING_WINDOW, RATE_WINDOW, Deadline, Pace, scaled
+from fusebundle.sources.netbounds import (
+    PING_WINDOW,
+    RATE_WINDOW,
+    Deadline,
+    Pace,
+    httpx_module,
+    scaled,
+)
 from fusebundle.sources.regauth import (
     Authenticator,
     Denied,
@@ -48,6 +55,7 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = ["Registry", "RegistryError", "Denied", "registry_host"]
+
 
 MANIFEST_ACCEPT = ", ".join((manifest.OCI_INDEX, manifest.OCI_MANIFEST,
                              manifest.DOCKER_MANIFEST_LIST, manifest.DOCKER_MANIFEST))
@@ -174,7 +182,7 @@ class Registry:
         with self._lock:
             client = self._clients.get(host)
             if client is None:
-                import httpx  # only commands that reach a registry pay for importing it
+                httpx = httpx_module()
 
                 read, connect = self._timeout
                 context = self._contexts.get((tls, verify))
@@ -232,7 +240,7 @@ class Registry:
 
     def _attempt_timeout(self, deadline: Deadline, read: float | None) -> httpx.Timeout:
         """One try's timeouts: today's per-operation ones, cut to what the deadline leaves."""
-        import httpx
+        httpx = httpx_module()
 
         default_read, connect = self._timeout
         left = deadline.left()
@@ -247,7 +255,7 @@ class Registry:
         Waiting on the network, summed over the tries, ends at DEADLINE (default: one
         per-read timeout, so retries fit in the time one silent try used to take).
         """
-        import httpx
+        httpx = httpx_module()
 
         client = self._client_for(host)
         url = (base or self._bases[host]) + path
@@ -391,7 +399,7 @@ class Registry:
                 if slow:
                     raise RegistryError(f"{where}: {slow}")
         except Exception as e:
-            import httpx
+            httpx = httpx_module()
 
             if isinstance(e, httpx.TransportError):
                 raise RegistryError(f"{where}: connection lost ({self._reason(e)})") from None
@@ -540,12 +548,11 @@ class Registry:
             f"layer {digest[:19]} not from {label}: {reason[:160]}")
 
     def refused_blob(self, image: ResolvedImage, layer: LayerRef, error: BaseException) -> bool:
-        """The store refused a blob (bad digest, broken stream): True if it should be asked
-        again, from the next endpoint; only a mirror's blob is, the origin's error stands."""
-        from fusebundle.store import BadLayer
-
+        """The store refused a blob (`error`: its BadLayer, or this registry's RegistryError
+        for a broken stream): True if it should be asked again, from the next endpoint; only a
+        mirror's blob is, the origin's error stands."""
         label = self._blob_endpoint.get((image.name, layer.digest), "")
-        if not label.startswith("mirror") or not isinstance(error, BadLayer | RegistryError):
+        if not label.startswith("mirror"):
             return False
         self._note_refusal(image.name, layer.digest, label, error)
         return True
@@ -625,7 +632,7 @@ class _BlobStream(io.RawIOBase):
 
     def _next_chunk(self) -> bytes | None:
         """The next bytes of the blob, reconnecting as needed; None at its end."""
-        import httpx
+        httpx = httpx_module()
 
         while True:
             if self._chunks is None:

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -33,12 +32,13 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from fusebundle import testhook
+from fusebundle.atomic import TempName, atomic_file
 from fusebundle.errors import CorruptTar, UserError
 from fusebundle.sources.base import LayerRef, ResolvedImage
 from fusebundle.store import locks, records
 from fusebundle.store.records import ImageRecord, digest_hex
 from fusebundle.store.stream import Outcome, ReadError, WriteError, unpack
-from fusebundle.tarindex import TarIndex, open_index
+from fusebundle.tar.index import TarIndex, open_index
 
 __all__ = ["BadLayer", "CorruptLayer", "ImageRecord", "LayerInfo", "PruneReport", "Store",
            "StoreError"]
@@ -203,51 +203,42 @@ class Store:
                progress: Callable[[int], None] | None, path: str) -> None:
         where = f"image {what}: layer {layer.digest}"
         hex_ = os.path.basename(path)[: -len(".tar")]
-        fd, tmp = tempfile.mkstemp(dir=self._layers, prefix=f".{hex_}.", suffix=".part")
-        placed = False  # mkstemp made it 0600: unverified bytes are for no one else to read
+        placed = False  # the temp is 0600: unverified bytes are for no one else to read
         try:
-            try:
-                with open_blob() as src:
-                    if layer.size < 0:  # only from a record older than sizes being required
-                        raise BadLayer(f"{where}: its descriptor gives no size; pull the "
-                                       "image again (--pull)")
-                    got = unpack(src, fd, progress, limit=layer.size)
-            except ReadError as e:
-                raise BadLayer(f"{where}: {e}") from None
-            except WriteError as e:
-                raise StoreError(f"{where}: cannot write {tmp}: {e}") from None
-            except OSError as e:  # from open_blob
-                raise BadLayer(f"{where}: cannot read the blob: {e.strerror or e}") from None
-            problem = _verdict(layer, got)
-            if problem:
-                raise BadLayer(f"{where}: {problem}")
-            os.fchmod(fd, 0o644)  # its digests are right: readable as every stored layer is
-            os.fsync(fd)
-            testhook.stop_at("layer-written")
-            try:
-                # Sparse members (GNU tar, bsdtar) are served with their holes as zeros.
-                index = TarIndex.scan(tmp, sparse=True)
-            except CorruptTar as e:
-                raise BadLayer(f"{where}: not a valid tar: "
-                               f"{str(e).removeprefix(tmp + ': ')}") from None
-            index.save(path + ".idx")  # the index keys on size, mtime and inode: rename keeps them
-            testhook.stop_at("layer-indexed")
-            os.replace(tmp, path)
-            placed = True
-            with contextlib.suppress(OSError):
-                dfd = os.open(self._layers, os.O_RDONLY)
+            with atomic_file(path, TempName(f".{hex_}.")) as t:
                 try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                    with open_blob() as src:
+                        if layer.size < 0:  # only from a record older than sizes being required
+                            raise BadLayer(f"{where}: its descriptor gives no size; pull the "
+                                           "image again (--pull)")
+                        got = unpack(src, t.fd, progress, limit=layer.size)
+                except ReadError as e:
+                    raise BadLayer(f"{where}: {e}") from None
+                except WriteError as e:
+                    raise StoreError(f"{where}: cannot write {t.path}: {e}") from None
+                except OSError as e:  # from open_blob
+                    raise BadLayer(f"{where}: cannot read the blob: {e.strerror or e}") from None
+                problem = _verdict(layer, got)
+                if problem:
+                    raise BadLayer(f"{where}: {problem}")
+                os.fchmod(t.fd, 0o644)  # its digests are right: readable as every stored layer is
+                os.fsync(t.fd)
+                testhook.stop_at("layer-written")
+                try:
+                    # Sparse members (GNU tar, bsdtar) are served with their holes as zeros.
+                    index = TarIndex.scan(t.path, sparse=True)
+                except CorruptTar as e:
+                    raise BadLayer(f"{where}: not a valid tar: "
+                                   f"{str(e).removeprefix(t.path + ': ')}") from None
+                # The index keys on size, mtime and inode: the rename keeps them.
+                index.save(path + ".idx")
+                testhook.stop_at("layer-indexed")
+            placed = True
         except OSError as e:
             raise StoreError(f"{where}: cannot store it: {e.strerror or e}") from None
         finally:
-            os.close(fd)
             if not placed:
-                # On a failing disk even this may fail: the next ingest or prune removes them.
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                # On a failing disk even this may fail: the next ingest or prune removes it.
                 with contextlib.suppress(OSError):
                     os.unlink(path + ".idx")
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from fusebundle.atomic import TempName, atomic_file
 from fusebundle.errors import UserError
 from fusebundle.sources import jsondoc
 from fusebundle.sources.base import LayerRef, ResolvedImage
@@ -130,20 +129,11 @@ def read(path: str) -> ImageRecord:
 
 
 def write(directory: str, image: ResolvedImage) -> str:
-    """Write the record of `image` atomically (temp name, fsync, rename); its path."""
+    """Write the record of `image` atomically (atomic_file); its path."""
     path = os.path.join(directory, file_name(image.name, image.platform))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(encode(image))
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), 0o644)  # 0600 (mkstemp's) until complete, as every temporary
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    with atomic_file(path, TempName("." + os.path.basename(path) + ".", ".tmp"), 0o644) as t, \
+            os.fdopen(t.fd, "wb", closefd=False) as f:
+        f.write(encode(image))
     return path
 
 

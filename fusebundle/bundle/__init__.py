@@ -1,0 +1,10 @@
+"""The tree as data, pure: what the mount shows and the pack writes.
+
+`entry`: `Entry`, one item of the tree; `view`: the `View` (prefix dirs, bundles, grafts of
+images, the reference's filter, files, kernel, volumes) built from a config and its images.
+"""
+
+from fusebundle.bundle.entry import Entry, directory, regular
+from fusebundle.bundle.view import View, build_view
+
+__all__ = ["Entry", "View", "build_view", "directory", "regular"]

@@ -1,0 +1,9 @@
+"""The command line: `main` (the console script `fusebundle` and `python -m fusebundle`).
+
+`commands`: the parser, exit codes, signals and the commands that need no mount; `mount`: mount
+and umount (background server, ready pipe, stale mounts); `cache`: cache ls / cache prune.
+"""
+
+from fusebundle.cli.commands import main
+
+__all__ = ["main"]

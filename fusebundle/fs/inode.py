@@ -1,0 +1,67 @@
+"""The words every part of the tree shares: inode numbers (a graft's are packed from graft,
+alias and local position), `Stat` tuples and `Content` (where a regular file's bytes are)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fusebundle.bundle.entry import Entry, directory
+
+ROOT_INO = 1
+GRAFT_SHIFT = 48
+ALIAS_SHIFT = 32
+LOCAL_MASK = (1 << ALIAS_SHIFT) - 1
+ALIAS_MASK = (1 << (GRAFT_SHIFT - ALIAS_SHIFT)) - 1
+MAX_ALIASES = ALIAS_MASK + 1
+MAX_GRAFTS = (1 << (63 - GRAFT_SHIFT)) - 1
+
+_TYPE_BITS = {
+    "f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK, "c": stat.S_IFCHR,
+    "b": stat.S_IFBLK, "p": stat.S_IFIFO,
+}  # fmt: skip
+_D, _H, _F, _L = ord("d"), ord("h"), ord("f"), ord("l")
+_DEVICES = (ord("c"), ord("b"))
+_IMPLICIT_DIR = directory(b"")
+
+# (st_mode, st_nlink, st_uid, st_gid, st_rdev, st_size, st_mtime_ns)
+Stat = tuple[int, int, int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """Where the bytes of one regular file are."""
+
+    size: int
+    data: bytes | None = None  # held in memory
+    path: str | None = None  # else in this file at `offset`
+    offset: int = 0
+    graft: int = -1  # the graft whose tar `path` is, -1 for a files: source
+    sparse: Sequence[int] | None = None  # a sparse member's fragments at `offset`
+
+
+def graft_ino(k: int, alias: int, local: int) -> int:
+    return ((k + 1) << GRAFT_SHIFT) | (alias << ALIAS_SHIFT) | local
+
+
+def split_ino(ino: int) -> tuple[int, int, int]:
+    """(graft, alias, local) of a graft inode."""
+    return (ino >> GRAFT_SHIFT) - 1, (ino >> ALIAS_SHIFT) & ALIAS_MASK, ino & LOCAL_MASK
+
+
+def _split(path: bytes) -> list[bytes]:
+    return [p for p in path.split(b"/") if p and p != b"."]
+
+
+def _entry_stat(e: Entry, nlink: int) -> Stat:
+    t = e.type
+    if t == "l":
+        size = len(e.linkname)
+    elif t == "f":
+        size = e.size
+    else:
+        size = 0
+    rdev = os.makedev(e.devmajor, e.devminor) if t in "cb" else 0
+    return (_TYPE_BITS[t] | (e.mode & 0o7777), nlink, e.uid, e.gid, rdev, size, e.mtime_ns)

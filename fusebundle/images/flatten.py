@@ -1,0 +1,709 @@
+"""Flattening: an image's layer indexes overlaid into one index that reads like `docker export`.
+
+Nothing is extracted or copied: every merged entry points at the layer tar that holds its data.
+The layers are applied bottom to top by the OCI rules (whiteouts and opaque markers hide only
+lower layers), then the survivors are listed in docker's walk order with its hard-link election
+and docker's init-layer entries, so the view cannot tell a layered image from an engine's export.
+
+Working state is one dict (path -> entry ordinal) plus a few small dicts for the rare cases
+(whiteouts, replaced directories, hard links); the result is the same columns a TarIndex has,
+gathered from the layers' columns in C loops.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import logging
+import os
+import struct
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Sequence
+from itertools import accumulate
+
+from fusebundle.errors import CorruptTar
+from fusebundle.tar import colfile
+from fusebundle.tar.index import _COLUMNS, DROP_EVERY_ENTRIES, IndexEntry, Stamp, TarIndex
+
+__all__ = ["MergedIndex", "merge"]
+
+# 1: a JSON head and blobs read into the heap.  2: laid out to be mapped (colfile).
+_MAGIC = b"FBMERGE"
+_VERSION = 2
+_DROP_MASK = DROP_EVERY_ENTRIES - 1
+log = logging.getLogger(__name__)
+_F, _H, _L, _D = b"fhld"
+_WH = b".wh."
+_OPAQUE = b".wh..wh..opq"
+_AUFS_META = b".wh..wh."  # AUFS bookkeeping (.wh..wh.plnk, ...): never shown, never a rule
+# A directory only its children imply is in cur[] as -2 - (the ordinal of the child that
+# implied it): negative, and still datable against whiteouts above it.
+_IMPLIED = -2
+_SECOND = 1_000_000_000
+# Paths are kept with NUL for '/' while merging: NUL sorts below every byte a name can hold,
+# so a plain sort of the paths is docker's walk (pre-order, each directory's names sorted as
+# bytes), with no sort key to build.
+_SEP = b"\x00"
+_CAP = "security.capability"
+# The mtime docker's own entries get in a reproducible tree (linuxkit's later default,
+# 2017-04-18T16:30Z): the init layer's here, and the view's DOCKER_CREATED entries.
+PINNED_MTIME_NS = 1492533000 * _SECOND
+
+# docker's initlayer.Setup: (path, kind); kind b"d" dir, b"f" empty file, else the target of
+# a symlink.  Each path's components that are not directories are removed first.
+_INIT = tuple((path.replace(b"/", _SEP), kind) for path, kind in (
+    (b"dev/pts", b"d"), (b"dev/shm", b"d"), (b"proc", b"d"), (b"sys", b"d"),
+    (b".dockerenv", b"f"), (b"etc/resolv.conf", b"f"), (b"etc/hosts", b"f"),
+    (b"etc/hostname", b"f"), (b"dev/console", b"f"), (b"etc/mtab", b"/proc/mounts"),
+))  # fmt: skip
+_TOUCHED = (b"dev", b"etc")  # directories the init layer writes into: mtime = creation
+
+
+class _Synthetic:
+    """Entries no layer has (implicit directories, the init layer): extra ordinals."""
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        self.types = bytearray()
+        self.rows: list[tuple[int, int, int, int]] = []  # mode, uid, gid, mtime_ns
+        self.links: dict[int, bytes] = {}  # ordinal -> symlink target
+        self.like: dict[int, int] = {}  # ordinal -> layer ordinal whose xattrs it keeps
+
+    def add(self, code: int, mode: int, mtime_ns: int = PINNED_MTIME_NS, uid: int = 0,
+            gid: int = 0) -> int:
+        self.types.append(code)
+        self.rows.append((mode, uid, gid, mtime_ns))
+        return self.base + len(self.rows) - 1
+
+
+def _split(blob: bytes, ends: Sequence[int]) -> list[bytes]:
+    starts = [0, *ends[:-1]] if len(ends) else []
+    return [blob[s:e] for s, e in zip(starts, ends, strict=True)]
+
+
+def _parent(path: bytes) -> bytes:
+    return path[: max(path.rfind(_SEP), 0)]
+
+
+def _show(name: bytes) -> str:
+    return repr(name.replace(_SEP, b"/").decode("utf-8", "backslashreplace"))
+
+
+class _Merge:
+    """One merge: the layers, the state while applying them, and the messages."""
+
+    def __init__(self, layers: Sequence[TarIndex], digests: Sequence[str], what: str) -> None:
+        if len(layers) != len(digests):
+            raise ValueError("one digest per layer")
+        self.layers, self.digests, self.what = layers, digests, what
+        self.bases = list(accumulate((len(x) for x in layers), initial=0))
+        self.types = bytearray(b"".join(x.columns().types for x in layers))
+        self.cur: dict[bytes, int] = {}
+        # path -> ordinal: entries below path older than it are gone (whiteout, opaque marker,
+        # a non-directory replacing a directory).  Applied lazily, see _alive.
+        self.kill: dict[bytes, int] = {}
+        self.link_ino: dict[int, int] = {}  # hard-link ordinal -> the entry that is the inode
+        self.meta: dict[int, int] = {}  # inode -> ordinal of the last header applied to it
+        self.syn = _Synthetic(self.bases[-1])
+        self.suspects: list[int] = []  # entries registered below a non-directory
+
+    # -- messages ---------------------------------------------------------------------------
+    def fail(self, layer: int, name: bytes, why: str) -> CorruptTar:
+        return CorruptTar(f"image {self.what}: layer {self.digests[layer]}: entry {_show(name)}: "
+                          f"{why}")
+
+    def layer_of(self, o: int) -> int:
+        return bisect_right(self.bases, o) - 1
+
+    # -- state ------------------------------------------------------------------------------
+    def _alive(self, path: bytes, o: int) -> bool:
+        """False if a whiteout or replacement above `o` removed one of its directories."""
+        kill = self.kill
+        while path:
+            path = _parent(path)
+            k = kill.get(path)
+            if k is not None and k > o:
+                return False
+        return True
+
+    def _is_dir(self, o: int) -> bool:
+        return o < 0 or self._kind(o) == _D
+
+    def apply(self, layer: int) -> None:
+        """Apply one layer: its whiteouts to what is below, then its entries in tar order."""
+        idx = self.layers[layer]
+        c = idx.columns()
+        names = _split(_blob(c.names).replace(b"/", _SEP), c.name_ends)
+        base = self.bases[layer]
+        if c.names.find(b"..") >= 0 or c.links.find(b"..") >= 0:
+            self._check_names(layer, names, _split(_blob(c.links).replace(b"/", _SEP),
+                                                   c.link_ends),
+                              c.types)
+        skip = self._whiteouts(layer, names) if c.names.find(_WH) >= 0 else frozenset()
+        cur, kill, types = self.cur, self.kill, self.types
+        links = _split(_blob(c.links).replace(b"/", _SEP), c.link_ends) if _H in c.types else None
+        if self._apply_bulk(layer, names, links, skip):
+            return
+        suspects = self.suspects
+        for i, name in enumerate(names):
+            if skip and i in skip:
+                continue
+            o = base + i
+            t = types[o]
+            prev = cur.get(name)
+            if t != _D and prev is not None and (
+                    prev < 0 or types[prev] == _D or (kill and not self._alive(name, prev))):
+                kill[name] = o  # a non-directory replaces a directory: its subtree goes
+            if t == _H:
+                assert links is not None
+                self._link(layer, o, name, links[i])
+            cur[name] = o
+            # The directories a name implies are registered, so that a non-directory put
+            # there later knows it replaces a directory (and whiteouts can date them).
+            j = name.rfind(_SEP)
+            if j > 0:
+                q = cur.get(name[:j])
+                if q is None or kill:
+                    self._imply(name[:j], o)
+                elif q >= 0 and types[q] != _D:
+                    suspects.append(o)  # below a non-directory: settle() decides
+
+    def _apply_bulk(self, layer: int, names: list[bytes], links: list[bytes] | None,
+                    skip: set[int] | frozenset[int]) -> bool:
+        """apply() with dict and set operations in C, for a layer where the order of its own
+        entries cannot matter (no duplicates, nothing below a non-directory of its own).
+
+        Returns False, having changed nothing, when the layer needs the ordered loop.
+        """
+        base, cur, kill, types = self.bases[layer], self.cur, self.kill, self.types
+        new = dict(zip(names, range(base, base + len(names)), strict=True))
+        if len(new) != len(names):
+            return False
+        for i in skip:
+            del new[names[i]]
+        parents = {n.rpartition(_SEP)[0] for n in new}
+        parents.discard(b"")
+        implied = set()
+        for p in parents:
+            while p and p not in implied:
+                q = new.get(p)
+                if q is None:
+                    q = cur.get(p)
+                    if q is None or (kill and not self._alive(p, q if q >= 0 else _IMPLIED - q)):
+                        implied.add(p)  # not there: this layer implies it, and its parents
+                        p = _parent(p)
+                        continue
+                if q >= 0 and types[q] != _D:
+                    return False  # below a non-directory: let the ordered loop sort it out
+                break
+        if links is not None:
+            pos = types.find(_H, base, base + len(names))
+            while pos >= 0:
+                name = names[pos - base]
+                if new.get(name) == pos:
+                    target = links[pos - base]
+                    t = _IMPLIED if target in implied else new.get(target)
+                    if t is not None and t < pos:
+                        self._link_to(layer, pos, name, target, t)
+                    else:
+                        self._link(layer, pos, name, target)
+                pos = types.find(_H, pos + 1, base + len(names))
+        for name in new.keys() & cur.keys():
+            o, prev = new[name], cur[name]
+            if types[o] != _D and (
+                    prev < 0 or types[prev] == _D or (kill and not self._alive(name, prev))):
+                kill[name] = o  # a non-directory replaces a directory: its subtree goes
+        if cur:
+            cur.update(new)
+        else:
+            self.cur = cur = new  # the bottom layer: no copy of a dict of every path
+        marker = _IMPLIED - base
+        for p in implied:
+            cur[p] = marker
+        return True
+
+    def _imply(self, p: bytes, o: int) -> None:
+        """Register p and its parents as directories, implied by entry o where not present."""
+        cur, types = self.cur, self.types
+        while p:
+            q = cur.get(p)
+            if q is not None and (not self.kill or self._alive(p, q if q >= 0 else _IMPLIED - q)):
+                if q >= 0 and types[q] != _D:
+                    self.suspects.append(o)
+                return
+            cur[p] = _IMPLIED - o
+            p = _parent(p)
+
+    def _check_names(self, layer: int, names: list[bytes], links: list[bytes],
+                     types: bytes) -> None:
+        """Names the scanner should already have refused: never trust a stored index.
+
+        A symlink may point anywhere (`../bin/busybox` is common); only the names and the
+        targets of hard links must stay inside.
+        """
+        for name, link, t in zip(names, links, types, strict=True):
+            for n in (name, link) if t == _H else (name,):
+                if n.find(b"..") >= 0 and b".." in n.split(_SEP):
+                    raise self.fail(layer, name, "escapes the image root")
+
+    def _whiteouts(self, layer: int, names: list[bytes]) -> set[int]:
+        """Apply the layer's whiteouts to the lower layers; the ids of entries not to add."""
+        skip: set[int] = set()
+        epoch = self.bases[layer]  # whiteouts hide lower layers only, wherever they appear
+        cur, kill = self.cur, self.kill
+        for i, name in enumerate(names):
+            if name.find(_WH) < 0:
+                continue
+            parts = name.split(_SEP)
+            inner = [p for p in parts[:-1] if p.startswith(_WH)]
+            if inner:
+                if inner[0].startswith(_AUFS_META):
+                    skip.add(i)
+                    continue
+                raise self.fail(layer, name, "is inside a whiteout")
+            last = parts[-1]
+            if not last.startswith(_WH):
+                continue
+            skip.add(i)
+            directory = _SEP.join(parts[:-1])
+            if last == _OPAQUE:
+                if kill.get(directory, -1) < epoch:
+                    kill[directory] = epoch
+                continue
+            if last.startswith(_AUFS_META):
+                continue
+            hidden = last[len(_WH):]
+            if hidden in (b"", b".", b"..") or _SEP in hidden:
+                raise self.fail(layer, name, "whiteout of an invalid name")
+            target = directory + _SEP + hidden if directory else hidden
+            cur.pop(target, None)  # a whiteout of a missing path is no error
+            if kill.get(target, -1) < epoch:
+                kill[target] = epoch
+        return skip
+
+    def _link(self, layer: int, o: int, name: bytes, target: bytes) -> None:
+        """Hard link: the inode currently at `target` (this layer's earlier entries or below)."""
+        t = self.cur.get(target) if target != name else None
+        if t is None or (t >= 0 and self.kill and not self._alive(target, t)):
+            raise self.fail(layer, name, f"hard link to {_show(target)}, which is not in this "
+                            "layer or below")
+        self._link_to(layer, o, name, target, t)
+
+    def _link_to(self, layer: int, o: int, name: bytes, target: bytes, t: int) -> None:
+        if self._is_dir(t):
+            raise self.fail(layer, name, f"hard link to the directory {_show(target)}")
+        ino = self.link_ino.get(t, t)
+        self.link_ino[o] = ino
+        self.meta[ino] = o  # docker applies each link header's metadata to the shared inode
+
+    # -- the merged tree --------------------------------------------------------------------
+    def settle(self) -> None:
+        """Drop what was hidden, check survivors hang under directories, add implied ones."""
+        cur, kill, syn = self.cur, self.kill, self.syn
+        dead = []
+        implied = []
+        for p, o in cur.items():
+            if o < 0:
+                if kill and not self._alive(p, _IMPLIED - o):
+                    dead.append(p)
+                else:
+                    implied.append(p)
+            elif kill and not self._alive(p, o):
+                dead.append(p)
+        for p in dead:
+            del cur[p]
+        for p in implied:
+            cur[p] = syn.add(_D, 0o755)  # a directory no layer has a header for
+        for o in self.suspects:
+            layer = self.layer_of(o)
+            c = self.layers[layer].columns()
+            i = o - self.bases[layer]
+            name = c.names[c.name_ends[i - 1] if i else 0 : c.name_ends[i]].replace(b"/", _SEP)
+            if cur.get(name) != o:
+                continue  # replaced or hidden since
+            p = _parent(name)
+            while p:
+                q = cur.get(p, _IMPLIED)
+                if not self._is_dir(q):
+                    kind = "symlink" if self.types[q] == _L else "non-directory"
+                    raise self.fail(layer, name, f"is below {_show(p)}, a {kind}")
+                p = _parent(p)
+
+    def init_layer(self) -> None:
+        """docker's init layer: what every container (and so every export) has."""
+        cur, syn = self.cur, self.syn
+        for path, kind in _INIT:
+            parts = path.split(_SEP)
+            for n in range(1, len(parts) + 1):
+                p = _SEP.join(parts[:n])
+                q = cur.get(p)
+                if q is not None and self._kind(q) != _D:
+                    del cur[p]  # unlink: files, symlinks, devices go; directories stay
+            if path in cur:
+                continue
+            for n in range(1, len(parts)):
+                p = _SEP.join(parts[:n])
+                if p not in cur:
+                    cur[p] = syn.add(_D, 0o755)
+            if kind == b"d":
+                cur[path] = syn.add(_D, 0o755)
+            elif kind == b"f":
+                cur[path] = syn.add(_F, 0o755)  # O_CREAT with 0755: empty, executable bits
+            else:
+                o = cur[path] = syn.add(_L, 0o777)
+                syn.links[o] = kind
+        for path in _TOUCHED:
+            q = cur[path]
+            if q < syn.base:  # the image's own directory: its attributes, a new mtime
+                meta = self.meta.get(q, q)
+                mode, uid, gid = (self.column(a, meta) for a in ("modes", "uids", "gids"))
+                o = cur[path] = syn.add(_D, mode, uid=uid, gid=gid)
+                syn.like[o] = meta
+            else:
+                i = q - syn.base
+                syn.rows[i] = (*syn.rows[i][:3], PINNED_MTIME_NS)
+
+    def _kind(self, o: int) -> int:
+        return self.syn.types[o - self.syn.base] if o >= self.syn.base else self.types[o]
+
+    def column(self, attr: str, o: int) -> int:
+        layer = self.layer_of(o)
+        return getattr(self.layers[layer].columns(), attr)[o - self.bases[layer]]
+
+
+def merge(layers: Sequence[TarIndex], digests: Sequence[str], what: str, path: str,
+          all_xattrs: bool = False) -> MergedIndex:
+    """Flatten `layers` (bottom first) into what `docker export` of the image would list.
+
+    `digests` name the layers and `what` the image in errors (CorruptTar, one line); `path` is
+    where the result is saved (its tar_path).  Only security.capability is kept among xattrs,
+    as docker exports them, unless `all_xattrs`.
+    """
+    if not layers:
+        raise CorruptTar(f"image {what}: no layers")
+    m = _Merge(layers, digests, what)
+    for layer in range(len(layers)):
+        m.apply(layer)
+    m.settle()
+    m.init_layer()
+    merged = MergedIndex._build(m, path, all_xattrs)
+    for x in layers:
+        x.drop_pages()  # walked whole; the merged index is what is read from now on
+    return merged
+
+
+def _xattrs_out(attrs: dict[str, bytes], keep_all: bool) -> dict[str, bytes]:
+    """The xattrs docker export writes: security.capability only, revision 3 made revision 2."""
+    out = dict(attrs) if keep_all else {k: v for k, v in attrs.items() if k == _CAP}
+    cap = out.get(_CAP)
+    if cap is not None and len(cap) > 3 and cap[3] == 3:
+        out[_CAP] = cap[:3] + b"\x02" + cap[4:20]  # docker drops the root id of v3 caps
+    return out
+
+
+# Saved columns, in file order: a layer index's, then which layer each entry's data is in.
+_SAVED = (*_COLUMNS, ("_srcs", "H"))
+
+
+class MergedIndex(TarIndex):
+    """A TarIndex over several layer tars: entry i's data is in data_path(i) at its offset."""
+
+    __slots__ = ("_srcs", "_layer_paths", "_layer_stats")
+
+    _srcs: array.array[int]
+    _layer_paths: list[str]
+    _layer_stats: list[Stamp]
+
+    def data_path(self, i: int) -> str:
+        """The layer tar holding entry i's data."""
+        return self._layer_paths[self._srcs[i]]
+
+    @property
+    def layer_paths(self) -> list[str]:
+        """The layer tars, bottom first."""
+        return list(self._layer_paths)
+
+    def entry(self, i: int) -> IndexEntry:
+        """The i-th entry in export order, its src the layer tar that holds its data."""
+        e = super().entry(i)
+        src = self._layer_paths[self._srcs[i if i >= 0 else i + len(self)]]
+        return IndexEntry(e.name, e.type, e.mode, e.uid, e.gid, e.size, e.mtime_ns,
+                          e.linkname, e.devmajor, e.devminor, e.offset, e.xattrs, src,
+                          e.sparse)
+
+    def __iter__(self) -> Iterator[IndexEntry]:
+        """Every entry in export order (one IndexEntry each, as TarIndex makes them)."""
+        names, links, xattrs, paths = self._names, self._links, self._xattrs, self._layer_paths
+        sparse, maps = self._sparse, self._maps
+        name_start = link_start = 0
+        columns = zip(
+            self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
+            self._name_ends, self._link_ends, self._devmajors, self._devminors, self._offsets,
+            self._srcs, strict=True,
+        )  # fmt: skip
+        for i, (code, mode, uid, gid, size, mtime, n_end, l_end, major, minor, off, src) in (
+                enumerate(columns)):
+            attrs = xattrs.get(i) if xattrs else None
+            yield IndexEntry(names[name_start:n_end], chr(code), mode, uid, gid, size, mtime,
+                             links[link_start:l_end], major, minor, off,
+                             dict(attrs) if attrs else {}, paths[src],
+                             sparse.get(i) if sparse else None)
+            name_start, link_start = n_end, l_end
+            if maps and not ~i & _DROP_MASK:
+                colfile.drop_pages(maps)  # a walk in order needs no page twice
+
+    def __repr__(self) -> str:
+        layers = len(self._layer_paths)
+        return f"<MergedIndex {self.tar_path!r}: {len(self)} entries, {layers} layers>"
+
+    def verify_unchanged(self) -> bool:
+        """True if every layer tar still has the size, mtime and inode it had when merged."""
+        try:
+            return [Stamp.of_path(p) for p in self._layer_paths] == self._layer_stats
+        except OSError:
+            return False
+
+    # -- building ---------------------------------------------------------------------------
+    @classmethod
+    def _build(cls, m: _Merge, path: str, all_xattrs: bool) -> MergedIndex:
+        syn = m.syn
+        order = sorted(m.cur)
+        # type, size, data, devices, symlink target; an array: no int object per entry
+        ino = array.array("q", map(m.cur.__getitem__, order))
+        m.cur = {}  # done with: what it held is in order and ino now
+        meta = ino  # mode, owner, mtime, xattrs: the same entry unless hard links say otherwise
+        hard: dict[int, bytes] = {}  # position -> first name of its inode (a link entry)
+        if m.link_ino:
+            meta = ino[:]
+            link_ino, inode_meta = m.link_ino, m.meta
+            linked = set(link_ino.values())
+            first: dict[int, bytes] = {}
+            for k, o in enumerate(ino):
+                i = link_ino.get(o, o)
+                if i not in linked:
+                    continue
+                ino[k] = i
+                meta[k] = inode_meta.get(i, i)
+                seen = first.get(i)
+                if seen is None:
+                    first[i] = order[k].replace(_SEP, b"/")  # the first name met is the file
+                else:
+                    hard[k] = seen
+
+        self = cls(path, Stamp(0, 0, 0))
+        self._names = b"".join(order).replace(_SEP, b"/")
+        self._name_ends = array.array("q", accumulate(map(len, order)))
+        del order
+        self._layer_paths = [x.tar_path for x in m.layers]
+        self._layer_stats = [x.stamp for x in m.layers]
+
+        pick_ino = _getter(ino)
+        pick_meta = pick_ino if meta is ino else _getter(meta)
+
+        def gather(attr: str, typecode: str, pick: Callable, row: int | None) -> array.array:
+            src = array.array(typecode)
+            for x in m.layers:
+                _extend(src, getattr(x.columns(), attr))
+            if row is None:
+                src.extend(array.array(typecode, [0]) * len(syn.rows))
+            else:
+                src.extend(array.array(typecode, [r[row] for r in syn.rows]))
+            return array.array(typecode, pick(src))
+
+        types = bytearray(pick_ino(m.types + syn.types))
+        for k in hard:
+            types[k] = _H
+        self._types = bytes(types)
+        self._modes = gather("modes", "H", pick_meta, 0)
+        self._uids = gather("uids", "I", pick_meta, 1)
+        self._gids = gather("gids", "I", pick_meta, 2)
+        mtimes = gather("mtimes", "q", pick_meta, 3)
+        self._mtimes = array.array("q", [t - t % _SECOND for t in mtimes])  # docker truncates
+        del mtimes
+        sizes = gather("sizes", "q", pick_ino, None)
+        self._offsets = gather("offsets", "q", pick_ino, None)
+        zeros = array.array("I", bytes(4 * len(ino)))
+        if any(_nonzero(x.columns().devmajors) or _nonzero(x.columns().devminors)
+               for x in m.layers):
+            majors = gather("devmajors", "I", pick_ino, None)
+            minors = gather("devminors", "I", pick_ino, None)
+        else:
+            majors, minors = zeros, zeros[:]
+        for k in hard:
+            sizes[k] = majors[k] = minors[k] = 0
+        self._sizes, self._devmajors, self._devminors = sizes, majors, minors
+        if len(m.layers) > 1:
+            layer_no = array.array("H")
+            for layer, x in enumerate(m.layers):
+                layer_no.extend(array.array("H", [layer]) * len(x))
+            layer_no.extend(array.array("H", [0]) * len(syn.rows))  # no data: any will do
+            self._srcs = array.array("H", pick_ino(layer_no))
+            del layer_no
+        else:
+            self._srcs = array.array("H", bytes(2 * len(ino)))
+        self._links, self._link_ends = cls._link_column(m, types, ino, hard)
+        self._xattrs = cls._xattr_column(m, meta, all_xattrs)
+        self._sparse = cls._sparse_column(m, ino, hard)
+        return self
+
+    @staticmethod
+    def _sparse_column(m: _Merge, ino: Sequence[int], hard: dict[int, bytes]
+                       ) -> dict[int, array.array[int]]:
+        """The fragment maps of sparse files, from the layer that holds each file's data."""
+        by_ordinal: dict[int, array.array[int]] = {}
+        for layer, x in enumerate(m.layers):
+            for i in x._sparse:
+                by_ordinal[m.bases[layer] + i] = x._sparse[i]
+        if not by_ordinal:
+            return {}
+        return {k: by_ordinal[o] for k, o in enumerate(ino) if o in by_ordinal and k not in hard}
+
+    @staticmethod
+    def _link_column(m: _Merge, types: bytearray, ino: Sequence[int],
+                     hard: dict[int, bytes]) -> tuple[bytes, array.array]:
+        """Symlink targets (from the inode's layer) and hard-link targets (the first name)."""
+        parts: list[bytes] = []
+        layer_links: dict[int, list[bytes]] = {}
+        syn = m.syn
+        # The ends are constant between link entries: built run by run, not entry by entry.
+        ends = array.array("q")
+        total = done = 0
+        for k in sorted({*hard, *_all(types, _L)}):
+            if k in hard:
+                target = hard[k]
+            else:
+                o = ino[k]
+                if o >= syn.base:
+                    target = syn.links[o]
+                else:
+                    layer = m.layer_of(o)
+                    got = layer_links.get(layer)
+                    if got is None:
+                        c = m.layers[layer].columns()
+                        got = layer_links[layer] = _split(c.links, c.link_ends)
+                    target = got[o - m.bases[layer]]
+            parts.append(target)
+            ends.extend(array.array("q", [total]) * (k - done))
+            total += len(target)
+            ends.append(total)
+            done = k + 1
+        ends.extend(array.array("q", [total]) * (len(ino) - done))
+        return b"".join(parts), ends
+
+    @staticmethod
+    def _xattr_column(m: _Merge, meta: Sequence[int], all_xattrs: bool
+                      ) -> dict[int, dict[str, bytes]]:
+        by_ordinal: dict[int, dict[str, bytes]] = {}
+        for layer, x in enumerate(m.layers):
+            base = m.bases[layer]
+            for i, attrs in x._xattrs.items():
+                by_ordinal[base + i] = attrs
+        for o, like in m.syn.like.items():
+            if like in by_ordinal:
+                by_ordinal[o] = by_ordinal[like]
+        out: dict[int, dict[str, bytes]] = {}
+        if by_ordinal:
+            for k, o in enumerate(meta):
+                attrs = by_ordinal.get(o)
+                if attrs:
+                    kept = _xattrs_out(attrs, all_xattrs)
+                    if kept:
+                        out[k] = kept
+        return out
+
+    # -- saving -----------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write the merged index at tar_path atomically, with each layer tar's stat key.
+
+        The columns are then used from the file (mapped), so the merge's arrays leave the heap.
+        """
+        meta = json.dumps({"n": len(self), "layers": [
+            [p, *s] for p, s in zip(self._layer_paths, self._layer_stats, strict=True)]}).encode()
+        sections = self._sections(_SAVED)
+        mode = None
+        if self._layer_paths:
+            # The index tells no more than the layers do.
+            with contextlib.suppress(OSError):
+                mode = os.stat(self._layer_paths[0]).st_mode & 0o666
+        colfile.write(self.tar_path, _MAGIC, _VERSION, meta, sections, mode)
+        mapped = MergedIndex.load(self.tar_path, self._layer_paths)
+        if mapped is not None:
+            for attr, _ in _SAVED:
+                setattr(self, attr, getattr(mapped, attr))
+            self._maps = mapped._maps
+
+    @classmethod
+    def load(cls, path: str, layer_paths: Sequence[str]) -> MergedIndex | None:  # type: ignore[override]
+        """The index saved at `path`; None if missing, damaged, foreign or a layer changed
+        (a damaged one is logged in one line)."""
+        try:
+            mapped = colfile.read(path, _MAGIC, _VERSION)
+        except colfile.Damaged as e:
+            log.warning("merged index %s: %s: merged again", path, e)
+            return None
+        if mapped is None:
+            return None
+        try:
+            head = json.loads(mapped.meta)
+            layers = head["layers"]
+            if [x[0] for x in layers] != list(layer_paths):
+                return None
+            try:
+                if any(Stamp.of_path(x[0]) != tuple(x[1:]) for x in layers):
+                    return None
+            except OSError:
+                return None
+            self = cls._from_mapped_sections(path, head, mapped)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error) as e:
+            log.warning("merged index %s: malformed (%s): merged again", path, e)
+            return None
+        return self
+
+    @classmethod
+    def _from_mapped_sections(cls, path: str, head: dict, mapped: colfile.Mapped
+                              ) -> MergedIndex:
+        n = head["n"]
+        self = cls(path, Stamp(0, 0, 0))
+        self._adopt(mapped, _SAVED, n)
+        self._layer_paths = [x[0] for x in head["layers"]]
+        self._layer_stats = [Stamp(*x[1:]) for x in head["layers"]]
+        if n and max(self._srcs) >= len(self._layer_paths):
+            raise ValueError("layer number out of range")
+        return self
+
+
+def _getter(refs: Sequence[int]) -> Callable[[Sequence[int]], Iterator[int]]:
+    """refs -> a function picking those items of a sequence, in one C loop (lazily: the
+    callers fill an array, never a tuple of a million ints)."""
+    return lambda seq: map(seq.__getitem__, refs)
+
+
+def _all(codes: bytes | bytearray, code: int) -> Iterator[int]:
+    pos = codes.find(code)
+    while pos >= 0:
+        yield pos
+        pos = codes.find(code, pos + 1)
+
+
+def _extend(dst: array.array, column: Sequence[int]) -> None:
+    """dst += column, whatever the column's typecode (saved columns are narrowed)."""
+    if isinstance(column, array.array) and column.typecode == dst.typecode:
+        dst.extend(column)
+    elif isinstance(column, memoryview) and column.format == dst.typecode:
+        dst.frombytes(column.cast("B"))
+    else:
+        dst.extend(array.array(dst.typecode, column))
+
+
+def _blob(b: bytes) -> bytes:
+    """A name or link blob as bytes (a mapped one is an mmap, which cannot replace())."""
+    return b if isinstance(b, bytes) else bytes(b)
+
+
+def _nonzero(a: Sequence[int]) -> bool:
+    raw = a.tobytes()
+    return raw.count(0) != len(raw)
+
+
+

@@ -1,0 +1,236 @@
+"""The tar writer: PAX headers as moby's archive writes them, file data copied straight from
+the sources (small files gathered in one buffer, sparse members with their holes as zeros)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+from fusebundle.bundle.entry import Entry
+from fusebundle.errors import CorruptTar, UserError
+from fusebundle.tar.index import read_sparse
+
+BLOCK = 512
+TYPEFLAGS = {"f": b"0", "h": b"1", "l": b"2", "c": b"3", "b": b"4", "d": b"5", "p": b"6"}
+SMALL = 64 * 1024  # files below this are read into the write buffer: fewer syscalls
+WINDOW = 1 << 20  # small files are read from the source this much at a time
+FLUSH_AT = 1 << 20
+MAX_OCTAL_8 = 0o7777777
+MAX_OCTAL_12 = 0o77777777777
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    n = len(body)
+    size = n + len(str(n))
+    # The length counts its own digits; one more pass settles a carry (99 -> 100).
+    size = n + len(str(size))
+    return str(size).encode() + body
+
+
+def _octal(n: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, n)
+
+
+def _ustar(name: bytes, e: Entry, size: int, typeflag: bytes, linkname: bytes,
+           mtime: int, uid: int, gid: int) -> bytes:
+    fields = [
+        name[:100].ljust(100, b"\0"),
+        _octal(e.mode & 0o7777, 8),
+        _octal(uid, 8),
+        _octal(gid, 8),
+        _octal(size, 12),
+        _octal(mtime, 12),
+        b" " * 8,  # checksum placeholder: spaces, as the format says
+        typeflag,
+        linkname[:100].ljust(100, b"\0"),
+        b"ustar\x0000",
+        b"\0" * 32,
+        b"\0" * 32,
+        _octal(e.devmajor, 8) if e.type in "cb" else b"\0" * 8,
+        _octal(e.devminor, 8) if e.type in "cb" else b"\0" * 8,
+        b"\0" * 155,
+        b"\0" * 12,
+    ]
+    hdr = bytearray(b"".join(fields))
+    hdr[148:156] = b"%06o\0 " % sum(hdr)
+    return bytes(hdr)
+
+
+def _fits(s: bytes) -> bool:
+    return len(s) <= 100 and s.isascii()
+
+
+def header(e: Entry) -> bytes:
+    """The header block(s) of one entry: a PAX record set first when ustar cannot hold it."""
+    size = e.size if e.type == "f" else 0
+    records: list[bytes] = []
+    if not _fits(e.path):
+        records.append(_pax_record(b"path", e.path))
+    if e.linkname and not _fits(e.linkname):
+        records.append(_pax_record(b"linkpath", e.linkname))
+    sec, ns = divmod(e.mtime_ns, 1_000_000_000)
+    mtime = sec
+    if ns or not 0 <= sec <= MAX_OCTAL_12:
+        frac = f".{ns:09d}".rstrip("0") if ns else ""
+        records.append(_pax_record(b"mtime", f"{sec}{frac}".encode()))
+        mtime = min(max(sec, 0), MAX_OCTAL_12)
+    uid, gid = e.uid, e.gid
+    if uid > MAX_OCTAL_8:
+        records.append(_pax_record(b"uid", str(uid).encode()))
+        uid = 0
+    if gid > MAX_OCTAL_8:
+        records.append(_pax_record(b"gid", str(gid).encode()))
+        gid = 0
+    if size > MAX_OCTAL_12:
+        records.append(_pax_record(b"size", str(size).encode()))
+    for k, v in sorted((e.xattrs or {}).items()):
+        records.append(_pax_record(b"SCHILY.xattr." + k.encode(), bytes(v)))
+    typeflag = TYPEFLAGS[e.type]
+    main = _ustar(e.path, e, 0 if size > MAX_OCTAL_12 else size, typeflag, e.linkname,
+                  mtime, uid, gid)
+    if not records:
+        return main
+    for p in (e.path, e.linkname):
+        try:
+            p.decode("utf-8")
+        except UnicodeDecodeError:
+            records.insert(0, _pax_record(b"hdrcharset", b"BINARY"))
+            break
+    data = b"".join(records)
+    base = os.path.basename(e.path.rstrip(b"/"))
+    pax_name = (b"PaxHeaders/" + base)[:100]
+    pax = Entry(path=pax_name, type="f", mode=0o644)
+    pax_hdr = _ustar(pax_name, pax, len(data), b"x", b"", mtime, 0, 0)
+    return pax_hdr + data + _padding(len(data)) + main
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % BLOCK)
+
+
+class _Writer:
+    """Buffered writes to a file descriptor, with zero-copy transfers for large data."""
+
+    def __init__(self, fd: int, seekable: bool) -> None:
+        self.fd = fd
+        self.seekable = seekable
+        self.pos = 0
+        self.buf = bytearray()
+        self.sources: dict[str, int] = {}
+        # The last window read from a source: small files lie one after another in a tar,
+        # so one read serves many of them.
+        self.window = (-1, 0, b"")
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) >= FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        with memoryview(self.buf) as whole:
+            view = whole
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+                self.pos += n
+            view.release()
+        self.buf.clear()
+
+    def _source(self, path: str) -> int:
+        fd = self.sources.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise UserError(f"{path}: cannot open: {e.strerror}") from None
+            self.sources[path] = fd
+        return fd
+
+    def copy(self, path: str, offset: int, size: int) -> None:
+        src = self._source(path)
+        if size <= SMALL:
+            self.write(self._small(path, src, offset, size))
+            return
+        self.flush()
+        done = 0
+        while done < size:
+            n = self._transfer(src, offset + done, size - done)
+            if n <= 0:
+                raise _short(path, offset, size)
+            done += n
+            self.pos += n
+
+    def copy_sparse(self, path: str, offset: int, fragments: Sequence[int], size: int) -> None:
+        """A sparse member's bytes, its holes written as zeros, 1 MiB at a time."""
+        src = self._source(path)
+        for pos in range(0, size, 1 << 20):
+            try:
+                self.write(read_sparse(src, offset, fragments, size, pos, 1 << 20))
+            except OSError:
+                raise _short(path, offset, size) from None
+
+    def _small(self, path: str, src: int, offset: int, size: int) -> bytes:
+        wsrc, wstart, data = self.window
+        if wsrc != src or not wstart <= offset or offset + size > wstart + len(data):
+            data = os.pread(src, max(size, WINDOW), offset)
+            self.window = (src, offset, data)
+            wstart = offset
+        piece = data[offset - wstart : offset - wstart + size]
+        if len(piece) != size:
+            raise _short(path, offset, size)
+        return piece
+
+    def _transfer(self, src: int, offset: int, count: int) -> int:
+        count = min(count, 1 << 30)
+        if self.seekable:
+            with contextlib.suppress(OSError):
+                return os.copy_file_range(src, self.fd, count, offset)
+            self.seekable = False  # e.g. EXDEV on old kernels: fall back for good
+        try:
+            return os.sendfile(self.fd, src, offset, count)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS):
+                raise
+        data = os.pread(src, min(count, 1 << 20), offset)
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        return len(data)
+
+    def close(self) -> None:
+        for fd in self.sources.values():
+            os.close(fd)
+        self.sources.clear()
+
+
+def _short(path: str, offset: int, size: int) -> CorruptTar:
+    return CorruptTar(f"{path}: ends early: {size} bytes expected at offset {offset}; "
+                      f"delete it to export the image again")
+
+
+def write_entries(entries: Iterable[Entry], fd: int, seekable: bool,
+                  progress: Callable[[int], None] | None = None) -> int:
+    """Write entries as a tar to `fd`; return the number of bytes written."""
+    w = _Writer(fd, seekable)
+    try:
+        for e in entries:
+            w.write(header(e))
+            if e.type == "f" and e.size:
+                if e.data is not None:
+                    w.write(e.data)
+                elif e.sparse is not None and e.src is not None:
+                    w.copy_sparse(e.src, e.offset, e.sparse, e.size)
+                elif e.src is not None:
+                    w.copy(e.src, e.offset, e.size)
+                w.write(_padding(e.size))
+                if progress:
+                    progress(e.size)
+        w.write(b"\0" * (2 * BLOCK))
+        w.flush()
+    finally:
+        w.close()
+    return w.pos

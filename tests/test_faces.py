@@ -1,0 +1,40 @@
+"""Each package's face: the names it exports (`__all__`) are pinned here, so that a change to
+what the rest of the house may use is a deliberate edit of this list, not a side effect."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+
+import fusebundle
+
+FACES = {
+    "fusebundle.cli": ["main"],
+    "fusebundle.pack": ["FORMATS", "check_output", "pack"],
+    "fusebundle.fs": ["Operations", "Tree", "serve"],
+    "fusebundle.bundle": ["Entry", "View", "build_view", "directory", "regular"],
+    "fusebundle.images": ["Cache", "ImageHandle", "LayeredImage", "LayoutImage", "LazyImage",
+                          "PullableImage", "Pulled", "Resolver", "default_cache_dir"],
+    "fusebundle.store": ["BadLayer", "CorruptLayer", "ImageRecord", "LayerInfo", "PruneReport",
+                         "Store", "StoreError"],
+    "fusebundle.sources": ["TRANSPORTS", "ImageInfo", "LayerRef", "LayerSource", "NotFound",
+                           "Options", "Platform", "ResolvedImage", "Transport"],
+    "fusebundle.config": ["Config", "Container", "FileSpec", "Volume", "load_config"],
+    "fusebundle.tar": ["IndexEntry", "Stamp", "TarIndex", "open_index", "read_sparse"],
+}
+
+
+def test_every_package_has_a_pinned_face() -> None:
+    packages = {f"fusebundle.{m.name}" for m in pkgutil.iter_modules(fusebundle.__path__)
+                if m.ispkg}
+    assert packages == set(FACES)
+
+
+@pytest.mark.parametrize("name", sorted(FACES))
+def test_face_exports(name: str) -> None:
+    module = importlib.import_module(name)
+    assert sorted(module.__all__) == sorted(FACES[name])
+    missing = [n for n in module.__all__ if not hasattr(module, n)]
+    assert missing == []
