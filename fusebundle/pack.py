@@ -250,7 +250,13 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
     if progress_factory is not None:
         # A first pass over the indexes (no data) gives the total for the progress bar.
         progress = progress_factory(sum(e.size for e in view.entries() if e.type == "f"))
-    entries = view.entries()
+    return write(view.entries(), out, progress)
+
+
+def write(entries: Iterable[Entry], out: str,
+          progress: Callable[[int], None] | None = None) -> int:
+    """Write entries as one tar to `out` (a path, written atomically, or '-' for stdout, never
+    a terminal); return bytes written.  Every renderer of tars (pack, image export) ends here."""
     if out == "-":
         fd = sys.stdout.fileno()
         if os.isatty(fd):

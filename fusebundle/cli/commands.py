@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -12,6 +14,7 @@ from typing import Any, NoReturn
 from fusebundle import __version__
 from fusebundle.bundle.view import build_view, image_label
 from fusebundle.cli import cache as cachecmd
+from fusebundle.cli import image as imagecmd
 from fusebundle.cli import mount as mountcmd
 from fusebundle.cli.session import load_session
 from fusebundle.config import runtime as oci
@@ -40,6 +43,14 @@ class _Parser(argparse.ArgumentParser):
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("configs", nargs="+", metavar="CONFIG.yml",
                    help="LinuxKit-style YAML files, merged in order")
+    _sources(p)
+    p.add_argument("--share-by-id", action="store_true",
+                   help="share one copy between bundles whose images have the same ID, "
+                        "not only the same name")
+
+
+def _sources(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that resolves images."""
     p.add_argument("--from", dest="sources", action="append", metavar="SOURCE",
                    help=SOURCES_HELP)
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
@@ -55,9 +66,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pull", action="store_true",
                    help="ask the sources again for every image, even one the store or the "
                         "engine has (a tag may have moved); only changed layers are fetched")
-    p.add_argument("--share-by-id", action="store_true",
-                   help="share one copy between bundles whose images have the same ID, "
-                        "not only the same name")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
@@ -94,6 +102,7 @@ def parser() -> argparse.ArgumentParser:
 
     mountcmd.add_parsers(sub, _common)
     cachecmd.add_parsers(sub)
+    imagecmd.add_parsers(sub, _sources)
     return p
 
 
@@ -194,7 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fusebundle: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`): nothing useful left to say.
+        # The reader went away (e.g. `| head`): nothing useful left to say, and nothing
+        # left for the interpreter to flush at exit (it would complain of the pipe).
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
         return 1
     except Exception as e:
         if getattr(args, "debug", False):

@@ -7,10 +7,11 @@ import sys
 from typing import Any
 
 from fusebundle.config.load import load_config
+from fusebundle.images import refspec
 from fusebundle.images.exported import default_cache_dir
 from fusebundle.images.layered import LayeredImage
 from fusebundle.images.layout import LayoutImage
-from fusebundle.images.resolver import Resolver
+from fusebundle.images.resolver import Resolver, parse_spec
 from fusebundle.progress import enabled
 from fusebundle.sources.base import Platform
 
@@ -45,6 +46,30 @@ class _Session:
         return LayoutImage(handle.info,
                            lambda image_id: engine.api.get_image(image_id, 1 << 20),
                            self.cache.root, platforms)
+
+
+def open_session(args: argparse.Namespace) -> _Session:
+    """A session for a command's own flags (the image commands' `diff` of a config)."""
+    return _Session(args)
+
+
+def open_image(args: argparse.Namespace, text: str) -> LayeredImage:
+    """The image `text` spells (skopeo's transports, or a name for --from or the default
+    order), as layers: the engine's saved into the store rather than exported."""
+    spec = refspec.parse(text)
+    platform = Platform.parse(args.platform) if args.platform else Platform.host()
+    sources = spec.sources(args.sources)
+    resolver = Resolver(sources, args.cache_dir or default_cache_dir(),
+                        docker_host=args.docker_host, pull=args.pull, platform=platform,
+                        insecure=tuple(args.insecure_registry or ()),
+                        show_progress=enabled(args.quiet), engine_layers=True)
+    ref = spec.name
+    if not ref:  # oci:DIR, oci-archive:FILE, docker-archive:FILE: the one image there
+        assert sources is not None
+        ref = resolver.sole_ref(*parse_spec(sources[0]))
+    handle = resolver.resolve(ref)
+    assert isinstance(handle, LayeredImage)  # engine_layers: the engine's too
+    return handle
 
 
 def load_session(args: argparse.Namespace) -> tuple[Any, _Session]:
