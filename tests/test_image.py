@@ -462,3 +462,65 @@ def test_docker_daemon_transport_gives_the_layers(tmp_path: Path, dockerd: Any, 
         want = _walk(umoci_rootfs(tmp_path / "layout", ref, tmp_path / "umoci"))
         assert _walk(untar(out, tmp_path / "ours")) == want
     assert list((cache_dir / "saves").iterdir()) == []  # the save is gone once stored
+
+
+# ------------------------------------------------------------------------------ image mount
+@pytest.fixture
+def mnt(tmp_path: Path) -> Any:
+    from test_mount import HAVE_FUSE
+    if not HAVE_FUSE:
+        pytest.skip("needs /dev/fuse, fusermount3 and root")
+    made: list[Path] = []
+
+    def point(name: str) -> Path:
+        made.append(tmp_path / name)
+        made[-1].mkdir()
+        return made[-1]
+
+    yield point
+    for p in made:
+        if os.path.ismount(p):
+            run("umount", p, cache=tmp_path / "c")
+        if os.path.ismount(p):
+            subprocess.run(["fusermount3", "-uz", str(p)], check=False)
+
+
+def test_image_mount_equals_umoci_raw_unpack(image: dict[str, Any], tmp_path: Path,
+                                             mnt: Any) -> None:
+    point = mnt("m")
+    r = run("image", "mount", oci(image), point, cache=tmp_path / "c")
+    assert r.returncode == 0, r.stderr
+    assert os.path.ismount(point)
+    want = _walk(umoci_rootfs(image["layout"], REF, tmp_path / "umoci"))
+    got = _walk(point)
+    assert got == want and "etc/motd" in got[0]
+    assert run("umount", point, cache=tmp_path / "c").returncode == 0
+    assert not os.path.ismount(point)
+
+
+def test_image_mount_layers_shows_each_layer_with_its_whiteouts(image: dict[str, Any],
+                                                                tmp_path: Path,
+                                                                mnt: Any) -> None:
+    point = mnt("m")
+    r = run("image", "mount", "--layers", oci(image), point, cache=tmp_path / "c")
+    assert r.returncode == 0, r.stderr
+    hexes = [d.partition(":")[2] for d in image["diff_ids"]]
+    assert sorted(os.listdir(point)) == ["layers", "rootfs"]
+    assert os.listdir(point / "layers") == [f"{n:02d}-{h}" for n, h in enumerate(hexes)]
+    one = point / "layers" / f"01-{hexes[1]}"
+    assert (one / ".wh.gone").is_file() and (one / "d2" / ".wh..wh..opq").is_file()
+    assert (point / "layers" / f"00-{hexes[0]}" / "gone" / "x").read_text() == "whited out\n"
+    assert not (point / "rootfs" / "gone").exists()
+    assert (point / "rootfs" / "etc" / "motd").read_text() == "hello from the top layer\n"
+    with tarfile.open(image["layers"][1]) as t:
+        names = {m.name for m in t.getmembers()}
+    # its link to a file of the layer below has nothing to be in this tree (ls --layer has it)
+    assert names - set(_walk(one)[0]) == {"data/a3"} and set(_walk(one)[0]) <= names
+
+
+def test_image_mount_of_a_missing_image_mounts_nothing(image: dict[str, Any], tmp_path: Path,
+                                                       mnt: Any) -> None:
+    point = mnt("m")
+    line = _one_line(run("image", "mount", oci(image, "fbtest/nope:1"), point,
+                         cache=tmp_path / "c"))
+    assert "it has: fbtest/img:1" in line and not os.path.ismount(point)

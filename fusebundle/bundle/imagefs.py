@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fusebundle.bundle.entry import Entry
+from fusebundle.bundle.entry import Entry, directory
 from fusebundle.bundle.view import Graft, View, graft_entries
 from fusebundle.errors import UserError
 from fusebundle.sources.base import ImageInfo, ResolvedImage
@@ -44,13 +44,17 @@ class LayeredHandle(Protocol):
 
 
 class _Own:
-    """The handle as a graft's image: its own index rather than docker's view."""
+    """The handle as a graft's image: its own index rather than docker's view, or with
+    `layer` one layer's own tar (whiteouts as the entries they are)."""
 
-    def __init__(self, handle: LayeredHandle) -> None:
+    def __init__(self, handle: LayeredHandle, layer: int | None = None) -> None:
         self.handle = handle
         self.info = handle.info
+        self.layer = layer
 
     def index(self) -> TarIndex:
+        if self.layer is not None:
+            return self.handle.layer_index(self.layer)
         return self.handle.own_index()
 
     def nested_index(self, name: bytes) -> TarIndex:
@@ -76,6 +80,21 @@ class Row:
 def split(path: bytes) -> list[bytes]:
     """The components of a path, '.' and empty ones dropped ('..' kept)."""
     return [c for c in path.split(b"/") if c and c != b"."]
+
+
+def image_view(handle: LayeredHandle, layers: bool = False) -> View:
+    """The image for the fs tree: its root at the mount's root; with `layers`, the merged tree
+    at rootfs/ and each layer's own at layers/NN-<diff_id hex>/.  Nothing is read until used."""
+    if not layers:
+        return View(items=[Graft(prefix=b"", image=_Own(handle), raw=True, docker=False)])
+    items: list[Any] = [directory(b"rootfs"),
+                        Graft(prefix=b"rootfs/", image=_Own(handle), raw=True, docker=False),
+                        directory(b"layers")]
+    for n, layer in enumerate(handle.image.layers):
+        top = f"layers/{n:02d}-{layer.diff_id.partition(':')[2]}".encode()
+        items += [directory(top), Graft(prefix=top + b"/", image=_Own(handle, n), raw=True,
+                                        docker=False)]
+    return View(items=items)
 
 
 class ImageFS:
@@ -203,10 +222,6 @@ class ImageFS:
     def graft(self) -> Graft:
         """The image as a raw graft at the root: no filter, no pinned mtimes."""
         return Graft(prefix=b"", image=_Own(self.handle), raw=True, docker=False)
-
-    def view(self) -> View:
-        """A view of the whole image (for the fs tree)."""
-        return View(items=[self.graft()])
 
     def entries(self, top: int = ROOT) -> Iterator[Entry]:
         """Entries in the image's order: all, or `top` and its subtree (a hard link to a file

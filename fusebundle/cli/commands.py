@@ -102,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
 
     mountcmd.add_parsers(sub, _common)
     cachecmd.add_parsers(sub)
-    imagecmd.add_parsers(sub, _sources)
+    mountcmd.add_image_mount(imagecmd.add_parsers(sub, _sources), _sources)
     return p
 
 
