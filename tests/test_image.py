@@ -524,3 +524,38 @@ def test_image_mount_of_a_missing_image_mounts_nothing(image: dict[str, Any], tm
     line = _one_line(run("image", "mount", oci(image, "fbtest/nope:1"), point,
                          cache=tmp_path / "c"))
     assert "it has: fbtest/img:1" in line and not os.path.ismount(point)
+
+
+# ------------------------------------------------------------------------------ --json
+def test_cache_ls_json_is_one_document(image: dict[str, Any], tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    assert run("image", "ls", oci(image), cache=cache).returncode == 0
+    r = run("cache", "ls", "--json", "--cache-dir", cache, cache=cache)
+    doc = json.loads(r.stdout)
+    assert doc["root"] == str(cache)
+    (im,) = doc["images"]
+    assert im["name"] == "docker.io/fbtest/img:1" and im["source"] == f"oci:{image['layout']}"
+    assert [x["diff_id"] for x in im["layers"]] == image["diff_ids"]
+    assert all(x["present"] for x in im["layers"])
+    assert sorted(x["diff_id"] for x in doc["layers"]) == sorted(image["diff_ids"])
+    assert all(x["used_by"] == ["docker.io/fbtest/img:1"] and x["size"] > 0
+               for x in doc["layers"])
+    assert [Path(m["path"]).name for m in doc["merged"]] == [
+        im["config_digest"][7:] + ".image.idx"]
+
+
+def test_config_json_is_one_document(image: dict[str, Any], tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"onboot:\n  - name: x\n    image: {REF}\nservices:\n  - name: y\n"
+                   f"    image: {REF}\n")
+    src = ["--from", f"oci:{image['layout']}"]
+    one = run("config", *src, "--json", cfg, cache=tmp_path / "c")
+    many = run("config", *src, cfg, cache=tmp_path / "c")
+    assert one.returncode == 0 and many.returncode == 0, one.stderr + many.stderr
+    docs, text, pos = [], many.stdout, 0
+    while text[pos:].strip():
+        doc, end = json.JSONDecoder().raw_decode(text, pos)
+        docs.append(doc)
+        pos = end + 1
+    assert json.loads(one.stdout) == docs and [d["bundle"] for d in docs] == [
+        "containers/onboot/000-x", "containers/services/y"]

@@ -91,6 +91,9 @@ def parser() -> argparse.ArgumentParser:
                                     "label, and the config.json and runtime.json they give.")
     _common(cf)
     cf.add_argument("--name", help="only the container with this name")
+    cf.add_argument("--json", action="store_true",
+                    help="one JSON document (a list, one item per container), not one "
+                         "document per container")
     cf.set_defaults(run=cmd_config)
 
     pl = sub.add_parser("pull", help="fill the store with every image of the configs",
@@ -168,6 +171,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     cfg, session = load_session(args)
     id_map = cfg.id_map()
     found = False
+    docs: list[dict[str, Any]] = []
     for c in cfg.containers():
         if args.name and c.name != args.name:
             continue
@@ -181,9 +185,13 @@ def cmd_config(args: argparse.Namespace) -> int:
                "imageConfig": {k: info.config.get(k) for k in
                                ("Entrypoint", "Cmd", "Env", "WorkingDir")},
                "config.json": spec, "runtime.json (before rootfs mounts)": runtime}
-        print(json.dumps(doc, indent=2))
+        docs.append(doc)
+        if not args.json:
+            print(json.dumps(doc, indent=2))
     if args.name and not found:
         raise UserError(f"no container named {args.name!r}")
+    if args.json:
+        print(json.dumps(docs, indent=2))
     return 0
 
 

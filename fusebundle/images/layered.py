@@ -141,6 +141,8 @@ class LayeredImage:
     def layer_index(self, n: int) -> TarIndex:
         """Layer n's own index (0 = bottom), whiteouts and all."""
         self.fetch()
+        if self.source is not None:  # recorded, so that prune keeps what was fetched
+            self.store.put_image(self.image)
         return self._checked(self.image.layers[n], self.store.layer_index)
 
     def _load(self, docker: bool) -> TarIndex:
