@@ -13,7 +13,8 @@ import fusebundle
 FACES = {
     "fusebundle.cli": ["main"],
     "fusebundle.fs": ["Operations", "Tree", "serve"],
-    "fusebundle.bundle": ["Entry", "View", "build_view", "directory", "regular"],
+    "fusebundle.bundle": ["Entry", "ImageFS", "View", "build_view", "directory", "image_view",
+                          "regular"],
     "fusebundle.images": ["Cache", "LayeredImage", "LayoutImage", "LazyImage", "Resolver",
                           "default_cache_dir"],
     "fusebundle.store": ["BadLayer", "CorruptLayer", "ImageRecord", "LayerInfo", "PruneReport",
