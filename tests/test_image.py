@@ -559,3 +559,27 @@ def test_config_json_is_one_document(image: dict[str, Any], tmp_path: Path) -> N
         pos = end + 1
     assert json.loads(one.stdout) == docs and [d["bundle"] for d in docs] == [
         "containers/onboot/000-x", "containers/services/y"]
+
+
+# umoci refuses old GNU sparse members (typeflag 'S'); the PAX forms it reads.
+@pytest.mark.parametrize(("fmt", "version"), [("pax", "0.1"), ("pax", "1.0")])
+def test_export_and_mount_of_sparse_files_equal_umoci(tmp_path: Path, mnt: Any, fmt: str,
+                                                      version: str | None) -> None:
+    from test_sparse import _layer
+    layer, want_bytes = _layer(tmp_path, fmt, version)
+    top = RootfsBuilder().dir("data").file("data/top", "on top\n")
+    write_oci_layout(tmp_path / "lay", "fbtest/sparse:1", [layer.read_bytes(), top.tobytes()],
+                     {})
+    spelled = f"oci:{tmp_path / 'lay'}"
+    want = _walk(umoci_rootfs(tmp_path / "lay", "fbtest/sparse:1", tmp_path / "umoci"))
+    assert (tmp_path / "umoci" / "data" / "sparse.bin").read_bytes() == want_bytes
+    out = tmp_path / "export.tar"
+    assert run("image", "export", spelled, "-o", out, cache=tmp_path / "c").returncode == 0
+    assert _walk(untar(out, tmp_path / "ours")) == want
+    point = mnt("m")
+    assert run("image", "mount", spelled, point, cache=tmp_path / "c").returncode == 0
+    assert _walk(point) == want
+    r = subprocess.run([sys.executable, "-m", "fusebundle", "image", "cat", spelled,
+                        "/data/sparse.bin"], capture_output=True, env=env_for(tmp_path / "c"),
+                       check=False, timeout=120)
+    assert r.returncode == 0 and r.stdout == want_bytes
