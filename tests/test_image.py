@@ -583,3 +583,42 @@ def test_export_and_mount_of_sparse_files_equal_umoci(tmp_path: Path, mnt: Any, 
                         "/data/sparse.bin"], capture_output=True, env=env_for(tmp_path / "c"),
                        check=False, timeout=120)
     assert r.returncode == 0 and r.stdout == want_bytes
+
+
+# ------------------------------------------------------------------------------ units
+def test_the_image_merge_is_docker_merge_without_its_artefacts(tmp_path: Path) -> None:
+    from fusebundle.images.flatten import MergedIndex, merge
+    from fusebundle.tar.index import TarIndex
+    builders = _layers()
+    paths = [b.write(tmp_path / f"l{n}.tar") for n, b in enumerate(builders)]
+    digests = [f"sha256:{n:064x}" for n in range(len(paths))]
+    docker = merge([TarIndex.scan(str(p)) for p in paths], digests, "x", str(tmp_path / "d.idx"))
+    own = merge([TarIndex.scan(str(p)) for p in paths], digests, "x", str(tmp_path / "o.idx"),
+                docker=False)
+    own.save()
+    back = MergedIndex.load(str(tmp_path / "o.idx"), [str(p) for p in paths])
+    assert back is not None
+    d = {e.name: e for e in docker}
+    o = {e.name: e for e in back}
+    assert {b".dockerenv", b"proc", b"sys", b"etc/hosts"} <= set(d) - set(o)
+    assert set(o) <= set(d)
+    assert d[b"data/ns"].mtime_ns == 1400000000 * 10**9  # docker truncates
+    assert o[b"data/ns"].mtime_ns == 1400000000123456789
+    assert d[b"data/attr"].xattrs == {} and o[b"data/attr"].xattrs == {
+        "user.fb": b"one", "user.other": b"two"}
+    names = [e.name for e in back]
+    layer = {n: back.layer_of(i) for i, n in enumerate(names)}
+    assert layer[b"etc"] == 2 and layer[b"etc/passwd"] == 1 and layer[b"bin/tool"] == 0
+    assert layer[b"data/a3"] == 1 and layer[b"data/a2"] == 0  # a link's own header
+
+
+def test_same_stored_bytes_are_equal_without_reading() -> None:
+    from fusebundle.bundle.entry import Entry
+    from fusebundle.cli.image import _same_bytes
+    gone = "/nonexistent/layer.tar"  # opening it would fail: the index must decide alone
+    a = Entry(path=b"f", type="f", mode=0o644, size=3, src=gone, offset=512)
+    assert _same_bytes(a, Entry(path=b"f", type="f", mode=0o600, size=3, src=gone, offset=512))
+    assert not _same_bytes(a, Entry(path=b"f", type="f", mode=0o644, size=4, src=gone,
+                                    offset=1024))
+    with pytest.raises(FileNotFoundError):
+        _same_bytes(a, Entry(path=b"f", type="f", mode=0o644, size=3, src=gone, offset=1024))
