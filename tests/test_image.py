@@ -622,3 +622,24 @@ def test_same_stored_bytes_are_equal_without_reading() -> None:
                                     offset=1024))
     with pytest.raises(FileNotFoundError):
         _same_bytes(a, Entry(path=b"f", type="f", mode=0o644, size=3, src=gone, offset=1024))
+
+
+@pytest.mark.parametrize("name", [b"plain", b'quo"te\\back', "é ü €".encode(), b"bad\xff\xfe",
+                                  b"tab\tnew\nline"])
+def test_ls_json_lines_are_json_whatever_the_name(name: bytes) -> None:
+    from fusebundle.bundle.imagefs import Row
+    from fusebundle.cli.image import row_json
+    for row in (Row(name, "l", 0o777, 1, 2, 0, 1_500_000_000_250_000_000, name, 3,
+                    "sha256:" + "a" * 64),
+                Row(name, "d", 0o1777, 0, 0, 0, 0, None, None, None)):
+        doc = json.loads(row_json(row, "f" * 64, True))
+        assert doc == {"path": "/" + os.fsdecode(name), "type": TYPES_OF[row.type],
+                       "mode": f"{row.mode:04o}", "uid": row.uid, "gid": row.gid, "size": 0,
+                       "mtime": row.mtime_ns / 1e9 if row.mtime_ns % 10**9 else
+                       row.mtime_ns // 10**9,
+                       "link": None if row.link is None else os.fsdecode(row.link),
+                       "layer": row.layer, "diff_id": row.diff_id, "sha256": "f" * 64}
+        assert list(doc) == [*KEYS, "sha256"]
+
+
+TYPES_OF = {"l": "symlink", "d": "dir"}

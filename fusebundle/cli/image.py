@@ -108,21 +108,26 @@ def _text(name: bytes) -> str:
     return os.fsdecode(name)
 
 
+_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
 def _mtime(ns: int) -> int | float:
     sec, rest = divmod(ns, 1_000_000_000)
     return sec if not rest else ns / 1e9
 
 
 def row_json(row: Row, digest: str | None = None, with_digest: bool = False) -> str:
-    """One `ls --json` line."""
-    doc: dict[str, Any] = {
-        "path": "/" + _text(row.path), "type": TYPES[row.type], "mode": f"{row.mode:04o}",
-        "uid": row.uid, "gid": row.gid, "size": row.size, "mtime": _mtime(row.mtime_ns),
-        "link": None if row.link is None else _text(row.link), "layer": row.layer,
-        "diff_id": row.diff_id}
+    """One `ls --json` line, as json.dumps writes the object (built by hand: 100k lines)."""
+    link = "null" if row.link is None else _quote(_text(row.link))
+    layer = "null" if row.layer is None else row.layer
+    diff_id = "null" if row.diff_id is None else f'"{row.diff_id}"'
+    line = (f'{{"path": {_quote("/" + _text(row.path))}, "type": "{TYPES[row.type]}", '
+            f'"mode": "{row.mode:04o}", "uid": {row.uid}, "gid": {row.gid}, '
+            f'"size": {row.size}, "mtime": {json.dumps(_mtime(row.mtime_ns))}, '
+            f'"link": {link}, "layer": {layer}, "diff_id": {diff_id}')
     if with_digest:
-        doc["sha256"] = digest
-    return json.dumps(doc)
+        line += ', "sha256": ' + ("null" if digest is None else f'"{digest}"')
+    return line + "}"
 
 
 def row_long(row: Row, digest: str | None = None) -> str:
@@ -186,7 +191,7 @@ def _rows(fs: ImageFS, paths: list[bytes], recursive: bool) -> Iterator[Row]:
         if fs.type_of(i) != "d":
             yield fs.row(i)
         elif recursive:
-            yield from map(fs.row, fs.subtree(i))
+            yield from fs.rows(fs.subtree(i))
         else:
             yield from map(fs.row, fs.children(i))
 
@@ -283,38 +288,76 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ diff
-def _tree(args: argparse.Namespace, what: str) -> dict[bytes, Entry]:
-    """path -> entry of an image (its own filesystem) or of a config's bundle tree."""
+def _side(args: argparse.Namespace, what: str) -> Any:
+    """An image's own merged index, or a config's bundle tree as path -> entry."""
     if os.path.isfile(what):
         args.configs = [what]
         cfg = load_config([what])
         session = open_session(args)
         view = build_view(cfg, session.resolve, resolve_layout=session.resolve_layout)
-        entries: Iterable[Entry] = view.entries()
-    else:
-        entries = ImageFS(open_image(args, what)).entries()
-    return {e.path: e for e in entries}  # a path met twice (prefix dirs): the last wins
+        # a path met twice (prefix dirs): the last wins, as when the tar is extracted
+        return {e.path: e for e in view.entries()}
+    return open_image(args, what).own_index()
 
 
-def _same_bytes(a: Entry, b: Entry) -> bool:
+def _by_path(side: Any) -> dict[bytes, Any]:
+    return side if isinstance(side, dict) else {e.name: e for e in side}
+
+
+def _walk_key(name: bytes) -> bytes:
+    return name.replace(b"/", b"\x00")  # the merged index's order ('/' below every byte)
+
+
+def _joined(a: TarIndex, b: TarIndex) -> Iterator[tuple[bytes, Any, Any]]:
+    """Two images' entries side by side: both indexes are in walk order, so one pass joins
+    them without a table of either."""
+    ia, ib = iter(a), iter(b)
+    ea, eb = next(ia, None), next(ib, None)
+    while ea is not None or eb is not None:
+        ka = None if ea is None else _walk_key(ea.name)
+        kb = None if eb is None else _walk_key(eb.name)
+        if kb is None or (ka is not None and ka < kb):
+            yield ea.name, ea, None
+            ea = next(ia, None)
+        elif ka is None or kb < ka:
+            yield eb.name, None, eb
+            eb = next(ib, None)
+        else:
+            yield ea.name, ea, eb
+            ea, eb = next(ia, None), next(ib, None)
+
+
+def _pairs(a: Any, b: Any) -> Iterator[tuple[bytes, Any, Any]]:
+    if not isinstance(a, dict) and not isinstance(b, dict):
+        yield from _joined(a, b)
+        return
+    a, b = _by_path(a), _by_path(b)
+    for path in sorted(a.keys() | b.keys()):
+        yield path, a.get(path), b.get(path)
+
+
+def _same_bytes(a: Any, b: Any) -> bool:
     """Content equal: the index decides when both are the same bytes of the same tar (same
     diff_id, same file) or of different sizes; else both are hashed."""
     if a.size != b.size:
         return False
-    if a.data is not None or b.data is not None:
+    if getattr(a, "data", None) is not None or getattr(b, "data", None) is not None:
         return _bytes(a) == _bytes(b)
     if a.src == b.src and a.offset == b.offset:
         return True
     return _digest(a) == _digest(b)
 
 
-def _bytes(e: Entry) -> bytes:
-    return e.data if e.data is not None else b"".join(_chunks(e))
+def _bytes(e: Any) -> bytes:
+    data = getattr(e, "data", None)
+    return data if data is not None else b"".join(_chunks(e))
 
 
-def _chunks(e: Entry) -> Iterator[bytes]:
-    if e.data is not None:
-        yield e.data
+def _chunks(e: Any) -> Iterator[bytes]:
+    """The bytes of an entry (a view's or an index's), a MiB at a time."""
+    data = getattr(e, "data", None)
+    if data is not None:
+        yield data
         return
     if e.src is None or not e.size:
         return
@@ -327,7 +370,7 @@ def _chunks(e: Entry) -> Iterator[bytes]:
                 yield os.pread(f.fileno(), n, e.offset + pos)
 
 
-def _digest(e: Entry) -> str:
+def _digest(e: Any) -> str:
     import hashlib
     h = hashlib.sha256()
     for chunk in _chunks(e):
@@ -335,8 +378,9 @@ def _digest(e: Entry) -> str:
     return h.hexdigest()
 
 
-def changes(a: Entry, b: Entry) -> list[str]:
-    """What differs between two entries of one path (empty: equal)."""
+def changes(a: Any, b: Any) -> list[str]:
+    """What differs between two entries of one path (empty: equal); a view's `Entry` or an
+    index's `IndexEntry`, which share these fields."""
     if a.type != b.type:
         return ["type"]
     out = []
@@ -359,15 +403,14 @@ def changes(a: Entry, b: Entry) -> list[str]:
 def cmd_diff(args: argparse.Namespace) -> int:
     """fusebundle diff: paths added, removed and changed between A and B; exit as diff(1)."""
     try:
-        a, b = _tree(args, args.a), _tree(args, args.b)
         found = []
-        for path in sorted(a.keys() | b.keys()):
-            if path not in b:
+        for path, a, b in _pairs(_side(args, args.a), _side(args, args.b)):
+            if b is None:
                 found.append((path, "removed", []))
-            elif path not in a:
+            elif a is None:
                 found.append((path, "added", []))
             else:
-                what = changes(a[path], b[path])
+                what = changes(a, b)
                 if what:
                     found.append((path, "changed", what))
     except UserError as e:
