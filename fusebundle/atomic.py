@@ -77,10 +77,10 @@ def atomic_file(path: str, temp: TempName | Temp | None = None,
             t = temp
         else:
             t = (temp or TempName()).create(directory, claimed)
-        if mode is not None:
+        yield t
+        if mode is not None:  # 0600 until complete: a partial file is for no one else to read
             with contextlib.suppress(OSError):
                 os.fchmod(t.fd, mode)
-        yield t
         os.fsync(t.fd)
         os.replace(t.path, path)
     except BaseException:

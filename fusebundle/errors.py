@@ -38,3 +38,35 @@ class EngineError(UserError):
 
 class CorruptTar(UserError):
     """A tar (usually a cached image export) is corrupt, truncated or hostile."""
+
+
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+               "\v": "\\v", "\\": "\\\\", '"': '\\"'}
+
+
+def _go_char(c: str) -> str:
+    if c in _GO_ESCAPES:
+        return _GO_ESCAPES[c]
+    n = ord(c)
+    if 0xDC80 <= n <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{n - 0xDC00:02x}"
+    if c.isprintable():
+        return c
+    if n < 0x80:
+        return f"\\x{n:02x}"
+    return f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def go_quote(s: str | bytes) -> str:
+    """`s` as Go's %q (strconv.Quote) writes it: in double quotes, on one line."""
+    if isinstance(s, bytes):
+        s = s.decode("utf-8", "surrogateescape")
+    return '"' + "".join(map(_go_char, s)) + '"'
+
+
+def shown(name: str | bytes) -> str:
+    """A user-given name for a message: as it is when every character prints plainly (the
+    messages people know), else quoted as Go's %q, so that it cannot break the line."""
+    text = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else name
+    plain = text.isprintable() and not any(0xDC80 <= ord(c) <= 0xDCFF for c in text)
+    return text if plain else go_quote(text)

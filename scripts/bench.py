@@ -32,6 +32,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_real.py lies beside
+import bench_real  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 FB = [str(REPO / ".venv/bin/python"), "-m", "fusebundle"]
 SCALE_DIR = REPO / ".bench" / "scale"
@@ -523,7 +526,8 @@ class Bench:
     def median(self, f: Callable[[], float]) -> Spread:
         return Spread.of([f() for _ in range(self.runs)])
 
-    def measure(self) -> None:
+    def engine_images(self) -> Path:
+        """The small and the large image in the engine, and the config naming both."""
         w = self.work
         print("inputs:", file=sys.stderr)
         write_small(w / "small.rootfs.tar", self.small_files)
@@ -535,6 +539,11 @@ class Bench:
         cfg = w / "bench.yml"
         cfg.write_text("onboot:\n  - name: small\n    image: fbbench/small:1\n"
                        "  - name: large\n    image: fbbench/large:1\n")
+        return cfg
+
+    def measure(self) -> None:
+        w = self.work
+        cfg = self.engine_images()
         small_tar, large_tar = w / "small.tar", w / "large.tar"
         export_small = self.median(lambda: self.docker_export("fbbench/small:1", small_tar))
         self.docker_export("fbbench/large:1", large_tar)
@@ -639,9 +648,39 @@ class Bench:
 
         self.compare({"fusebundle": pack, "tar -cf": tar_cf})
         shutil.rmtree(tree)
+        out.unlink()
+        self.compare(self.pack_cpio(cfg, env, fb), slow=float("inf"))
 
         # 6. start-up: what the commands import
         self.measure_startup(fb, env, [["pack", "-q", str(cfg), "-o", "-"]])
+
+    def pack_cpio(self, cfg: Path, env: dict[str, str], fb: Server) -> dict[str, Run]:
+        """`pack --format cpio` against `pack` to tar plus `gzip -1` of that tar: the cpio is
+        the tar's work plus compression, so the pair is its natural bound."""
+        w = self.work
+        metric = "pack --format cpio, both images (s)"
+
+        def cpio() -> dict[str, float]:
+            settle(fb.sources())
+            p = run([*FB, "pack", "-q", "--format", "cpio", str(cfg), "-o",
+                     str(w / "pack.cpio.gz")], env=env)
+            return {metric: p.seconds}
+
+        def tar_gzip() -> dict[str, float]:
+            settle(fb.sources())
+            p = run([*FB, "pack", "-q", str(cfg), "-o", str(w / "pack.tar")], env=env)
+            g = shell(f"gzip -1 -c {w / 'pack.tar'} > {w / 'pack.tar.gz'}")
+            return {metric: p.seconds + g.seconds}
+
+        return {"fusebundle": cpio, "pack + gzip -1": tar_gzip}
+
+    def measure_cpio(self) -> None:
+        """Only the cpio row (`--part cpio`): the engine's images, one pack to fill the cache."""
+        cfg = self.engine_images()
+        cache = self.work / "cache"
+        env = dict(os.environ, DOCKER_HOST=self.host, FUSEBUNDLE_CACHE_DIR=str(cache))
+        run([*FB, "pack", "-q", str(cfg), "-o", "-"], env=env, stdout=subprocess.DEVNULL)
+        self.compare(self.pack_cpio(cfg, env, self.fb_server(cfg, cache)), slow=float("inf"))
 
     def measure_startup(self, fb: Server, env: dict[str, str], runs: list[list[str]]) -> None:
         """Commands that do not mount import neither pyfuse3 nor trio; what the mount imports.
@@ -977,6 +1016,8 @@ TARGETS: list[tuple[str, str, str, Callable[[Row], bool]]] = [
     ("pack both images (s)", "tar -cf", "<= 1.5x tar -cf",
      lambda r: _fb(r) <= 1.5 * _v(r, "tar -cf")),
     ("pack peak RSS (MB)", "tar -cf", "<= 100 MB", lambda r: _fb(r) <= 100),
+    ("pack --format cpio, both images (s)", "pack + gzip -1", "<= 1.2x pack + gzip -1",
+     lambda r: _fb(r) <= 1.2 * _v(r, "pack + gzip -1")),
     ("start-up: non-mount commands import pyfuse3/trio", "", "no",
      lambda r: r["fusebundle"] == "no"),
     ("start-up: mount imports (ms)", "", "", lambda r: True),
@@ -991,6 +1032,8 @@ TARGETS: list[tuple[str, str, str, Callable[[Row], bool]]] = [
     ("registry pull, 5 layers (s)", "docker pull", "<= 1.0x docker pull",
      lambda r: _fb(r) <= _v(r, "docker pull")),
 ]
+
+TARGETS += bench_real.targets()
 
 # The scale rows' own targets, where they differ from the default run's.
 SCALE_TARGETS: list[tuple[str, str, str, Callable[[Row], bool]]] = [
@@ -1051,9 +1094,10 @@ def cell(v: float | str) -> str:
 
 def report(results: dict[str, Row]) -> str:
     """A markdown table: a row per metric, median (lowest–highest run) in each peer's cell."""
-    cols = ["fusebundle", "ratarmount", "archivemount", "limit (tar)", "limit (disk)",
-            "tar -cf", "docker", "gzip -dc", "1 layer", "5 layers", "docker pull", "skopeo",
-            "pyfuse3 + trio", "all", "input"]
+    cols = ["fusebundle", "fusebundle (no preload)", "ratarmount", "archivemount", "podman",
+            "tar -xf", "limit (tar)", "limit (disk)", "tar -cf", "pack + gzip -1", "docker",
+            "gzip -dc", "1 layer", "5 layers", "docker pull", "skopeo", "pyfuse3 + trio", "all",
+            "input"]
     cols = [c for c in cols if any(c in r for r in results.values())]
     lines = ["| metric | " + " | ".join(cols) + " | fusebundle / peer | target | met |",
              "|---" * (len(cols) + 4) + "|"]
@@ -1078,8 +1122,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="10k files and 256 MiB, 3 runs")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    ap.add_argument("--part", choices=("all", "mount", "sources"),
-                    help="mount: the engine-export mounts; sources: OCI layouts, no engine "
+    ap.add_argument("--part", choices=("all", "mount", "sources", "cpio", "real"),
+                    help="mount: the engine-export mounts; sources: OCI layouts, no engine; "
+                         "cpio: only pack --format cpio against pack + gzip -1; real: a Debian "
+                         "image built with mmdebstrap and docker build, idle and busy "
                          "(default: all, or none with --scale)")
     ap.add_argument("--scale", action="store_true",
                     help="fusebundle's costs at 10k, 100k and 1M small files (inputs kept in "
@@ -1101,13 +1147,20 @@ def main() -> int:
                 b.measure()
             if part in ("all", "sources"):
                 b.measure_sources()
+            if part == "cpio":
+                b.measure_cpio()
+            if part in ("all", "real"):
+                bench_real.measure_real(b, sys.modules[__name__])
+                b.results.update(bench_real.derived(b.results))
             if args.scale or args.scale_sizes:
                 b.measure_scale(sizes)
         finally:
             for m in Path(tmp).glob("mnt-*"):
                 unmount(m)
     inputs = []
-    if part != "none":
+    if part == "real":
+        inputs.append("a Debian image of 7 layers (mmdebstrap + docker build)")
+    elif part != "none":
         inputs.append(f"{'quick' if args.quick else 'full'} inputs ({b.small_files} files, "
                       f"{b.large_size >> 20} MiB)")
     if args.scale or args.scale_sizes:

@@ -154,3 +154,55 @@ def test_write_small_counts_tiny_trees(tmp_path: Path, files: int) -> None:
     n = bench.write_small(tmp_path / "t.tar", files)
     with tarfile.open(tmp_path / "t.tar") as t:
         assert n == len(t.getmembers()) + 1
+
+
+def test_the_cpio_row_is_held_to_pack_plus_gzip() -> None:
+    metric = "pack --format cpio, both images (s)"
+    assert bench.met(metric, {"fusebundle": 60.0, "pack + gzip -1": 50.0}) == "yes"
+    assert bench.met(metric, {"fusebundle": 61.0, "pack + gzip -1": 50.0}) == "NO"
+    assert bench.ratio(metric, {"fusebundle": 55.0, "pack + gzip -1": 50.0}) == "1.10"
+    table = bench.report({metric: {"fusebundle": 55.0, "pack + gzip -1": 50.0}})
+    assert "| pack + gzip -1 |" in table.splitlines()[0]
+
+
+def test_real_rows_derive_load_and_preload_ratios_and_are_held_to_their_goals() -> None:
+    real = bench.bench_real
+    s = bench.Spread.of
+    results = {
+        "real: tar -cf (s), idle": {"fusebundle": s([2.0]), "fusebundle (no preload)": s([1.0]),
+                                    "limit (disk)": s([1.0])},
+        "real: tar -cf (s), 1 busy loop": {"fusebundle": s([4.0]),
+                                           "fusebundle (no preload)": s([4.0]),
+                                           "limit (disk)": s([1.0])},
+        "real: tar -cf (s), 2 busy loops": {"fusebundle": s([2.5]),
+                                            "fusebundle (no preload)": s([5.0]),
+                                            "limit (disk)": s([1.0])},
+    }
+    got = real.derived(results)
+    assert got["real: tar -cf, 1 busy loop / idle"]["fusebundle"] == 2.0
+    assert got["real: tar -cf, 2 busy loops / idle"]["fusebundle"] == 1.25
+    # the worst state decides: preload on took twice as long as off while idle
+    assert got["real: tar -cf, preload on / off, worst state"]["fusebundle"] == 2.0
+    results.update(got)
+    assert bench.met("real: tar -cf (s), idle", results["real: tar -cf (s), idle"]) == "yes"
+    assert bench.met("real: tar -cf (s), 1 busy loop",
+                     results["real: tar -cf (s), 1 busy loop"]) == "NO"  # 4x the disk
+    assert bench.met("real: tar -cf, 1 busy loop / idle",
+                     results["real: tar -cf, 1 busy loop / idle"]) == "NO"
+    assert bench.met("real: tar -cf, 2 busy loops / idle",
+                     results["real: tar -cf, 2 busy loops / idle"]) == "yes"
+    assert bench.ratio("real: tar -cf (s), idle", results["real: tar -cf (s), idle"]) == "2.00"
+    assert "fusebundle (no preload)" in bench.report(results).splitlines()[0]
+
+
+def test_the_no_preload_peer_finds_the_preload_constant() -> None:
+    # The A/B peer is the real CLI with PRELOAD_THREADS set to 0 wherever fusebundle.fs keeps
+    # it; if the constant moved away, the wrapper must fail rather than measure preload on.
+    p = subprocess.run([str(REPO / ".venv/bin/python"), "-c", bench.bench_real.NO_PRELOAD,
+                        "--version"], capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("fusebundle ")
+    broken = bench.bench_real.NO_PRELOAD.replace('"PRELOAD_THREADS")', '"NO_SUCH_NAME")')
+    p = subprocess.run([str(REPO / ".venv/bin/python"), "-c", broken, "--version"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 1 and "PRELOAD_THREADS not found" in p.stderr

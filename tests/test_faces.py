@@ -12,6 +12,7 @@ import fusebundle
 
 FACES = {
     "fusebundle.cli": ["main"],
+    "fusebundle.pack": ["FORMATS", "pack", "write"],
     "fusebundle.fs": ["Operations", "Tree", "serve"],
     "fusebundle.bundle": ["Entry", "ImageFS", "View", "build_view", "directory", "image_view",
                           "regular"],
@@ -20,7 +21,7 @@ FACES = {
     "fusebundle.store": ["BadLayer", "CorruptLayer", "ImageRecord", "LayerInfo", "PruneReport",
                          "Store", "StoreError"],
     "fusebundle.sources": ["TRANSPORTS", "ImageInfo", "LayerRef", "LayerSource", "NotFound",
-                           "Platform", "ResolvedImage", "Transport"],
+                           "Options", "Platform", "ResolvedImage", "Transport"],
     "fusebundle.config": ["Config", "Container", "FileSpec", "Volume", "load_config"],
     "fusebundle.tar": ["IndexEntry", "TarIndex", "open_index", "read_sparse"],
 }

@@ -754,10 +754,11 @@ def _bytes_of(entry=None, content=None) -> bytes:
 def test_tree_renders_what_the_view_lists(tmp_path, fast, saved, monkeypatch):
     from fusebundle.bundle.entry import directory, regular
     from fusebundle.bundle.view import INIT_RESOLV_LINK, Graft, View
+    from fusebundle.fs import graft_tree
     from fusebundle.fs import tree as treemod
 
     if not fast:  # attributes from entry() where the index's columns are not used
-        monkeypatch.setattr(treemod, "_numeric_columns", lambda idx: None)
+        monkeypatch.setattr(graft_tree, "_numeric_columns", lambda idx: None)
     odd_tar = _odd_rootfs().write(tmp_path / "odd.tar")
     layer_tar = _layer_rootfs().write(tmp_path / "layer.tar")
 

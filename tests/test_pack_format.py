@@ -10,7 +10,7 @@ import pytest
 
 from fusebundle.bundle.entry import Entry, directory, regular
 from fusebundle.errors import CorruptTar
-from fusebundle.pack import _pax_record, header, write_entries
+from fusebundle.pack.tarball import _pax_record, header, write_entries
 
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")
 

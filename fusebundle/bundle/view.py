@@ -17,7 +17,7 @@ from fusebundle.config import metadata, schema
 from fusebundle.config import runtime as oci
 from fusebundle.config.load import Config, Container, FileSpec, Volume
 from fusebundle.config.schema import LABEL_KEY
-from fusebundle.errors import UserError
+from fusebundle.errors import UserError, shown
 from fusebundle.images.flatten import PINNED_MTIME_NS
 from fusebundle.sources.base import ImageInfo
 from fusebundle.tar.index import IndexEntry, TarIndex
@@ -358,8 +358,59 @@ def _dir_mode(mode: int) -> int:
     return mode
 
 
-def _source_file(f: FileSpec) -> tuple[str, int] | None:
-    """(absolute path, size) of a `source:` item's file, or None when optional and missing."""
+# Kernel filesystems whose stat sizes say nothing of a file's content (procfs and cgroupfs
+# say 0, sysfs a page for every attribute): such a source is read to its end, then sized.
+PSEUDO_FS = frozenset({"proc", "sysfs", "debugfs", "tracefs", "securityfs", "cgroup",
+                       "cgroup2", "configfs"})
+# What such a read may hold in memory: the largest kernel file one would pack,
+# /sys/kernel/btf/vmlinux, is 5.2 MiB on a 6.x kernel; /proc/kcore-like files are refused.
+MAX_PSEUDO_BYTES = 16 << 20
+_READ = 1 << 16
+
+
+def _fs_type(dev: int) -> str:
+    """The type of the mounted filesystem with this device number ('' when unknown)."""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields, _, rest = line.partition(" - ")
+                if fields.split()[2:3] == [want]:
+                    return rest.split(" ", 1)[0]
+    except OSError:
+        pass
+    return ""
+
+
+def _read_pseudo(src: str, shown: str) -> bytes:
+    """A kernel file's bytes to its end, at most MAX_PSEUDO_BYTES, never waiting."""
+    try:
+        # O_NONBLOCK: /proc/kmsg or trace_pipe would otherwise wait for ever
+        fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise UserError(f"{shown}: {e.strerror}") from None
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while chunk := os.read(fd, _READ):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > MAX_PSEUDO_BYTES:
+                raise UserError(f"{shown}: more than {MAX_PSEUDO_BYTES >> 20} MiB from a kernel "
+                                "file, the most fusebundle reads from one")
+    except BlockingIOError:
+        raise UserError(f"{shown}: a kernel stream with no end (it would wait for more)") \
+            from None
+    except OSError as e:
+        raise UserError(f"{shown}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _source_file(f: FileSpec) -> tuple[str, int, bytes | None] | None:
+    """(absolute path, size, bytes when read now) of a `source:` item's file, or None when
+    optional and missing; a kernel file is read now, as its stat size cannot be trusted."""
     spec = f.spec
     src = spec["source"]
     if src.startswith("~/"):
@@ -369,12 +420,15 @@ def _source_file(f: FileSpec) -> tuple[str, int] | None:
     except OSError as e:
         if spec.get("optional"):
             return None
-        raise UserError(f"{f.where}: source {spec['source']}: {e.strerror}") from None
+        raise UserError(f"{f.where}: source {shown(spec['source'])}: {e.strerror}") from None
     if not os.path.isfile(src) or not os.access(src, os.R_OK):
         if spec.get("optional"):
             return None
-        raise UserError(f"{f.where}: source {spec['source']}: not a readable file")
-    return os.path.abspath(src), st.st_size
+        raise UserError(f"{f.where}: source {shown(spec['source'])}: not a readable file")
+    if st.st_size == 0 or _fs_type(st.st_dev) in PSEUDO_FS:
+        data = _read_pseudo(src, f"{f.where}: source {shown(spec['source'])}")
+        return os.path.abspath(src), len(data), data
+    return os.path.abspath(src), st.st_size, None
 
 
 def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str],
@@ -386,7 +440,7 @@ def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str],
     mode = int(spec["mode"], 8) if "mode" in spec else (0o700 if directory_kind else 0o600)
     uid = oci.id_numeric(spec.get("uid", 0), id_map, f.where, "field 'uid'")
     gid = oci.id_numeric(spec.get("gid", 0), id_map, f.where, "field 'gid'")
-    source: tuple[str, int] | None = None
+    source: tuple[str, int, bytes | None] | None = None
     if "source" in spec:
         source = _source_file(f)
         if source is None:
@@ -408,8 +462,9 @@ def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str],
         out.append(Entry(path=name, type="l", mode=mode, uid=uid, gid=gid,
                          linkname=spec["symlink"].encode()))
     elif source is not None:
-        out.append(Entry(path=name, type="f", mode=mode, uid=uid, gid=gid, size=source[1],
-                         src=source[0]))
+        path_, size, data = source
+        out.append(Entry(path=name, type="f", mode=mode, uid=uid, gid=gid, size=size,
+                         data=data, src=None if data is not None else path_))
     else:
         out.append(regular(name, spec.get("contents", "").encode(), mode, uid, gid))
     return out

@@ -22,6 +22,7 @@ from fusebundle.errors import UserError
 from fusebundle.images.layered import LayeredImage
 from fusebundle.images.resolver import SOURCES_HELP
 from fusebundle.pack import pack
+from fusebundle.pack.boot import refuse_stdout
 from fusebundle.progress import Bar
 
 EXIT_INTERRUPTED = 130
@@ -58,6 +59,17 @@ def _sources(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure-registry", action="append", metavar="HOST[:PORT]",
                    help="a registry that may be reached over plain HTTP (repeatable; "
                         "localhost and 127.0.0.0/8 always may)")
+    p.add_argument("--cert-dir", metavar="DIR",
+                   help="a certs.d tree (DIR/HOST[:PORT]/*.crt CAs, *.cert + *.key client "
+                        "certificates) used instead of /etc/docker/certs.d, "
+                        "/etc/containers/certs.d and ~/.config/containers/certs.d")
+    p.add_argument("--registry-mirror", action="append", metavar="URL",
+                   help="a mirror of docker.io, tried before it (repeatable, in order; "
+                        "as dockerd's registry-mirrors)")
+    p.add_argument("--mirror", action="append", metavar="[REGISTRY=]URL",
+                   help="a mirror of REGISTRY, or of every registry without REGISTRY=, "
+                        "tried before it (repeatable, in order; LinuxKit's flag). Proxies: "
+                        "HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY")
     p.add_argument("--docker-host", metavar="URL",
                    help="Docker engine to use (default: $DOCKER_HOST or the local socket)")
     p.add_argument("--cache-dir", metavar="DIR",
@@ -84,6 +96,11 @@ def parser() -> argparse.ArgumentParser:
     _common(pk)
     pk.add_argument("-o", "--output", required=True, metavar="OUT.tar",
                     help="output file, written atomically; '-' for stdout")
+    # pack.FORMATS, spelt here: importing pack would slow every command's start
+    pk.add_argument("--format", choices=("tar", "cpio", "kernel+initrd"), default="tar",
+                    help="tar (default); cpio: one gzip'd newc cpio of the whole tree; "
+                         "kernel+initrd: OUT-kernel, OUT-initrd.img and OUT-cmdline, as "
+                         "LinuxKit writes them (needs a kernel: section)")
     pk.set_defaults(run=cmd_pack)
 
     cf = sub.add_parser("config", help="show each container's merged entry and config.json",
@@ -111,7 +128,13 @@ def parser() -> argparse.ArgumentParser:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     """fusebundle pack: build the view and write it as one tar."""
+    if args.format == "kernel+initrd":
+        refuse_stdout(args.output)
+
     cfg, session = load_session(args)
+    if args.format == "kernel+initrd" and not cfg.kernel.image:
+        raise UserError("kernel+initrd needs a kernel: section with an image; the config has "
+                        "none")
     view = build_view(cfg, session.resolve, share_by_id=args.share_by_id,
                       resolve_layout=session.resolve_layout)
     view.prepare()  # export and index everything before the output is opened
@@ -122,7 +145,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         return bars[-1].add
 
     try:
-        pack(view, args.output, progress if session.show_progress else None)
+        pack(view, args.output, progress if session.show_progress else None, args.format)
     finally:
         for b in bars:
             b.close()
@@ -148,6 +171,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
         if isinstance(handle, LayeredImage):
             source = handle.source.name if handle.source is not None else "store"
             handle.index()
+            served_by = getattr(handle.source, "served_by", None)
+            if served_by is not None and served_by(ref, handle.image.name):
+                source += f" ({served_by(ref, handle.image.name)})"
             f = handle.fetched
             fetched += f.layers
             present += f.present

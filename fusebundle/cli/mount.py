@@ -29,6 +29,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from fusebundle.atomic import Temp, atomic_file
 from fusebundle.bundle.imagefs import image_view
 from fusebundle.bundle.view import View, build_view
 from fusebundle.cli.session import load_session, open_image
-from fusebundle.errors import UserError
+from fusebundle.errors import UserError, shown
 from fusebundle.images.exported import default_cache_dir
 
 log = logging.getLogger("fusebundle")
@@ -215,25 +216,25 @@ def _check_mountpoint(arg: str) -> str:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise UserError(f"{arg}: mount point does not exist") from None
+        raise UserError(f"{shown(arg)}: mount point does not exist") from None
     except OSError as e:
         if e.errno == errno.ENOTCONN:
-            raise UserError(f"{arg}: a stale mount is there (its server is gone); "
-                            f"clear it with: fusebundle umount {arg}") from None
-        raise UserError(f"{arg}: {e.strerror}") from None
+            raise UserError(f"{shown(arg)}: a stale mount is there (its server is gone); "
+                            f"clear it with: fusebundle umount {shown(arg)}") from None
+        raise UserError(f"{shown(arg)}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise UserError(f"{arg}: mount point is not a directory")
+        raise UserError(f"{shown(arg)}: mount point is not a directory")
     m = find_mount(path)
     if m is not None:
         if _stale(path):
-            raise UserError(f"{arg}: a stale mount is there (its server is gone); "
-                            f"clear it with: fusebundle umount {arg}")
-        raise UserError(f"{arg}: already a mount point ({m.fstype})")
+            raise UserError(f"{shown(arg)}: a stale mount is there (its server is gone); "
+                            f"clear it with: fusebundle umount {shown(arg)}")
+        raise UserError(f"{shown(arg)}: already a mount point ({m.fstype})")
     try:
         if os.listdir(path):
-            raise UserError(f"{arg}: mount point is not empty")
+            raise UserError(f"{shown(arg)}: mount point is not empty")
     except OSError as e:
-        raise UserError(f"{arg}: {e.strerror}") from None
+        raise UserError(f"{shown(arg)}: {e.strerror}") from None
     return path
 
 
@@ -337,11 +338,7 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     tree = fs.Tree(make_view(args), expand=args.expand)
     ops = fs.Operations(tree, listing=getattr(args, "listing", None),
                      direct_io_min=direct_io_min)
-    try:
-        fs.serve.init(ops, mnt, options)
-    except RuntimeError:
-        # libfuse has said why on stderr.
-        raise UserError(f"{args.mountpoint}: mount failed") from None
+    _mount(lambda: fs.serve.init(ops, mnt, options), args.mountpoint)
     pid_file = _write_pid_file(mnt)
     if ready_fd is not None:
         os.chdir("/")
@@ -402,6 +399,37 @@ def add_image_mount(verbs: Any, image_args: Callable[[argparse.ArgumentParser], 
     m.set_defaults(run=cmd_mount, make_view=_image_view, expand=False, listing=None)
 
 
+LIBFUSE_SAYS = 4096  # bytes of libfuse's (and fusermount3's) stderr kept: a line or two
+
+
+def _mount(init: Callable[[], None], arg: str) -> None:
+    """Run pyfuse3.init with stderr caught: libfuse and fusermount3 print their reason there,
+    which a failure then says once, in fusebundle's own line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            init()
+            failed = False
+        except RuntimeError:
+            failed = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        said = caught.read(LIBFUSE_SAYS).decode("utf-8", "replace")
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    if not failed:
+        for line in lines:  # warnings of a mount that worked are still worth seeing
+            print(f"fusebundle: warning: {line}", file=sys.stderr)
+        return
+    reason = lines[-1] if lines else "libfuse gave no reason"
+    for prefix in ("fusermount3: ", "fusermount: ", "fuse: ", "mount failed: "):
+        reason = reason.removeprefix(prefix)
+    raise UserError(f"{shown(arg)}: mount failed: {reason}")
+
+
 def _open_log(path: str) -> int:
     """The background server's log, opened before anything can go wrong; -1 if it cannot be."""
     try:
@@ -444,8 +472,8 @@ def _unmount(mnt: str, lazy: bool) -> None:
             return
         why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
     if "busy" in why.lower():
-        raise UserError(f"{mnt}: busy (a process uses it); close it, or use umount --lazy")
-    raise UserError(f"{mnt}: cannot unmount: {why}")
+        raise UserError(f"{shown(mnt)}: busy (a process uses it); close it, or use umount --lazy")
+    raise UserError(f"{shown(mnt)}: cannot unmount: {why}")
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -453,16 +481,16 @@ def cmd_umount(args: argparse.Namespace) -> int:
     mnt = os.path.realpath(os.path.abspath(args.mountpoint))
     m = find_mount(mnt)
     if m is None:
-        raise UserError(f"{args.mountpoint}: not mounted")
+        raise UserError(f"{shown(args.mountpoint)}: not mounted")
     if m.fstype != FSTYPE:
-        raise UserError(f"{args.mountpoint}: not a fusebundle mount (it is {m.fstype})")
+        raise UserError(f"{shown(args.mountpoint)}: not a fusebundle mount (it is {m.fstype})")
     pid = _server_pid(mnt)
     _unmount(mnt, args.lazy or _stale(mnt))
     if pid is not None:
         deadline = time.monotonic() + args.timeout
         while _alive(pid):
             if time.monotonic() > deadline:
-                raise UserError(f"{args.mountpoint}: unmounted, but its server (pid {pid}) "
+                raise UserError(f"{shown(args.mountpoint)}: unmounted, but its server (pid {pid}) "
                                 f"has not exited after {args.timeout:g} s")
             time.sleep(0.02)
     with contextlib.suppress(OSError):

@@ -26,6 +26,9 @@ class _Session:
         self.resolver = Resolver(args.sources, args.cache_dir or default_cache_dir(),
                                  docker_host=args.docker_host, pull=args.pull,
                                  platform=platform, insecure=tuple(args.insecure_registry or ()),
+                                 cert_dir=args.cert_dir,
+                                 registry_mirrors=tuple(args.registry_mirror or ()),
+                                 mirrors=tuple(args.mirror or ()),
                                  show_progress=self.show_progress,
                                  verify_layers=args.command == "pack")
         self.cache = self.resolver.cache

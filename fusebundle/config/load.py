@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from fusebundle.config import yamlload
 from fusebundle.config.schema import check_reference, validate_entry
-from fusebundle.errors import ConfigError, UserError
+from fusebundle.errors import ConfigError, UserError, shown
 
 TOP_KEYS = ("kernel", "init", "onboot", "onshutdown", "services", "trust", "files", "volumes")
 KERNEL_KEYS = ("image", "cmdline", "binary", "tar", "ucode")
@@ -25,6 +27,7 @@ FILE_STRING_KEYS = ("path", "symlink", "contents", "source", "metadata", "mode")
 FILE_BOOL_KEYS = ("directory", "optional")
 FILE_ID_KEYS = ("uid", "gid")
 FIRST_ID = 100
+MAX_DOCUMENT_BYTES = yamlload.MAX_DOCUMENT_BYTES
 
 
 @dataclass
@@ -119,38 +122,59 @@ class Config:
         return {e.name: FIRST_ID + i for i, e in enumerate(self.containers())}
 
 
-def _yaml() -> YAML:
-    # The pure loader speaks YAML 1.2, where `name: n` or `on` stay strings.
-    y = YAML(typ="safe", pure=True)
-    y.allow_duplicate_keys = False
-    return y
-
-
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def read_config_text(path: str) -> str:
+    """A config file's text: a regular file of at most MAX_DOCUMENT_BYTES, in UTF-8."""
+    name = shown(path)
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer must not wait; the type check refuses it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UserError(f"{name}: no such config file") from None
+    except OSError as e:
+        raise UserError(f"{name}: cannot read: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError(f"{name}: is a directory, not a config file")
+        if not stat.S_ISREG(st.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+            raise UserError(f"{name}: is {kind}, not a config file (save it to a file first)")
+        too_big = ConfigError(f"{name}: larger than {MAX_DOCUMENT_BYTES >> 20} MiB, the most "
+                              "a config file may hold")
+        if st.st_size > MAX_DOCUMENT_BYTES:
+            raise too_big
+        try:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)  # (it may have grown since the stat)
+        except OSError as e:
+            raise UserError(f"{name}: cannot read: {e.strerror}") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise too_big
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: not UTF-8 text") from None
+
+
 def read_yaml(path: str) -> Any:
     """Load one YAML document from a file, as plain Python data."""
+    name = shown(path)
+    text = read_config_text(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such config file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, not a config file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror}") from None
-    try:
-        return _yaml().load(text)
+        return yamlload.load(text)
     except MarkedYAMLError as e:
         mark = e.problem_mark
         loc = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"{path}: {loc}{_one_line(str(e.problem or e))}") from None
+        raise ConfigError(f"{name}: {loc}{_one_line(str(e.problem or e))}") from None
     except YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {_one_line(str(e))}") from None
+        raise ConfigError(f"{name}: invalid YAML: {_one_line(str(e))}") from None
 
 
 def _type_name(v: object) -> str:
@@ -264,7 +288,7 @@ def _parse_file(raw: object, where: str) -> FileSpec:
         raise ConfigError(f"{where}: missing field 'path'")
     spec = dict(raw)
     spec["path"] = _safe_relpath(raw["path"], f"{where}: field 'path'")
-    where = f"{where} ({raw['path']})"
+    where = f"{where} ({shown(raw['path'])})"
     kinds = [k for k in ("contents", "source", "symlink", "metadata") if k in raw]
     if raw.get("directory"):
         kinds.insert(0, "directory")
@@ -289,7 +313,7 @@ def _parse_file(raw: object, where: str) -> FileSpec:
 def _parse_entry(raw: object, section: str, index: int, where: str) -> Container:
     name = raw.get("name") if isinstance(raw, dict) else None
     if isinstance(name, str) and name:
-        where = f"{where} ({name})"  # errors name the container, as label errors do
+        where = f"{where} ({shown(name)})"  # errors name the container, as label errors do
     spec = validate_entry(raw, where)
     _check_ref(spec["image"], f"{where}: field 'image'")
     return Container(section=section, index=index, name=spec["name"], image=spec["image"],
@@ -360,7 +384,7 @@ def load_config(paths: list[str]) -> Config:
     """Read, validate and merge config files in order."""
     cfg = Config(sources=list(paths))
     for path in paths:
-        _merge_file(cfg, path, read_yaml(path))
+        _merge_file(cfg, shown(path), read_yaml(path))
     seen: dict[str, str] = {}
     for e in cfg.services:
         if e.name in seen:

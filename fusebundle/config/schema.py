@@ -14,10 +14,10 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
+from fusebundle.config import yamlload
 from fusebundle.errors import ConfigError
 
 LABEL_KEY = "org.mobyproject.config"
@@ -495,8 +495,11 @@ def validate_entry(raw: object, where: str, *, label: bool = False) -> dict:
 
 def parse_label(text: str, where: str) -> dict:
     """Parse an org.mobyproject.config label (YAML 1.2, so JSON too) and validate it."""
+    if len(text) > yamlload.MAX_DOCUMENT_BYTES:
+        raise ConfigError(f"{where}: label is longer than {yamlload.MAX_DOCUMENT_BYTES >> 20} "
+                          "MiB, the most a config may hold")
     try:
-        doc = YAML(typ="safe", pure=True).load(text)
+        doc = yamlload.load(text)
     except (YAMLError, ValueError, RecursionError) as e:
         # ruamel's messages span several lines: keep the first line of the problem
         problem = getattr(e, "problem", None) or str(e)

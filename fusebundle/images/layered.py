@@ -27,7 +27,8 @@ from fusebundle.images import flatten as layermod
 from fusebundle.images.exported import Cache
 from fusebundle.progress import Bar
 from fusebundle.sources.base import ImageInfo, LayerRef, LayerSource, ResolvedImage
-from fusebundle.store import CorruptLayer, Store, locks
+from fusebundle.sources.regauth import RegistryError
+from fusebundle.store import BadLayer, CorruptLayer, Store, locks
 from fusebundle.tar.index import TarIndex
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,15 @@ class LayeredImage:
                 return source.open_blob(self.image, layer)
 
             with Bar(f"{self.image.ref} {short}", layer.size, self.show_progress) as bar:
-                self.store.ingest(layer, open_blob, self.image.ref, bar.to)
+                while True:
+                    try:
+                        self.store.ingest(layer, open_blob, self.image.ref, bar.to)
+                        break
+                    except (BadLayer, RegistryError) as e:
+                        # A registry mirror's bad blob is fetched again from the next endpoint.
+                        refused = getattr(source, "refused_blob", None)
+                        if refused is None or not refused(self.image, layer, e):
+                            raise
             with self._count:
                 if opened:
                     self.fetched.layers += 1

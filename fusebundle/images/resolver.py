@@ -20,11 +20,12 @@ from fusebundle.errors import ConfigError, EngineError, UserError
 from fusebundle.images import refspec
 from fusebundle.images.exported import Cache, LazyImage, cache_subdir
 from fusebundle.images.layered import LayeredImage
-from fusebundle.sources import TRANSPORTS, engineapi
+from fusebundle.sources import TRANSPORTS, Options, engineapi
 from fusebundle.sources.archive import DockerArchive
 from fusebundle.sources.base import LayerSource, Platform
 from fusebundle.sources.engine import DockerEngine
 from fusebundle.sources.reference import parse
+from fusebundle.sources.regnet import parse_mirrors
 from fusebundle.store import Store
 
 SOURCES_HELP = ("where images come from, tried in the order given (repeatable): store, docker "
@@ -62,6 +63,9 @@ class Resolver:
     pull: bool = False
     platform: Platform = field(default_factory=Platform.host)
     insecure: tuple[str, ...] = ()
+    cert_dir: str | None = None
+    registry_mirrors: tuple[str, ...] = ()  # --registry-mirror URL, for docker.io
+    mirrors: tuple[str, ...] = ()  # --mirror [REGISTRY=]URL
     show_progress: bool = False
     verify_layers: bool = False  # hash stored layers again before use (for pack)
     # The engine's images as layers (`docker save` into the store), not as container exports:
@@ -75,6 +79,8 @@ class Resolver:
     def __post_init__(self) -> None:
         self.order = [parse_spec(s) for s in self.specs] if self.specs else [
             (k, "") for k in DEFAULT_ORDER]
+        self.options = Options(self.insecure, self.cert_dir,
+                               parse_mirrors(self.registry_mirrors, self.mirrors))
 
     # -------------------------------------------------------------------------- parts
     @property
@@ -101,7 +107,7 @@ class Resolver:
         name = source_name(kind, arg)
         src = self._sources.get(name)
         if src is None:
-            src = self._sources[name] = TRANSPORTS[kind].open(arg, self.insecure)
+            src = self._sources[name] = TRANSPORTS[kind].open(arg, self.options)
         return src
 
     def sole_ref(self, kind: str, arg: str) -> str:

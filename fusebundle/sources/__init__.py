@@ -24,6 +24,16 @@ from fusebundle.sources.base import (
 )
 from fusebundle.sources.oci import OCILayout
 from fusebundle.sources.registry import Registry
+from fusebundle.sources.regnet import Mirror
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line says to the layer sources it opens (only a registry uses any)."""
+
+    insecure: tuple[str, ...] = ()  # registries that may be reached over plain HTTP
+    cert_dir: str | None = None  # a certs.d tree instead of the system's
+    mirrors: dict[str, list[Mirror]] | None = None  # regnet.parse_mirrors' table
 
 
 @dataclass(frozen=True)
@@ -31,15 +41,19 @@ class Transport:
     """A kind of layer source: whether `--from` gives it a path, and how to open one."""
 
     takes_path: bool
-    open: Callable[[str, tuple[str, ...]], LayerSource]  # (path or "", insecure registries)
+    open: Callable[[str, Options], LayerSource]  # (path or "", the command's options)
+
+
+def _registry(_path: str, o: Options) -> LayerSource:
+    return Registry(insecure=o.insecure, cert_dir=o.cert_dir, mirrors=o.mirrors)
 
 
 TRANSPORTS: dict[str, Transport] = {
-    "oci": Transport(True, lambda path, _insecure: OCILayout(path)),
-    "docker-archive": Transport(True, lambda path, _insecure: DockerArchive(path)),
-    "oci-archive": Transport(True, lambda path, _insecure: OCIArchive(path)),
-    "registry": Transport(False, lambda _path, insecure: Registry(insecure=insecure)),
+    "oci": Transport(True, lambda path, _options: OCILayout(path)),
+    "docker-archive": Transport(True, lambda path, _options: DockerArchive(path)),
+    "oci-archive": Transport(True, lambda path, _options: OCIArchive(path)),
+    "registry": Transport(False, _registry),
 }
 
-__all__ = ["TRANSPORTS", "ImageInfo", "LayerRef", "LayerSource", "NotFound", "Platform",
+__all__ = ["TRANSPORTS", "ImageInfo", "Options", "LayerRef", "LayerSource", "NotFound", "Platform",
            "ResolvedImage", "Transport"]

@@ -10,20 +10,21 @@ are served as bounded views (pread at the member's offset); nothing is written b
 from __future__ import annotations
 
 import io
-import json
 import os
 import posixpath
 import threading
 from typing import Any, BinaryIO, cast
 
 from fusebundle.errors import CorruptTar, UserError
+from fusebundle.sources import jsondoc, reference
 from fusebundle.sources import manifest as mf
-from fusebundle.sources import reference
 from fusebundle.sources.base import LayerRef, NotFound, Platform, ResolvedImage
-from fusebundle.sources.oci import LayoutReader, read_limited
+from fusebundle.sources.oci import LayoutReader, is_blob, not_regular, read_limited
 from fusebundle.tar.index import TarIndex
 
 _MAX_LINKS = 8  # symlink hops inside the archive before giving up (docker writes one)
+_TYPE_WORDS = {"l": "symlink", "d": "directory", "p": "FIFO", "c": "character device",
+               "b": "block device"}
 
 
 class _Member(io.RawIOBase):
@@ -123,6 +124,9 @@ class TarFiles:
             entry = index.entry(i)
             if entry.type == "f":
                 return entry.offset, entry.size
+            if is_blob(path) and entry.type != "h":  # a hard link names a member's bytes
+                raise not_regular(f"{self.name}: member {path}", _TYPE_WORDS.get(
+                    entry.type, "special file"))
             link = entry.linkname.decode("utf-8", "surrogateescape")
             if entry.type == "h":
                 name = link
@@ -175,10 +179,9 @@ class DockerArchive:
             if not self.files.exists("manifest.json"):
                 self._manifest = []
                 return self._manifest
-            try:
-                doc = json.loads(self.files.read("manifest.json", mf.MAX_METADATA))
-            except (ValueError, UnicodeDecodeError) as e:
-                raise UserError(f"{self.name}: manifest.json is not valid JSON ({e})") from None
+            doc = jsondoc.parse(self.files.read("manifest.json", mf.MAX_METADATA),
+                                f"{self.name}: manifest.json",
+                                f"{self.name}: manifest.json is not valid JSON")
             if not isinstance(doc, list) or not all(isinstance(i, dict) for i in doc):
                 raise UserError(f"{self.name}: manifest.json is not a list of images")
             for item in doc:
@@ -223,11 +226,9 @@ class DockerArchive:
         if mf.is_sha256("sha256:" + stem):
             mf.verify(config_bytes, "sha256:" + stem, f"{what} (config)")
         plat = mf.check_platform(config_bytes, platform, what)
-        diff_ids = (mf.load_json(config_bytes, f"{what} (config)").get("rootfs") or {}).get(
-            "diff_ids")
-        if not isinstance(diff_ids, list) or len(diff_ids) != len(item["Layers"]):
-            count = len(diff_ids) if isinstance(diff_ids, list) else "no"
-            raise UserError(f"{what}: config lists {count} diff_ids for "
+        diff_ids = mf.config_diff_ids(config_bytes, what)
+        if len(diff_ids) != len(item["Layers"]):
+            raise UserError(f"{what}: config lists {len(diff_ids)} diff_ids for "
                             f"{len(item['Layers'])} layers")
         layers: list[dict[str, Any]] = []
         for path, diff_id in zip(item["Layers"], diff_ids, strict=True):

@@ -8,13 +8,13 @@ them.  The engine is the odd one out: it exports a container instead (`sources.e
 from __future__ import annotations
 
 import hashlib
-import json
 import platform as _platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 from fusebundle.errors import ConfigError, UserError
+from fusebundle.sources import jsondoc
 
 _MACHINE_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
                  "armv7l": "arm", "armv6l": "arm", "i686": "386", "i386": "386",
@@ -115,10 +115,10 @@ class ResolvedImage:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The config's `config` object (Env, Entrypoint, Cmd, WorkingDir, Labels, ...)."""
-        doc = json.loads(self.config_bytes)
-        inner = doc.get("config") if isinstance(doc, dict) else None
-        return inner if isinstance(inner, dict) else {}
+        """The config's `config` object (Env, Entrypoint, Cmd, WorkingDir, Labels, ...), its
+        fields decoded as Docker decodes them; UserError if one has the wrong type."""
+        return jsondoc.image_container_config(self.config_bytes,
+                                              f"{self.source}: {self.ref}: config")
 
 
 class LayerSource(Protocol):

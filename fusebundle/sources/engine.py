@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fusebundle.errors import EngineError
-from fusebundle.sources import engineapi
+from fusebundle.sources import engineapi, jsondoc
 from fusebundle.sources.base import ImageInfo, Progress
 
 _TRANSPORT = {"FileNotFoundError": "no such socket", "ConnectionRefusedError": "connection refused",
@@ -108,8 +108,16 @@ class DockerEngine:
             data = self._inspect(ref)
             if data is None:
                 raise EngineError(f"image {ref}: not found after pulling it")
-        return ImageInfo(ref=ref, id=data["Id"], config=data.get("Config") or {},
-                         size=int(data.get("Size") or 0))
+        what = f"image {ref}: inspect"
+        fields = jsondoc.Fields(data, what)
+        # The engine's own typed structs wrote this answer; checked all the same, as every
+        # document from outside is.
+        image_id = fields.string("Id")
+        if not image_id:
+            raise EngineError(f"{what}: the engine's answer has no Id")
+        return ImageInfo(ref=ref, id=image_id,
+                         config=jsondoc.container_config(data.get("Config"), what),
+                         size=fields.integer("Size", 0, jsondoc.INT64_MAX) or 0)
 
     def export(self, info: ImageInfo, out: Any, progress: Progress | None) -> None:
         """Stream `docker export` of a temporary container into `out`; always remove it."""

@@ -9,11 +9,13 @@ returns None and the caller asks the SDK, which also words the errors.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from typing import Any
 from urllib.parse import quote
+
+from fusebundle.errors import UserError
+from fusebundle.sources import jsondoc
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 TIMEOUT = 60.0  # seconds, as the SDK's default
@@ -57,7 +59,7 @@ def inspect_image(path: str, ref: str) -> dict[str, Any] | None:
     if status[0] != b"200" or b"transfer-encoding: chunked" in head.lower():
         return None
     try:
-        data = json.loads(body)
-    except ValueError:
+        data = jsondoc.parse(body, f"image {ref}: inspect")
+    except UserError:
         return None
     return data if isinstance(data, dict) and isinstance(data.get("Id"), str) else None

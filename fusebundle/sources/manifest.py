@@ -8,11 +8,11 @@ the names that make the error messages useful (the source, the image, the blob).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from typing import Any
 
 from fusebundle.errors import UserError
+from fusebundle.sources import jsondoc
 from fusebundle.sources.base import LayerRef, NotFound, Platform, ResolvedImage
 
 # -- media types ------------------------------------------------------------------------------
@@ -82,27 +82,60 @@ def verify(data: bytes, digest: str, what: str) -> bytes:
 
 
 def load_json(data: bytes, what: str) -> dict[str, Any]:
-    """A JSON object from `data`; one-line UserError naming `what` otherwise."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{what}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{what}: not a JSON object")
-    return doc
+    """A JSON object from `data`, its depth bounded; one-line UserError naming `what` otherwise."""
+    return jsondoc.parse_object(data, what)
+
+
+def own_media_type(doc: dict[str, Any], what: str) -> str | None:
+    """A manifest's or index's own mediaType (None when it has none, as OCI allows)."""
+    if doc.get("mediaType") is None:
+        return None
+    return jsondoc.Fields(doc, what).string("mediaType")
+
+
+_PLATFORM_STRINGS = ("os", "architecture", "variant")  # the fields of a platform read here
+
+
+def _platform(fields: jsondoc.Fields) -> None:
+    """A platform object's fields as the OCI spec's Platform struct types them (strings)."""
+    for key in _PLATFORM_STRINGS:
+        fields.string(key)
 
 
 def _descriptor(desc: Any, what: str, kind: str) -> dict[str, Any]:
-    """A descriptor with a str mediaType, a sha256 digest and an int size (or no size)."""
+    """A descriptor with a str mediaType, a sha256 digest and a size of 0 or more bytes.
+
+    Its platform, when there is one, is an object of strings and its annotations a
+    map[string]string, as the OCI spec's Descriptor struct decodes them.
+    """
     if not isinstance(desc, dict):
         raise UserError(f"{what}: {kind} descriptor is not an object")
     if not isinstance(desc.get("mediaType"), str):
         raise UserError(f"{what}: {kind} descriptor has no mediaType")
     hex_of(desc.get("digest"), f"{what}: {kind}")
-    size = desc.get("size", -1)
-    if not isinstance(size, int) or isinstance(size, bool) or size < -1:
+    # OCI requires the size: it is what bounds reading the blob (as containerd, which refuses
+    # any other size).
+    if "size" not in desc:
+        raise UserError(f"{what}: {kind} {desc['digest']} has no size (a descriptor must "
+                        "give one)")
+    size = desc["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise UserError(f"{what}: {kind} {desc['digest']} has a bad size {size!r}")
+    plat, annotations = desc.get("platform"), desc.get("annotations")
+    # The common case checked inline (an index may list tens of thousands of descriptors);
+    # `Fields` words the message when something is off.
+    if not (plat is None or isinstance(plat, dict) and _strings_only(plat, _PLATFORM_STRINGS)) \
+            or not (annotations is None or isinstance(annotations, dict)
+                    and _strings_only(annotations, annotations)):
+        fields = jsondoc.Fields(desc, f"{what}: {kind} {desc['digest']}")
+        if (platform_fields := fields.obj("platform")) is not None:
+            _platform(platform_fields)
+        fields.string_map("annotations")
     return desc
+
+
+def _strings_only(obj: dict[str, Any], keys: Any) -> bool:
+    return all(isinstance(obj[k], str) for k in keys if k in obj)
 
 
 # -- indexes ----------------------------------------------------------------------------------
@@ -148,11 +181,23 @@ def choose(index: dict[str, Any], platform: Platform, what: str) -> dict[str, An
                    f"(it has: {', '.join(there) if there else 'none'})")
 
 
+def config_diff_ids(config_bytes: bytes, what: str) -> list[Any]:
+    """The rootfs.diff_ids of an image config, after checking every field fusebundle reads."""
+    config = load_json(config_bytes, f"{what}: config")
+    jsondoc.container_config(config.get("config"), f"{what}: config")
+    rootfs = jsondoc.Fields(config, f"{what}: config").obj("rootfs")
+    if rootfs is None or not isinstance(rootfs.doc.get("diff_ids"), list):
+        raise UserError(f"{what}: config has no rootfs.diff_ids")
+    if rootfs.string("type", "layers") != "layers":
+        raise UserError(f"{what}: config rootfs.type is {rootfs.doc.get('type')!r}, not 'layers'")
+    return list(rootfs.doc["diff_ids"])
+
+
 # -- manifests and configs --------------------------------------------------------------------
 def parse_manifest(data: bytes, what: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The config descriptor and the layer descriptors (bottom first) of an image manifest."""
     doc = load_json(data, what)
-    media_type = doc.get("mediaType")
+    media_type = own_media_type(doc, what)
     if media_type in (DOCKER_MANIFEST_V1, DOCKER_MANIFEST_V1_SIGNED) or doc.get(
             "schemaVersion") == 1:
         raise UserError(f"{what}: Docker schema 1 manifests are not supported")
@@ -177,10 +222,10 @@ def parse_manifest(data: bytes, what: str) -> tuple[dict[str, Any], list[dict[st
     return config, checked
 
 
-def config_platform(config: dict[str, Any]) -> dict[str, str]:
+def config_platform(config: dict[str, Any], what: str) -> dict[str, str]:
     """The platform object (os, architecture, variant) an image config declares."""
-    return {k: v for k in ("os", "architecture", "variant")
-            if isinstance(v := config.get(k), str) and v}
+    fields = jsondoc.Fields(config, what)
+    return {k: v for k in ("os", "architecture", "variant") if (v := fields.string(k))}
 
 
 def check_platform(config_bytes: bytes, platform: Platform, what: str) -> str:
@@ -188,7 +233,7 @@ def check_platform(config_bytes: bytes, platform: Platform, what: str) -> str:
 
     A config that declares none is taken as `platform` (nothing says otherwise).
     """
-    plat = config_platform(load_json(config_bytes, what + ": config"))
+    plat = config_platform(load_json(config_bytes, what + ": config"), what + ": config")
     if "os" not in plat or "architecture" not in plat:
         return str(platform)
     if not platform.matches(plat):
@@ -201,13 +246,7 @@ def image_from(ref: str, name: str, source: str, platform: str, manifest_digest:
                config_bytes: bytes, layers: list[dict[str, Any]]) -> ResolvedImage:
     """Check a config against its layer descriptors and make the `ResolvedImage` they are."""
     what = f"{source}: {ref}"
-    config = load_json(config_bytes, f"{what}: config")
-    rootfs = config.get("rootfs")
-    if not isinstance(rootfs, dict) or not isinstance(rootfs.get("diff_ids"), list):
-        raise UserError(f"{what}: config has no rootfs.diff_ids")
-    if rootfs.get("type", "layers") != "layers":
-        raise UserError(f"{what}: config rootfs.type is {rootfs.get('type')!r}, not 'layers'")
-    diff_ids = rootfs["diff_ids"]
+    diff_ids = config_diff_ids(config_bytes, what)
     if len(diff_ids) != len(layers):
         raise UserError(f"{what}: config lists {len(diff_ids)} diff_ids for "
                         f"{len(layers)} layers")
@@ -215,6 +254,6 @@ def image_from(ref: str, name: str, source: str, platform: str, manifest_digest:
     for i, (diff_id, desc) in enumerate(zip(diff_ids, layers, strict=True)):
         hex_of(diff_id, f"{what}: diff_id {i}")
         desc = _descriptor(desc, what, "layer")
-        refs.append(LayerRef(desc["digest"], diff_id, desc["mediaType"], desc.get("size", -1)))
+        refs.append(LayerRef(desc["digest"], diff_id, desc["mediaType"], desc["size"]))
     return ResolvedImage(ref=ref, name=name, source=source, config_bytes=config_bytes,
                          platform=platform, layers=refs, manifest_digest=manifest_digest)

@@ -8,7 +8,10 @@ chosen platform's); every manifest, index and config read is checked against its
 
 from __future__ import annotations
 
+import collections
+import errno
 import os
+import stat
 from typing import Any, BinaryIO, Protocol
 
 from fusebundle.errors import UserError
@@ -44,8 +47,31 @@ def read_limited(f: BinaryIO, limit: int, too_big: str) -> bytes:
     return data
 
 
+def is_blob(path: str) -> bool:
+    """True for a path under blobs/: those must be regular files, never links."""
+    return path.startswith("blobs/")
+
+
+def not_regular(what: str, kind: str) -> UserError:
+    """The one line for a blob that is a symlink, a FIFO, a directory, ..."""
+    return UserError(f"{what} is a {kind}, not a regular file (a layout's blobs must be)")
+
+
+def _kind(mode: int) -> str:
+    for test, word in ((stat.S_ISLNK, "symlink"), (stat.S_ISDIR, "directory"),
+                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return word
+    return "special file"
+
+
 class DirFiles:
-    """`Files` over a directory of the file system."""
+    """`Files` over a directory of the file system.
+
+    Blobs are taken only as regular files, never through a symlink (as go-containerregistry's
+    layout reader): a link could put any file the user can read into the store.
+    """
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -54,17 +80,39 @@ class DirFiles:
         return os.path.join(self.root, path)
 
     def exists(self, path: str) -> bool:
-        return os.path.isfile(self._path(path))
+        if not is_blob(path):
+            return os.path.isfile(self._path(path))
+        try:
+            mode = os.lstat(self._path(path)).st_mode
+        except OSError:
+            return False
+        if not stat.S_ISREG(mode):
+            raise not_regular(self._path(path), _kind(mode))
+        return True
 
     def read(self, path: str, limit: int = mf.MAX_METADATA) -> bytes:
         with self.open(path) as f:
             return read_limited(f, limit, f"{self._path(path)}: larger than {limit} bytes")
 
     def open(self, path: str) -> BinaryIO:
+        full = self._path(path)
+        if not is_blob(path):
+            try:
+                return open(full, "rb")
+            except OSError as e:
+                raise UserError(f"{full}: {e.strerror or e}") from None
         try:
-            return open(self._path(path), "rb")
+            # No link followed, and a FIFO put in the blob's place cannot block the open.
+            fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
-            raise UserError(f"{self._path(path)}: {e.strerror or e}") from None
+            if e.errno == errno.ELOOP:
+                raise not_regular(full, "symlink") from None
+            raise UserError(f"{full}: {e.strerror or e}") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise not_regular(full, _kind(mode))
+        return os.fdopen(fd, "rb")
 
 
 def blob_path(digest: str, what: str) -> str:
@@ -85,6 +133,39 @@ def _looks_like_reference(name: str) -> bool:
     return "/" in name or ":" in name or "@" in name
 
 
+class _Names:
+    """index.json's descriptors by the names of each matching rule, the first in index order
+    for each name, so that a lookup costs the same in a layout of ten images or 10,000 (each
+    name is normalised once, not once per lookup).
+
+    The rules, in order: the exact ref.name; ref.name normalised (when it looks like a
+    reference, not a bare tag); the containerd name normalised; the tag alone (ref.name), on
+    descriptors without a containerd name that is a reference.
+    """
+
+    def __init__(self, descriptors: list[dict[str, Any]]) -> None:
+        self.ref_name: dict[str, dict[str, Any]] = {}
+        self.normalised: dict[str, dict[str, Any]] = {}
+        self.containerd: dict[str, dict[str, Any]] = {}
+        self.tag: dict[str, list[dict[str, Any]]] = {}
+        for desc in descriptors:
+            annotations = desc.get("annotations")
+            annotations = annotations if isinstance(annotations, dict) else {}
+            ref_name = annotations.get(mf.REF_NAME)
+            ctr_name = annotations.get(mf.CONTAINERD_NAME)
+            ctr = reference.normalise(ctr_name) if isinstance(ctr_name, str) else None
+            if ctr is not None:
+                self.containerd.setdefault(ctr, desc)
+            if not isinstance(ref_name, str):
+                continue
+            self.ref_name.setdefault(ref_name, desc)
+            if _looks_like_reference(ref_name) and \
+                    (name := reference.normalise(ref_name)) is not None:
+                self.normalised.setdefault(name, desc)
+            if ctr is None:
+                self.tag.setdefault(ref_name, []).append(desc)
+
+
 class LayoutReader:
     """Resolves references in an OCI image layout read through `files`; `name` heads messages."""
 
@@ -92,6 +173,7 @@ class LayoutReader:
         self.files = files
         self.name = name
         self._index: dict[str, Any] | None = None
+        self._by_name: _Names | None = None
 
     # -- the layout ---------------------------------------------------------------------------
     def index(self) -> dict[str, Any]:
@@ -140,44 +222,36 @@ class LayoutReader:
         return NotFound(f"{self.name}: no image {ref} (it has: {shown})")
 
     # -- finding the descriptor ----------------------------------------------------------------
+    def _lookup(self) -> _Names:
+        """index.json's descriptors by each name a reference can match (built once)."""
+        if self._by_name is None:
+            self._by_name = _Names(self.index()["manifests"])
+        return self._by_name
+
     def find(self, ref: str, parsed: reference.Reference) -> dict[str, Any] | None:
         """The index.json descriptor `ref` (parsed: `parsed`) names, or None."""
-        top = self.index()["manifests"]
         if parsed.digest:
-            return self._by_digest(top, parsed.digest)
-        tiers: list[list[dict[str, Any]]] = [[], [], [], []]
-        for desc in top:
-            annotations = desc.get("annotations")
-            annotations = annotations if isinstance(annotations, dict) else {}
-            ref_name = annotations.get(mf.REF_NAME)
-            ctr_name = annotations.get(mf.CONTAINERD_NAME)
-            if ref_name == ref:
-                tiers[0].append(desc)
-            elif isinstance(ref_name, str) and _looks_like_reference(ref_name) and \
-                    reference.normalise(ref_name) == parsed.name:
-                tiers[1].append(desc)
-            elif isinstance(ctr_name, str) and reference.normalise(ctr_name) == parsed.name:
-                tiers[2].append(desc)
-            # The tag alone, as Docker >= 25 and skopeo write it, unless the descriptor's
-            # containerd name says it is another image with that tag.
-            elif ref_name == parsed.tag and (
-                    not isinstance(ctr_name, str) or reference.normalise(ctr_name) is None):
-                tiers[3].append(desc)
-        for n, tier in enumerate(tiers):
-            digests = {d["digest"] for d in tier}
-            if n == 3 and len(digests) > 1:
-                raise UserError(f"{self.name}: {ref}: the tag {parsed.tag!r} alone names "
-                                f"{len(digests)} different images; name it in full")
-            if tier:
-                return tier[0]
-        return None
+            return self._by_digest(self.index()["manifests"], parsed.digest)
+        names = self._lookup()
+        for tier, key in ((names.ref_name, ref), (names.normalised, parsed.name),
+                          (names.containerd, parsed.name)):
+            if key in tier:
+                return tier[key]
+        # The tag alone, as Docker >= 25 and skopeo write it, unless the descriptor's
+        # containerd name says it is another image with that tag.
+        tagged = names.tag.get(parsed.tag, [])
+        digests = {d["digest"] for d in tagged}
+        if len(digests) > 1:
+            raise UserError(f"{self.name}: {ref}: the tag {parsed.tag!r} alone names "
+                            f"{len(digests)} different images; name it in full")
+        return tagged[0] if tagged else None
 
     def _by_digest(self, top: list[dict[str, Any]], digest: str) -> dict[str, Any] | None:
         """A descriptor with `digest`: in index.json, else in the indexes it holds."""
-        queue = list(top)
+        queue = collections.deque(top)
         seen: set[str] = set()
         while queue:
-            desc = queue.pop(0)
+            desc = queue.popleft()
             if desc["digest"] == digest:
                 return desc
             if desc["mediaType"] not in mf.INDEX_TYPES or desc["digest"] in seen:
@@ -196,11 +270,14 @@ class LayoutReader:
         path = blob_path(digest, what)
         if not self.files.exists(path):
             raise UserError(f"{what}: {kind} blob {digest} is missing from the layout")
-        size = desc.get("size", -1)
+        size = desc["size"]
         if size > mf.MAX_METADATA:
             raise UserError(f"{what}: {kind} {digest} is {size} bytes, too big for a {kind}")
-        data = self.files.read(path, mf.MAX_METADATA)
-        return mf.verify(data, digest, f"{what} ({kind})")
+        data = mf.verify(self.files.read(path, mf.MAX_METADATA), digest, f"{what} ({kind})")
+        if len(data) != size:
+            raise UserError(f"{what}: {kind} blob {digest} is {len(data)} bytes, its "
+                            f"descriptor says {size}")
+        return data
 
     def resolve(self, ref: str, platform: Platform) -> ResolvedImage:
         """The image `ref` names, for `platform`; NotFound if the layout does not have it."""

@@ -24,6 +24,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fusebundle.errors import UserError
+from fusebundle.sources import jsondoc
+from fusebundle.sources.netbounds import TOKEN_MAX, TOKEN_WINDOW, Deadline, httpx_module
 
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # where docker keeps docker.io's credentials
 _HELPER_TIMEOUT = 30.0
@@ -100,8 +102,9 @@ class DockerConfig:
                     doc = json.load(f)
             except FileNotFoundError:
                 doc = {}
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, RecursionError) as e:
                 # The error text of json could quote the file, which holds secrets: name it only.
+                # (RecursionError: nested deeper than the decoder goes.)
                 raise RegistryError(f"docker config {path}: unreadable ({type(e).__name__})"
                                     ) from None
             self._doc = doc if isinstance(doc, dict) else {}
@@ -164,7 +167,7 @@ def _run_helper(name: str, server: str) -> Credentials | None:
     try:
         doc = json.loads(done.stdout)
         user, secret = str(doc.get("Username") or ""), str(doc.get("Secret") or "")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         raise RegistryError(f"credential helper {program}: its answer is not JSON") from None
     if not secret:
         return None
@@ -262,13 +265,18 @@ class Authenticator:
             query["service"] = params["service"]
         used = "with credentials" if creds is not None else "anonymously"
         client = client_for(parts.netloc)
+        deadline = Deadline(TOKEN_WINDOW)
         if creds is not None and creds.identity_token:
             form = dict(query, grant_type="refresh_token", refresh_token=creds.identity_token,
                         client_id="fusebundle")
-            response = client.post(realm, data=form)
+            request = client.build_request("POST", realm, data=form,
+                                           timeout=_timeout(deadline))
         else:
             auth_header = {"Authorization": creds.basic()} if creds and creds.password else {}
-            response = client.get(realm, params=query, headers=auth_header)
+            request = client.build_request("GET", realm, params=query, headers=auth_header,
+                                           timeout=_timeout(deadline))
+        body, response = _token_exchange(client, request, deadline,
+                                         f"{where}: the token service {parts.netloc}")
         if response.status_code in (401, 403):
             raise Denied(f"{where}: the token service {parts.netloc} refused a pull token "
                          f"(HTTP {response.status_code}, asked {used}"
@@ -276,17 +284,69 @@ class Authenticator:
         if response.status_code != 200:
             raise RegistryError(f"{where}: the token service {parts.netloc} answered HTTP "
                                 f"{response.status_code}")
-        try:
-            doc = response.json()
-            token = doc.get("token") or doc.get("access_token")
-            lifetime = int(doc.get("expires_in") or _TOKEN_LIFETIME)
-        except (ValueError, AttributeError, TypeError):
-            token, lifetime = None, 0
-        if not isinstance(token, str) or not token:
+        token, lifetime = token_answer(body, f"{where}: the token service "
+                                             f"{parts.netloc}'s answer")
+        if not token:
             raise RegistryError(f"{where}: the token service {parts.netloc} sent no token")
         self._secrets.add(token)
         # Renew a little early: a token that expires between check and use costs a 401 round.
         return _Grant(f"Bearer {token}", time.monotonic() + max(lifetime - 10, 1))
+
+
+def token_answer(body: bytes, what: str) -> tuple[str, int]:
+    """The token and its lifetime in seconds from a token service's answer ("" if it has none).
+
+    Typed as distribution's token client decodes it: token and access_token are strings,
+    expires_in a Go int (an integer of 64 bits; 0 or absent means the spec's default).
+    """
+    try:
+        doc = jsondoc.parse(body, what)
+    except jsondoc.TooDeep as e:
+        raise RegistryError(str(e)) from None
+    except UserError:
+        return "", 0  # not JSON at all: "sent no token", as before
+    if not isinstance(doc, dict):
+        return "", 0
+    fields = jsondoc.Fields(doc, what)
+    try:
+        token = fields.string("token") or fields.string("access_token")
+        lifetime = fields.integer("expires_in", -jsondoc.INT64_MAX - 1, jsondoc.INT64_MAX)
+    except UserError as e:
+        raise RegistryError(str(e)) from None
+    return token, lifetime or _TOKEN_LIFETIME
+
+
+def _timeout(deadline: Deadline) -> Any:
+    """httpx timeouts that end no later than DEADLINE."""
+    httpx = httpx_module()
+
+    return httpx.Timeout(deadline.left())
+
+
+def _token_exchange(client: Any, request: Any, deadline: Deadline,
+                    where: str) -> tuple[bytes, Any]:
+    """(body, response) of a token request, within DEADLINE and TOKEN_MAX bytes.
+
+    The body is read only from a 200 answer (b"" otherwise); the response comes back closed.
+    """
+    httpx = httpx_module()
+
+    data = bytearray()
+    try:
+        response = client.send(request, stream=True)
+        try:
+            for chunk in response.iter_bytes() if response.status_code == 200 else ():
+                data += chunk
+                if len(data) > TOKEN_MAX:
+                    raise RegistryError(f"{where}: its answer is bigger than {TOKEN_MAX} "
+                                        "bytes (a token is a few KiB)")
+                if deadline.passed():  # a drip: each read is quick, the whole is not
+                    raise httpx.ReadTimeout("answer too slow")
+        finally:
+            response.close()
+    except httpx.TimeoutException:
+        raise RegistryError(f"{where}: no complete answer within {deadline.shown()}") from None
+    return bytes(data), response
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:

@@ -204,12 +204,15 @@ class Store:
                progress: Callable[[int], None] | None, path: str) -> None:
         where = f"image {what}: layer {layer.digest}"
         hex_ = os.path.basename(path)[: -len(".tar")]
-        placed = False
+        placed = False  # the temp is 0600: unverified bytes are for no one else to read
         try:
-            with atomic_file(path, TempName(f".{hex_}."), 0o644) as t:
+            with atomic_file(path, TempName(f".{hex_}.")) as t:
                 try:
                     with open_blob() as src:
-                        got = unpack(src, t.fd, progress)
+                        if layer.size < 0:  # only from a record older than sizes being required
+                            raise BadLayer(f"{where}: its descriptor gives no size; pull the "
+                                           "image again (--pull)")
+                        got = unpack(src, t.fd, progress, limit=layer.size)
                 except ReadError as e:
                     raise BadLayer(f"{where}: {e}") from None
                 except WriteError as e:
@@ -219,6 +222,7 @@ class Store:
                 problem = _verdict(layer, got)
                 if problem:
                     raise BadLayer(f"{where}: {problem}")
+                os.fchmod(t.fd, 0o644)  # its digests are right: readable as every stored layer is
                 os.fsync(t.fd)
                 testhook.stop_at("layer-written")
                 try:
@@ -508,10 +512,16 @@ class Store:
 def _verdict(layer: LayerRef, got: Outcome) -> str:
     """What is wrong with a blob that was read to its end, most fundamental first; "" if
     nothing is."""
+    if got.longer:  # containerd: "unexpected commit size"
+        return (f"unexpected blob size: longer than the {layer.size} bytes its descriptor "
+                "says (read no further)")
     if got.blob_digest != layer.digest:
         sizes = (f" ({got.blob_size} bytes, the manifest says {layer.size})"
                  if layer.size >= 0 and layer.size != got.blob_size else "")
         return f"blob digest mismatch: its bytes hash to {got.blob_digest}{sizes}"
+    if layer.size >= 0 and got.blob_size != layer.size:
+        return (f"unexpected blob size: {got.blob_size} bytes, its descriptor says "
+                f"{layer.size}")
     if got.problem:
         return got.problem
     if got.tar_digest != layer.diff_id:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusebundle.atomic import TempName, atomic_file
+from fusebundle.errors import UserError
+from fusebundle.sources import jsondoc
 from fusebundle.sources.base import LayerRef, ResolvedImage
 
 VERSION = 1
@@ -76,21 +78,28 @@ def _str(doc: dict[str, Any], key: str) -> str:
 def decode(data: bytes, path: str) -> ImageRecord:
     """Parse and check a record; BadRecord says what is wrong with it."""
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeError) as e:
-        raise BadRecord(f"not JSON ({e})") from None
-    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+        doc = jsondoc.parse(data, "record", "not JSON")
+    except UserError as e:
+        raise BadRecord(str(e).removeprefix("record: ")) from None
+    if not isinstance(doc, dict) or type(doc.get("version")) is not int or \
+            doc["version"] != VERSION:
         raise BadRecord("not a version 1 image record")
     name, platform = _str(doc, "name"), _str(doc, "platform")
     if os.path.basename(path) != file_name(name, platform):
         raise BadRecord(f"its file name does not match {name} {platform}")
     try:
         config = base64.b64decode(_str(doc, "config"), validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: a str that is not ASCII
         raise BadRecord("'config' is not base64") from None
     want = _str(doc, "configDigest")
     if "sha256:" + hashlib.sha256(config).hexdigest() != want:
         raise BadRecord(f"the config does not match its digest {want}")
+    try:
+        # Checked as it was when the image was resolved: a record that passes here never
+        # fails a command later.
+        jsondoc.image_container_config(config, "its config")
+    except UserError as e:
+        raise BadRecord(str(e)) from None
     layers = doc.get("layers")
     if not isinstance(layers, list):
         raise BadRecord("'layers' is not a list")

@@ -21,7 +21,12 @@ from isal import isal_zlib
 
 CHUNK = 1 << 20  # blob bytes per read
 MAX_OUT = 8 << 20  # tar bytes per igzip call, so a gzip bomb cannot take all memory at once
-ZSTD_SLICE = 128 << 10  # zstd has no output limit per call; smaller inputs bound it somewhat
+# A zstd block decodes to at most 128 KiB (RFC 8878, Block_Maximum_Size): this many blocks per
+# call keep zstd's output per call within MAX_OUT too.
+ZSTD_BLOCKS_PER_CALL = MAX_OUT // (128 << 10)
+# libzstd's default ceiling on a frame's window (ZSTD_WINDOWLOG_LIMIT_DEFAULT = 27), which
+# zstd(1) applies unless given --long or --memory: the decoder's memory is bounded by it.
+ZSTD_MAX_WINDOW = 1 << 27
 QUEUE_DEPTH = 8
 THREADED = (os.cpu_count() or 1) > 1  # a second thread only pays with a second core
 
@@ -138,32 +143,139 @@ class _Gunzip(_Members):
         return d.unused_data if d.eof else None
 
 
+class _FrameWalk:
+    """Follows one zstd frame's layout (RFC 8878, section 3.1) across reads, to tell where its
+    blocks end: libzstd decodes, this only chooses how much input to give it per call.
+
+    A block decodes to at most 128 KiB whatever its size on the wire (4 bytes for an RLE
+    block), so giving the decoder input in which at most ZSTD_BLOCKS_PER_CALL blocks end bounds
+    each call's output.  On input that breaks the format libzstd raises; the walk just goes on.
+    """
+
+    def __init__(self) -> None:
+        self._head = bytearray()  # bytes of the header being read
+        self._want = 5  # header bytes needed: the magic and the frame header descriptor first
+        self._state = "frame"  # frame, frame-header, skippable, block, content, checksum, end
+        self._body = 0  # bytes to pass before the next header (content, checksum, skipped)
+        self._checksum = False
+        self._last = False
+
+    def cut(self, data: memoryview, blocks: int) -> int:
+        """How many bytes of `data` (> 0 if any) to decode so that at most `blocks` blocks
+        end in them; StreamError if the frame's window is too large."""
+        pos, n = 0, len(data)
+        while pos < n and self._state != "end":
+            if self._body:
+                step = min(self._body, n - pos)
+                pos += step
+                self._body -= step
+                if self._body == 0 and self._after_body():
+                    blocks -= 1
+                    if blocks == 0:
+                        return pos
+                continue
+            piece = data[pos : pos + self._want - len(self._head)]
+            self._head += piece
+            pos += len(piece)
+            if len(self._head) == self._want and self._header():
+                blocks -= 1
+                if blocks == 0:
+                    return pos
+        return n
+
+    def _after_body(self) -> bool:
+        """At the end of what `_body` counted; True if a block ended."""
+        if self._state != "content":
+            self._state = "end"  # a checksum or a skippable frame's payload
+            return False
+        self._next_block()
+        return True
+
+    def _next_block(self) -> None:
+        if not self._last:
+            self._state, self._want = "block", 3
+        elif self._checksum:
+            self._state, self._body = "checksum", 4
+        else:
+            self._state = "end"
+
+    def _header(self) -> bool:
+        """A header is complete: read it; True if it was a block's header and the block
+        (having no content bytes) ended with it."""
+        head, self._head = bytes(self._head), bytearray()
+        if self._state == "frame":
+            if head[:4] != ZSTD_MAGIC:  # a skippable frame: its size follows the magic
+                self._state, self._want, self._head = "skippable", 8, bytearray(head)
+                return False
+            fhd = head[4]
+            single, did, fcs = fhd >> 5 & 1, fhd & 3, fhd >> 6
+            self._checksum = bool(fhd >> 2 & 1)
+            self._want = (5 + (1 - single) + (0, 1, 2, 4)[did]
+                          + ((single, 2, 4, 8)[fcs]))
+            self._state, self._head = "frame-header", bytearray(head)
+            return False
+        if self._state == "skippable":
+            self._state, self._body = "skippable", int.from_bytes(head[4:8], "little")
+            if not self._body:
+                self._state = "end"
+            return False
+        if self._state == "frame-header":
+            _check_window(head)
+            self._state, self._want = "block", 3
+            return False
+        # A block header: bit 0 last, bits 1-2 type (1 = RLE: one byte of content), size.
+        h = int.from_bytes(head, "little")
+        self._last = bool(h & 1)
+        self._state, self._body = "content", 1 if h >> 1 & 3 == 1 else h >> 3
+        if self._body:
+            return False
+        self._next_block()
+        return True
+
+
+def _check_window(header: bytes) -> None:
+    """Refuse a frame whose window (what the decoder must keep in memory) is too large."""
+    fhd = header[4]
+    if fhd >> 5 & 1:  # single segment: the window is the content size, stored last
+        size = (1, 2, 4, 8)[fhd >> 6]
+        window = int.from_bytes(header[-size:], "little") + (256 if size == 2 else 0)
+    else:
+        descriptor = header[5]
+        base = 1 << (10 + (descriptor >> 3))
+        window = base + base // 8 * (descriptor & 7)
+    if window > ZSTD_MAX_WINDOW:
+        raise StreamError(f"a zstd frame needs a {window}-byte window, more than the "
+                          f"{ZSTD_MAX_WINDOW} bytes (128 MiB) zstd allows by default")
+
+
 class _Unzstd(_Members):
     kind = "zstd"
     magic_len = 4
 
     def __init__(self) -> None:
         super().__init__()
-        self._dctx = zstandard.ZstdDecompressor()
+        self._dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
 
     def _starts_member(self, head: bytes) -> bool:
         return _zstd_frame_start(head)
 
     def _new(self) -> Any:
-        return self._dctx.decompressobj()
+        return self._dctx.decompressobj(), _FrameWalk()
 
     def _decode(self, member: Any, data: bytes) -> Generator[bytes, None, bytes | None]:
-        d = member
+        d, walk = member
         view = memoryview(data)
-        for i in range(0, len(view), ZSTD_SLICE):
+        while view:
+            n = walk.cut(view, ZSTD_BLOCKS_PER_CALL)
             try:
-                out = d.decompress(view[i : i + ZSTD_SLICE])
+                out = d.decompress(view[:n])
             except zstandard.ZstdError as e:
                 raise StreamError(f"corrupt zstd data ({e})") from None
             if out:
                 yield out
             if d.eof:
-                return d.unused_data + bytes(view[i + ZSTD_SLICE :])
+                return bytes(d.unused_data) + bytes(view[n:])
+            view = view[n:]
         return None
 
 
@@ -189,6 +301,7 @@ class Outcome:
     tar_digest: str  # of the bytes written (meaningless when `problem` is set)
     tar_size: int
     problem: str  # "" when the blob decoded cleanly
+    longer: bool = False  # reading stopped past the limit: the blob is longer than that
 
 
 class _Sink:
@@ -249,15 +362,23 @@ def _read(src: BinaryIO, n: int) -> bytes:
 
 
 def unpack(src: BinaryIO, out_fd: int, progress: Callable[[int], None] | None = None,
-           threaded: bool = THREADED) -> Outcome:
+           threaded: bool = THREADED, limit: int | None = None) -> Outcome:
     """Read `src` to its end once, writing the tar it holds to `out_fd`.
 
     Raises ReadError if reading fails, WriteError if writing does; a blob that does not decode
     is read to its end anyway (so its digest can be reported first) and named in `problem`.
+    With a `limit`, reading stops at limit + 1 bytes and `longer` says the blob went on.
     """
+    size = 0
+
+    def more() -> bytes:
+        want = CHUNK if limit is None else min(CHUNK, limit + 1 - size)
+        return _read(src, want) if want > 0 else b""
+
     head = b""
-    while len(head) < 4 and (more := _read(src, CHUNK)):
-        head += more
+    while len(head) < 4 and (piece := more()):
+        head += piece
+        size += len(piece)
     compression = sniff(head)
     decoder = _decoder(compression)
     plain = compression == "tar"
@@ -267,6 +388,8 @@ def unpack(src: BinaryIO, out_fd: int, progress: Callable[[int], None] | None = 
         data = head
         while data:
             size += len(data)
+            if limit is not None and size > limit:
+                break  # the blob is longer than it may be: no byte past the limit is used
             if problem:
                 sink.put(_RAW, data)
             elif plain:
@@ -285,8 +408,8 @@ def unpack(src: BinaryIO, out_fd: int, progress: Callable[[int], None] | None = 
             if progress is not None and size - done >= CHUNK:
                 progress(size)
                 done = size
-            data = _read(src, CHUNK)
-        if not problem:
+            data = more()
+        if not problem and (limit is None or size <= limit):
             try:
                 decoder.finish()
             except StreamError as e:
@@ -302,4 +425,5 @@ def unpack(src: BinaryIO, out_fd: int, progress: Callable[[int], None] | None = 
         progress(size)
     blob = "sha256:" + sink.blob_hash.hexdigest()
     tar = blob if plain else "sha256:" + sink.tar_hash.hexdigest()
-    return Outcome(compression, blob, size, tar, tar_size, problem)
+    return Outcome(compression, blob, size, tar, tar_size, problem,
+                   limit is not None and size > limit)

@@ -9,6 +9,7 @@ to a second server.  Every request is logged with its headers, for the tests to 
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import io
@@ -19,6 +20,7 @@ import socket
 import ssl
 import tarfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -121,14 +123,22 @@ class FakeRegistry:
     # Per-path queues of misbehaviours, consumed one per request: "429:SECONDS", "500",
     # "drop:N" (send N bytes of a blob, then cut the connection), "norange" (serve 200 to a
     # Range request), "short:N" (declare and send only N bytes), "flip" (one byte changed),
-    # "redirect" (307 to the storage server).
+    # "redirect" (307 to the storage server), "drip" (the whole length declared, then one
+    # byte every `drip_every` seconds for as long as the client listens).
     plan: dict[str, list[str]] = field(default_factory=dict)
+    drip_every: float = 1.0
+    # How the token service misbehaves: "" (not), "huge" (a 256 MiB answer, Content-Length
+    # given), "endless" (a chunked answer that never ends), "silent" (never a byte).
+    token_fault: str = ""
     bad_digest_header: bool = False  # Docker-Content-Digest that is not the body's
     storage: FakeRegistry | None = None  # where "redirect" sends blobs
     log: list[Seen] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)  # token -> scope
     server: ThreadingHTTPServer | None = None
     tls: tuple[str, str] | None = None  # (certificate file, key file): serve HTTPS only
+    # The token service's answer as bytes, given the token it issued (a hostile answer);
+    # None for the usual {"token": ..., "expires_in": 300}.
+    token_answer: Callable[[str], bytes] | None = None
 
     # -- content ---------------------------------------------------------------------------
     def put(self, repo: str, tag: str, image: Image) -> None:
@@ -226,6 +236,8 @@ def _handler_for(reg: FakeRegistry) -> type[BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             path = url.path
             if path == "/token":
+                if reg.token_fault:
+                    return self._bad_token(reg.token_fault)
                 return self._token(parse_qs(url.query))
             if path == "/v2/" or path == "/v2":
                 if not self._authorized(""):
@@ -246,7 +258,7 @@ def _handler_for(reg: FakeRegistry) -> type[BaseHTTPRequestHandler]:
                 return self._error(int(action[:3]), "UNAVAILABLE")
             if "digest" in m.groupdict():
                 return self._blob(m.group("digest"), action)
-            return self._manifest(repo, m.group("ref"))
+            return self._manifest(repo, m.group("ref"), action)
 
         def _record(self) -> None:
             headers = {k.lower(): v for k, v in self.headers.items()}
@@ -262,8 +274,35 @@ def _handler_for(reg: FakeRegistry) -> type[BaseHTTPRequestHandler]:
             elif not reg.anonymous_pull:
                 return self._error(401, "UNAUTHORIZED")
             token = self._issue(query.get("scope", [""])[0])
-            self._reply(200, json.dumps({"token": token, "expires_in": 300}).encode(),
-                        {"Content-Type": "application/json"})
+            body = (reg.token_answer(token) if reg.token_answer is not None
+                    else json.dumps({"token": token, "expires_in": 300}).encode())
+            self._reply(200, body, {"Content-Type": "application/json"})
+
+        def _bad_token(self, fault: str) -> None:
+            """A token answer no client should hold whole or wait for, written as it goes."""
+            piece = b"A" * 65536
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if fault == "huge":
+                self.send_header("Content-Length", str(256 << 20))
+            elif fault == "endless":
+                self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                if fault == "huge":
+                    self.wfile.write(b'{"token": "' + piece[11:])
+                    for _ in range((256 << 20) // len(piece) - 1):
+                        self.wfile.write(piece)
+                elif fault == "endless":
+                    self.wfile.write(b"%x\r\n%s\r\n" % (11, b'{"token": "'))
+                    while True:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                else:
+                    self.wfile.flush()
+                    _hold(self.connection, 120)
+            except OSError:
+                pass  # the client hung up, as it should
 
         def _issue(self, scope: str) -> str:
             token = "tok-" + secrets.token_hex(16)
@@ -293,12 +332,18 @@ def _handler_for(reg: FakeRegistry) -> type[BaseHTTPRequestHandler]:
             self._error(401, "UNAUTHORIZED", {"WWW-Authenticate": challenge})
             return False
 
-        def _manifest(self, repo: str, ref: str) -> None:
+        def _manifest(self, repo: str, ref: str, action: str = "") -> None:
             found = reg.manifests.get((repo, ref))
             if found is None:
                 return self._error(404, "MANIFEST_UNKNOWN")
             media_type, body = found
             digest = sha256(body) if not reg.bad_digest_header else sha256(body + b"x")
+            if action == "drip":
+                self.send_response(200)
+                self.send_header("Content-Type", media_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                return self._drip(body)
             self._reply(200, body, {"Content-Type": media_type,
                                     "Docker-Content-Digest": digest})
 
@@ -328,6 +373,8 @@ def _handler_for(reg: FakeRegistry) -> type[BaseHTTPRequestHandler]:
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Docker-Content-Digest", digest)
             self.end_headers()
+            if action == "drip":
+                return self._drip(body)
             if action.startswith("drop:"):
                 self.wfile.write(body[:int(action[5:])])
                 self.wfile.flush()
@@ -336,4 +383,51 @@ def _handler_for(reg: FakeRegistry) -> type[BaseHTTPRequestHandler]:
                 return
             self.wfile.write(body)
 
+        def _drip(self, body: bytes) -> None:
+            self.close_connection = True
+            try:
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(reg.drip_every)
+            except OSError:
+                pass  # the client gave up, as it should
+
     return Handler
+
+
+def _hold(conn: socket.socket, seconds: float) -> None:
+    """Keep CONN open without a byte until the peer closes it or SECONDS pass."""
+    conn.settimeout(seconds)
+    with contextlib.suppress(OSError):
+        while conn.recv(65536):
+            pass
+
+
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1 and never sends a byte (a hung registry)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=_hold, args=(conn, 300), daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.sock.close()

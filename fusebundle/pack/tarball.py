@@ -1,21 +1,14 @@
-"""pack: render a view as one PAX tar, copying file data straight from the cached exports."""
+"""The tar writer: PAX headers as moby's archive writes them, file data copied straight from
+the sources (small files gathered in one buffer, sparse members with their holes as zeros)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
-import stat
-import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 
-from fusebundle import testhook
-from fusebundle.atomic import Temp, atomic_file
 from fusebundle.bundle.entry import Entry
-from fusebundle.bundle.view import View
 from fusebundle.errors import CorruptTar, UserError
 from fusebundle.tar.index import read_sparse
 
@@ -241,92 +234,3 @@ def write_entries(entries: Iterable[Entry], fd: int, seekable: bool,
     finally:
         w.close()
     return w.pos
-
-
-def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int], None]]
-         | None = None) -> int:
-    """Write the view to `out` (a path, or '-' for stdout) atomically; return bytes written."""
-    progress = None
-    if progress_factory is not None:
-        # A first pass over the indexes (no data) gives the total for the progress bar.
-        progress = progress_factory(sum(e.size for e in view.entries() if e.type == "f"))
-    return write(view.entries(), out, progress)
-
-
-def write(entries: Iterable[Entry], out: str,
-          progress: Callable[[int], None] | None = None) -> int:
-    """Write entries as one tar to `out` (a path, written atomically, or '-' for stdout, never
-    a terminal); return bytes written.  Every renderer of tars (pack, image export) ends here."""
-    if out == "-":
-        fd = sys.stdout.fileno()
-        if os.isatty(fd):
-            raise UserError("refusing to write a tar to a terminal; use -o FILE or a pipe")
-        sys.stdout.flush()
-        return write_entries(entries, fd, stat.S_ISREG(os.fstat(fd).st_mode), progress)
-    directory = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(directory):
-        raise UserError(f"{out}: directory {directory} does not exist")
-    if os.path.isdir(out):
-        raise UserError(f"{out}: is a directory")
-    prefix = "." + os.path.basename(out) + ".fusebundle-"
-    try:
-        _clean_dead_temps(directory, prefix)
-        temp = Temp(*_locked_temp(directory, prefix))
-    except OSError as e:
-        raise UserError(f"{out}: cannot create a file in {directory}: {e.strerror}") from None
-    try:
-        # The next pack to `out` removes the temporary file if even removing it fails here.
-        with atomic_file(out, temp) as t:
-            n = write_entries(entries, t.fd, True, progress)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(t.fd, 0o666 & ~umask)
-            testhook.stop_at("pack-write")
-        return n
-    except OSError as e:
-        raise UserError(f"{out}: write failed: {e.strerror or e}") from None
-
-
-def _locked_temp(directory: str, prefix: str) -> tuple[int, str]:
-    """A new temporary file for the output, under a name ending in .part only once it is locked:
-    the lock, held until the rename, tells a later pack that its writer is alive."""
-    fd, new = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".new")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        tmp = new.removesuffix(".new") + ".part"
-        os.rename(new, tmp)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(new)
-        raise
-    return fd, tmp
-
-
-NEW_STALE = 60.0  # seconds: a .new file is locked and renamed within microseconds of its birth
-
-
-def _clean_dead_temps(directory: str, prefix: str) -> None:
-    """Remove the temporary files of earlier packs to the same output whose writer died."""
-    now = time.time()
-    for n in os.listdir(directory):
-        if not n.startswith(prefix) or not n.endswith((".part", ".new")):
-            continue
-        path = os.path.join(directory, n)
-        if n.endswith(".new"):  # (killed between creating and locking it)
-            with contextlib.suppress(OSError):
-                if now - os.lstat(path).st_mtime < NEW_STALE:
-                    continue
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # a live pack is writing it
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        finally:
-            os.close(fd)
