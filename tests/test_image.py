@@ -65,6 +65,16 @@ def test_relative_paths_are_made_absolute_and_sources_follow_the_spec() -> None:
     assert refspec.parse("docker-daemon:x").sources(None) == ["docker"]
 
 
+def test_from_takes_skopeos_spellings_beside_the_old_ones() -> None:
+    from fusebundle.images.resolver import parse_spec
+    assert parse_spec("docker-daemon:") == parse_spec("docker") == ("docker", "")
+    assert parse_spec("docker://") == parse_spec("registry") == ("registry", "")
+    assert parse_spec("oci-archive:a.tar") == ("oci-archive", os.path.abspath("a.tar"))
+    assert parse_spec("oci:lay") == ("oci", os.path.abspath("lay"))
+    with pytest.raises(ConfigError, match="oci-archive:FILE"):
+        parse_spec("foo")
+
+
 @pytest.mark.parametrize("text", ["foo://x", "http://a/b", "docker-daemon:", "oci:", "docker://"])
 def test_bad_spellings_are_one_config_error(text: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -390,6 +400,14 @@ def test_bad_input_is_one_line_and_leaves_nothing(image: dict[str, Any], tmp_pat
     assert not (tmp_path / "out.tar").exists()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".out.tar")] == []
     _nothing_left(cache)
+
+
+def test_platform_is_asked_of_the_image(image: dict[str, Any], tmp_path: Path) -> None:
+    line = _one_line(run("image", "ls", "--platform", "linux/arm64", oci(image),
+                         cache=tmp_path / "c"))
+    assert "linux/amd64" in line and "linux/arm64" in line
+    ok = run("image", "ls", "--platform", "linux/amd64", oci(image), cache=tmp_path / "c")
+    assert ok.returncode == 0 and "/etc" in ok.stdout.splitlines()
 
 
 def test_unknown_transport_names_the_ones_there_are(tmp_path: Path) -> None:
