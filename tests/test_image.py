@@ -431,10 +431,13 @@ def test_export_to_a_terminal_is_refused(image: dict[str, Any], tmp_path: Path) 
 
 
 def test_broken_pipe_on_stdout_is_quiet(image: dict[str, Any], tmp_path: Path) -> None:
-    big = RootfsBuilder().file("big", os.urandom(1 << 20) * 8).tobytes()  # > any pipe buffer
-    write_oci_layout(tmp_path / "big", "fbtest/big:1", [big], {})
+    big = RootfsBuilder().file("big", os.urandom(1 << 20) * 8)  # > any pipe buffer
+    for n in range(4000):  # ~800 KB of ls lines, through print's buffer
+        big.file(f"f{n:04d}")
+    write_oci_layout(tmp_path / "big", "fbtest/big:1", [big.tobytes()], {})
     for args in (["image", "cat", f"oci:{tmp_path / 'big'}", "/big"],
-                 ["image", "export", f"oci:{tmp_path / 'big'}", "-o", "-"]):
+                 ["image", "export", f"oci:{tmp_path / 'big'}", "-o", "-"],
+                 ["image", "ls", "-R", "--json", f"oci:{tmp_path / 'big'}"]):
         p = subprocess.Popen([sys.executable, "-m", "fusebundle", *args],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              env=env_for(tmp_path / "c"))
