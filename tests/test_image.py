@@ -664,3 +664,19 @@ def test_ls_json_lines_are_json_whatever_the_name(name: bytes) -> None:
 
 
 TYPES_OF = {"l": "symlink", "d": "dir"}
+
+
+def test_listings_of_an_index_large_enough_to_be_mapped(tmp_path: Path) -> None:
+    b = RootfsBuilder().dir("a").dir("many")
+    for n in range(600):  # names past a page: the saved index's blob is used through mmap
+        b.file(f"many/file-with-a-long-name-{n:04d}", str(n))
+    b.dir("many/sub").file("many/sub/deep", "deep\n").dir("z").file("z/last", "z\n")
+    write_oci_layout(tmp_path / "lay", "fbtest/many:1", [b.tobytes()], {})
+    spelled, cache = f"oci:{tmp_path / 'lay'}", tmp_path / "c"
+    for _ in range(2):  # merged and saved, then loaded from the store
+        top = run("image", "ls", spelled, cache=cache)
+        assert top.stdout.splitlines() == ["/a", "/many", "/z"], top.stderr
+        many = run("image", "ls", spelled, "/many", cache=cache).stdout.splitlines()
+        assert len(many) == 601 and many[-1] == "/many/sub"
+        sub = run("image", "ls", "-R", spelled, "/many/sub", "/z", cache=cache).stdout
+        assert sub.splitlines() == ["/many/sub/deep", "/z/last"]

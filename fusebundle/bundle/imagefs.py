@@ -197,9 +197,11 @@ class ImageFS:
 
     def children(self, i: int) -> Iterator[int]:
         """The entries directly in directory i, in name order."""
-        depth = 0 if i == ROOT else self.idx.entry(i).name.count(b"/") + 1
+        skip = 0 if i == ROOT else len(self.idx.entry(i).name) + 1  # "parent/"
+        c = self.idx.columns()  # names from the column (bytes or a mapping): no entry made
+        names, ends = c.names, c.name_ends
         for j in self.subtree(i):
-            if self.idx.entry(j).name.count(b"/") == depth:
+            if names.find(b"/", (ends[j - 1] if j else 0) + skip, ends[j]) < 0:
                 yield j
 
     # -- content ------------------------------------------------------------------------------
