@@ -191,7 +191,7 @@ class ImageFS:
         other byte), so they are one run, found by bisection."""
         if i == ROOT:
             return range(len(self.idx))
-        key = self.idx.entry(i).name + _SEP
+        key = self.idx.entry(i).name.replace(b"/", _SEP) + _SEP
         keys = _Keys(self.idx)
         return range(bisect_left(keys, key, i + 1), bisect_left(keys, key[:-1] + b"\x01", i + 1))
 
