@@ -680,3 +680,8 @@ def test_listings_of_an_index_large_enough_to_be_mapped(tmp_path: Path) -> None:
         assert len(many) == 601 and many[-1] == "/many/sub"
         sub = run("image", "ls", "-R", spelled, "/many/sub", "/z", cache=cache).stdout
         assert sub.splitlines() == ["/many/sub/deep", "/z/last"]
+        out = tmp_path / "sub.tar"
+        assert run("image", "export", spelled, "/many/sub", "-o", out,
+                   cache=cache).returncode == 0
+        with tarfile.open(out) as t:
+            assert t.getnames() == ["many/sub", "many/sub/deep"]
