@@ -483,6 +483,38 @@ def test_docker_daemon_transport_gives_the_layers(tmp_path: Path, dockerd: Any, 
         want = _walk(umoci_rootfs(tmp_path / "layout", ref, tmp_path / "umoci"))
         assert _walk(untar(out, tmp_path / "ours")) == want
     assert list((cache_dir / "saves").iterdir()) == []  # the save is gone once stored
+    # the second oracle: `docker export` of a container, minus what docker adds to one (its
+    # init layer's paths; the mtimes of /dev and /etc it writes into), seconds for mtimes and
+    # no xattrs but security.capability, as it exports them
+    container = dockerd.client.containers.create(ref, command=["/bin/true"])
+    try:
+        exported = tmp_path / "docker-export.tar"
+        with open(exported, "wb") as f:
+            for chunk in container.export():
+                f.write(chunk)
+    finally:
+        container.remove(force=True)
+    assert _members(out, docker=True) == _members(exported, docker=True)
+
+
+DOCKER_MADE = {".dockerenv", "dev/console", "dev/pts", "dev/shm", "etc/hostname", "etc/hosts",
+               "etc/mtab", "etc/resolv.conf", "proc", "sys"}
+
+
+def _members(tar: Path, docker: bool = False) -> dict[str, tuple]:
+    """name -> (type, mode, owner, mtime, content, link, device) of a tar's members."""
+    out = {}
+    with tarfile.open(tar) as t:
+        for m in t.getmembers():
+            name = m.name.rstrip("/")
+            if docker and name in DOCKER_MADE:
+                continue
+            body = t.extractfile(m).read() if m.isreg() else None
+            mtime = None if docker and name in ("dev", "etc") else int(m.mtime)
+            out[name] = (m.type, m.mode & 0o7777, m.uid, m.gid, mtime,
+                         body and hashlib.sha256(body).hexdigest(), m.linkname,
+                         (m.devmajor, m.devminor) if m.ischr() or m.isblk() else None)
+    return out
 
 
 # ------------------------------------------------------------------------------ image mount
