@@ -181,6 +181,9 @@ def test_ls_paths_children_recursion_and_digest(image: dict[str, Any], tmp_path:
                          "/bin/tool"}
     want = hashlib.sha256(b"hello from the top layer\n").hexdigest()
     assert rows["/etc/motd"]["sha256"] == want and rows["/etc/abs"]["sha256"] is None
+    link = run("image", "ls", oci(image), "/etc/dirlink", cache=cache).stdout.splitlines()
+    through = run("image", "ls", oci(image), "/etc/dirlink/", cache=cache).stdout.splitlines()
+    assert link == ["/etc/dirlink"] and "/data/a3" in through and "/data/b" in through
     long = run("image", "ls", "-l", oci(image), "/data", cache=cache).stdout.splitlines()
     line = next(x for x in long if x.endswith("/data/b"))
     assert line.startswith("-rw-------") and f" 1:{image['diff_ids'][1][7:19]} " in line
