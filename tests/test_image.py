@@ -720,3 +720,16 @@ def test_listings_of_an_index_large_enough_to_be_mapped(tmp_path: Path) -> None:
                    cache=cache).returncode == 0
         with tarfile.open(out) as t:
             assert t.getnames() == ["many/sub", "many/sub/deep"]
+
+
+def test_prune_keeps_the_image_merge_of_a_recorded_image(image: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    assert run("image", "ls", oci(image), cache=cache).returncode == 0
+    (kept,) = (cache / "merged").glob("*.image.idx")
+    r = run("cache", "prune", "--cache-dir", cache, cache=cache)
+    assert r.returncode == 0 and kept.exists(), r.stdout
+    for record in (cache / "images").glob("*.json"):
+        record.unlink()  # no image uses it now: its layers and merge go
+    r = run("cache", "prune", "--cache-dir", cache, cache=cache)
+    assert f"removed merged index {kept}" in r.stdout and not kept.exists()
