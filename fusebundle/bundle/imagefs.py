@@ -23,7 +23,7 @@ from fusebundle.tar.index import IndexEntry, TarIndex, read_sparse
 # Symlinks followed in one lookup before it is called a loop: Linux's MAXSYMLINKS (40).
 MAX_HOPS = 40
 ROOT = -1  # the image's root directory: no entry of the index names it
-CHUNK = 1 << 20  # bytes read from a layer tar at a time
+CHUNK = 1 << 20  # bytes read from a layer tar at a time: pack's sparse copy reads as much
 _SEP = b"\x00"  # '/' as the walk order sorts it (flatten's)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from fusebundle.bundle.entry import Entry
-from fusebundle.bundle.imagefs import ROOT, ImageFS, PathError, Row, split
+from fusebundle.bundle.imagefs import CHUNK, ROOT, ImageFS, PathError, Row, split
 from fusebundle.bundle.view import build_view
 from fusebundle.cli.session import open_image, open_session
 from fusebundle.config.load import load_config
@@ -362,8 +362,8 @@ def _chunks(e: Any) -> Iterator[bytes]:
     if e.src is None or not e.size:
         return
     with open(e.src, "rb") as f:
-        for pos in range(0, e.size, 1 << 20):
-            n = min(1 << 20, e.size - pos)
+        for pos in range(0, e.size, CHUNK):
+            n = min(CHUNK, e.size - pos)
             if e.sparse is not None:
                 yield read_sparse(f.fileno(), e.offset, e.sparse, e.size, pos, n)
             else:

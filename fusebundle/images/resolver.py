@@ -184,6 +184,7 @@ class Resolver:
             try:
                 with atomic_file(path, TempName(f".{info.hex}.")) as t, \
                         os.fdopen(t.fd, "wb", closefd=False) as out:
+                    # 1 MiB chunks, as the session's layout tars read the same stream
                     for chunk in api.get_image(parse(ref).name, 1 << 20):
                         out.write(chunk)
             except OSError as e:
