@@ -16,21 +16,25 @@ from fusebundle.progress import enabled
 from fusebundle.sources.base import Platform
 
 
+def resolver(args: argparse.Namespace, sources: list[str] | None, **more: Any) -> Resolver:
+    """A resolver for the command's source flags (`sources`: its --from list, or None)."""
+    platform = Platform.parse(args.platform) if args.platform else Platform.host()
+    return Resolver(sources, args.cache_dir or default_cache_dir(),
+                    docker_host=args.docker_host, pull=args.pull,
+                    platform=platform, insecure=tuple(args.insecure_registry or ()),
+                    cert_dir=args.cert_dir,
+                    registry_mirrors=tuple(args.registry_mirror or ()),
+                    mirrors=tuple(args.mirror or ()),
+                    show_progress=enabled(args.quiet), **more)
+
+
 class _Session:
     """The sources, the store and the images of one command, created on demand."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.show_progress = enabled(args.quiet)
-        platform = Platform.parse(args.platform) if args.platform else Platform.host()
-        self.resolver = Resolver(args.sources, args.cache_dir or default_cache_dir(),
-                                 docker_host=args.docker_host, pull=args.pull,
-                                 platform=platform, insecure=tuple(args.insecure_registry or ()),
-                                 cert_dir=args.cert_dir,
-                                 registry_mirrors=tuple(args.registry_mirror or ()),
-                                 mirrors=tuple(args.mirror or ()),
-                                 show_progress=self.show_progress,
-                                 verify_layers=args.command == "pack")
+        self.resolver = resolver(args, args.sources, verify_layers=args.command == "pack")
         self.cache = self.resolver.cache
         self._images: dict[str, Any] = {}
 
@@ -60,17 +64,13 @@ def open_image(args: argparse.Namespace, text: str) -> LayeredImage:
     """The image `text` spells (skopeo's transports, or a name for --from or the default
     order), as layers: the engine's saved into the store rather than exported."""
     spec = refspec.parse(text)
-    platform = Platform.parse(args.platform) if args.platform else Platform.host()
     sources = spec.sources(args.sources)
-    resolver = Resolver(sources, args.cache_dir or default_cache_dir(),
-                        docker_host=args.docker_host, pull=args.pull, platform=platform,
-                        insecure=tuple(args.insecure_registry or ()),
-                        show_progress=enabled(args.quiet), engine_layers=True)
+    found = resolver(args, sources, engine_layers=True)
     ref = spec.name
     if not ref:  # oci:DIR, oci-archive:FILE, docker-archive:FILE: the one image there
         assert sources is not None
-        ref = resolver.sole_ref(*parse_spec(sources[0]))
-    handle = resolver.resolve(ref)
+        ref = found.sole_ref(*parse_spec(sources[0]))
+    handle = found.resolve(ref)
     assert isinstance(handle, LayeredImage)  # engine_layers: the engine's too
     return handle
 
