@@ -224,6 +224,8 @@ def test_every_file_transport_gives_the_same_image(image: dict[str, Any], tmp_pa
                                  f"docker-archive:{image['save']}:{REF}"]):
         got = ls_json(spelled, "-R", cache=tmp_path / f"c{n + 1}")
         assert got == want, spelled
+    line = _one_line(run("image", "ls", f"oci-archive:{archive}:nope", cache=tmp_path / "c8"))
+    assert "no image nope (it has: t)" in line
     # a bare name goes to --from, in skopeo's spelling or the old one
     for source in (f"oci:{image['layout']}", f"docker-archive:{image['save']}"):
         r = run("image", "cat", "--from", source, REF, "/etc/motd", cache=tmp_path / "c9")
