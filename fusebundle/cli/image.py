@@ -308,23 +308,34 @@ def _walk_key(name: bytes) -> bytes:
     return name.replace(b"/", b"\x00")  # the merged index's order ('/' below every byte)
 
 
-def _joined(a: TarIndex, b: TarIndex) -> Iterator[tuple[bytes, Any, Any]]:
-    """Two images' entries side by side: both indexes are in walk order, so one pass joins
-    them without a table of either."""
-    ia, ib = iter(a), iter(b)
-    ea, eb = next(ia, None), next(ib, None)
-    while ea is not None or eb is not None:
-        ka = None if ea is None else _walk_key(ea.name)
-        kb = None if eb is None else _walk_key(eb.name)
-        if kb is None or (ka is not None and ka < kb):
-            yield ea.name, ea, None
-            ea = next(ia, None)
-        elif ka is None or kb < ka:
-            yield eb.name, None, eb
-            eb = next(ib, None)
+def _joined(a: Any, b: Any) -> Iterator[tuple[bytes, Any, Any]]:
+    """Two images' entries side by side: both merged indexes are in walk order, so one pass
+    over their name columns joins them.  A name whose entry is the same header of the same
+    stored layer tar (same diff_id) on both sides is equal without making either entry."""
+    ca, cb = a.columns(), b.columns()
+    tar_of_b = {p: n for n, p in enumerate(b.layer_paths)}
+    same_tar = [tar_of_b.get(p, -1) for p in a.layer_paths]  # a's layer -> b's, or -1
+    src_a, src_b = a._srcs, b._srcs
+    hard = ord("h")
+    i = j = 0
+    while i < len(a) or j < len(b):
+        x = _name(ca, i) if i < len(a) else None
+        y = _name(cb, j) if j < len(b) else None
+        if x == y:
+            if not (ca.offsets[i] == cb.offsets[j] and ca.types[i] == cb.types[j] != hard
+                    and same_tar[src_a[i]] == src_b[j]):
+                yield x, a.entry(i), b.entry(j)
+            i, j = i + 1, j + 1
+        elif y is None or (x is not None and _walk_key(x) < _walk_key(y)):
+            yield x, a.entry(i), None
+            i += 1
         else:
-            yield ea.name, ea, eb
-            ea, eb = next(ia, None), next(ib, None)
+            yield y, None, b.entry(j)
+            j += 1
+
+
+def _name(c: Any, i: int) -> bytes:
+    return bytes(c.names[c.name_ends[i - 1] if i else 0 : c.name_ends[i]])
 
 
 def _pairs(a: Any, b: Any) -> Iterator[tuple[bytes, Any, Any]]:
