@@ -156,16 +156,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
     """fusebundle image ls: the entries at the paths, each with its layer."""
     handle = open_image(args, args.image)
     paths = [os.fsencode(p) for p in args.paths or ["/"]]
-    fs = ImageFS(handle)
-    if args.layer is not None:
+    fs = None if args.layer is not None else ImageFS(handle)  # --layer: no merge needed
+    if fs is None:
         rows = _layer_rows(handle, args.layer, paths, args.recursive)
     else:
         rows = _rows(fs, paths, args.recursive)
 
     def digest_of(row: Row) -> str | None:
-        if row.type not in "fh" or args.layer is not None and row.type == "h":
+        if row.type not in "fh" or fs is None and row.type == "h":
             return None
-        if args.layer is not None:
+        if fs is None:
             return _layer_digest(handle.layer_index(args.layer), row.path)
         i = fs.idx.find(row.path)
         return None if i is None else fs.sha256(i)
