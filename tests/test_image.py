@@ -196,6 +196,8 @@ def test_ls_layer_shows_that_layers_own_entries_with_whiteouts(image: dict[str, 
     assert "/etc/motd" not in rows and "/bin" not in rows
     assert {row["layer"] for row in rows.values()} == {1}
     assert {row["diff_id"] for row in rows.values()} == {image["diff_ids"][1]}
+    top = ls_json(oci(image), "--layer", "2", "--digest", "/etc/motd", cache=tmp_path / "c")
+    assert top["/etc/motd"]["sha256"] == hashlib.sha256(b"hello from the top layer\n").hexdigest()
 
 
 # ------------------------------------------------------------------------------ image cat
