@@ -221,9 +221,23 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line.  A command whose trailing list may follow its options
+    (`image ls IMAGE -l /etc /bin`) names that list in `more`: argparse alone stops the list
+    at the first option and calls what follows unrecognized."""
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    more = getattr(args, "more", None)
+    if extra and (more is None or any(x.startswith("-") and x != "-" for x in extra)):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        setattr(args, more, [*getattr(args, more), *extra])
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = parser().parse_args(argv)
+    args = parse(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.run(args))

@@ -62,7 +62,7 @@ def add_parsers(sub: Any, image_args: Callable[[argparse.ArgumentParser], None])
     ls.add_argument("--layer", type=int, metavar="N",
                     help="list layer N's own entries (0 = the bottom), whiteouts included")
     ls.add_argument("--digest", action="store_true", help="add each file's sha256")
-    ls.set_defaults(run=cmd_ls)
+    ls.set_defaults(run=cmd_ls, more="paths")
 
     cat = verbs.add_parser("cat", help="print files of an image",
                            description="Write the bytes of the files at PATHs to stdout. "
@@ -70,7 +70,7 @@ def add_parsers(sub: Any, image_args: Callable[[argparse.ArgumentParser], None])
     image_args(cat)
     cat.add_argument("image", metavar="IMAGE")
     cat.add_argument("paths", nargs="+", metavar="PATH")
-    cat.set_defaults(run=cmd_cat)
+    cat.set_defaults(run=cmd_cat, more="paths")
 
     ex = verbs.add_parser("export", help="write the image's filesystem (or a subtree) as a tar",
                           description="Write the image's filesystem, or the subtree at PATH, "
