@@ -1033,7 +1033,7 @@ TARGETS: list[tuple[str, str, str, Callable[[Row], bool]]] = [
      lambda r: _fb(r) <= _v(r, "docker pull")),
 ]
 
-TARGETS += bench_real.targets()
+TARGETS += bench_real.targets(_v)
 
 # The scale rows' own targets, where they differ from the default run's.
 SCALE_TARGETS: list[tuple[str, str, str, Callable[[Row], bool]]] = [

@@ -298,35 +298,31 @@ Row = dict[str, Any]
 Check = Callable[[Row], bool]
 
 
-def _num(r: Row, who: str) -> float:
-    v = r[who]
-    if not isinstance(v, float):
-        raise KeyError(who)
-    return v
+def _over_disk(k: float, num: Callable[[Row, str], float]) -> Check:
+    return lambda r: num(r, "fusebundle") <= k * num(r, "limit (disk)")
 
 
-def _over_disk(k: float) -> Check:
-    return lambda r: _num(r, "fusebundle") <= k * _num(r, "limit (disk)")
+def targets(num: Callable[[Row, str], float]) -> list[tuple[str, str, str, Check]]:
+    """Each real-image row's peer for the ratio, its goal as it reads, and the check.
 
-
-def targets() -> list[tuple[str, str, str, Check]]:
-    """Each real-image row's peer for the ratio, its goal as it reads, and the check."""
+    `num(row, peer)` is a peer's number in a row (a KeyError when it has none).
+    """
     out: list[tuple[str, str, str, Check]] = [
         ("real: layout -> tree, nothing cached (s)", "ratarmount",
          "<= 1/3 of ratarmount and of podman",
-         lambda r: _num(r, "fusebundle") <= min(_num(r, "ratarmount"), _num(r, "podman")) / 3),
+         lambda r: num(r, "fusebundle") <= min(num(r, "ratarmount"), num(r, "podman")) / 3),
     ]
     for state in STATES:
         for walk in WALKS:
             k = {"tar -cf": 3.0, "grep -r": 3.0, "find": 5.0}.get(walk)
             out.append((f"real: {walk} (s), {state}", "limit (disk)",
-                        f"<= {k:g}x local disk" if k else "", _over_disk(k or 0)))
+                        f"<= {k:g}x local disk" if k else "", _over_disk(k or 0, num)))
     for walk in WALKS:
         for state in ("1 busy loop", "2 busy loops"):
             out.append((f"real: {walk}, {state} / idle", "", "<= 1.5",
-                        lambda r: _num(r, "fusebundle") <= 1.5))
+                        lambda r: num(r, "fusebundle") <= 1.5))
         out.append((f"real: {walk}, preload on / off, worst state", "", "<= 1.0 (never slower)",
-                    lambda r: _num(r, "fusebundle") <= 1.0))
+                    lambda r: num(r, "fusebundle") <= 1.0))
     return out
 
 

@@ -375,3 +375,19 @@ def test_mount_without_the_right_to_mount_says_why_once(tmp_path, foreground) ->
     one_line(r, str(mnt), "mount failed: Operation not permitted", code=1)
     assert not os.path.ismount(mnt) and list(mnt.iterdir()) == []
     store_listable(tmp_path / "store")
+
+
+def test_a_refused_output_is_said_before_any_image_is_asked(tmp_path) -> None:
+    # The -o check comes before the images are fetched: an image no source has would
+    # otherwise be the line, after minutes of pulling when it is a real image.
+    cfg = tmp_path / "system.yml"
+    cfg.write_text("onboot:\n  - name: gone\n    image: fbtest/not-in-the-store:1\n")
+    (tmp_path / "d").mkdir()
+    r = run_fb(tmp_path / "store", "pack", "-q", "--from", "store", cfg, "-o", tmp_path / "d")
+    one_line(r, str(tmp_path / "d"), "is a directory", code=1)
+    r = run_fb(tmp_path / "store", "pack", "-q", "--from", "store", cfg, "-o",
+               tmp_path / "no-dir" / "out.tar")
+    one_line(r, "does not exist", code=1)
+    r = run_fb(tmp_path / "store", "pack", "-q", "--from", "store", cfg, "-o", tmp_path / "o.tar")
+    one_line(r, "fbtest/not-in-the-store:1")  # a good -o: the image is the problem
+    assert not (tmp_path / "o.tar").exists()

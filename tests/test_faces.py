@@ -12,7 +12,7 @@ import fusebundle
 
 FACES = {
     "fusebundle.cli": ["main"],
-    "fusebundle.pack": ["FORMATS", "pack", "write"],
+    "fusebundle.pack": ["FORMATS", "check_output", "pack", "write"],
     "fusebundle.fs": ["Operations", "Tree", "serve"],
     "fusebundle.bundle": ["Entry", "ImageFS", "View", "build_view", "directory", "image_view",
                           "regular"],
@@ -23,7 +23,7 @@ FACES = {
     "fusebundle.sources": ["TRANSPORTS", "ImageInfo", "LayerRef", "LayerSource", "NotFound",
                            "Options", "Platform", "ResolvedImage", "Transport"],
     "fusebundle.config": ["Config", "Container", "FileSpec", "Volume", "load_config"],
-    "fusebundle.tar": ["IndexEntry", "TarIndex", "open_index", "read_sparse"],
+    "fusebundle.tar": ["IndexEntry", "Stamp", "TarIndex", "open_index", "read_sparse"],
 }
 
 

@@ -737,3 +737,12 @@ def test_prune_keeps_the_image_merge_of_a_recorded_image(image: dict[str, Any],
         record.unlink()  # no image uses it now: its layers and merge go
     r = run("cache", "prune", "--cache-dir", cache, cache=cache)
     assert f"removed merged index {kept}" in r.stdout and not kept.exists()
+
+
+def test_export_refuses_a_bad_output_before_fetching(image: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    line = _one_line(run("image", "export", oci(image), "-o", tmp_path / "no" / "x.tar",
+                         cache=cache))
+    assert "does not exist" in line
+    assert not list(cache.glob("layers/sha256/*.tar"))  # said before any layer was fetched

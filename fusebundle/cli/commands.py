@@ -21,7 +21,7 @@ from fusebundle.config import runtime as oci
 from fusebundle.errors import UserError
 from fusebundle.images.layered import LayeredImage
 from fusebundle.images.resolver import SOURCES_HELP
-from fusebundle.pack import pack
+from fusebundle.pack import check_output, pack
 from fusebundle.pack.boot import refuse_stdout
 from fusebundle.progress import Bar
 
@@ -135,6 +135,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
     if args.format == "kernel+initrd" and not cfg.kernel.image:
         raise UserError("kernel+initrd needs a kernel: section with an image; the config has "
                         "none")
+    if args.format != "kernel+initrd":  # its -o is a prefix of three new files
+        check_output(args.output)
     view = build_view(cfg, session.resolve, share_by_id=args.share_by_id,
                       resolve_layout=session.resolve_layout)
     view.prepare()  # export and index everything before the output is opened

@@ -28,7 +28,7 @@ from fusebundle.cli.session import open_image, open_session
 from fusebundle.config.load import load_config
 from fusebundle.errors import UserError
 from fusebundle.images.refspec import SPELLINGS
-from fusebundle.pack import write
+from fusebundle.pack import check_output, write
 from fusebundle.tar.index import TarIndex, read_sparse
 
 TYPES = {"f": "file", "d": "dir", "l": "symlink", "h": "hardlink", "c": "char", "b": "block",
@@ -264,6 +264,9 @@ def cmd_cat(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ export
 def cmd_export(args: argparse.Namespace) -> int:
     """fusebundle image export: the image's filesystem (or a subtree) as one tar."""
+    check_output(args.output)  # a bad -o is said before the image is fetched, as pack does
+    if args.output == "-" and os.isatty(sys.stdout.fileno()):
+        raise UserError("refusing to write a tar to a terminal; use -o FILE or a pipe")
     fs = ImageFS(open_image(args, args.image))
     top = ROOT if args.path is None else fs.resolve(os.fsencode(args.path))
     write(fs.entries(top), args.output)

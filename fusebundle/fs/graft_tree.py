@@ -41,7 +41,7 @@ from fusebundle.fs.inode import (
     graft_ino,
 )
 from fusebundle.tar import colfile
-from fusebundle.tar.index import Blob, TarIndex
+from fusebundle.tar.index import Blob, Stamp, TarIndex
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,9 @@ class GraftTree:
             return self.idx.tar_path + ".tree-raw"
         return self.idx.tar_path + (".tree-init" if self.graft.resolv_link else ".tree")
 
-    def _stat_key(self) -> list[int]:
-        st = os.stat(self.idx.tar_path)
-        return [st.st_size, st.st_mtime_ns, st.st_ino, self.n]
+    def _key(self) -> list[int]:
+        """What the saved arrays are for: the tar's stamp and its entry count (a JSON list)."""
+        return [*Stamp.of_path(self.idx.tar_path), self.n]
 
     def _save(self) -> None:
         sections: list[colfile.Section] = [("types", "s", self.types), ("names", "s", self.names)]
@@ -115,7 +115,7 @@ class GraftTree:
         path = self._saved_path()
         try:
             # The index file may be missing (a merged index the store could not save).
-            meta = json.dumps({"stat": self._stat_key(), "root_entry": self.root_entry}).encode()
+            meta = json.dumps({"stat": self._key(), "root_entry": self.root_entry}).encode()
             colfile.write(path, _TREE_MAGIC, _TREE_FORMAT, meta, sections)
         except OSError as e:  # a read-only cache still works: the next mount builds again
             log.debug("%s: not saved: %s", path, e)
@@ -130,7 +130,7 @@ class GraftTree:
             if mapped is None:
                 return False
             head = json.loads(mapped.meta)
-            if head.get("stat") != self._stat_key() or not self.idx.verify_unchanged():
+            if head.get("stat") != self._key() or not self.idx.verify_unchanged():
                 return False
             types, names = mapped["types"], mapped["names"]
             arrays = [mapped[a] for a in self._ARRAYS]

@@ -26,7 +26,7 @@ from itertools import accumulate
 
 from fusebundle.errors import CorruptTar
 from fusebundle.tar import colfile
-from fusebundle.tar.index import _COLUMNS, DROP_EVERY_ENTRIES, IndexEntry, TarIndex
+from fusebundle.tar.index import _COLUMNS, DROP_EVERY_ENTRIES, IndexEntry, Stamp, TarIndex
 
 __all__ = ["MergedIndex", "merge"]
 
@@ -417,11 +417,6 @@ def _xattrs_out(attrs: dict[str, bytes], keep_all: bool, docker: bool = True
     return out
 
 
-def _stat_key(path: str) -> list[int]:
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
-
-
 # Saved columns, in file order: a layer index's, then which layer each entry's data is in,
 # then which layer gave the entry itself (its header; NO_LAYER if none did).
 _SAVED = (*_COLUMNS, ("_srcs", "H"), ("_from", "H"))
@@ -435,7 +430,7 @@ class MergedIndex(TarIndex):
     _srcs: array.array[int]
     _from: array.array[int]
     _layer_paths: list[str]
-    _layer_stats: list[list[int]]
+    _layer_stats: list[Stamp]
 
     def layer_of(self, i: int) -> int | None:
         """Which layer (0 = bottom) gave entry i: the topmost whose tar has a header for its
@@ -488,7 +483,7 @@ class MergedIndex(TarIndex):
     def verify_unchanged(self) -> bool:
         """True if every layer tar still has the size, mtime and inode it had when merged."""
         try:
-            return [_stat_key(p) for p in self._layer_paths] == self._layer_stats
+            return [Stamp.of_path(p) for p in self._layer_paths] == self._layer_stats
         except OSError:
             return False
 
@@ -520,12 +515,12 @@ class MergedIndex(TarIndex):
                 else:
                     hard[k] = seen
 
-        self = cls(path, (0, 0, 0))
+        self = cls(path, Stamp(0, 0, 0))
         self._names = b"".join(order).replace(_SEP, b"/")
         self._name_ends = array.array("q", accumulate(map(len, order)))
         del order
         self._layer_paths = [x.tar_path for x in m.layers]
-        self._layer_stats = [list(_stat_key_of(x)) for x in m.layers]
+        self._layer_stats = [x.stamp for x in m.layers]
 
         pick_ino = _getter(ino)
         pick_meta = pick_ino if meta is ino else _getter(meta)
@@ -680,7 +675,7 @@ class MergedIndex(TarIndex):
             if [x[0] for x in layers] != list(layer_paths):
                 return None
             try:
-                if any(_stat_key(x[0]) != x[1:] for x in layers):
+                if any(Stamp.of_path(x[0]) != tuple(x[1:]) for x in layers):
                     return None
             except OSError:
                 return None
@@ -694,10 +689,10 @@ class MergedIndex(TarIndex):
     def _from_mapped_sections(cls, path: str, head: dict, mapped: colfile.Mapped
                               ) -> MergedIndex:
         n = head["n"]
-        self = cls(path, (0, 0, 0))
+        self = cls(path, Stamp(0, 0, 0))
         self._adopt(mapped, _SAVED, n)
         self._layer_paths = [x[0] for x in head["layers"]]
-        self._layer_stats = [list(x[1:]) for x in head["layers"]]
+        self._layer_stats = [Stamp(*x[1:]) for x in head["layers"]]
         if n and max(self._srcs) >= len(self._layer_paths):
             raise ValueError("layer number out of range")
         return self
@@ -735,8 +730,5 @@ def _nonzero(a: Sequence[int]) -> bool:
     raw = a.tobytes()
     return raw.count(0) != len(raw)
 
-
-def _stat_key_of(idx: TarIndex) -> tuple[int, int, int]:
-    return idx._stat
 
 

@@ -16,10 +16,16 @@ from fusebundle.bundle.view import View
 from fusebundle.errors import UserError, shown
 from fusebundle.pack.boot import write_kernel_initrd
 from fusebundle.pack.cpio import write_cpio
-from fusebundle.pack.output import _output_target, _pack_to_stream, finish_temp, open_temp
+from fusebundle.pack.output import (
+    _output_target,
+    _pack_to_stream,
+    check_output,
+    finish_temp,
+    open_temp,
+)
 from fusebundle.pack.tarball import write_entries
 
-__all__ = ["FORMATS", "pack", "write"]
+__all__ = ["FORMATS", "check_output", "pack", "write"]
 
 FORMATS = ("tar", "cpio", "kernel+initrd")
 

@@ -15,6 +15,17 @@ from collections.abc import Callable, Iterable
 from fusebundle.bundle.entry import Entry
 from fusebundle.errors import UserError, shown
 
+
+def check_output(out: str) -> None:
+    """Refuse now an `out` that `pack` would refuse, before any image is fetched for it."""
+    if out == "-":
+        return
+    target = _output_target(out)
+    if target is not None and not os.path.isdir(os.path.dirname(os.path.abspath(target))):
+        raise UserError(f"{shown(out)}: directory "
+                        f"{shown(os.path.dirname(os.path.abspath(target)))} does not exist")
+
+
 # What -o may name, by the type of what is there: a regular file is replaced atomically, a
 # character device or FIFO is written into (GNU tar's choice: -o /dev/null, -o >(gzip >x)),
 # and anything else is refused rather than replaced (docker save refuses all of them).

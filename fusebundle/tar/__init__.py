@@ -6,6 +6,6 @@ may ask of us; `scan`: the one-pass scanner's hot loop; `index`: `IndexEntry` an
 blobs, used in place through mmap).
 """
 
-from fusebundle.tar.index import IndexEntry, TarIndex, open_index, read_sparse
+from fusebundle.tar.index import IndexEntry, Stamp, TarIndex, open_index, read_sparse
 
-__all__ = ["IndexEntry", "TarIndex", "open_index", "read_sparse"]
+__all__ = ["IndexEntry", "Stamp", "TarIndex", "open_index", "read_sparse"]

@@ -29,7 +29,7 @@ from fusebundle.tar.header import _Corrupt, read_sparse
 from fusebundle.tar.scan import _scan
 
 __all__ = [
-    "Columns", "IndexEntry", "TarIndex", "open_index", "read_sparse", "FORMAT_MAGIC",
+    "Columns", "IndexEntry", "Stamp", "TarIndex", "open_index", "read_sparse", "FORMAT_MAGIC",
     "FORMAT_VERSION",
 ]  # fmt: skip
 
@@ -95,8 +95,23 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
+class Stamp(NamedTuple):
+    """What says a file is still the one indexed: its size, mtime and inode (a stored tar never
+    changes; any of the three moving means the offsets may no longer hold)."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Stamp:
+        """The stamp of a stat result."""
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+    @classmethod
+    def of_path(cls, path: str) -> Stamp:
+        """The stamp of the file at `path` now (OSError if it cannot be stat'ed)."""
+        return cls.of(os.stat(path))
 
 
 def _encode_attrs(out: list[bytes], attrs: Mapping[str, bytes]) -> None:
@@ -236,7 +251,7 @@ class TarIndex:
     )  # fmt: skip
 
     tar_path: str
-    _stat: tuple[int, int, int]
+    _stat: Stamp
     _types: Blob
     _modes: Numbers
     _uids: Numbers
@@ -255,7 +270,7 @@ class TarIndex:
     _sparse: dict[int, array.array[int]]
     _by_name: dict[bytes, int] | None
 
-    def __init__(self, tar_path: str, stat_key: tuple[int, int, int]) -> None:
+    def __init__(self, tar_path: str, stat_key: Stamp) -> None:
         """Create an empty index; use :meth:`scan`, :meth:`load` or :func:`open_index`."""
         self.tar_path = tar_path
         self._stat = stat_key
@@ -383,10 +398,15 @@ class TarIndex:
             self._by_name = by_name
         return by_name.get(name)
 
+    @property
+    def stamp(self) -> Stamp:
+        """The tar's size, mtime and inode when it was indexed."""
+        return self._stat
+
     def verify_unchanged(self) -> bool:
         """True if the tar still has the size, mtime and inode it had when it was indexed."""
         try:
-            return _stat_key(os.stat(self.tar_path)) == self._stat
+            return Stamp.of_path(self.tar_path) == self._stat
         except OSError:
             return False
 
@@ -411,7 +431,7 @@ class TarIndex:
             except _Corrupt as exc:
                 what, offset = exc.args
                 raise CorruptTar(f"{tar_path}: {what} at offset {offset}") from None
-        self = cls(tar_path, _stat_key(st))
+        self = cls(tar_path, Stamp.of(st))
         n = len(cols.types)
         self._types = bytes(cols.types)
         self._modes, self._uids, self._gids = cols.modes, cols.uids, cols.gids
@@ -483,14 +503,14 @@ class TarIndex:
         if mapped is None:
             return None
         try:
-            return cls._from_mapped(mapped, tar_path, _stat_key(st))
+            return cls._from_mapped(mapped, tar_path, Stamp.of(st))
         except (ValueError, IndexError, KeyError, struct.error, OverflowError, UnicodeError) as e:
             log.warning("tar index %s: malformed (%s): rebuilt", index_path, e)
             return None
 
     @classmethod
     def _from_mapped(cls, mapped: colfile.Mapped, tar_path: str,
-                     stat_key: tuple[int, int, int]) -> TarIndex | None:
+                     stat_key: Stamp) -> TarIndex | None:
         size, mtime_ns, ino, n = _Meta.unpack(mapped.meta)
         if (size, mtime_ns, ino) != stat_key:
             return None  # the tar changed: a stale index, not a damaged one
