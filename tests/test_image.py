@@ -746,3 +746,15 @@ def test_export_refuses_a_bad_output_before_fetching(image: dict[str, Any],
                          cache=cache))
     assert "does not exist" in line
     assert not list(cache.glob("layers/sha256/*.tar"))  # said before any layer was fetched
+
+
+def test_the_one_image_of_a_layout_needs_no_name(image: dict[str, Any], tmp_path: Path) -> None:
+    lay = tmp_path / "unnamed"
+    write_oci_layout(lay, "x", [RootfsBuilder().file("hello", "hi\n").tobytes()], {})
+    index = json.loads((lay / "index.json").read_text())
+    del index["manifests"][0]["annotations"]  # as `skopeo copy IMAGE oci:DIR` leaves it
+    (lay / "index.json").write_text(json.dumps(index))
+    r = run("image", "cat", f"oci:{lay}", "/hello", cache=tmp_path / "c")
+    assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
+    doc = json.loads(run("image", "inspect", f"oci:{lay}", cache=tmp_path / "c").stdout)
+    assert doc["manifest_digest"] == index["manifests"][0]["digest"]

@@ -204,12 +204,13 @@ class LayoutReader:
 
     def sole_ref(self) -> str:
         """The name of the layout's one image (for `oci:DIR` with no REF); NotFound naming
-        what it holds when it holds several or one without a name."""
+        what it holds when it holds several (or none)."""
         have = self.available()
-        if len(self.index()["manifests"]) == 1 and have and not have[0].startswith("@"):
-            return have[0]
+        if len(self.index()["manifests"]) == 1 and have:
+            # An image without a name (skopeo copy ... oci:DIR) is found by its digest.
+            return have[0] if not have[0].startswith("@") else "unnamed" + have[0]
         shown = ", ".join(have[:_LISTED]) or "no images"
-        holds = "no named image" if len(have) <= 1 else f"{len(have)} images"
+        holds = "no image" if not have else f"{len(have)} images"
         raise NotFound(f"{self.name}: holds {holds}; name one as {self.name}:REF "
                        f"(it has: {shown})")
 
