@@ -279,6 +279,9 @@ class DockerArchive:
         if not self.manifest():
             raise UserError(f"{self.name}: not a docker save archive (no manifest.json "
                             "or index.json)")
+        if len(self.manifest()) == 1:  # untagged (docker save IMAGE-ID): nothing to name
+            raise NotFound(f"{self.name}: its one image has no tag to find it by (it has: "
+                           f"{tagged[0]}); save it by NAME:TAG")
         raise NotFound(f"{self.name}: holds {len(tagged)} images; name one as "
                        f"{self.name}:REF (it has: {', '.join(tagged)})")
 
