@@ -758,3 +758,19 @@ def test_the_one_image_of_a_layout_needs_no_name(image: dict[str, Any], tmp_path
     assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
     doc = json.loads(run("image", "inspect", f"oci:{lay}", cache=tmp_path / "c").stdout)
     assert doc["manifest_digest"] == index["manifests"][0]["digest"]
+
+
+def test_a_save_of_one_untagged_image_says_so(image: dict[str, Any], tmp_path: Path) -> None:
+    import io
+    out = tmp_path / "untagged.tar"
+    with tarfile.open(image["save"]) as src, tarfile.open(out, "w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read()
+            if m.name == "manifest.json":
+                doc = json.loads(data)
+                doc[0]["RepoTags"] = None  # as `docker save IMAGE-ID` writes it
+                data = json.dumps(doc).encode()
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    line = _one_line(run("image", "ls", f"docker-archive:{out}", cache=tmp_path / "c"))
+    assert "has no tag to find it by (it has: <untagged " in line
