@@ -364,6 +364,16 @@ def test_diff_of_a_config_and_an_image(image: dict[str, Any], tmp_path: Path) ->
     assert r.returncode == 1, r.stderr
     assert "- /containers/onboot/000-x/config.json" in r.stdout.splitlines()
     assert "+ /etc/motd" in r.stdout.splitlines()
+    other = tmp_path / "d.yml"
+    other.write_text(f"onboot:\n  - name: x\n    image: {REF}\n    readonly: true\n")
+    same = run("diff", "--from", f"oci:{image['layout']}", cfg, cfg, cache=tmp_path / "c")
+    assert (same.returncode, same.stdout) == (0, ""), same.stderr
+    two = run("diff", "--from", f"oci:{image['layout']}", "--json", cfg, other,
+              cache=tmp_path / "c")
+    got = {x["path"]: x["change"] for x in map(json.loads, two.stdout.splitlines())}
+    assert two.returncode == 1 and got["/containers/onboot/000-x/config.json"] == "changed"
+    assert got["/containers/onboot/000-x/lower/etc/motd"] == "removed"
+    assert got["/containers/onboot/000-x/rootfs/etc/motd"] == "added"
 
 
 # ------------------------------------------------------------------------------ bad input
