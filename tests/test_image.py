@@ -500,6 +500,10 @@ def test_docker_daemon_transport_gives_the_layers(tmp_path: Path, dockerd: Any, 
         want = _walk(umoci_rootfs(tmp_path / "layout", ref, tmp_path / "umoci"))
         assert _walk(untar(out, tmp_path / "ours")) == want
     assert list((cache_dir / "saves").iterdir()) == []  # the save is gone once stored
+    shutil.rmtree(cache_dir / "saves")
+    again = fb("image", "cat", f"docker-daemon:{ref}", "/etc/motd")
+    assert again.stdout == "hello from the top layer\n", again.stderr
+    assert not (cache_dir / "saves").exists()  # the same image ID: no second save
     # the second oracle: `docker export` of a container, minus what docker adds to one (its
     # init layer's paths; the mtimes of /dev and /etc it writes into), seconds for mtimes and
     # no xattrs but security.capability, as it exports them

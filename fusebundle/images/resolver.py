@@ -176,8 +176,17 @@ class Resolver:
         return LazyImage(info, self.cache, self.engine(), self.show_progress)
 
     def _engine_saved(self, ref: str, info: Any) -> LayeredImage:
-        """The engine's image as its layers: `docker save` to a temporary archive in the
-        cache, its layers stored, the archive removed."""
+        """The engine's image as its layers: from the store when it holds that image ID,
+        else `docker save` to a temporary archive in the cache, its layers stored, the
+        archive removed."""
+        stored = None if self.pull else self.store.find_image(parse(ref).name,
+                                                              str(self.platform))
+        if stored is not None and stored.config_digest == info.id:
+            self.store.hold(layer.diff_id for layer in stored.layers)
+            if all(self.store.has_layer(layer.diff_id) for layer in stored.layers):
+                stored.ref = ref
+                return LayeredImage(stored, None, self.store, self.cache, self.show_progress,
+                                    self.verify_layers)
         path = os.path.join(cache_subdir(self.cache_root, "saves"), info.hex + ".tar")
         api = self.engine().api
         try:
@@ -201,6 +210,7 @@ class Resolver:
                 os.unlink(path)
         image.source = "docker-daemon"
         handle.source = None  # every layer is in the store now
+        self.store.put_image(image)  # found by its ID next time: no second save
         return handle
 
     def _from_layers(self, ref: str, kind: str, arg: str) -> Any:
