@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from fusebundle.bundle.entry import Entry, directory, regular
 from fusebundle.config import metadata, schema
@@ -19,6 +18,7 @@ from fusebundle.config.load import Config, Container, FileSpec, Volume
 from fusebundle.config.schema import LABEL_KEY
 from fusebundle.errors import UserError, shown
 from fusebundle.images.flatten import PINNED_MTIME_NS
+from fusebundle.images.handle import ImageHandle
 from fusebundle.sources.base import ImageInfo
 from fusebundle.tar.index import IndexEntry, TarIndex
 
@@ -41,16 +41,6 @@ INIT_RESOLV_LINK = b"/run/resolvconf/resolv.conf"
 DOCKER_CREATED = frozenset({b".dockerenv", b"dev", b"dev/console", b"dev/pts", b"dev/shm",
                             b"etc", b"etc/hostname", b"etc/hosts", b"etc/mtab",
                             b"etc/resolv.conf", b"proc", b"sys"})
-
-class ImageHandle(Protocol):
-    """An image whose export can be indexed on demand."""
-
-    info: ImageInfo
-
-    def index(self) -> TarIndex: ...
-
-    def nested_index(self, name: bytes) -> TarIndex: ...
-
 
 @dataclass
 class Graft:

@@ -19,7 +19,6 @@ from fusebundle.cli import mount as mountcmd
 from fusebundle.cli.session import load_session
 from fusebundle.config import runtime as oci
 from fusebundle.errors import UserError
-from fusebundle.images.layered import LayeredImage
 from fusebundle.images.resolver import SOURCES_HELP
 from fusebundle.pack import check_output, pack
 from fusebundle.pack.boot import refuse_stdout
@@ -169,26 +168,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
     size = 0
     refs = config_images(cfg)
     for ref in refs:
-        handle = session.resolve(ref)
-        if isinstance(handle, LayeredImage):
-            source = handle.source.name if handle.source is not None else "store"
-            handle.index()
-            served_by = getattr(handle.source, "served_by", None)
-            if served_by is not None and served_by(ref, handle.image.name):
-                source += f" ({served_by(ref, handle.image.name)})"
-            f = handle.fetched
-            fetched += f.layers
-            present += f.present
-            size += f.bytes
-            print(f"{ref}: {handle.image.config_digest[:19]} {handle.image.platform} from "
-                  f"{source}: {f.layers} layers fetched, {f.present} already in the store")
-        else:
-            before = session.cache.exports
-            handle.index()
-            done = session.cache.exports - before
-            exported += done
-            print(f"{ref}: {handle.info.id[:19]} from docker: "
-                  f"{'exported' if done else 'export already cached'}")
+        done = session.resolve(ref).pull(ref)
+        fetched += done.layers
+        present += done.present
+        size += done.bytes
+        exported += done.exported
+        print(done.line)
     print(f"pulled {len(refs)} images: {fetched} layers fetched ({size / (1 << 20):.1f} MiB), "
           f"{present} already in the store, {exported} engine exports")
     return 0

@@ -9,6 +9,7 @@ from typing import Any
 from fusebundle.config.load import load_config
 from fusebundle.images import refspec
 from fusebundle.images.exported import default_cache_dir
+from fusebundle.images.handle import ImageHandle, PullableImage
 from fusebundle.images.layered import LayeredImage
 from fusebundle.images.layout import LayoutImage
 from fusebundle.images.resolver import Resolver, parse_spec
@@ -36,23 +37,18 @@ class _Session:
         self.show_progress = enabled(args.quiet)
         self.resolver = resolver(args, args.sources, verify_layers=args.command == "pack")
         self.cache = self.resolver.cache
-        self._images: dict[str, Any] = {}
+        self._images: dict[str, PullableImage] = {}
 
-    def resolve(self, ref: str) -> Any:
+    def resolve(self, ref: str) -> PullableImage:
         """The handle of an image (resolved once per reference)."""
         if ref not in self._images:
             self._images[ref] = self.resolver.resolve(ref)
         return self._images[ref]
 
-    def resolve_layout(self, ref: str, platforms: list[str]) -> Any:
+    def resolve_layout(self, ref: str, platforms: list[str]) -> ImageHandle:
         """A handle on the image's OCI layout as a tar (today's `volumes: format: oci`)."""
         handle = self.resolve(ref)
-        if isinstance(handle, LayeredImage):  # its layers, as the engine would save them
-            return LayoutImage(handle.info, handle.save, self.cache.root, platforms)
-        engine = self.resolver.engine()
-        return LayoutImage(handle.info,
-                           lambda image_id: engine.api.get_image(image_id, 1 << 20),
-                           self.cache.root, platforms)
+        return LayoutImage(handle.info, handle.save, self.cache.root, platforms)
 
 
 def open_session(args: argparse.Namespace) -> _Session:

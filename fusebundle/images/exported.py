@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from fusebundle.atomic import TempName, atomic_file
 from fusebundle.errors import CorruptTar, UserError
+from fusebundle.images.handle import Pulled
 from fusebundle.progress import Bar
 from fusebundle.sources.base import ImageInfo, ImageSource, Progress
 from fusebundle.tar.index import TarIndex, open_index
@@ -150,6 +151,18 @@ class LazyImage:
         """The export's index; exports and scans the image the first time."""
         with Bar(f"export {self.info.ref}", self.info.size, self.show_progress) as bar:
             return self.cache.index(self.info, self.source, bar.to)
+
+    def pull(self, ref: str) -> Pulled:
+        """Export and index the image unless cached; the line `pull` prints and its counts."""
+        before = self.cache.exports
+        self.index()
+        done = self.cache.exports - before
+        return Pulled(f"{ref}: {self.info.id[:19]} from docker: "
+                      f"{'exported' if done else 'export already cached'}", exported=done)
+
+    def save(self, image_id: str) -> Iterator[bytes]:
+        """The image as the engine saves it, in chunks (for volumes: format: oci)."""
+        return self.source.save(image_id)
 
     def nested_index(self, name: bytes) -> TarIndex:
         """The index of a tar file inside this image's export."""

@@ -25,6 +25,7 @@ from fusebundle import testhook
 from fusebundle.errors import UserError
 from fusebundle.images import flatten as layermod
 from fusebundle.images.exported import Cache
+from fusebundle.images.handle import Pulled
 from fusebundle.progress import Bar
 from fusebundle.sources.base import ImageInfo, LayerRef, LayerSource, ResolvedImage
 from fusebundle.sources.regauth import RegistryError
@@ -204,6 +205,18 @@ class LayeredImage:
             self.store.warn(f"image {self.image.ref}: {e}; fetching it again")
         self.fetch()
         return use(layer.diff_id)
+
+    def pull(self, ref: str) -> Pulled:
+        """Fetch and merge the image's layers; the line `pull` prints and its counts."""
+        source = self.source.name if self.source is not None else "store"
+        self.index()
+        served_by = getattr(self.source, "served_by", None)
+        if served_by is not None and served_by(ref, self.image.name):
+            source += f" ({served_by(ref, self.image.name)})"
+        f = self.fetched
+        return Pulled(f"{ref}: {self.image.config_digest[:19]} {self.image.platform} from "
+                      f"{source}: {f.layers} layers fetched, {f.present} already in the store",
+                      layers=f.layers, present=f.present, bytes=f.bytes)
 
     def nested_index(self, name: bytes) -> TarIndex:
         """The index of a tar file inside this image (a kernel tar)."""

@@ -13,16 +13,16 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 from fusebundle.atomic import TempName, atomic_file
 from fusebundle.errors import ConfigError, EngineError, UserError
 from fusebundle.images import refspec
 from fusebundle.images.exported import Cache, LazyImage, cache_subdir
+from fusebundle.images.handle import PullableImage
 from fusebundle.images.layered import LayeredImage
 from fusebundle.sources import TRANSPORTS, Options, engineapi
 from fusebundle.sources.archive import DockerArchive
-from fusebundle.sources.base import LayerSource, Platform
+from fusebundle.sources.base import ImageInfo, LayerSource, Platform
 from fusebundle.sources.engine import DockerEngine
 from fusebundle.sources.reference import parse
 from fusebundle.sources.regnet import parse_mirrors
@@ -72,9 +72,9 @@ class Resolver:
     # what the image commands look at.
     engine_layers: bool = False
     _sources: dict[str, LayerSource] = field(default_factory=dict)
-    _store: Any = None
+    _store: Store | None = None
     _cache: Cache | None = None
-    _engine: Any = None
+    _engine: DockerEngine | None = None
 
     def __post_init__(self) -> None:
         self.order = [parse_spec(s) for s in self.specs] if self.specs else [
@@ -91,13 +91,13 @@ class Resolver:
         return self._cache
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         """The layer store, opened on first need."""
         if self._store is None:
             self._store = Store(self.cache_root)
         return self._store
 
-    def engine(self) -> Any:
+    def engine(self) -> DockerEngine:
         """The Docker engine source (connects lazily)."""
         if self._engine is None:
             self._engine = DockerEngine(self.docker_host)
@@ -115,7 +115,7 @@ class Resolver:
         return self._layer_source(kind, arg).sole_ref()
 
     # -------------------------------------------------------------------------- resolving
-    def resolve(self, ref: str) -> Any:
+    def resolve(self, ref: str) -> PullableImage:
         """A handle for `ref` from the first source that has it; one line if none has."""
         name = parse(ref).name
         if not self.pull:
@@ -138,7 +138,7 @@ class Resolver:
                 tried.append(_reason(source_name(kind, arg), e))
         raise UserError(f"image {ref}: not found: {'; '.join(tried)}")
 
-    def _from_store(self, ref: str, name: str) -> Any:
+    def _from_store(self, ref: str, name: str) -> LayeredImage | None:
         if not any(kind != "docker" for kind, _ in self.order):
             return None  # only the engine was asked for: its exports are its own cache
         image = self.store.find_image(name, str(self.platform))
@@ -153,7 +153,7 @@ class Resolver:
             return None  # pruned or half-pulled: a source fetches the rest
         image.ref = ref
 
-        def fallback() -> Any:
+        def fallback() -> LayerSource | None:
             # The first named layer source, to fetch a stored layer found corrupt again.
             for kind, arg in self.order:
                 if kind in TRANSPORTS:
@@ -163,7 +163,7 @@ class Resolver:
         return LayeredImage(image, None, self.store, self.cache, self.show_progress,
                             self.verify_layers, fallback)
 
-    def _from_engine(self, ref: str) -> Any:
+    def _from_engine(self, ref: str) -> LazyImage:
         if not self.specs:
             # In the default order the engine is asked only if one answers: no engine is
             # not an error when another source has the image.
@@ -175,7 +175,7 @@ class Resolver:
             return self._engine_saved(ref, info)
         return LazyImage(info, self.cache, self.engine(), self.show_progress)
 
-    def _engine_saved(self, ref: str, info: Any) -> LayeredImage:
+    def _engine_saved(self, ref: str, info: ImageInfo) -> LayeredImage:
         """The engine's image as its layers: from the store when it holds that image ID,
         else `docker save` to a temporary archive in the cache, its layers stored, the
         archive removed."""
@@ -213,7 +213,7 @@ class Resolver:
         self.store.put_image(image)  # found by its ID next time: no second save
         return handle
 
-    def _from_layers(self, ref: str, kind: str, arg: str) -> Any:
+    def _from_layers(self, ref: str, kind: str, arg: str) -> LayeredImage:
         src = self._layer_source(kind, arg)
         image = src.resolve(ref, self.platform)
         return LayeredImage(image, src, self.store, self.cache, self.show_progress,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import platform as _platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
@@ -46,6 +46,8 @@ class ImageSource(Protocol):
     def inspect(self, ref: str, pull: bool) -> ImageInfo: ...
 
     def export(self, info: ImageInfo, out: Any, progress: Progress | None) -> None: ...
+
+    def save(self, image_id: str) -> Iterator[bytes]: ...
 
 
 class NotFound(UserError):

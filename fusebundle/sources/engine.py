@@ -119,6 +119,10 @@ class DockerEngine:
                          config=jsondoc.container_config(data.get("Config"), what),
                          size=fields.integer("Size", 0, jsondoc.INT64_MAX) or 0)
 
+    def save(self, image_id: str) -> Iterator[bytes]:
+        """`docker save` of one image, in chunks of 1 MiB."""
+        return self.api.get_image(image_id, 1 << 20)
+
     def export(self, info: ImageInfo, out: Any, progress: Progress | None) -> None:
         """Stream `docker export` of a temporary container into `out`; always remove it."""
         with self._reported(f"image {info.ref}: cannot create a container"):
