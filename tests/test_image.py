@@ -185,6 +185,9 @@ def test_ls_paths_children_recursion_and_digest(image: dict[str, Any], tmp_path:
     through = run("image", "ls", oci(image), "/etc/dirlink/", cache=cache).stdout.splitlines()
     assert link == ["/etc/dirlink"] and "/data/a3" in through and "/data/b" in through
     long = run("image", "ls", "-l", oci(image), "/data", cache=cache).stdout.splitlines()
+    dev = run("image", "ls", "-l", oci(image), "/dev", cache=cache).stdout.splitlines()
+    assert any(x.startswith("crw-rw-rw-") and " 1, 3 " in x and x.endswith("/dev/null")
+               for x in dev), dev
     line = next(x for x in long if x.endswith("/data/b"))
     assert line.startswith("-rw-------") and f" 1:{image['diff_ids'][1][7:19]} " in line
 

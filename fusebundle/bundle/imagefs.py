@@ -73,6 +73,7 @@ class Row(NamedTuple):
     link: bytes | None
     layer: int | None  # 0 = the bottom layer; None: no layer has a header for it
     diff_id: str | None
+    dev: tuple[int, int] | None = None  # (major, minor) of a device
 
 
 def split(path: bytes) -> list[bytes]:
@@ -173,7 +174,8 @@ class ImageFS:
         layer = self.idx.layer_of(i)
         return Row(e.name, e.type, e.mode, e.uid, e.gid, e.size if e.type == "f" else 0,
                    e.mtime_ns, e.linkname if e.type in "lh" else None, layer,
-                   None if layer is None else self.layers[layer].diff_id)
+                   None if layer is None else self.layers[layer].diff_id,
+                   (e.devmajor, e.devminor) if e.type in "cb" else None)
 
     def rows(self, ids: range) -> Iterator[Row]:
         """Rows of a run of entries; the whole index is read in one walk, not entry by entry."""
@@ -184,7 +186,8 @@ class ImageFS:
             t = e.type
             yield Row(e.name, t, e.mode, e.uid, e.gid, e.size if t == "f" else 0, e.mtime_ns,
                       e.linkname if t == "l" or t == "h" else None, layer,
-                      None if layer is None else layers[layer].diff_id)
+                      None if layer is None else layers[layer].diff_id,
+                      (e.devmajor, e.devminor) if t == "c" or t == "b" else None)
 
     def subtree(self, i: int) -> range:
         """The entries below directory i: the index is in walk order ('/' sorting below every

@@ -139,7 +139,7 @@ def row_long(row: Row, digest: str | None = None) -> str:
         link = f" -> {_text(row.link or b'')}"
     elif row.type == "h":
         link = f" => /{_text(row.link or b'')}"
-    size = row.size if row.type not in "cb" else 0
+    size = f"{row.dev[0]}, {row.dev[1]}" if row.dev is not None else row.size  # as ls -l
     extra = f"  {digest}" if digest else ""
     return (f"{stat.filemode(_IFMT[row.type] | row.mode)} {row.uid:>5} {row.gid:>5} "
             f"{size:>10} {when:%Y-%m-%d %H:%M} {layer:<15} /{_text(row.path)}{link}{extra}")
@@ -235,7 +235,8 @@ def _layer_walk(idx: TarIndex, n: int, diff_id: str, wanted: list[bytes], recurs
             if e.name != p and not recursive and e.name.count(b"/") != depth:
                 continue
             yield Row(e.name, e.type, e.mode, e.uid, e.gid, e.size if e.type == "f" else 0,
-                      e.mtime_ns, e.linkname if e.type in "lh" else None, n, diff_id)
+                      e.mtime_ns, e.linkname if e.type in "lh" else None, n, diff_id,
+                      (e.devmajor, e.devminor) if e.type in "cb" else None)
 
 
 # ------------------------------------------------------------------------------ image cat
