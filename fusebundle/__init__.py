@@ -2,7 +2,7 @@
 
 The house follows the data, top to bottom; every import points down this list:
 
-    cli/      the command line: parse, one session per command, mount/umount, cache ls/prune
+    cli/      the command line: parse, one session per command, mount/umount, cache, image
     pack/     View -> one tar, cpio or kernel+initrd, written atomically
     fs/       View -> inodes -> FUSE calls (pyfuse3 + trio; only the mount server imports it)
     bundle/   config + images -> View: the tree as data (prefix dirs, bundles, files, kernel)

@@ -12,9 +12,10 @@ import fusebundle
 
 FACES = {
     "fusebundle.cli": ["main"],
-    "fusebundle.pack": ["FORMATS", "check_output", "pack"],
+    "fusebundle.pack": ["FORMATS", "check_output", "pack", "write"],
     "fusebundle.fs": ["Operations", "Tree", "serve"],
-    "fusebundle.bundle": ["Entry", "View", "build_view", "directory", "regular"],
+    "fusebundle.bundle": ["Entry", "ImageFS", "View", "build_view", "directory", "image_view",
+                          "regular"],
     "fusebundle.images": ["Cache", "ImageHandle", "LayeredImage", "LayoutImage", "LazyImage",
                           "PullableImage", "Pulled", "Resolver", "default_cache_dir"],
     "fusebundle.store": ["BadLayer", "CorruptLayer", "ImageRecord", "LayerInfo", "PruneReport",

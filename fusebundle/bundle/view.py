@@ -55,6 +55,8 @@ class Graft:
     resolv_link: bytes | None = None  # init images: resolv.conf becomes this symlink
     raw: bool = False
     pick: Callable[[TarIndex], dict[int, Entry]] | None = None
+    # False: the image's own filesystem (the image commands): no pinned mtimes either.
+    docker: bool = True
 
 
 class _Nested:
@@ -187,19 +189,19 @@ class View:
 
 
 # ------------------------------------------------------------------------------ the filter
-def _mtime(name: bytes, e: IndexEntry) -> int:
-    return PINNED_MTIME_NS if name in DOCKER_CREATED else e.mtime_ns
+def _mtime(g: Graft, name: bytes, e: IndexEntry) -> int:
+    return PINNED_MTIME_NS if g.docker and name in DOCKER_CREATED else e.mtime_ns
 
 
 def _replaced(g: Graft, e: IndexEntry, content: bytes) -> Entry:
     name = g.prefix + e.name
     if e.name == b"etc/resolv.conf" and g.resolv_link is not None:
         return Entry(path=name, type="l", mode=e.mode, uid=e.uid, gid=e.gid,
-                     mtime_ns=_mtime(e.name, e), linkname=g.resolv_link, xattrs=e.xattrs)
+                     mtime_ns=_mtime(g, e.name, e), linkname=g.resolv_link, xattrs=e.xattrs)
     # An image may ship these as symlinks or links; a bundle gets a plain file either way.
     mode = e.mode if e.type == "f" else 0o644
     return Entry(path=name, type="f", mode=mode, uid=e.uid, gid=e.gid,
-                 mtime_ns=_mtime(e.name, e), size=len(content), data=content, xattrs=e.xattrs)
+                 mtime_ns=_mtime(g, e.name, e), size=len(content), data=content, xattrs=e.xattrs)
 
 
 def _kept(g: Graft, idx: TarIndex, e: IndexEntry) -> Entry:
@@ -211,13 +213,13 @@ def _kept(g: Graft, idx: TarIndex, e: IndexEntry) -> Entry:
             if target is not None and idx.entry(target).type == "f":
                 t = idx.entry(target)
                 return Entry(path=name, type="f", mode=e.mode, uid=e.uid, gid=e.gid,
-                             mtime_ns=_mtime(e.name, e), size=t.size, xattrs=e.xattrs,
+                             mtime_ns=_mtime(g, e.name, e), size=t.size, xattrs=e.xattrs,
                              src=t.src, offset=t.offset, sparse=t.sparse)
         return Entry(path=name, type="h", mode=e.mode, uid=e.uid, gid=e.gid,
-                     mtime_ns=_mtime(e.name, e), linkname=g.prefix + e.linkname,
+                     mtime_ns=_mtime(g, e.name, e), linkname=g.prefix + e.linkname,
                      xattrs=e.xattrs)
     return Entry(path=name, type=e.type, mode=e.mode, uid=e.uid, gid=e.gid,
-                 mtime_ns=_mtime(e.name, e), size=e.size, linkname=e.linkname,
+                 mtime_ns=_mtime(g, e.name, e), size=e.size, linkname=e.linkname,
                  devmajor=e.devmajor, devminor=e.devminor, xattrs=e.xattrs,
                  src=e.src if e.type == "f" else None, offset=e.offset,
                  sparse=e.sparse if e.type == "f" else None)

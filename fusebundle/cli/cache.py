@@ -9,6 +9,7 @@ Both read the store under --cache-dir; the engine exports beside it (exports/) a
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ def add_parsers(sub: Any, cache_args: Callable[[argparse.ArgumentParser], None] 
                                       "each), with totals.")
     add(ls)
     ls.add_argument("--no-trunc", action="store_true", help="show whole digests")
+    ls.add_argument("--json", action="store_true",
+                    help="one JSON document: images, layers, merged indexes, the cache's root")
     ls.set_defaults(run=cmd_ls)
     pr = verbs.add_parser("prune", help="remove layers no stored image uses",
                           description="Remove the layers that no stored image uses, and "
@@ -85,6 +88,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     whole = args.no_trunc
     images = store.images()
     layers = store.layers(images)
+    if getattr(args, "json", False):
+        print(json.dumps(_ls_doc(store, images, layers), indent=2))
+        return 0
     size_of = {x.diff_id: x.size for x in layers}
     rows = []
     for r in images:
@@ -121,6 +127,22 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(f"{len(unused)} layer{'s' * (len(unused) != 1)} ({human(n)}) used by no image: "
               f"`fusebundle cache prune` removes {them}")
     return 0
+
+
+def _ls_doc(store: Store, images: list[Any], layers: list[Any]) -> dict[str, Any]:
+    """What `cache ls --json` prints: every field whole, sizes in bytes."""
+    size_of = {x.diff_id: x.size for x in layers}
+    return {
+        "root": store.root,
+        "images": [{"name": r.image.name, "manifest_digest": r.image.manifest_digest or None,
+                    "config_digest": r.image.config_digest, "platform": r.image.platform,
+                    "source": r.image.source, "stored": r.stored,
+                    "layers": [{"diff_id": x.diff_id, "present": x.diff_id in size_of}
+                               for x in r.image.layers]} for r in images],
+        "layers": [{"diff_id": x.diff_id, "size": x.size, "used_by": x.used_by}
+                   for x in layers],
+        "merged": [{"path": p, "size": n} for p, n in store.merged()],
+    }
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

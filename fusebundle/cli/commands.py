@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -12,6 +14,7 @@ from typing import Any, NoReturn
 from fusebundle import __version__
 from fusebundle.bundle.view import build_view, image_label
 from fusebundle.cli import cache as cachecmd
+from fusebundle.cli import image as imagecmd
 from fusebundle.cli import mount as mountcmd
 from fusebundle.cli.session import load_session
 from fusebundle.config import runtime as oci
@@ -40,6 +43,14 @@ class _Parser(argparse.ArgumentParser):
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("configs", nargs="+", metavar="CONFIG.yml",
                    help="LinuxKit-style YAML files, merged in order")
+    _sources(p)
+    p.add_argument("--share-by-id", action="store_true",
+                   help="share one copy between bundles whose images have the same ID, "
+                        "not only the same name")
+
+
+def _sources(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that resolves images."""
     p.add_argument("--from", dest="sources", action="append", metavar="SOURCE",
                    help=SOURCES_HELP)
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
@@ -66,9 +77,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pull", action="store_true",
                    help="ask the sources again for every image, even one the store or the "
                         "engine has (a tag may have moved); only changed layers are fetched")
-    p.add_argument("--share-by-id", action="store_true",
-                   help="share one copy between bundles whose images have the same ID, "
-                        "not only the same name")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
@@ -99,6 +107,9 @@ def parser() -> argparse.ArgumentParser:
                                     "label, and the config.json and runtime.json they give.")
     _common(cf)
     cf.add_argument("--name", help="only the container with this name")
+    cf.add_argument("--json", action="store_true",
+                    help="one JSON document (a list, one item per container), not one "
+                         "document per container")
     cf.set_defaults(run=cmd_config)
 
     pl = sub.add_parser("pull", help="fill the store with every image of the configs",
@@ -110,6 +121,7 @@ def parser() -> argparse.ArgumentParser:
 
     mountcmd.add_parsers(sub, _common)
     cachecmd.add_parsers(sub)
+    mountcmd.add_image_mount(imagecmd.add_parsers(sub, _sources), _sources)
     return p
 
 
@@ -172,6 +184,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     cfg, session = load_session(args)
     id_map = cfg.id_map()
     found = False
+    docs: list[dict[str, Any]] = []
     for c in cfg.containers():
         if args.name and c.name != args.name:
             continue
@@ -185,15 +198,33 @@ def cmd_config(args: argparse.Namespace) -> int:
                "imageConfig": {k: info.config.get(k) for k in
                                ("Entrypoint", "Cmd", "Env", "WorkingDir")},
                "config.json": spec, "runtime.json (before rootfs mounts)": runtime}
-        print(json.dumps(doc, indent=2))
+        docs.append(doc)
+        if not args.json:
+            print(json.dumps(doc, indent=2))
     if args.name and not found:
         raise UserError(f"no container named {args.name!r}")
+    if args.json:
+        print(json.dumps(docs, indent=2))
     return 0
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line.  A command whose trailing list may follow its options
+    (`image ls IMAGE -l /etc /bin`) names that list in `more`: argparse alone stops the list
+    at the first option and calls what follows unrecognized."""
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    more = getattr(args, "more", None)
+    if extra and (more is None or any(x.startswith("-") and x != "-" for x in extra)):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        setattr(args, more, [*getattr(args, more), *extra])
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = parser().parse_args(argv)
+    args = parse(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.run(args))
@@ -207,7 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fusebundle: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`): nothing useful left to say.
+        # The reader went away (e.g. `| head`): nothing useful left to say, and nothing
+        # left for the interpreter to flush at exit (it would complain of the pipe).
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
         return 1
     except Exception as e:
         if getattr(args, "debug", False):

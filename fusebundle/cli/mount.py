@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusebundle.atomic import Temp, atomic_file
-from fusebundle.bundle.view import build_view
-from fusebundle.cli.session import load_session
+from fusebundle.bundle.imagefs import image_view
+from fusebundle.bundle.view import View, build_view
+from fusebundle.cli.session import load_session, open_image
 from fusebundle.errors import UserError, shown
 from fusebundle.images.exported import default_cache_dir
 
@@ -333,10 +334,8 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     log_path = os.path.abspath(args.log or os.path.join(args.cache_dir, "mount.log"))
     _setup_logging(mnt, args.debug)
     log_fd = _open_log(log_path) if ready_fd is not None else -1
-    cfg, session = load_session(args)
-    view = build_view(cfg, session.resolve, share_by_id=args.share_by_id,
-                      resolve_layout=session.resolve_layout)
-    tree = fs.Tree(view, expand=args.expand)
+    make_view = getattr(args, "make_view", None) or _config_view
+    tree = fs.Tree(make_view(args), expand=args.expand)
     ops = fs.Operations(tree, listing=getattr(args, "listing", None),
                      direct_io_min=direct_io_min)
     _mount(lambda: fs.serve.init(ops, mnt, options), args.mountpoint)
@@ -365,6 +364,39 @@ def serve(args: argparse.Namespace, ready_fd: int | None) -> int:
                 os.unlink(pid_file)
     log.info("unmounted")
     return 0
+
+
+def _config_view(args: argparse.Namespace) -> View:
+    cfg, session = load_session(args)
+    return build_view(cfg, session.resolve, share_by_id=args.share_by_id,
+                      resolve_layout=session.resolve_layout)
+
+
+def _image_view(args: argparse.Namespace) -> View:
+    return image_view(open_image(args, args.image), layers=args.layers)
+
+
+def add_image_mount(verbs: Any, image_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register `image mount` among the image verbs."""
+    m = verbs.add_parser(
+        "mount", help="serve one image's filesystem read-only at MNT",
+        description="Mount the image's root filesystem read-only at MNT, as its layers make "
+                    "it (no docker artefacts); files are read from the stored layers on "
+                    "demand. Returns once mounted; `fusebundle umount MNT` ends it.")
+    image_args(m)
+    m.add_argument("image", metavar="IMAGE")
+    m.add_argument("mountpoint", metavar="MNT", help="an empty directory")
+    m.add_argument("--layers", action="store_true",
+                   help="the merged tree at MNT/rootfs and each layer's own tree (whiteouts "
+                        "shown as the entries they are) at MNT/layers/NN-<diff_id hex>/")
+    m.add_argument("-f", "--foreground", action="store_true",
+                   help="serve in the foreground until unmounted or interrupted")
+    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]",
+                   help="extra FUSE mount options, e.g. allow_other")
+    m.add_argument("--log", metavar="FILE",
+                   help="where the background server logs (default: mount.log in the cache "
+                        "directory)")
+    m.set_defaults(run=cmd_mount, make_view=_image_view, expand=False, listing=None)
 
 
 LIBFUSE_SAYS = 4096  # bytes of libfuse's (and fusermount3's) stderr kept: a line or two

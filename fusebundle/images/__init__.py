@@ -3,8 +3,9 @@
 `handle`: what every image handle offers (`ImageHandle`, `PullableImage`); `resolver`: which
 source each image comes from (--from in order, or the default);
 `layered`: an image of stored layers, fetched on first use; `flatten`: layer indexes -> one
-export-like merged index (whiteouts, walk order, link election); `exported`: the engine
-exports' cache; `layout`: an image as an OCI layout tar, for volumes with `format: oci`.
+export-like merged index (whiteouts, walk order, link election), or the image's own;
+`exported`: the engine exports' cache; `layout`: an image as an OCI layout tar, for volumes
+with `format: oci`; `refspec`: an image spelled as skopeo spells it (transport, where, which image).
 """
 
 from fusebundle.images.exported import Cache, LazyImage, default_cache_dir

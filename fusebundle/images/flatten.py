@@ -4,6 +4,8 @@ Nothing is extracted or copied: every merged entry points at the layer tar that 
 The layers are applied bottom to top by the OCI rules (whiteouts and opaque markers hide only
 lower layers), then the survivors are listed in docker's walk order with its hard-link election
 and docker's init-layer entries, so the view cannot tell a layered image from an engine's export.
+With `docker=False` the same merge stops at the layers (the image as `umoci raw unpack` makes
+it): no init layer, mtimes as the headers give them, every xattr as the layers carry it.
 
 Working state is one dict (path -> entry ordinal) plus a few small dicts for the rare cases
 (whiteouts, replaced directories, hard links); the result is the same columns a TarIndex has,
@@ -29,8 +31,10 @@ from fusebundle.tar.index import _COLUMNS, DROP_EVERY_ENTRIES, IndexEntry, Stamp
 __all__ = ["MergedIndex", "merge"]
 
 # 1: a JSON head and blobs read into the heap.  2: laid out to be mapped (colfile).
+# 3: each entry's own layer (provenance), and whether docker's artefacts are in.
 _MAGIC = b"FBMERGE"
-_VERSION = 2
+_VERSION = 3
+NO_LAYER = 0xFFFF  # provenance of an entry no layer has a header for (an implied directory)
 _DROP_MASK = DROP_EVERY_ENTRIES - 1
 log = logging.getLogger(__name__)
 _F, _H, _L, _D = b"fhld"
@@ -93,10 +97,12 @@ def _show(name: bytes) -> str:
 class _Merge:
     """One merge: the layers, the state while applying them, and the messages."""
 
-    def __init__(self, layers: Sequence[TarIndex], digests: Sequence[str], what: str) -> None:
+    def __init__(self, layers: Sequence[TarIndex], digests: Sequence[str], what: str,
+                 docker: bool = True) -> None:
         if len(layers) != len(digests):
             raise ValueError("one digest per layer")
         self.layers, self.digests, self.what = layers, digests, what
+        self.docker = docker  # docker's export (init layer, pinned and truncated mtimes)
         self.bases = list(accumulate((len(x) for x in layers), initial=0))
         self.types = bytearray(b"".join(x.columns().types for x in layers))
         self.cur: dict[bytes, int] = {}
@@ -295,7 +301,8 @@ class _Merge:
             raise self.fail(layer, name, f"hard link to the directory {_show(target)}")
         ino = self.link_ino.get(t, t)
         self.link_ino[o] = ino
-        self.meta[ino] = o  # docker applies each link header's metadata to the shared inode
+        if self.docker:  # docker applies each link header's metadata to the shared inode;
+            self.meta[ino] = o  # tar and umoci only link (the inode keeps its own)
 
     # -- the merged tree --------------------------------------------------------------------
     def settle(self) -> None:
@@ -313,8 +320,10 @@ class _Merge:
                 dead.append(p)
         for p in dead:
             del cur[p]
+        # A directory no layer has a header for: the image gives it no time of its own.
+        mtime = PINNED_MTIME_NS if self.docker else 0
         for p in implied:
-            cur[p] = syn.add(_D, 0o755)  # a directory no layer has a header for
+            cur[p] = syn.add(_D, 0o755, mtime)
         for o in self.suspects:
             layer = self.layer_of(o)
             c = self.layers[layer].columns()
@@ -373,28 +382,34 @@ class _Merge:
 
 
 def merge(layers: Sequence[TarIndex], digests: Sequence[str], what: str, path: str,
-          all_xattrs: bool = False) -> MergedIndex:
-    """Flatten `layers` (bottom first) into what `docker export` of the image would list.
+          all_xattrs: bool = False, docker: bool = True) -> MergedIndex:
+    """Flatten `layers` (bottom first) into what `docker export` of the image would list, or
+    with `docker=False` into the image's own filesystem (what `umoci raw unpack` makes).
 
     `digests` name the layers and `what` the image in errors (CorruptTar, one line); `path` is
     where the result is saved (its tar_path).  Only security.capability is kept among xattrs,
-    as docker exports them, unless `all_xattrs`.
+    as docker exports them, unless `all_xattrs` or not `docker` (then every xattr, as is).
     """
     if not layers:
         raise CorruptTar(f"image {what}: no layers")
-    m = _Merge(layers, digests, what)
+    m = _Merge(layers, digests, what, docker)
     for layer in range(len(layers)):
         m.apply(layer)
     m.settle()
-    m.init_layer()
-    merged = MergedIndex._build(m, path, all_xattrs)
+    if docker:
+        m.init_layer()
+    merged = MergedIndex._build(m, path, all_xattrs or not docker)
     for x in layers:
         x.drop_pages()  # walked whole; the merged index is what is read from now on
     return merged
 
 
-def _xattrs_out(attrs: dict[str, bytes], keep_all: bool) -> dict[str, bytes]:
-    """The xattrs docker export writes: security.capability only, revision 3 made revision 2."""
+def _xattrs_out(attrs: dict[str, bytes], keep_all: bool, docker: bool = True
+                ) -> dict[str, bytes]:
+    """The xattrs docker export writes: security.capability only, revision 3 made revision 2;
+    not `docker`: every xattr as the layer has it."""
+    if not docker:
+        return dict(attrs)
     out = dict(attrs) if keep_all else {k: v for k, v in attrs.items() if k == _CAP}
     cap = out.get(_CAP)
     if cap is not None and len(cap) > 3 and cap[3] == 3:
@@ -402,18 +417,26 @@ def _xattrs_out(attrs: dict[str, bytes], keep_all: bool) -> dict[str, bytes]:
     return out
 
 
-# Saved columns, in file order: a layer index's, then which layer each entry's data is in.
-_SAVED = (*_COLUMNS, ("_srcs", "H"))
+# Saved columns, in file order: a layer index's, then which layer each entry's data is in,
+# then which layer gave the entry itself (its header; NO_LAYER if none did).
+_SAVED = (*_COLUMNS, ("_srcs", "H"), ("_from", "H"))
 
 
 class MergedIndex(TarIndex):
     """A TarIndex over several layer tars: entry i's data is in data_path(i) at its offset."""
 
-    __slots__ = ("_srcs", "_layer_paths", "_layer_stats")
+    __slots__ = ("_srcs", "_from", "_layer_paths", "_layer_stats")
 
     _srcs: array.array[int]
+    _from: array.array[int]
     _layer_paths: list[str]
     _layer_stats: list[Stamp]
+
+    def layer_of(self, i: int) -> int | None:
+        """Which layer (0 = bottom) gave entry i: the topmost whose tar has a header for its
+        name (for a hard link, the link's own header); None for a directory none has."""
+        n = self._from[i]
+        return None if n == NO_LAYER else n
 
     def data_path(self, i: int) -> str:
         """The layer tar holding entry i's data."""
@@ -472,6 +495,7 @@ class MergedIndex(TarIndex):
         # type, size, data, devices, symlink target; an array: no int object per entry
         ino = array.array("q", map(m.cur.__getitem__, order))
         m.cur = {}  # done with: what it held is in order and ino now
+        own = _getter(ino[:])  # each name's own header, before hard links point at the inode
         meta = ino  # mode, owner, mtime, xattrs: the same entry unless hard links say otherwise
         hard: dict[int, bytes] = {}  # position -> first name of its inode (a link entry)
         if m.link_ino:
@@ -519,7 +543,9 @@ class MergedIndex(TarIndex):
         self._uids = gather("uids", "I", pick_meta, 1)
         self._gids = gather("gids", "I", pick_meta, 2)
         mtimes = gather("mtimes", "q", pick_meta, 3)
-        self._mtimes = array.array("q", [t - t % _SECOND for t in mtimes])  # docker truncates
+        if m.docker:
+            mtimes = array.array("q", [t - t % _SECOND for t in mtimes])  # docker truncates
+        self._mtimes = mtimes
         del mtimes
         sizes = gather("sizes", "q", pick_ino, None)
         self._offsets = gather("offsets", "q", pick_ino, None)
@@ -533,15 +559,14 @@ class MergedIndex(TarIndex):
         for k in hard:
             sizes[k] = majors[k] = minors[k] = 0
         self._sizes, self._devmajors, self._devminors = sizes, majors, minors
-        if len(m.layers) > 1:
-            layer_no = array.array("H")
-            for layer, x in enumerate(m.layers):
-                layer_no.extend(array.array("H", [layer]) * len(x))
-            layer_no.extend(array.array("H", [0]) * len(syn.rows))  # no data: any will do
-            self._srcs = array.array("H", pick_ino(layer_no))
-            del layer_no
-        else:
-            self._srcs = array.array("H", bytes(2 * len(ino)))
+        layer_no = array.array("H")
+        for layer, x in enumerate(m.layers):
+            layer_no.extend(array.array("H", [layer]) * len(x))
+        layer_no.extend(array.array("H", [NO_LAYER]) * len(syn.rows))
+        self._from = array.array("H", own(layer_no))
+        layer_no[len(layer_no) - len(syn.rows):] = array.array("H", [0]) * len(syn.rows)
+        self._srcs = array.array("H", pick_ino(layer_no))  # no data in syn rows: any will do
+        del layer_no
         self._links, self._link_ends = cls._link_column(m, types, ino, hard)
         self._xattrs = cls._xattr_column(m, meta, all_xattrs)
         self._sparse = cls._sparse_column(m, ino, hard)
@@ -607,7 +632,7 @@ class MergedIndex(TarIndex):
             for k, o in enumerate(meta):
                 attrs = by_ordinal.get(o)
                 if attrs:
-                    kept = _xattrs_out(attrs, all_xattrs)
+                    kept = _xattrs_out(attrs, all_xattrs, m.docker)
                     if kept:
                         out[k] = kept
         return out

@@ -74,11 +74,17 @@ class LayeredImage:
     def __post_init__(self) -> None:
         self.info = image_info(self.image)
 
+    _own: TarIndex | None = None
+
     @property
     def merged_path(self) -> str:
         """Where the merged index of this image is kept in the store."""
+        return self._merged_path(True)
+
+    def _merged_path(self, docker: bool) -> str:
         hexdigest = self.image.config_digest.split(":", 1)[1]
-        return os.path.join(self.store.root, "merged", hexdigest + ".idx")
+        suffix = ".idx" if docker else ".image.idx"
+        return os.path.join(self.store.root, "merged", hexdigest + suffix)
 
     def fetch(self) -> Fetched:
         """Make every layer present in the store (up to 4 at once); count what it cost."""
@@ -131,44 +137,59 @@ class LayeredImage:
         """The merged index of the image's layers; fetches and merges the first time."""
         with self._lock:
             if self._index is None:
-                self._index = self._load()
+                self._index = self._load(True)
             return self._index
 
-    def _load(self) -> TarIndex:
+    def own_index(self) -> layermod.MergedIndex:
+        """The image's own filesystem as its layers make it (no docker artefacts), each entry
+        knowing its layer; fetches and merges the first time."""
+        with self._lock:
+            if self._own is None:
+                self._own = self._load(False)
+            return self._own  # type: ignore[return-value]
+
+    def layer_index(self, n: int) -> TarIndex:
+        """Layer n's own index (0 = bottom), whiteouts and all."""
+        self.fetch()
+        if self.source is not None:  # recorded, so that prune keeps what was fetched
+            self.store.put_image(self.image)
+        return self._checked(self.image.layers[n], self.store.layer_index)
+
+    def _load(self, docker: bool) -> TarIndex:
         paths = [self.store.layer_path(layer.diff_id) for layer in self.image.layers]
         self.store.hold(layer.diff_id for layer in self.image.layers)
         if self.verify:
             for layer in self.image.layers:
                 if self.store.has_layer(layer.diff_id):
                     self._checked(layer, self.store.verify_layer)
-        merged = layermod.MergedIndex.load(self.merged_path, paths)
+        where = self._merged_path(docker)
+        merged = layermod.MergedIndex.load(where, paths)
         if merged is None:
             self.fetch()
             indexes = [self._checked(layer, self.store.layer_index) for layer in self.image.layers]
             digests = [layer.digest for layer in self.image.layers]
-            os.makedirs(os.path.dirname(self.merged_path), exist_ok=True)
-            merged = layermod.merge(indexes, digests, self.image.ref, self.merged_path)
+            os.makedirs(os.path.dirname(where), exist_ok=True)
+            merged = layermod.merge(indexes, digests, self.image.ref, where, docker=docker)
             testhook.stop_at("merge")
-            self._save(merged)
+            self._save(merged, where)
         if self.source is not None:
             self.store.put_image(self.image)
         return merged
 
-    def _save(self, merged: Any) -> None:
+    def _save(self, merged: Any, where: str) -> None:
         """Save the merged index; under its lock, its temporary files are a dead process's."""
-        directory = os.path.dirname(self.merged_path)
+        directory = os.path.dirname(where)
         try:
-            lock = os.path.join(self.store.root, "locks",
-                                "merge-" + os.path.basename(self.merged_path))
+            lock = os.path.join(self.store.root, "locks", "merge-" + os.path.basename(where))
             with locks.held(lock):
-                stale = "." + os.path.basename(self.merged_path) + "."
+                stale = "." + os.path.basename(where) + "."
                 for n in os.listdir(directory):
                     if n.startswith(stale) and n.endswith(".part"):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(os.path.join(directory, n))
                 merged.save()
         except OSError as e:  # a read-only store still works; the next run merges again
-            log.warning("%s: not saved: %s", self.merged_path, e.strerror or e)
+            log.warning("%s: not saved: %s", where, e.strerror or e)
 
     def _checked(self, layer: LayerRef, use: Callable[[str], T]) -> T:
         """use(diff_id); if the stored layer turns out corrupt (the store then drops it), fetch

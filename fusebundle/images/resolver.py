@@ -10,29 +10,34 @@ with one line that names every source tried and why it had nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 
+from fusebundle.atomic import TempName, atomic_file
 from fusebundle.errors import ConfigError, EngineError, UserError
-from fusebundle.images.exported import Cache, LazyImage
+from fusebundle.images import refspec
+from fusebundle.images.exported import Cache, LazyImage, cache_subdir
 from fusebundle.images.handle import PullableImage
 from fusebundle.images.layered import LayeredImage
 from fusebundle.sources import TRANSPORTS, Options, engineapi
-from fusebundle.sources.base import LayerSource, Platform
+from fusebundle.sources.archive import DockerArchive
+from fusebundle.sources.base import ImageInfo, LayerSource, Platform
 from fusebundle.sources.engine import DockerEngine
 from fusebundle.sources.reference import parse
 from fusebundle.sources.regnet import parse_mirrors
 from fusebundle.store import Store
 
-SOURCES_HELP = ("where images come from, tried in the order given (repeatable): store, docker, "
-                "registry, docker-archive:FILE, oci:DIR; default: the store, then the Docker "
-                "engine if one answers, then the registry")
+SOURCES_HELP = ("where images come from, tried in the order given (repeatable): store, docker "
+                "(or docker-daemon:), registry (or docker://), docker-archive:FILE, oci:DIR, "
+                "oci-archive:FILE; default: the store, then the Docker engine if one answers, "
+                "then the registry")
 DEFAULT_ORDER = ("store", "docker", "registry")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """(kind, argument) of one `--from` value; ConfigError for anything else."""
-    kind, sep, arg = spec.partition(":")
+    kind, sep, arg = refspec.from_spec(spec).partition(":")
     transport = TRANSPORTS.get(kind)
     takes_path = transport is not None and transport.takes_path
     if (kind in ("store", "docker") or transport is not None) and not takes_path and not sep:
@@ -40,7 +45,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if takes_path and sep and arg:
         return kind, os.path.abspath(os.path.expanduser(arg))
     raise ConfigError(f"--from {spec}: expected store, docker, registry, docker-archive:FILE "
-                      f"or oci:DIR")
+                      f"or oci:DIR (or docker-daemon:, docker://, oci-archive:FILE)")
 
 
 def source_name(kind: str, arg: str) -> str:
@@ -63,6 +68,9 @@ class Resolver:
     mirrors: tuple[str, ...] = ()  # --mirror [REGISTRY=]URL
     show_progress: bool = False
     verify_layers: bool = False  # hash stored layers again before use (for pack)
+    # The engine's images as layers (`docker save` into the store), not as container exports:
+    # what the image commands look at.
+    engine_layers: bool = False
     _sources: dict[str, LayerSource] = field(default_factory=dict)
     _store: Store | None = None
     _cache: Cache | None = None
@@ -101,6 +109,10 @@ class Resolver:
         if src is None:
             src = self._sources[name] = TRANSPORTS[kind].open(arg, self.options)
         return src
+
+    def sole_ref(self, kind: str, arg: str) -> str:
+        """The reference of the one image a layout or archive holds (NotFound otherwise)."""
+        return self._layer_source(kind, arg).sole_ref()
 
     # -------------------------------------------------------------------------- resolving
     def resolve(self, ref: str) -> PullableImage:
@@ -159,7 +171,47 @@ class Resolver:
             if sock is not None and not os.path.exists(sock):
                 raise EngineError(f"no Docker engine at unix://{sock}")
         info = self.engine().inspect(ref, self.pull)
+        if self.engine_layers:
+            return self._engine_saved(ref, info)
         return LazyImage(info, self.cache, self.engine(), self.show_progress)
+
+    def _engine_saved(self, ref: str, info: ImageInfo) -> LayeredImage:
+        """The engine's image as its layers: from the store when it holds that image ID,
+        else `docker save` to a temporary archive in the cache, its layers stored, the
+        archive removed."""
+        stored = None if self.pull else self.store.find_image(parse(ref).name,
+                                                              str(self.platform))
+        if stored is not None and stored.config_digest == info.id:
+            self.store.hold(layer.diff_id for layer in stored.layers)
+            if all(self.store.has_layer(layer.diff_id) for layer in stored.layers):
+                stored.ref = ref
+                return LayeredImage(stored, None, self.store, self.cache, self.show_progress,
+                                    self.verify_layers)
+        path = os.path.join(cache_subdir(self.cache_root, "saves"), info.hex + ".tar")
+        api = self.engine().api
+        try:
+            try:
+                with atomic_file(path, TempName(f".{info.hex}.")) as t, \
+                        os.fdopen(t.fd, "wb", closefd=False) as out:
+                    # 1 MiB chunks, as the session's layout tars read the same stream
+                    for chunk in api.get_image(parse(ref).name, 1 << 20):
+                        out.write(chunk)
+            except OSError as e:
+                raise UserError(f"image {ref}: cannot write its save to the cache: "
+                                f"{e.strerror or e}") from None
+            except Exception as e:  # the SDK's errors: the engine refused or went away
+                raise EngineError(f"docker save {ref}: {e}") from None
+            image = DockerArchive(path).resolve(ref, self.platform)
+            handle = LayeredImage(image, DockerArchive(path), self.store, self.cache,
+                                  self.show_progress, self.verify_layers)
+            handle.fetch()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        image.source = "docker-daemon"
+        handle.source = None  # every layer is in the store now
+        self.store.put_image(image)  # found by its ID next time: no second save
+        return handle
 
     def _from_layers(self, ref: str, kind: str, arg: str) -> LayeredImage:
         src = self._layer_source(kind, arg)

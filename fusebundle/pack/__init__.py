@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from fusebundle import testhook
 from fusebundle.atomic import Temp, atomic_file
+from fusebundle.bundle.entry import Entry
 from fusebundle.bundle.view import View
 from fusebundle.errors import UserError, shown
 from fusebundle.pack.boot import write_kernel_initrd
@@ -24,7 +25,7 @@ from fusebundle.pack.output import (
 )
 from fusebundle.pack.tarball import write_entries
 
-__all__ = ["FORMATS", "check_output", "pack"]
+__all__ = ["FORMATS", "check_output", "pack", "write"]
 
 FORMATS = ("tar", "cpio", "kernel+initrd")
 
@@ -41,7 +42,13 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
     if progress_factory is not None:
         # A first pass over the indexes (no data) gives the total for the progress bar.
         progress = progress_factory(sum(e.size for e in view.entries() if e.type == "f"))
-    entries = view.entries()
+    return write(view.entries(), out, progress, fmt)
+
+
+def write(entries: Iterable[Entry], out: str, progress: Callable[[int], None] | None = None,
+          fmt: str = "tar") -> int:
+    """Write entries in `fmt` to `out` (a path written atomically, a device or FIFO, or '-'
+    for stdout, never a terminal); return bytes written.  `pack` and `image export` end here."""
     if fmt == "kernel+initrd":
         return write_kernel_initrd(entries, out, progress)
     render = write_entries

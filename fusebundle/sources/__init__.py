@@ -1,10 +1,11 @@
 """Where images come from: one module per transport behind the interfaces in `base`.
 
-`TRANSPORTS` names the layer sources `--from` can ask for (`oci:DIR`, `docker-archive:FILE`,
-`registry`), each with whether it takes a path and how to open one; the resolver looks them up
-here instead of telling them apart itself.  The Docker engine (`engine`) is not among them: it
-exports a container rather than giving layers.  `reference` normalises references as docker
-does; `manifest` reads manifests and indexes; `regauth` is the registry's auth.
+`TRANSPORTS` names the layer sources `--from` can ask for (`oci:DIR`, `oci-archive:FILE`,
+`docker-archive:FILE`, `registry`), each with whether it takes a path and how to open one;
+the resolver looks them up here instead of telling them apart itself.  The Docker engine
+(`engine`) is not among them: it exports a container rather than giving layers.  `reference`
+normalises references as docker does; `manifest` reads manifests and indexes; `regauth` is
+the registry's auth.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fusebundle.sources.archive import DockerArchive
+from fusebundle.sources.archive import DockerArchive, OCIArchive
 from fusebundle.sources.base import (
     ImageInfo,
     LayerRef,
@@ -50,6 +51,7 @@ def _registry(_path: str, o: Options) -> LayerSource:
 TRANSPORTS: dict[str, Transport] = {
     "oci": Transport(True, lambda path, _options: OCILayout(path)),
     "docker-archive": Transport(True, lambda path, _options: DockerArchive(path)),
+    "oci-archive": Transport(True, lambda path, _options: OCIArchive(path)),
     "registry": Transport(False, _registry),
 }
 

@@ -1,4 +1,4 @@
-"""A `docker save` tar as a source, in both formats, read in place.
+"""A `docker save` tar as a source, in both formats, read in place; and an OCI layout in a tar.
 
 Docker 20.10 writes `manifest.json`, `<image id>.json` and `<v1 id>/layer.tar` (uncompressed,
 so sha256(layer.tar) is the diff_id; a repeated layer is a symlink to the first copy).
@@ -268,6 +268,23 @@ class DockerArchive:
             raise NotFound(f"{self.name}: no image {ref} (it has: {have})")
         return image
 
+    def sole_ref(self) -> str:
+        """The reference of the one image the archive holds (for `docker-archive:FILE`)."""
+        if self.files.exists("index.json") and self.files.exists("oci-layout") \
+                and not self.manifest():
+            return self._layout.sole_ref()
+        tagged = self._tagged()
+        if len(self.manifest()) == 1 and self.manifest()[0].get("RepoTags"):
+            return self.manifest()[0]["RepoTags"][0]
+        if not self.manifest():
+            raise UserError(f"{self.name}: not a docker save archive (no manifest.json "
+                            "or index.json)")
+        if len(self.manifest()) == 1:  # untagged (docker save IMAGE-ID): nothing to name
+            raise NotFound(f"{self.name}: its one image has no tag to find it by (it has: "
+                           f"{tagged[0]}); save it by NAME:TAG")
+        raise NotFound(f"{self.name}: holds {len(tagged)} images; name one as "
+                       f"{self.name}:REF (it has: {', '.join(tagged)})")
+
     def open_blob(self, image: ResolvedImage, layer: LayerRef) -> BinaryIO:
         """The layer blob, read in place from the archive."""
         path = self._layer_paths.get(layer.digest)
@@ -280,3 +297,25 @@ class DockerArchive:
         if not self.files.exists(path):
             raise UserError(f"{self.name}: {image.ref}: layer {path} is missing")
         return self.files.open(path)
+
+
+class OCIArchive:
+    """An OCI image layout packed in a tar as a `LayerSource` ("oci-archive:FILE"), read in
+    place (skopeo's oci-archive transport writes these)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.name = f"oci-archive:{path}"
+        self._reader = LayoutReader(TarFiles(path, self.name), self.name)
+
+    def resolve(self, ref: str, platform: Platform) -> ResolvedImage:
+        """The image `ref` names in the archive's layout, for `platform`."""
+        return self._reader.resolve(ref, platform)
+
+    def sole_ref(self) -> str:
+        """The reference of the one image the archive holds."""
+        return self._reader.sole_ref()
+
+    def open_blob(self, image: ResolvedImage, layer: LayerRef) -> BinaryIO:
+        """The layer blob, read in place from the archive."""
+        return self._reader.open_blob(image, layer)

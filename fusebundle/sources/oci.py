@@ -202,6 +202,18 @@ class LayoutReader:
                 seen.setdefault(name)
         return list(seen)
 
+    def sole_ref(self) -> str:
+        """The name of the layout's one image (for `oci:DIR` with no REF); NotFound naming
+        what it holds when it holds several (or none)."""
+        have = self.available()
+        if len(self.index()["manifests"]) == 1 and have:
+            # An image without a name (skopeo copy ... oci:DIR) is found by its digest.
+            return have[0] if not have[0].startswith("@") else "unnamed" + have[0]
+        shown = ", ".join(have[:_LISTED]) or "no images"
+        holds = "no image" if not have else f"{len(have)} images"
+        raise NotFound(f"{self.name}: holds {holds}; name one as {self.name}:REF "
+                       f"(it has: {shown})")
+
     def not_found(self, ref: str, extra: list[str] | None = None) -> NotFound:
         """NotFound("SOURCE: no image REF (it has: a, b, c)")."""
         have = list(dict.fromkeys(self.available() + (extra or [])))
@@ -317,6 +329,12 @@ class OCILayout:
         if not os.path.isdir(self.path):
             raise UserError(f"{self.name}: no such directory")
         return self._reader.resolve(ref, platform)
+
+    def sole_ref(self) -> str:
+        """The name of the layout's one image."""
+        if not os.path.isdir(self.path):
+            raise UserError(f"{self.name}: no such directory")
+        return self._reader.sole_ref()
 
     def open_blob(self, image: ResolvedImage, layer: LayerRef) -> BinaryIO:
         """A stream of the layer's blob, as stored (compressed or not)."""

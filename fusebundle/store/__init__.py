@@ -9,6 +9,7 @@ Layout under the cache directory (`exports/` beside it belongs to images.Cache):
     locks/images                   shared while a record is written; `prune` cleans temps under it
     images/<hash>.json             image records (records.py)
     merged/<config hex>.idx        an image's layers merged into one index (layered.py's)
+    merged/<config hex>.image.idx  the same without docker's artefacts (the image commands')
 
 A layer appears under its final name only complete and verified: it is written to a temporary
 name in the same directory, checked, fsynced and indexed, then renamed.  Temporary names left by
@@ -414,7 +415,8 @@ class Store:
         now = time.time()
         for path, size in self.merged():
             name = os.path.basename(path)
-            if name.endswith(".idx") and name[:-4] not in configs:
+            # <config hex>.idx (docker's view) or <config hex>.image.idx (the image's own)
+            if name.endswith(".idx") and name.split(".", 1)[0] not in configs:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                     report.merged.append((path, size))
