@@ -14,7 +14,8 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 
 from fusebundle.bundle.entry import Entry
-from fusebundle.errors import CorruptTar, UserError
+from fusebundle.errors import UserError
+from fusebundle.pack.tarball import short_source
 from fusebundle.tar.index import read_sparse
 
 MAGIC = b"070701"
@@ -160,7 +161,7 @@ class Sources:
                 try:
                     yield read_sparse(fd, e.offset, e.sparse, e.size, pos, CHUNK)
                 except OSError:
-                    raise _short(e.src, e.offset, e.size) from None
+                    raise short_source(e.src, e.offset, e.size) from None
         elif e.src is not None:
             fd = self._fd(e.src)
             if e.size <= WINDOW:
@@ -170,7 +171,7 @@ class Sources:
                 n = min(CHUNK, e.size - pos)
                 data = os.pread(fd, n, e.offset + pos)
                 if len(data) != n:
-                    raise _short(e.src, e.offset, e.size)
+                    raise short_source(e.src, e.offset, e.size)
                 yield data
 
     def _small(self, path: str, fd: int, offset: int, size: int) -> bytes:
@@ -181,18 +182,13 @@ class Sources:
             start = offset
         piece = data[offset - start : offset - start + size]
         if len(piece) != size:
-            raise _short(path, offset, size)
+            raise short_source(path, offset, size)
         return piece
 
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
-
-
-def _short(path: str, offset: int, size: int) -> CorruptTar:
-    return CorruptTar(f"{path}: ends early: {size} bytes expected at offset {offset}; "
-                      f"delete it to export the image again")
 
 
 class CpioWriter:

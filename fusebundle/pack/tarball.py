@@ -159,7 +159,7 @@ class _Writer:
         while done < size:
             n = self._transfer(src, offset + done, size - done)
             if n <= 0:
-                raise _short(path, offset, size)
+                raise short_source(path, offset, size)
             done += n
             self.pos += n
 
@@ -170,7 +170,7 @@ class _Writer:
             try:
                 self.write(read_sparse(src, offset, fragments, size, pos, 1 << 20))
             except OSError:
-                raise _short(path, offset, size) from None
+                raise short_source(path, offset, size) from None
 
     def _small(self, path: str, src: int, offset: int, size: int) -> bytes:
         wsrc, wstart, data = self.window
@@ -180,7 +180,7 @@ class _Writer:
             wstart = offset
         piece = data[offset - wstart : offset - wstart + size]
         if len(piece) != size:
-            raise _short(path, offset, size)
+            raise short_source(path, offset, size)
         return piece
 
     def _transfer(self, src: int, offset: int, count: int) -> int:
@@ -207,7 +207,8 @@ class _Writer:
         self.sources.clear()
 
 
-def _short(path: str, offset: int, size: int) -> CorruptTar:
+def short_source(path: str, offset: int, size: int) -> CorruptTar:
+    """The error of a source that holds fewer bytes than its index says (every renderer's)."""
     return CorruptTar(f"{path}: ends early: {size} bytes expected at offset {offset}; "
                       f"delete it to export the image again")
 
