@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from fusebundle.bundle.entry import Entry
 from fusebundle.errors import UserError
-from fusebundle.pack.tarball import short_source
+from fusebundle.pack.tarball import WINDOW, SourceFiles, short_source
 from fusebundle.tar.index import read_sparse
 
 MAGIC = b"070701"
@@ -36,7 +36,6 @@ LEVEL = 1
 # as Go's writer makes it: the same tree gives the same bytes whenever it is packed.
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
 CHUNK = 1 << 20  # file data is read and compressed this much at a time
-WINDOW = 1 << 20  # small files lie one after another in a source: one read serves many
 FLUSH_AT = 1 << 20  # headers and small files are compressed in batches of this size
 
 
@@ -134,38 +133,24 @@ class GzipStream:
                 self.written += n
 
 
-class Sources:
+class Sources(SourceFiles):
     """The bytes of entries, read from the cached exports and layers they point into."""
-
-    def __init__(self) -> None:
-        self.fds: dict[str, int] = {}
-        self.window: tuple[int, int, bytes] = (-1, 0, b"")
-
-    def _fd(self, path: str) -> int:
-        fd = self.fds.get(path)
-        if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as e:
-                raise UserError(f"{path}: cannot open: {e.strerror}") from None
-            self.fds[path] = fd
-        return fd
 
     def chunks(self, e: Entry) -> Iterator[bytes]:
         """The content of a regular file, at most CHUNK bytes at a time."""
         if e.data is not None:
             yield e.data
         elif e.src is not None and e.sparse is not None:
-            fd = self._fd(e.src)
+            fd = self.fd(e.src)
             for pos in range(0, e.size, CHUNK):
                 try:
                     yield read_sparse(fd, e.offset, e.sparse, e.size, pos, CHUNK)
                 except OSError:
                     raise short_source(e.src, e.offset, e.size) from None
         elif e.src is not None:
-            fd = self._fd(e.src)
+            fd = self.fd(e.src)
             if e.size <= WINDOW:
-                yield self._small(e.src, fd, e.offset, e.size)
+                yield self.small(e.src, fd, e.offset, e.size)
                 return
             for pos in range(0, e.size, CHUNK):
                 n = min(CHUNK, e.size - pos)
@@ -173,22 +158,6 @@ class Sources:
                 if len(data) != n:
                     raise short_source(e.src, e.offset, e.size)
                 yield data
-
-    def _small(self, path: str, fd: int, offset: int, size: int) -> bytes:
-        wfd, start, data = self.window
-        if wfd != fd or offset < start or offset + size > start + len(data):
-            data = os.pread(fd, max(size, WINDOW), offset)
-            self.window = (fd, offset, data)
-            start = offset
-        piece = data[offset - start : offset - start + size]
-        if len(piece) != size:
-            raise short_source(path, offset, size)
-        return piece
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
 
 
 class CpioWriter:

@@ -111,6 +111,45 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
+class SourceFiles:
+    """The source tars entries point into: one descriptor each, and a window of the last read.
+
+    Small files lie one after another in a tar, so one read of WINDOW bytes serves many.
+    """
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+        self.window: tuple[int, int, bytes] = (-1, 0, b"")
+
+    def fd(self, path: str) -> int:
+        """An open descriptor of `path`, kept until close()."""
+        fd = self.fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise UserError(f"{path}: cannot open: {e.strerror}") from None
+            self.fds[path] = fd
+        return fd
+
+    def small(self, path: str, fd: int, offset: int, size: int) -> bytes:
+        """`size` bytes at `offset` of `fd` (the source `path`), through the window."""
+        wfd, start, data = self.window
+        if wfd != fd or offset < start or offset + size > start + len(data):
+            data = os.pread(fd, max(size, WINDOW), offset)
+            self.window = (fd, offset, data)
+            start = offset
+        piece = data[offset - start : offset - start + size]
+        if len(piece) != size:
+            raise short_source(path, offset, size)
+        return piece
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
 class _Writer:
     """Buffered writes to a file descriptor, with zero-copy transfers for large data."""
 
@@ -119,10 +158,7 @@ class _Writer:
         self.seekable = seekable
         self.pos = 0
         self.buf = bytearray()
-        self.sources: dict[str, int] = {}
-        # The last window read from a source: small files lie one after another in a tar,
-        # so one read serves many of them.
-        self.window = (-1, 0, b"")
+        self.files = SourceFiles()
 
     def write(self, data: bytes) -> None:
         self.buf += data
@@ -139,20 +175,10 @@ class _Writer:
             view.release()
         self.buf.clear()
 
-    def _source(self, path: str) -> int:
-        fd = self.sources.get(path)
-        if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError as e:
-                raise UserError(f"{path}: cannot open: {e.strerror}") from None
-            self.sources[path] = fd
-        return fd
-
     def copy(self, path: str, offset: int, size: int) -> None:
-        src = self._source(path)
+        src = self.files.fd(path)
         if size <= SMALL:
-            self.write(self._small(path, src, offset, size))
+            self.write(self.files.small(path, src, offset, size))
             return
         self.flush()
         done = 0
@@ -165,23 +191,12 @@ class _Writer:
 
     def copy_sparse(self, path: str, offset: int, fragments: Sequence[int], size: int) -> None:
         """A sparse member's bytes, its holes written as zeros, 1 MiB at a time."""
-        src = self._source(path)
+        src = self.files.fd(path)
         for pos in range(0, size, 1 << 20):
             try:
                 self.write(read_sparse(src, offset, fragments, size, pos, 1 << 20))
             except OSError:
                 raise short_source(path, offset, size) from None
-
-    def _small(self, path: str, src: int, offset: int, size: int) -> bytes:
-        wsrc, wstart, data = self.window
-        if wsrc != src or not wstart <= offset or offset + size > wstart + len(data):
-            data = os.pread(src, max(size, WINDOW), offset)
-            self.window = (src, offset, data)
-            wstart = offset
-        piece = data[offset - wstart : offset - wstart + size]
-        if len(piece) != size:
-            raise short_source(path, offset, size)
-        return piece
 
     def _transfer(self, src: int, offset: int, count: int) -> int:
         count = min(count, 1 << 30)
@@ -202,9 +217,7 @@ class _Writer:
         return len(data)
 
     def close(self) -> None:
-        for fd in self.sources.values():
-            os.close(fd)
-        self.sources.clear()
+        self.files.close()
 
 
 def short_source(path: str, offset: int, size: int) -> CorruptTar:
