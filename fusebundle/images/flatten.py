@@ -20,9 +20,10 @@ import json
 import logging
 import os
 import struct
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
+from typing import NamedTuple
 
 from fusebundle.errors import CorruptTar
 from fusebundle.tar import colfile
@@ -92,6 +93,22 @@ def _parent(path: bytes) -> bytes:
 
 def _show(name: bytes) -> str:
     return repr(name.replace(_SEP, b"/").decode("utf-8", "backslashreplace"))
+
+
+class Walk(NamedTuple):
+    """The flattened tree in docker's walk order: every entry's name ('/'-separated, in one
+    blob) and its ordinal (a layer entry, or a synthetic one at or above the layers' count)."""
+
+    names: bytes
+    name_ends: array.array[int]
+    ino: array.array[int]
+
+
+# The paths docker's init layer looks at (each _INIT path and its parents): all the one-layer
+# walk needs to keep by name.
+_INIT_PATHS = frozenset(
+    _SEP.join(path.split(_SEP)[:n]) for path, _ in _INIT for n in range(1, path.count(_SEP) + 2)
+)
 
 
 class _Merge:
@@ -373,12 +390,139 @@ class _Merge:
                 i = q - syn.base
                 syn.rows[i] = (*syn.rows[i][:3], PINNED_MTIME_NS)
 
+    def walk(self) -> Walk:
+        """The merged tree in walk order; the path dict is let go."""
+        order = sorted(self.cur)
+        # an array: no int object per entry
+        ino = array.array("q", map(self.cur.__getitem__, order))
+        self.cur = {}  # done with: what it held is in order and ino now
+        names = b"".join(order).replace(_SEP, b"/")
+        ends = array.array("q", accumulate(map(len, order)))
+        return Walk(names, ends, ino)
+
+    def init_layer_into(self, walk: array.array[int], syn_names: dict[int, bytes]
+                        ) -> array.array[int]:
+        """init_layer() for a one-layer walk: `cur` holds only the init layer's paths, and
+        what it changes there is changed in the walk (a few entries, in place)."""
+        before = dict(self.cur)
+        self.init_layer()
+        after = self.cur
+        for name, o in before.items():
+            now = after.get(name)
+            if now is None:
+                walk.pop(walk.index(o))
+            elif now != o:
+                walk[walk.index(o)] = now  # the same name: the same place in the walk
+                syn_names[now] = name
+        names = self._walk_name(syn_names)
+        for name, o in after.items():
+            if name not in before:
+                syn_names[o] = name
+                insort(walk, o, key=names)
+        return walk
+
+    def _walk_name(self, syn_names: dict[int, bytes]) -> Callable[[int], bytes]:
+        """ordinal -> its path as the walk sorts it (one layer's, or a synthetic one's)."""
+        c = self.layers[0].columns()
+        blob, ends, base = c.names, c.name_ends, self.syn.base
+
+        def name(o: int) -> bytes:
+            if o >= base:
+                return syn_names[o]
+            return blob[ends[o - 1] if o else 0 : ends[o]].replace(b"/", _SEP)
+        return name
+
     def _kind(self, o: int) -> int:
         return self.syn.types[o - self.syn.base] if o >= self.syn.base else self.types[o]
 
     def column(self, attr: str, o: int) -> int:
         layer = self.layer_of(o)
         return getattr(self.layers[layer].columns(), attr)[o - self.bases[layer]]
+
+
+def _one_layer_walk(m: _Merge) -> tuple[array.array[int], dict[int, bytes]] | None:
+    """A one-layer image in walk order without a dict of every path: the layer's own order
+    with the directories it implies put in, when its names already come in walk order (as
+    docker and tar write them).  None when the layer needs the full merge: out of order or
+    repeated names, whiteouts, hard links, names with '..', anything below a non-directory.
+
+    Returns the walk's ordinals and the names of the synthetic entries; m.cur is left with
+    the init layer's paths only.
+    """
+    c = m.layers[0].columns()
+    blob, ends, types = c.names, c.name_ends, c.types
+    if blob.find(b"..") >= 0 or blob.find(_WH) >= 0 or types.find(_H) >= 0:
+        return None
+    syn, cur = m.syn, m.cur
+    mtime = PINNED_MTIME_NS if m.docker else 0  # as settle() dates an implied directory
+    syn_names: dict[int, bytes] = {}
+    walk = array.array("q")
+    stack: list[bytes] = []  # the directories above the last entry, each with _SEP at its end
+    prev = below = b""  # the last name; the last non-directory's name with _SEP (or b"")
+    start = 0
+    for i, end in enumerate(ends):
+        name = blob[start:end].replace(b"/", _SEP)
+        start = end
+        if name <= prev or (below and name.startswith(below)):
+            return None
+        prev = name
+        while stack and not name.startswith(stack[-1]):
+            stack.pop()
+        j = name.rfind(_SEP)
+        # In walk order a missing parent sorts just before its first child: put it in here.
+        pos = len(stack[-1]) if stack else 0
+        while 0 < j >= pos:
+            k = name.index(_SEP, pos)
+            p = name[:k]
+            o = syn.add(_D, 0o755, mtime)
+            syn_names[o] = p
+            walk.append(o)
+            stack.append(p + _SEP)
+            if p in _INIT_PATHS:
+                cur[p] = o
+            pos = k + 1
+        if types[i] == _D:
+            stack.append(name + _SEP)
+            below = b""
+        else:
+            below = name + _SEP
+        walk.append(i)
+        if name in _INIT_PATHS:
+            cur[name] = i
+    return walk, syn_names
+
+
+def _walk_of(m: _Merge, walk: array.array[int], syn_names: dict[int, bytes]) -> Walk:
+    """The names of a one-layer walk: runs of the layer's own blob, joined once."""
+    c = m.layers[0].columns()
+    ends, base = c.name_ends, m.syn.base
+    view = memoryview(c.names)
+    pieces: list[bytes | memoryview] = []
+    out = array.array("q")
+    total = k = 0
+    n = len(walk)
+    while k < n:
+        o = walk[k]
+        if o >= base:
+            name = syn_names[o].replace(_SEP, b"/")
+            pieces.append(name)
+            total += len(name)
+            out.append(total)
+            k += 1
+            continue
+        j = k + 1
+        while j < n and walk[j] == o + j - k < base:
+            j += 1
+        stop = o + j - k
+        a, b = (ends[o - 1] if o else 0), ends[stop - 1]
+        pieces.append(view[a:b])
+        out.extend(map((total - a).__add__, ends[o:stop]))
+        total += b - a
+        k = j
+    names = b"".join(pieces)
+    del pieces
+    view.release()
+    return Walk(names, out, walk)
 
 
 def merge(layers: Sequence[TarIndex], digests: Sequence[str], what: str, path: str,
@@ -393,14 +537,23 @@ def merge(layers: Sequence[TarIndex], digests: Sequence[str], what: str, path: s
     if not layers:
         raise CorruptTar(f"image {what}: no layers")
     m = _Merge(layers, digests, what, docker)
-    for layer in range(len(layers)):
-        m.apply(layer)
-    m.settle()
-    if docker:
-        m.init_layer()
-    merged = MergedIndex._build(m, path, all_xattrs or not docker)
-    for x in layers:
-        x.drop_pages()  # walked whole; the merged index is what is read from now on
+    one = _one_layer_walk(m) if len(layers) == 1 else None
+    if one is None:
+        m.cur = {}
+        for layer in range(len(layers)):
+            m.apply(layer)
+        m.settle()
+        if docker:
+            m.init_layer()
+        walk = m.walk()
+    else:
+        order, syn_names = one
+        if docker:
+            order = m.init_layer_into(order, syn_names)
+        walk = _walk_of(m, order, syn_names)
+    _drop_pages(layers)
+    merged = MergedIndex._build(m, path, walk, all_xattrs or not docker)
+    _drop_pages(layers)  # walked whole; the merged index is what is read from now on
     return merged
 
 
@@ -489,13 +642,13 @@ class MergedIndex(TarIndex):
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
-    def _build(cls, m: _Merge, path: str, all_xattrs: bool) -> MergedIndex:
+    def _build(cls, m: _Merge, path: str, walk: Walk, all_xattrs: bool) -> MergedIndex:
         syn = m.syn
-        order = sorted(m.cur)
-        # type, size, data, devices, symlink target; an array: no int object per entry
-        ino = array.array("q", map(m.cur.__getitem__, order))
-        m.cur = {}  # done with: what it held is in order and ino now
-        own = _getter(ino[:])  # each name's own header, before hard links point at the inode
+        names, name_ends, ino = walk
+        del walk
+        # type, size, data, devices, symlink target: ino (hard links point it at the inode);
+        # each name's own header: own
+        own = _getter(ino[:] if m.link_ino else ino)
         meta = ino  # mode, owner, mtime, xattrs: the same entry unless hard links say otherwise
         hard: dict[int, bytes] = {}  # position -> first name of its inode (a link entry)
         if m.link_ino:
@@ -511,14 +664,14 @@ class MergedIndex(TarIndex):
                 meta[k] = inode_meta.get(i, i)
                 seen = first.get(i)
                 if seen is None:
-                    first[i] = order[k].replace(_SEP, b"/")  # the first name met is the file
+                    # the first name met is the file
+                    first[i] = names[name_ends[k - 1] if k else 0 : name_ends[k]]
                 else:
                     hard[k] = seen
 
         self = cls(path, Stamp(0, 0, 0))
-        self._names = b"".join(order).replace(_SEP, b"/")
-        self._name_ends = array.array("q", accumulate(map(len, order)))
-        del order
+        self._names, self._name_ends = names, _narrow(name_ends)
+        del names, name_ends
         self._layer_paths = [x.tar_path for x in m.layers]
         self._layer_stats = [x.stamp for x in m.layers]
 
@@ -533,7 +686,9 @@ class MergedIndex(TarIndex):
                 src.extend(array.array(typecode, [0]) * len(syn.rows))
             else:
                 src.extend(array.array(typecode, [r[row] for r in syn.rows]))
-            return array.array(typecode, pick(src))
+            _drop_pages(m.layers)  # copied: the mapped pages can go
+            # narrowed now, as save() would: the wide copy goes before the next is gathered
+            return _narrow(array.array(typecode, pick(src)))
 
         types = bytearray(pick_ino(m.types + syn.types))
         for k in hard:
@@ -543,13 +698,13 @@ class MergedIndex(TarIndex):
         self._uids = gather("uids", "I", pick_meta, 1)
         self._gids = gather("gids", "I", pick_meta, 2)
         mtimes = gather("mtimes", "q", pick_meta, 3)
-        if m.docker:
-            mtimes = array.array("q", [t - t % _SECOND for t in mtimes])  # docker truncates
+        if m.docker and any(t % _SECOND for t in mtimes):  # docker truncates
+            mtimes = _narrow(array.array("q", (t - t % _SECOND for t in mtimes)))
         self._mtimes = mtimes
         del mtimes
         sizes = gather("sizes", "q", pick_ino, None)
         self._offsets = gather("offsets", "q", pick_ino, None)
-        zeros = array.array("I", bytes(4 * len(ino)))
+        zeros = array.array("B", bytes(len(ino)))
         if any(_nonzero(x.columns().devmajors) or _nonzero(x.columns().devminors)
                for x in m.layers):
             majors = gather("devmajors", "I", pick_ino, None)
@@ -558,16 +713,19 @@ class MergedIndex(TarIndex):
             majors, minors = zeros, zeros[:]
         for k in hard:
             sizes[k] = majors[k] = minors[k] = 0
-        self._sizes, self._devmajors, self._devminors = sizes, majors, minors
+        self._sizes, self._devmajors, self._devminors = (
+            _narrow(sizes), _narrow(majors), _narrow(minors))
         layer_no = array.array("H")
         for layer, x in enumerate(m.layers):
             layer_no.extend(array.array("H", [layer]) * len(x))
         layer_no.extend(array.array("H", [NO_LAYER]) * len(syn.rows))
-        self._from = array.array("H", own(layer_no))
+        self._from = _narrow(array.array("H", own(layer_no)))
         layer_no[len(layer_no) - len(syn.rows):] = array.array("H", [0]) * len(syn.rows)
-        self._srcs = array.array("H", pick_ino(layer_no))  # no data in syn rows: any will do
+        # no data in syn rows: any will do
+        self._srcs = _narrow(array.array("H", pick_ino(layer_no)))
         del layer_no
-        self._links, self._link_ends = cls._link_column(m, types, ino, hard)
+        self._links, link_ends = cls._link_column(m, types, ino, hard)
+        self._link_ends = _narrow(link_ends)
         self._xattrs = cls._xattr_column(m, meta, all_xattrs)
         self._sparse = cls._sparse_column(m, ino, hard)
         return self
@@ -702,6 +860,19 @@ def _getter(refs: Sequence[int]) -> Callable[[Sequence[int]], Iterator[int]]:
     """refs -> a function picking those items of a sequence, in one C loop (lazily: the
     callers fill an array, never a tuple of a million ints)."""
     return lambda seq: map(seq.__getitem__, refs)
+
+
+def _drop_pages(layers: Sequence[TarIndex]) -> None:
+    """After a pass over the layers' columns: their pages leave RSS (the mapped files' pages
+    count in the peak as much as the heap does: a 1M-entry layer index is 50 MB)."""
+    for x in layers:
+        x.drop_pages()
+
+
+def _narrow(column: array.array) -> array.array:
+    """The column in the narrowest typecode that holds it (colfile's, as it is saved)."""
+    narrowed = colfile.narrow(column)[1]
+    return narrowed if isinstance(narrowed, array.array) else column
 
 
 def _all(codes: bytes | bytearray, code: int) -> Iterator[int]:
