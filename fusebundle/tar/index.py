@@ -434,8 +434,11 @@ class TarIndex:
         self = cls(tar_path, Stamp.of(st))
         n = len(cols.types)
         self._types = bytes(cols.types)
-        self._modes, self._uids, self._gids = cols.modes, cols.uids, cols.gids
-        self._sizes, self._mtimes, self._offsets = cols.sizes, cols.mtimes, cols.offsets
+        # Narrowed as they will be saved, each before the next, and all before the names are
+        # joined: at a million members the scan's peak is the wide columns plus the names twice.
+        for attr in ("modes", "uids", "gids", "sizes", "mtimes", "offsets", "name_ends"):
+            setattr(self, "_" + attr, _narrowed(getattr(cols, attr)))
+            setattr(cols, attr, None)
         if cols.devices:
             majors = array.array("I", bytes(4 * n))
             minors = array.array("I", bytes(4 * n))
@@ -447,7 +450,6 @@ class TarIndex:
         self._devmajors, self._devminors = majors, minors
         self._names = b"".join(cols.blob)
         cols.blob.clear()
-        self._name_ends = cols.name_ends
         if cols.links:
             link_lengths = array.array("q", bytes(8 * n))
             for i, link in cols.links.items():
@@ -535,6 +537,12 @@ class TarIndex:
         self._xattrs = _decode_xattrs(bytes(mapped["_xattrs"]), n)
         self._sparse = _decode_sparse(bytes(mapped["_sparse"]), n)
         self._maps = mapped.maps
+
+
+def _narrowed(column: array.array) -> Numbers:
+    """The column in the narrowest typecode that holds its values (as colfile saves it)."""
+    data = colfile.narrow(column)[1]
+    return data if isinstance(data, array.array) else column
 
 
 def open_index(
