@@ -18,6 +18,7 @@ import array
 import contextlib
 import json
 import logging
+import mmap
 import os
 import struct
 from bisect import bisect_right, insort
@@ -27,7 +28,7 @@ from typing import NamedTuple
 
 from fusebundle.errors import CorruptTar
 from fusebundle.tar import colfile
-from fusebundle.tar.index import _COLUMNS, DROP_EVERY_ENTRIES, IndexEntry, Stamp, TarIndex
+from fusebundle.tar.index import _COLUMNS, DROP_EVERY_ENTRIES, Blob, IndexEntry, Stamp, TarIndex
 
 __all__ = ["MergedIndex", "merge"]
 
@@ -37,6 +38,9 @@ _MAGIC = b"FBMERGE"
 _VERSION = 3
 NO_LAYER = 0xFFFF  # provenance of an entry no layer has a header for (an implied directory)
 _DROP_MASK = DROP_EVERY_ENTRIES - 1
+# Entries of a layer copied between two drops of its pages in a one-layer walk (_walk_of):
+# 64k names are about 2 MB, so the layer's pages stay a few MB of RSS.
+_PIECE = 1 << 16
 log = logging.getLogger(__name__)
 _F, _H, _L, _D = b"fhld"
 _WH = b".wh."
@@ -451,12 +455,12 @@ def _one_layer_walk(m: _Merge) -> tuple[array.array[int], dict[int, bytes]] | No
     """
     c = m.layers[0].columns()
     blob, ends, types = c.names, c.name_ends, c.types
-    if blob.find(b"..") >= 0 or blob.find(_WH) >= 0 or types.find(_H) >= 0:
+    if types.find(_H) >= 0 or _has(m, blob, b"..") or _has(m, blob, _WH):
         return None
     syn, cur = m.syn, m.cur
     mtime = PINNED_MTIME_NS if m.docker else 0  # as settle() dates an implied directory
     syn_names: dict[int, bytes] = {}
-    walk = array.array("q")
+    walk = array.array("I")  # ordinals: a tar of 2**32 members would be 2 TiB of headers
     stack: list[bytes] = []  # the directories above the last entry, each with _SEP at its end
     prev = below = b""  # the last name; the last non-directory's name with _SEP (or b"")
     start = 0
@@ -489,38 +493,61 @@ def _one_layer_walk(m: _Merge) -> tuple[array.array[int], dict[int, bytes]] | No
         walk.append(i)
         if name in _INIT_PATHS:
             cur[name] = i
+        if not ~i & _PIECE - 1:
+            _drop_pages(m.layers)  # read once, in order: a few MB of its pages at a time
+    _drop_pages(m.layers)
     return walk, syn_names
 
 
+def _has(m: _Merge, blob: Blob, needle: bytes) -> bool:
+    """needle in a layer's blob, searched a piece at a time with the pages let go after each
+    (a find() over the whole mapped blob would bring all of it into RSS at once)."""
+    step = _PIECE * 64  # 4 MiB
+    for start in range(0, len(blob), step):
+        found = blob.find(needle, start, start + step + len(needle) - 1) >= 0
+        _drop_pages(m.layers)
+        if found:
+            return True
+    return False
+
+
 def _walk_of(m: _Merge, walk: array.array[int], syn_names: dict[int, bytes]) -> Walk:
-    """The names of a one-layer walk: runs of the layer's own blob, joined once."""
+    """The names of a one-layer walk: runs of the layer's own blob, copied in pieces into one
+    mapping, the layer's pages let go after each piece (they would double the names in RSS)."""
     c = m.layers[0].columns()
     ends, base = c.name_ends, m.syn.base
-    view = memoryview(c.names)
-    pieces: list[bytes | memoryview] = []
-    out = array.array("q")
-    total = k = 0
-    n = len(walk)
+    runs: list[tuple[int, int] | bytes] = []  # layer ordinals [o, stop), or a synthetic name
+    k, n = 0, len(walk)
     while k < n:
         o = walk[k]
         if o >= base:
-            name = syn_names[o].replace(_SEP, b"/")
-            pieces.append(name)
-            total += len(name)
-            out.append(total)
+            runs.append(syn_names[o].replace(_SEP, b"/"))
             k += 1
             continue
         j = k + 1
         while j < n and walk[j] == o + j - k < base:
             j += 1
-        stop = o + j - k
-        a, b = (ends[o - 1] if o else 0), ends[stop - 1]
-        pieces.append(view[a:b])
-        out.extend(map((total - a).__add__, ends[o:stop]))
-        total += b - a
+        runs.append((o, o + j - k))
         k = j
-    names = b"".join(pieces)
-    del pieces
+    total = sum(len(r) if isinstance(r, bytes) else ends[r[1] - 1] - (ends[r[0] - 1] if r[0]
+                                                                    else 0) for r in runs)
+    names: bytes | mmap.mmap = mmap.mmap(-1, total) if total else b""
+    out = array.array("I" if total < 1 << 32 else "q")
+    at = 0
+    view = memoryview(c.names)
+    for r in runs:
+        if isinstance(r, bytes):
+            names[at : at + len(r)] = r  # type: ignore[index]
+            at += len(r)
+            out.append(at)
+            continue
+        for o in range(r[0], r[1], _PIECE):
+            stop = min(o + _PIECE, r[1])
+            a, b = (ends[o - 1] if o else 0), ends[stop - 1]
+            names[at : at + b - a] = view[a:b]  # type: ignore[index]
+            out.extend(map((at - a).__add__, ends[o:stop]))
+            at += b - a
+            _drop_pages(m.layers)
     view.release()
     return Walk(names, out, walk)
 
@@ -679,16 +706,15 @@ class MergedIndex(TarIndex):
         pick_meta = pick_ino if meta is ino else _getter(meta)
 
         def gather(attr: str, typecode: str, pick: Callable, row: int | None) -> array.array:
-            src = array.array(typecode)
-            for x in m.layers:
-                _extend(src, getattr(x.columns(), attr))
-            if row is None:
-                src.extend(array.array(typecode, [0]) * len(syn.rows))
-            else:
-                src.extend(array.array(typecode, [r[row] for r in syn.rows]))
+            columns = [getattr(x.columns(), attr) for x in m.layers]
+            extra = [0] * len(syn.rows) if row is None else [r[row] for r in syn.rows]
+            src = array.array(_common_typecode(columns, extra, typecode))
+            for column in columns:
+                _extend(src, column)
+            src.extend(extra)
             _drop_pages(m.layers)  # copied: the mapped pages can go
             # narrowed now, as save() would: the wide copy goes before the next is gathered
-            return _narrow(array.array(typecode, pick(src)))
+            return _narrow(array.array(src.typecode, pick(src)))
 
         types = bytearray(pick_ino(m.types + syn.types))
         for k in hard:
@@ -746,12 +772,9 @@ class MergedIndex(TarIndex):
     def _link_column(m: _Merge, types: bytearray, ino: Sequence[int],
                      hard: dict[int, bytes]) -> tuple[bytes, array.array]:
         """Symlink targets (from the inode's layer) and hard-link targets (the first name)."""
-        parts: list[bytes] = []
+        parts: list[tuple[int, bytes]] = []
         layer_links: dict[int, list[bytes]] = {}
         syn = m.syn
-        # The ends are constant between link entries: built run by run, not entry by entry.
-        ends = array.array("q")
-        total = done = 0
         for k in sorted({*hard, *_all(types, _L)}):
             if k in hard:
                 target = hard[k]
@@ -766,13 +789,20 @@ class MergedIndex(TarIndex):
                         c = m.layers[layer].columns()
                         got = layer_links[layer] = _split(c.links, c.link_ends)
                     target = got[o - m.bases[layer]]
-            parts.append(target)
-            ends.extend(array.array("q", [total]) * (k - done))
+            parts.append((k, target))
+        blob = b"".join(target for _, target in parts)
+        # The ends are constant between link entries: built run by run, not entry by entry,
+        # in the width they are saved in (a column of a million ends in q would be 8 MB).
+        tc = colfile.narrow([len(blob)])[0]
+        ends = array.array(tc)
+        total = done = 0
+        for k, target in parts:
+            ends.extend(array.array(tc, [total]) * (k - done))
             total += len(target)
             ends.append(total)
             done = k + 1
-        ends.extend(array.array("q", [total]) * (len(ino) - done))
-        return b"".join(parts), ends
+        ends.extend(array.array(tc, [total]) * (len(ino) - done))
+        return blob, ends
 
     @staticmethod
     def _xattr_column(m: _Merge, meta: Sequence[int], all_xattrs: bool
@@ -860,6 +890,21 @@ def _getter(refs: Sequence[int]) -> Callable[[Sequence[int]], Iterator[int]]:
     """refs -> a function picking those items of a sequence, in one C loop (lazily: the
     callers fill an array, never a tuple of a million ints)."""
     return lambda seq: map(seq.__getitem__, refs)
+
+
+def _common_typecode(columns: Sequence[Sequence[int]], extra: list[int], wide: str) -> str:
+    """The columns' own (narrowed, unsigned) typecode if they share one and `extra` fits in
+    it, else `wide`: a gather then copies the layers' columns at their saved width."""
+    codes = {c.format if isinstance(c, memoryview) else getattr(c, "typecode", wide)
+             for c in columns}
+    if len(codes) != 1:
+        return wide
+    (tc,) = codes
+    if tc not in "BHI" or array.array(tc).itemsize > array.array(wide).itemsize:
+        return wide
+    if extra and (min(extra) < 0 or max(extra) >> (8 * array.array(tc).itemsize)):
+        return wide
+    return tc
 
 
 def _drop_pages(layers: Sequence[TarIndex]) -> None:
