@@ -1005,3 +1005,27 @@ def test_one_layer_that_needs_the_merge_gets_it(tmp_path: Path, kind: str) -> No
     else:  # a whiteout in the only layer hides nothing and never shows
         b.file(".wh.a").file("b", "x")
         assert names(flatten(tmp_path, b)) == [b"b"]
+
+
+def test_one_index_over_several_sources(tmp_path: Path) -> None:
+    """entry, iteration and data_path name the same layer tar; any layer changing is seen."""
+    low = RootfsBuilder().file("a", "from low").file("b", "b")
+    up = RootfsBuilder().file("b", "from up").file("c", "c")
+    lay = layer_files(tmp_path, low, up)
+    assert lay[0].sources == [str(tmp_path / "layer0.tar")] and lay[0].verify_unchanged()
+    m = merge(lay, ["sha256:" + "1" * 64, "sha256:" + "2" * 64], "two",
+              str(tmp_path / "m.idx"))
+    m.save()
+    loaded = MergedIndex.load(str(tmp_path / "m.idx"), m.layer_paths)
+    assert loaded is not None
+    for idx in (m, loaded):
+        assert idx.sources == [str(tmp_path / "layer0.tar"), str(tmp_path / "layer1.tar")]
+        got = {e.name: e.src for e in idx}
+        assert got == {idx.entry(i).name: idx.data_path(i) for i in range(len(idx))}
+        assert got[b"a"] == idx.sources[0] and got[b"b"] == got[b"c"] == idx.sources[1]
+        assert idx.entry(-1).src == idx.data_path(len(idx) - 1)
+        assert data(idx, names(idx, init=True).index(b"b")) == b"from up"
+        assert idx.verify_unchanged()
+    os.utime(tmp_path / "layer0.tar", ns=(0, 0))
+    assert not m.verify_unchanged() and not loaded.verify_unchanged()
+    assert not lay[0].verify_unchanged() and lay[1].verify_unchanged()

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from fusebundle.errors import CorruptTar
 from fusebundle.tar import colfile
-from fusebundle.tar.index import _COLUMNS, DROP_EVERY_ENTRIES, Blob, IndexEntry, Stamp, TarIndex
+from fusebundle.tar.index import _COLUMNS, Blob, Stamp, TarIndex
 
 __all__ = ["MergedIndex", "merge"]
 
@@ -37,7 +37,6 @@ __all__ = ["MergedIndex", "merge"]
 _MAGIC = b"FBMERGE"
 _VERSION = 3
 NO_LAYER = 0xFFFF  # provenance of an entry no layer has a header for (an implied directory)
-_DROP_MASK = DROP_EVERY_ENTRIES - 1
 # Entries of a layer copied between two drops of its pages in a one-layer walk (_walk_of):
 # 64k names are about 2 MB, so the layer's pages stay a few MB of RSS.
 _PIECE = 1 << 16
@@ -603,14 +602,12 @@ _SAVED = (*_COLUMNS, ("_srcs", "H"), ("_from", "H"))
 
 
 class MergedIndex(TarIndex):
-    """A TarIndex over several layer tars: entry i's data is in data_path(i) at its offset."""
+    """A TarIndex over an image's layer tars (its sources, bottom first): how it is merged,
+    saved and loaded, and which layer gave each entry."""
 
-    __slots__ = ("_srcs", "_from", "_layer_paths", "_layer_stats")
+    __slots__ = ("_from",)
 
-    _srcs: array.array[int]
     _from: array.array[int]
-    _layer_paths: list[str]
-    _layer_stats: list[Stamp]
 
     def layer_of(self, i: int) -> int | None:
         """Which layer (0 = bottom) gave entry i: the topmost whose tar has a header for its
@@ -618,54 +615,14 @@ class MergedIndex(TarIndex):
         n = self._from[i]
         return None if n == NO_LAYER else n
 
-    def data_path(self, i: int) -> str:
-        """The layer tar holding entry i's data."""
-        return self._layer_paths[self._srcs[i]]
-
     @property
     def layer_paths(self) -> list[str]:
         """The layer tars, bottom first."""
-        return list(self._layer_paths)
-
-    def entry(self, i: int) -> IndexEntry:
-        """The i-th entry in export order, its src the layer tar that holds its data."""
-        e = super().entry(i)
-        src = self._layer_paths[self._srcs[i if i >= 0 else i + len(self)]]
-        return IndexEntry(e.name, e.type, e.mode, e.uid, e.gid, e.size, e.mtime_ns,
-                          e.linkname, e.devmajor, e.devminor, e.offset, e.xattrs, src,
-                          e.sparse)
-
-    def __iter__(self) -> Iterator[IndexEntry]:
-        """Every entry in export order (one IndexEntry each, as TarIndex makes them)."""
-        names, links, xattrs, paths = self._names, self._links, self._xattrs, self._layer_paths
-        sparse, maps = self._sparse, self._maps
-        name_start = link_start = 0
-        columns = zip(
-            self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
-            self._name_ends, self._link_ends, self._devmajors, self._devminors, self._offsets,
-            self._srcs, strict=True,
-        )  # fmt: skip
-        for i, (code, mode, uid, gid, size, mtime, n_end, l_end, major, minor, off, src) in (
-                enumerate(columns)):
-            attrs = xattrs.get(i) if xattrs else None
-            yield IndexEntry(names[name_start:n_end], chr(code), mode, uid, gid, size, mtime,
-                             links[link_start:l_end], major, minor, off,
-                             dict(attrs) if attrs else {}, paths[src],
-                             sparse.get(i) if sparse else None)
-            name_start, link_start = n_end, l_end
-            if maps and not ~i & _DROP_MASK:
-                colfile.drop_pages(maps)  # a walk in order needs no page twice
+        return self.sources
 
     def __repr__(self) -> str:
-        layers = len(self._layer_paths)
+        layers = len(self._sources)
         return f"<MergedIndex {self.tar_path!r}: {len(self)} entries, {layers} layers>"
-
-    def verify_unchanged(self) -> bool:
-        """True if every layer tar still has the size, mtime and inode it had when merged."""
-        try:
-            return [Stamp.of_path(p) for p in self._layer_paths] == self._layer_stats
-        except OSError:
-            return False
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
@@ -699,8 +656,8 @@ class MergedIndex(TarIndex):
         self = cls(path, Stamp(0, 0, 0))
         self._names, self._name_ends = names, _narrow(name_ends)
         del names, name_ends
-        self._layer_paths = [x.tar_path for x in m.layers]
-        self._layer_stats = [x.stamp for x in m.layers]
+        self._sources = [x.tar_path for x in m.layers]
+        self._stamps = [x.stamp for x in m.layers]
 
         pick_ino = _getter(ino)
         pick_meta = pick_ino if meta is ino else _getter(meta)
@@ -832,15 +789,15 @@ class MergedIndex(TarIndex):
         The columns are then used from the file (mapped), so the merge's arrays leave the heap.
         """
         meta = json.dumps({"n": len(self), "layers": [
-            [p, *s] for p, s in zip(self._layer_paths, self._layer_stats, strict=True)]}).encode()
+            [p, *s] for p, s in zip(self._sources, self._stamps, strict=True)]}).encode()
         sections = self._sections(_SAVED)
         mode = None
-        if self._layer_paths:
+        if self._sources:
             # The index tells no more than the layers do.
             with contextlib.suppress(OSError):
-                mode = os.stat(self._layer_paths[0]).st_mode & 0o666
+                mode = os.stat(self._sources[0]).st_mode & 0o666
         colfile.write(self.tar_path, _MAGIC, _VERSION, meta, sections, mode)
-        mapped = MergedIndex.load(self.tar_path, self._layer_paths)
+        mapped = MergedIndex.load(self.tar_path, self._sources)
         if mapped is not None:
             for attr, _ in _SAVED:
                 setattr(self, attr, getattr(mapped, attr))
@@ -879,9 +836,9 @@ class MergedIndex(TarIndex):
         n = head["n"]
         self = cls(path, Stamp(0, 0, 0))
         self._adopt(mapped, _SAVED, n)
-        self._layer_paths = [x[0] for x in head["layers"]]
-        self._layer_stats = [Stamp(*x[1:]) for x in head["layers"]]
-        if n and max(self._srcs) >= len(self._layer_paths):
+        self._sources = [x[0] for x in head["layers"]]
+        self._stamps = [Stamp(*x[1:]) for x in head["layers"]]
+        if n and max(self._srcs) >= len(self._sources):
             raise ValueError("layer number out of range")
         return self
 
