@@ -1029,3 +1029,27 @@ def test_one_index_over_several_sources(tmp_path: Path) -> None:
     os.utime(tmp_path / "layer0.tar", ns=(0, 0))
     assert not m.verify_unchanged() and not loaded.verify_unchanged()
     assert not lay[0].verify_unchanged() and lay[1].verify_unchanged()
+
+
+def test_one_layer_merge_holds_no_object_per_entry(tmp_path: Path) -> None:
+    """The heap a one-layer merge peaks at, per entry: arrays only (about 41 B measured at
+    20k entries; the path dict of the full merge took 156 B)."""
+    import tracemalloc
+
+    b = RootfsBuilder()
+    for i in range(20_000):
+        if i % 100 == 0:
+            b.dir(f"d{i // 100:04d}")
+        b.file(f"d{i // 100:04d}/f{i:06d}")
+    path = b.write(tmp_path / "layer.tar")
+    TarIndex.scan(str(path)).save(f"{path}.idx")
+    idx = TarIndex.load(f"{path}.idx", str(path))
+    assert idx is not None
+    tracemalloc.start()
+    try:
+        m = merge([idx], ["sha256:" + "0" * 64], "big", str(tmp_path / "m.idx"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(m) == 20_200 + len(INIT_NAMES)
+    assert peak / len(m) < 64  # 64: between the two, with room for the allocator's rounding
