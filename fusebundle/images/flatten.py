@@ -18,15 +18,17 @@ import array
 import contextlib
 import json
 import logging
+import mmap
 import os
 import struct
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
+from typing import NamedTuple
 
 from fusebundle.errors import CorruptTar
 from fusebundle.tar import colfile
-from fusebundle.tar.index import _COLUMNS, DROP_EVERY_ENTRIES, IndexEntry, Stamp, TarIndex
+from fusebundle.tar.index import _COLUMNS, Blob, Stamp, TarIndex
 
 __all__ = ["MergedIndex", "merge"]
 
@@ -35,7 +37,9 @@ __all__ = ["MergedIndex", "merge"]
 _MAGIC = b"FBMERGE"
 _VERSION = 3
 NO_LAYER = 0xFFFF  # provenance of an entry no layer has a header for (an implied directory)
-_DROP_MASK = DROP_EVERY_ENTRIES - 1
+# Entries of a layer copied between two drops of its pages in a one-layer walk (_walk_of):
+# 64k names are about 2 MB, so the layer's pages stay a few MB of RSS.
+_PIECE = 1 << 16
 log = logging.getLogger(__name__)
 _F, _H, _L, _D = b"fhld"
 _WH = b".wh."
@@ -92,6 +96,22 @@ def _parent(path: bytes) -> bytes:
 
 def _show(name: bytes) -> str:
     return repr(name.replace(_SEP, b"/").decode("utf-8", "backslashreplace"))
+
+
+class Walk(NamedTuple):
+    """The flattened tree in docker's walk order: every entry's name ('/'-separated, in one
+    blob) and its ordinal (a layer entry, or a synthetic one at or above the layers' count)."""
+
+    names: bytes
+    name_ends: array.array[int]
+    ino: array.array[int]
+
+
+# The paths docker's init layer looks at (each _INIT path and its parents): all the one-layer
+# walk needs to keep by name.
+_INIT_PATHS = frozenset(
+    _SEP.join(path.split(_SEP)[:n]) for path, _ in _INIT for n in range(1, path.count(_SEP) + 2)
+)
 
 
 class _Merge:
@@ -373,12 +393,162 @@ class _Merge:
                 i = q - syn.base
                 syn.rows[i] = (*syn.rows[i][:3], PINNED_MTIME_NS)
 
+    def walk(self) -> Walk:
+        """The merged tree in walk order; the path dict is let go."""
+        order = sorted(self.cur)
+        # an array: no int object per entry
+        ino = array.array("q", map(self.cur.__getitem__, order))
+        self.cur = {}  # done with: what it held is in order and ino now
+        names = b"".join(order).replace(_SEP, b"/")
+        ends = array.array("q", accumulate(map(len, order)))
+        return Walk(names, ends, ino)
+
+    def init_layer_into(self, walk: array.array[int], syn_names: dict[int, bytes]
+                        ) -> array.array[int]:
+        """init_layer() for a one-layer walk: `cur` holds only the init layer's paths, and
+        what it changes there is changed in the walk (a few entries, in place)."""
+        before = dict(self.cur)
+        self.init_layer()
+        after = self.cur
+        for name, o in before.items():
+            now = after.get(name)
+            if now is None:
+                walk.pop(walk.index(o))
+            elif now != o:
+                walk[walk.index(o)] = now  # the same name: the same place in the walk
+                syn_names[now] = name
+        names = self._walk_name(syn_names)
+        for name, o in after.items():
+            if name not in before:
+                syn_names[o] = name
+                insort(walk, o, key=names)
+        return walk
+
+    def _walk_name(self, syn_names: dict[int, bytes]) -> Callable[[int], bytes]:
+        """ordinal -> its path as the walk sorts it (one layer's, or a synthetic one's)."""
+        c = self.layers[0].columns()
+        blob, ends, base = c.names, c.name_ends, self.syn.base
+
+        def name(o: int) -> bytes:
+            if o >= base:
+                return syn_names[o]
+            return blob[ends[o - 1] if o else 0 : ends[o]].replace(b"/", _SEP)
+        return name
+
     def _kind(self, o: int) -> int:
         return self.syn.types[o - self.syn.base] if o >= self.syn.base else self.types[o]
 
     def column(self, attr: str, o: int) -> int:
         layer = self.layer_of(o)
         return getattr(self.layers[layer].columns(), attr)[o - self.bases[layer]]
+
+
+def _one_layer_walk(m: _Merge) -> tuple[array.array[int], dict[int, bytes]] | None:
+    """A one-layer image in walk order without a dict of every path: the layer's own order
+    with the directories it implies put in, when its names already come in walk order (as
+    docker and tar write them).  None when the layer needs the full merge: out of order or
+    repeated names, whiteouts, hard links, names with '..', anything below a non-directory.
+
+    Returns the walk's ordinals and the names of the synthetic entries; m.cur is left with
+    the init layer's paths only.
+    """
+    c = m.layers[0].columns()
+    blob, ends, types = c.names, c.name_ends, c.types
+    if types.find(_H) >= 0 or _has(m, blob, b"..") or _has(m, blob, _WH):
+        return None
+    syn, cur = m.syn, m.cur
+    mtime = PINNED_MTIME_NS if m.docker else 0  # as settle() dates an implied directory
+    syn_names: dict[int, bytes] = {}
+    walk = array.array("I")  # ordinals: a tar of 2**32 members would be 2 TiB of headers
+    stack: list[bytes] = []  # the directories above the last entry, each with _SEP at its end
+    prev = below = b""  # the last name; the last non-directory's name with _SEP (or b"")
+    start = 0
+    for i, end in enumerate(ends):
+        name = blob[start:end].replace(b"/", _SEP)
+        start = end
+        if name <= prev or (below and name.startswith(below)):
+            return None
+        prev = name
+        while stack and not name.startswith(stack[-1]):
+            stack.pop()
+        j = name.rfind(_SEP)
+        # In walk order a missing parent sorts just before its first child: put it in here.
+        pos = len(stack[-1]) if stack else 0
+        while 0 < j >= pos:
+            k = name.index(_SEP, pos)
+            p = name[:k]
+            o = syn.add(_D, 0o755, mtime)
+            syn_names[o] = p
+            walk.append(o)
+            stack.append(p + _SEP)
+            if p in _INIT_PATHS:
+                cur[p] = o
+            pos = k + 1
+        if types[i] == _D:
+            stack.append(name + _SEP)
+            below = b""
+        else:
+            below = name + _SEP
+        walk.append(i)
+        if name in _INIT_PATHS:
+            cur[name] = i
+        if not ~i & _PIECE - 1:
+            _drop_pages(m.layers)  # read once, in order: a few MB of its pages at a time
+    _drop_pages(m.layers)
+    return walk, syn_names
+
+
+def _has(m: _Merge, blob: Blob, needle: bytes) -> bool:
+    """needle in a layer's blob, searched a piece at a time with the pages let go after each
+    (a find() over the whole mapped blob would bring all of it into RSS at once)."""
+    step = _PIECE * 64  # 4 MiB
+    for start in range(0, len(blob), step):
+        found = blob.find(needle, start, start + step + len(needle) - 1) >= 0
+        _drop_pages(m.layers)
+        if found:
+            return True
+    return False
+
+
+def _walk_of(m: _Merge, walk: array.array[int], syn_names: dict[int, bytes]) -> Walk:
+    """The names of a one-layer walk: runs of the layer's own blob, copied in pieces into one
+    mapping, the layer's pages let go after each piece (they would double the names in RSS)."""
+    c = m.layers[0].columns()
+    ends, base = c.name_ends, m.syn.base
+    runs: list[tuple[int, int] | bytes] = []  # layer ordinals [o, stop), or a synthetic name
+    k, n = 0, len(walk)
+    while k < n:
+        o = walk[k]
+        if o >= base:
+            runs.append(syn_names[o].replace(_SEP, b"/"))
+            k += 1
+            continue
+        j = k + 1
+        while j < n and walk[j] == o + j - k < base:
+            j += 1
+        runs.append((o, o + j - k))
+        k = j
+    total = sum(len(r) if isinstance(r, bytes) else ends[r[1] - 1] - (ends[r[0] - 1] if r[0]
+                                                                    else 0) for r in runs)
+    names: bytes | mmap.mmap = mmap.mmap(-1, total) if total else b""
+    out = array.array("I" if total < 1 << 32 else "q")
+    at = 0
+    view = memoryview(c.names)
+    for r in runs:
+        if isinstance(r, bytes):
+            names[at : at + len(r)] = r  # type: ignore[index]
+            at += len(r)
+            out.append(at)
+            continue
+        for o in range(r[0], r[1], _PIECE):
+            stop = min(o + _PIECE, r[1])
+            a, b = (ends[o - 1] if o else 0), ends[stop - 1]
+            names[at : at + b - a] = view[a:b]  # type: ignore[index]
+            out.extend(map((at - a).__add__, ends[o:stop]))
+            at += b - a
+            _drop_pages(m.layers)
+    view.release()
+    return Walk(names, out, walk)
 
 
 def merge(layers: Sequence[TarIndex], digests: Sequence[str], what: str, path: str,
@@ -393,14 +563,23 @@ def merge(layers: Sequence[TarIndex], digests: Sequence[str], what: str, path: s
     if not layers:
         raise CorruptTar(f"image {what}: no layers")
     m = _Merge(layers, digests, what, docker)
-    for layer in range(len(layers)):
-        m.apply(layer)
-    m.settle()
-    if docker:
-        m.init_layer()
-    merged = MergedIndex._build(m, path, all_xattrs or not docker)
-    for x in layers:
-        x.drop_pages()  # walked whole; the merged index is what is read from now on
+    one = _one_layer_walk(m) if len(layers) == 1 else None
+    if one is None:
+        m.cur = {}
+        for layer in range(len(layers)):
+            m.apply(layer)
+        m.settle()
+        if docker:
+            m.init_layer()
+        walk = m.walk()
+    else:
+        order, syn_names = one
+        if docker:
+            order = m.init_layer_into(order, syn_names)
+        walk = _walk_of(m, order, syn_names)
+    _drop_pages(layers)
+    merged = MergedIndex._build(m, path, walk, all_xattrs or not docker)
+    _drop_pages(layers)  # walked whole; the merged index is what is read from now on
     return merged
 
 
@@ -423,14 +602,12 @@ _SAVED = (*_COLUMNS, ("_srcs", "H"), ("_from", "H"))
 
 
 class MergedIndex(TarIndex):
-    """A TarIndex over several layer tars: entry i's data is in data_path(i) at its offset."""
+    """A TarIndex over an image's layer tars (its sources, bottom first): how it is merged,
+    saved and loaded, and which layer gave each entry."""
 
-    __slots__ = ("_srcs", "_from", "_layer_paths", "_layer_stats")
+    __slots__ = ("_from",)
 
-    _srcs: array.array[int]
     _from: array.array[int]
-    _layer_paths: list[str]
-    _layer_stats: list[Stamp]
 
     def layer_of(self, i: int) -> int | None:
         """Which layer (0 = bottom) gave entry i: the topmost whose tar has a header for its
@@ -438,64 +615,24 @@ class MergedIndex(TarIndex):
         n = self._from[i]
         return None if n == NO_LAYER else n
 
-    def data_path(self, i: int) -> str:
-        """The layer tar holding entry i's data."""
-        return self._layer_paths[self._srcs[i]]
-
     @property
     def layer_paths(self) -> list[str]:
         """The layer tars, bottom first."""
-        return list(self._layer_paths)
-
-    def entry(self, i: int) -> IndexEntry:
-        """The i-th entry in export order, its src the layer tar that holds its data."""
-        e = super().entry(i)
-        src = self._layer_paths[self._srcs[i if i >= 0 else i + len(self)]]
-        return IndexEntry(e.name, e.type, e.mode, e.uid, e.gid, e.size, e.mtime_ns,
-                          e.linkname, e.devmajor, e.devminor, e.offset, e.xattrs, src,
-                          e.sparse)
-
-    def __iter__(self) -> Iterator[IndexEntry]:
-        """Every entry in export order (one IndexEntry each, as TarIndex makes them)."""
-        names, links, xattrs, paths = self._names, self._links, self._xattrs, self._layer_paths
-        sparse, maps = self._sparse, self._maps
-        name_start = link_start = 0
-        columns = zip(
-            self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
-            self._name_ends, self._link_ends, self._devmajors, self._devminors, self._offsets,
-            self._srcs, strict=True,
-        )  # fmt: skip
-        for i, (code, mode, uid, gid, size, mtime, n_end, l_end, major, minor, off, src) in (
-                enumerate(columns)):
-            attrs = xattrs.get(i) if xattrs else None
-            yield IndexEntry(names[name_start:n_end], chr(code), mode, uid, gid, size, mtime,
-                             links[link_start:l_end], major, minor, off,
-                             dict(attrs) if attrs else {}, paths[src],
-                             sparse.get(i) if sparse else None)
-            name_start, link_start = n_end, l_end
-            if maps and not ~i & _DROP_MASK:
-                colfile.drop_pages(maps)  # a walk in order needs no page twice
+        return self.sources
 
     def __repr__(self) -> str:
-        layers = len(self._layer_paths)
+        layers = len(self._sources)
         return f"<MergedIndex {self.tar_path!r}: {len(self)} entries, {layers} layers>"
-
-    def verify_unchanged(self) -> bool:
-        """True if every layer tar still has the size, mtime and inode it had when merged."""
-        try:
-            return [Stamp.of_path(p) for p in self._layer_paths] == self._layer_stats
-        except OSError:
-            return False
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
-    def _build(cls, m: _Merge, path: str, all_xattrs: bool) -> MergedIndex:
+    def _build(cls, m: _Merge, path: str, walk: Walk, all_xattrs: bool) -> MergedIndex:
         syn = m.syn
-        order = sorted(m.cur)
-        # type, size, data, devices, symlink target; an array: no int object per entry
-        ino = array.array("q", map(m.cur.__getitem__, order))
-        m.cur = {}  # done with: what it held is in order and ino now
-        own = _getter(ino[:])  # each name's own header, before hard links point at the inode
+        names, name_ends, ino = walk
+        del walk
+        # type, size, data, devices, symlink target: ino (hard links point it at the inode);
+        # each name's own header: own
+        own = _getter(ino[:] if m.link_ino else ino)
         meta = ino  # mode, owner, mtime, xattrs: the same entry unless hard links say otherwise
         hard: dict[int, bytes] = {}  # position -> first name of its inode (a link entry)
         if m.link_ino:
@@ -511,29 +648,30 @@ class MergedIndex(TarIndex):
                 meta[k] = inode_meta.get(i, i)
                 seen = first.get(i)
                 if seen is None:
-                    first[i] = order[k].replace(_SEP, b"/")  # the first name met is the file
+                    # the first name met is the file
+                    first[i] = names[name_ends[k - 1] if k else 0 : name_ends[k]]
                 else:
                     hard[k] = seen
 
         self = cls(path, Stamp(0, 0, 0))
-        self._names = b"".join(order).replace(_SEP, b"/")
-        self._name_ends = array.array("q", accumulate(map(len, order)))
-        del order
-        self._layer_paths = [x.tar_path for x in m.layers]
-        self._layer_stats = [x.stamp for x in m.layers]
+        self._names, self._name_ends = names, _narrow(name_ends)
+        del names, name_ends
+        self._sources = [x.tar_path for x in m.layers]
+        self._stamps = [x.stamp for x in m.layers]
 
         pick_ino = _getter(ino)
         pick_meta = pick_ino if meta is ino else _getter(meta)
 
         def gather(attr: str, typecode: str, pick: Callable, row: int | None) -> array.array:
-            src = array.array(typecode)
-            for x in m.layers:
-                _extend(src, getattr(x.columns(), attr))
-            if row is None:
-                src.extend(array.array(typecode, [0]) * len(syn.rows))
-            else:
-                src.extend(array.array(typecode, [r[row] for r in syn.rows]))
-            return array.array(typecode, pick(src))
+            columns = [getattr(x.columns(), attr) for x in m.layers]
+            extra = [0] * len(syn.rows) if row is None else [r[row] for r in syn.rows]
+            src = array.array(_common_typecode(columns, extra, typecode))
+            for column in columns:
+                _extend(src, column)
+            src.extend(extra)
+            _drop_pages(m.layers)  # copied: the mapped pages can go
+            # narrowed now, as save() would: the wide copy goes before the next is gathered
+            return _narrow(array.array(src.typecode, pick(src)))
 
         types = bytearray(pick_ino(m.types + syn.types))
         for k in hard:
@@ -543,13 +681,13 @@ class MergedIndex(TarIndex):
         self._uids = gather("uids", "I", pick_meta, 1)
         self._gids = gather("gids", "I", pick_meta, 2)
         mtimes = gather("mtimes", "q", pick_meta, 3)
-        if m.docker:
-            mtimes = array.array("q", [t - t % _SECOND for t in mtimes])  # docker truncates
+        if m.docker and any(t % _SECOND for t in mtimes):  # docker truncates
+            mtimes = _narrow(array.array("q", (t - t % _SECOND for t in mtimes)))
         self._mtimes = mtimes
         del mtimes
         sizes = gather("sizes", "q", pick_ino, None)
         self._offsets = gather("offsets", "q", pick_ino, None)
-        zeros = array.array("I", bytes(4 * len(ino)))
+        zeros = array.array("B", bytes(len(ino)))
         if any(_nonzero(x.columns().devmajors) or _nonzero(x.columns().devminors)
                for x in m.layers):
             majors = gather("devmajors", "I", pick_ino, None)
@@ -558,16 +696,19 @@ class MergedIndex(TarIndex):
             majors, minors = zeros, zeros[:]
         for k in hard:
             sizes[k] = majors[k] = minors[k] = 0
-        self._sizes, self._devmajors, self._devminors = sizes, majors, minors
+        self._sizes, self._devmajors, self._devminors = (
+            _narrow(sizes), _narrow(majors), _narrow(minors))
         layer_no = array.array("H")
         for layer, x in enumerate(m.layers):
             layer_no.extend(array.array("H", [layer]) * len(x))
         layer_no.extend(array.array("H", [NO_LAYER]) * len(syn.rows))
-        self._from = array.array("H", own(layer_no))
+        self._from = _narrow(array.array("H", own(layer_no)))
         layer_no[len(layer_no) - len(syn.rows):] = array.array("H", [0]) * len(syn.rows)
-        self._srcs = array.array("H", pick_ino(layer_no))  # no data in syn rows: any will do
+        # no data in syn rows: any will do
+        self._srcs = _narrow(array.array("H", pick_ino(layer_no)))
         del layer_no
-        self._links, self._link_ends = cls._link_column(m, types, ino, hard)
+        self._links, link_ends = cls._link_column(m, types, ino, hard)
+        self._link_ends = _narrow(link_ends)
         self._xattrs = cls._xattr_column(m, meta, all_xattrs)
         self._sparse = cls._sparse_column(m, ino, hard)
         return self
@@ -588,12 +729,9 @@ class MergedIndex(TarIndex):
     def _link_column(m: _Merge, types: bytearray, ino: Sequence[int],
                      hard: dict[int, bytes]) -> tuple[bytes, array.array]:
         """Symlink targets (from the inode's layer) and hard-link targets (the first name)."""
-        parts: list[bytes] = []
+        parts: list[tuple[int, bytes]] = []
         layer_links: dict[int, list[bytes]] = {}
         syn = m.syn
-        # The ends are constant between link entries: built run by run, not entry by entry.
-        ends = array.array("q")
-        total = done = 0
         for k in sorted({*hard, *_all(types, _L)}):
             if k in hard:
                 target = hard[k]
@@ -608,13 +746,20 @@ class MergedIndex(TarIndex):
                         c = m.layers[layer].columns()
                         got = layer_links[layer] = _split(c.links, c.link_ends)
                     target = got[o - m.bases[layer]]
-            parts.append(target)
-            ends.extend(array.array("q", [total]) * (k - done))
+            parts.append((k, target))
+        blob = b"".join(target for _, target in parts)
+        # The ends are constant between link entries: built run by run, not entry by entry,
+        # in the width they are saved in (a column of a million ends in q would be 8 MB).
+        tc = colfile.narrow([len(blob)])[0]
+        ends = array.array(tc)
+        total = done = 0
+        for k, target in parts:
+            ends.extend(array.array(tc, [total]) * (k - done))
             total += len(target)
             ends.append(total)
             done = k + 1
-        ends.extend(array.array("q", [total]) * (len(ino) - done))
-        return b"".join(parts), ends
+        ends.extend(array.array(tc, [total]) * (len(ino) - done))
+        return blob, ends
 
     @staticmethod
     def _xattr_column(m: _Merge, meta: Sequence[int], all_xattrs: bool
@@ -644,15 +789,15 @@ class MergedIndex(TarIndex):
         The columns are then used from the file (mapped), so the merge's arrays leave the heap.
         """
         meta = json.dumps({"n": len(self), "layers": [
-            [p, *s] for p, s in zip(self._layer_paths, self._layer_stats, strict=True)]}).encode()
+            [p, *s] for p, s in zip(self._sources, self._stamps, strict=True)]}).encode()
         sections = self._sections(_SAVED)
         mode = None
-        if self._layer_paths:
+        if self._sources:
             # The index tells no more than the layers do.
             with contextlib.suppress(OSError):
-                mode = os.stat(self._layer_paths[0]).st_mode & 0o666
+                mode = os.stat(self._sources[0]).st_mode & 0o666
         colfile.write(self.tar_path, _MAGIC, _VERSION, meta, sections, mode)
-        mapped = MergedIndex.load(self.tar_path, self._layer_paths)
+        mapped = MergedIndex.load(self.tar_path, self._sources)
         if mapped is not None:
             for attr, _ in _SAVED:
                 setattr(self, attr, getattr(mapped, attr))
@@ -691,9 +836,9 @@ class MergedIndex(TarIndex):
         n = head["n"]
         self = cls(path, Stamp(0, 0, 0))
         self._adopt(mapped, _SAVED, n)
-        self._layer_paths = [x[0] for x in head["layers"]]
-        self._layer_stats = [Stamp(*x[1:]) for x in head["layers"]]
-        if n and max(self._srcs) >= len(self._layer_paths):
+        self._sources = [x[0] for x in head["layers"]]
+        self._stamps = [Stamp(*x[1:]) for x in head["layers"]]
+        if n and max(self._srcs) >= len(self._sources):
             raise ValueError("layer number out of range")
         return self
 
@@ -702,6 +847,34 @@ def _getter(refs: Sequence[int]) -> Callable[[Sequence[int]], Iterator[int]]:
     """refs -> a function picking those items of a sequence, in one C loop (lazily: the
     callers fill an array, never a tuple of a million ints)."""
     return lambda seq: map(seq.__getitem__, refs)
+
+
+def _common_typecode(columns: Sequence[Sequence[int]], extra: list[int], wide: str) -> str:
+    """The columns' own (narrowed, unsigned) typecode if they share one and `extra` fits in
+    it, else `wide`: a gather then copies the layers' columns at their saved width."""
+    codes = {c.format if isinstance(c, memoryview) else getattr(c, "typecode", wide)
+             for c in columns}
+    if len(codes) != 1:
+        return wide
+    (tc,) = codes
+    if tc not in "BHI" or array.array(tc).itemsize > array.array(wide).itemsize:
+        return wide
+    if extra and (min(extra) < 0 or max(extra) >> (8 * array.array(tc).itemsize)):
+        return wide
+    return tc
+
+
+def _drop_pages(layers: Sequence[TarIndex]) -> None:
+    """After a pass over the layers' columns: their pages leave RSS (the mapped files' pages
+    count in the peak as much as the heap does: a 1M-entry layer index is 50 MB)."""
+    for x in layers:
+        x.drop_pages()
+
+
+def _narrow(column: array.array) -> array.array:
+    """The column in the narrowest typecode that holds it (colfile's, as it is saved)."""
+    narrowed = colfile.narrow(column)[1]
+    return narrowed if isinstance(narrowed, array.array) else column
 
 
 def _all(codes: bytes | bytearray, code: int) -> Iterator[int]:

@@ -19,7 +19,7 @@ import stat
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, repeat
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -242,16 +242,23 @@ class Columns(NamedTuple):
 
 
 class TarIndex:
-    """Columnar index of the members of one tar file, in archive order."""
+    """Columnar index of tar members over one or more source tars: one tar's in archive
+    order, or a flattened image's over its layer tars (images.flatten), where the `srcs`
+    column says which source holds each entry's data."""
 
     __slots__ = (
         "tar_path", "_stat", "_types", "_modes", "_uids", "_gids", "_sizes", "_mtimes",
         "_offsets", "_devmajors", "_devminors", "_names", "_name_ends", "_links",
-        "_link_ends", "_xattrs", "_sparse", "_by_name", "_maps",
+        "_link_ends", "_xattrs", "_sparse", "_by_name", "_maps", "_sources", "_stamps",
+        "_srcs",
     )  # fmt: skip
 
     tar_path: str
     _stat: Stamp
+    # The tars the data is in, each with its stamp when indexed: [tar_path] for one tar.
+    _sources: list[str]
+    _stamps: list[Stamp]
+    _srcs: Numbers | None  # entry -> its source's number; None for one tar
     _types: Blob
     _modes: Numbers
     _uids: Numbers
@@ -284,6 +291,7 @@ class TarIndex:
         self._sparse = {}
         self._by_name = None
         self._maps: list = []  # the file's mappings, once loaded from one
+        self._sources, self._stamps, self._srcs = [tar_path], [stat_key], None
 
     def columns(self) -> Columns:
         """The arrays behind the entries (read-only by convention)."""
@@ -319,24 +327,25 @@ class TarIndex:
             devminor=self._devminors[i],
             offset=self._offsets[i],
             xattrs=self._member_xattrs(i),
-            src=self.tar_path,
+            src=self._sources[self._srcs[i]] if self._srcs is not None else self.tar_path,
             sparse=self._sparse.get(i) if self._sparse else None,
         )
 
     def __iter__(self) -> Iterator[IndexEntry]:
-        """Yield every member in archive order."""
-        names, links, xattrs, tar_path = self._names, self._links, self._xattrs, self.tar_path
+        """Yield every member in index order (archive order for one tar)."""
+        names, links, xattrs = self._names, self._links, self._xattrs
         member_xattrs, sparse = self._member_xattrs, self._sparse
         maps = self._maps
         name_start = link_start = 0
+        srcs = map(self._sources.__getitem__, self._srcs) if self._srcs is not None \
+            else repeat(self.tar_path, len(self._types))
         columns = zip(
             self._types, self._modes, self._uids, self._gids, self._sizes, self._mtimes,
             self._name_ends, self._link_ends, self._devmajors, self._devminors, self._offsets,
-            strict=True,
+            srcs, strict=True,
         )  # fmt: skip
-        for i, (code, mode, uid, gid, size, mtime, n_end, l_end, major, minor, off) in enumerate(
-            columns
-        ):
+        for i, (code, mode, uid, gid, size, mtime, n_end, l_end, major, minor, off, src) in (
+                enumerate(columns)):
             yield IndexEntry(
                 names[name_start:n_end],
                 chr(code),
@@ -350,7 +359,7 @@ class TarIndex:
                 minor,
                 off,
                 member_xattrs(i) if xattrs else {},
-                tar_path,
+                src,
                 sparse.get(i) if sparse else None,
             )
             name_start = n_end
@@ -380,8 +389,13 @@ class TarIndex:
         return bool(self._sparse)
 
     def data_path(self, i: int) -> str:
-        """The file holding entry i's data (at its offset): here always the tar itself."""
-        return self.tar_path
+        """The tar holding entry i's data (at its offset)."""
+        return self._sources[self._srcs[i]] if self._srcs is not None else self.tar_path
+
+    @property
+    def sources(self) -> list[str]:
+        """The tars the entries' data is in (one, or a flattened image's layers, bottom first)."""
+        return list(self._sources)
 
     def find(self, name: bytes) -> int | None:
         """Index of the last member called *name* (already normalised), or None."""
@@ -404,9 +418,9 @@ class TarIndex:
         return self._stat
 
     def verify_unchanged(self) -> bool:
-        """True if the tar still has the size, mtime and inode it had when it was indexed."""
+        """True if every source tar still has the size, mtime and inode it had when indexed."""
         try:
-            return Stamp.of_path(self.tar_path) == self._stat
+            return [Stamp.of_path(p) for p in self._sources] == self._stamps
         except OSError:
             return False
 
@@ -434,8 +448,11 @@ class TarIndex:
         self = cls(tar_path, Stamp.of(st))
         n = len(cols.types)
         self._types = bytes(cols.types)
-        self._modes, self._uids, self._gids = cols.modes, cols.uids, cols.gids
-        self._sizes, self._mtimes, self._offsets = cols.sizes, cols.mtimes, cols.offsets
+        # Narrowed as they will be saved, each before the next, and all before the names are
+        # joined: at a million members the scan's peak is the wide columns plus the names twice.
+        for attr in ("modes", "uids", "gids", "sizes", "mtimes", "offsets", "name_ends"):
+            setattr(self, "_" + attr, _narrowed(getattr(cols, attr)))
+            setattr(cols, attr, None)
         if cols.devices:
             majors = array.array("I", bytes(4 * n))
             minors = array.array("I", bytes(4 * n))
@@ -447,7 +464,6 @@ class TarIndex:
         self._devmajors, self._devminors = majors, minors
         self._names = b"".join(cols.blob)
         cols.blob.clear()
-        self._name_ends = cols.name_ends
         if cols.links:
             link_lengths = array.array("q", bytes(8 * n))
             for i, link in cols.links.items():
@@ -535,6 +551,12 @@ class TarIndex:
         self._xattrs = _decode_xattrs(bytes(mapped["_xattrs"]), n)
         self._sparse = _decode_sparse(bytes(mapped["_sparse"]), n)
         self._maps = mapped.maps
+
+
+def _narrowed(column: array.array) -> Numbers:
+    """The column in the narrowest typecode that holds its values (as colfile saves it)."""
+    data = colfile.narrow(column)[1]
+    return data if isinstance(data, array.array) else column
 
 
 def open_index(
