@@ -47,13 +47,13 @@ from fusebundle.fs.inode import (
     MAX_ALIASES,
     MAX_GRAFTS,
     ROOT_INO,
-    Content,
     Stat,
     _entry_stat,
     _split,
     graft_ino,
     split_ino,
 )
+from fusebundle.tar.extent import Extent
 
 log = logging.getLogger(__name__)
 
@@ -476,19 +476,15 @@ class Tree:
             return tree.xattrs(local)
         return node.entry.xattrs if node is not None else None
 
-    def content(self, ino: int) -> Content | None:
+    def content(self, ino: int) -> Extent | bytes | None:
         """Where a regular file's bytes are; None for anything else."""
         node, tree, local = self._renderer(ino)
         if tree is not None:
             return tree.content(local)
         if node is None or node.entry.type != "f":
             return None
-        e = node.entry
-        if e.data is not None:
-            return Content(size=len(e.data), data=e.data)
-        if e.src is not None:
-            return Content(size=e.size, path=e.src, offset=e.offset)
-        return Content(size=0, data=b"")
+        body = node.entry.body
+        return body if body is not None else b""
 
     def counts(self) -> tuple[int, int]:
         """(inodes, bytes) known so far, for statfs."""

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from fusebundle.errors import CorruptTar
 from fusebundle.tar import colfile
+from fusebundle.tar.extent import Extent, Source
 from fusebundle.tar.header import _Corrupt, read_sparse
 from fusebundle.tar.scan import _scan
 
@@ -247,7 +248,7 @@ class TarIndex:
     __slots__ = (
         "tar_path", "_stat", "_types", "_modes", "_uids", "_gids", "_sizes", "_mtimes",
         "_offsets", "_devmajors", "_devminors", "_names", "_name_ends", "_links",
-        "_link_ends", "_xattrs", "_sparse", "_by_name", "_maps",
+        "_link_ends", "_xattrs", "_sparse", "_by_name", "_maps", "_sources",
     )  # fmt: skip
 
     tar_path: str
@@ -284,6 +285,7 @@ class TarIndex:
         self._sparse = {}
         self._by_name = None
         self._maps: list = []  # the file's mappings, once loaded from one
+        self._sources: dict[str, Source] = {}  # data path -> its Source, one per file
 
     def columns(self) -> Columns:
         """The arrays behind the entries (read-only by convention)."""
@@ -382,6 +384,26 @@ class TarIndex:
     def data_path(self, i: int) -> str:
         """The file holding entry i's data (at its offset): here always the tar itself."""
         return self.tar_path
+
+    def source(self, path: str) -> Source:
+        """The Source for `path` (this tar, or a layer of a merged image), guarded by this
+        index's stamps: one object per file, shared by every extent into it."""
+        src = self._sources.get(path)
+        if src is None:
+            src = self._sources[path] = Source(path, self.verify_unchanged)
+        return src
+
+    def extent(self, i: int) -> Extent:
+        """Where regular member i's bytes are."""
+        n = len(self._types)
+        if i < 0:
+            i += n
+        return Extent(self.source(self.data_path(i)), self._offsets[i], self._sizes[i],
+                      self._sparse.get(i) if self._sparse else None)
+
+    def extent_of(self, e: IndexEntry) -> Extent:
+        """Where the bytes of an entry this index yielded are."""
+        return Extent(self.source(e.src), e.offset, e.size, e.sparse)
 
     def find(self, name: bytes) -> int | None:
         """Index of the last member called *name* (already normalised), or None."""
