@@ -17,6 +17,7 @@ from fusebundle.bundle.entry import Entry, directory
 from fusebundle.bundle.view import Graft, View, graft_entries
 from fusebundle.errors import UserError
 from fusebundle.sources.base import ImageInfo, ResolvedImage
+from fusebundle.tar.extent import Extent
 from fusebundle.tar.index import IndexEntry, TarIndex
 
 # Symlinks followed in one lookup before it is called a loop: Linux's MAXSYMLINKS (40).
@@ -279,6 +280,9 @@ class _Slice:
 
     def entry(self, i: int) -> IndexEntry:
         return self.idx.entry(i)
+
+    def extent_of(self, e: IndexEntry) -> Extent:
+        return self.idx.extent_of(e)
 
 
 class _Keys:
