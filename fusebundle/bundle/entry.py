@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fusebundle.tar.extent import Extent
+from fusebundle.tar import Extent
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,8 @@ from typing import Any, NamedTuple, Protocol
 from fusebundle.bundle.entry import Entry, directory
 from fusebundle.bundle.view import Graft, View, graft_entries
 from fusebundle.errors import UserError
-from fusebundle.sources.base import ImageInfo, ResolvedImage
-from fusebundle.tar.extent import Extent
-from fusebundle.tar.index import IndexEntry, TarIndex
+from fusebundle.sources import ImageInfo, ResolvedImage
+from fusebundle.tar import Extent, IndexEntry, TarIndex
 
 # Symlinks followed in one lookup before it is called a loop: Linux's MAXSYMLINKS (40).
 MAX_HOPS = 40

@@ -12,16 +12,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from fusebundle.bundle.entry import Entry, directory, regular
-from fusebundle.config import metadata, schema
+from fusebundle.config import Config, Container, FileSpec, Volume, metadata, schema
 from fusebundle.config import runtime as oci
-from fusebundle.config.load import Config, Container, FileSpec, Volume
 from fusebundle.config.schema import LABEL_KEY
 from fusebundle.errors import UserError, shown
+from fusebundle.images import ImageHandle
 from fusebundle.images.flatten import PINNED_MTIME_NS
-from fusebundle.images.handle import ImageHandle
-from fusebundle.sources.base import ImageInfo
-from fusebundle.tar.extent import Extent
-from fusebundle.tar.index import IndexEntry, TarIndex
+from fusebundle.sources import ImageInfo
+from fusebundle.tar import Extent, IndexEntry, TarIndex
 
 # Names docker export always adds that make no sense in a bundle (matched at the image root).
 EXCLUDE = frozenset({b".dockerenv", b"Dockerfile", b"dev/console", b"dev/pts", b"dev/shm",

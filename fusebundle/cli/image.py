@@ -21,16 +21,15 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from fusebundle.bundle.entry import Entry
-from fusebundle.bundle.imagefs import ROOT, ImageFS, PathError, Row, split
-from fusebundle.bundle.view import build_view
+from fusebundle.bundle import Entry, ImageFS, build_view
+from fusebundle.bundle.imagefs import ROOT, PathError, Row, split
 from fusebundle.cli.session import open_image, open_session
-from fusebundle.config.load import load_config
+from fusebundle.config import load_config
 from fusebundle.errors import UserError
 from fusebundle.images.refspec import SPELLINGS
 from fusebundle.pack import check_output, write
-from fusebundle.tar.extent import CHUNK, Extent, Source
-from fusebundle.tar.index import TarIndex
+from fusebundle.tar import Extent, Source, TarIndex
+from fusebundle.tar.extent import CHUNK
 
 TYPES = {"f": "file", "d": "dir", "l": "symlink", "h": "hardlink", "c": "char", "b": "block",
          "p": "fifo"}

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
 
-from fusebundle.bundle.entry import Entry
+from fusebundle.bundle import Entry
 from fusebundle.bundle.view import (
     DOCKER_CREATED,
     EXCLUDE,
@@ -39,9 +39,8 @@ from fusebundle.fs.inode import (
     _entry_stat,
     graft_ino,
 )
-from fusebundle.tar import colfile
-from fusebundle.tar.extent import Extent
-from fusebundle.tar.index import Blob, Stamp, TarIndex
+from fusebundle.tar import Extent, Stamp, TarIndex, colfile
+from fusebundle.tar.index import Blob
 
 log = logging.getLogger(__name__)
 

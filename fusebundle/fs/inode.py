@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-from fusebundle.bundle.entry import Entry, directory
+from fusebundle.bundle import Entry, directory
 
 ROOT_INO = 1
 GRAFT_SHIFT = 48

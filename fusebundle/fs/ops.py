@@ -27,7 +27,7 @@ from fusebundle.errors import UserError
 from fusebundle.fs.inode import Stat
 from fusebundle.fs.reader import Reader, SourceError
 from fusebundle.fs.tree import Tree
-from fusebundle.tar.extent import Extent, body_size
+from fusebundle.tar import Extent, body_size
 
 log = logging.getLogger(__name__)
 

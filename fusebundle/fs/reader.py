@@ -16,7 +16,7 @@ import os
 from fusebundle import testhook
 from fusebundle.fs.mapped import Mapping
 from fusebundle.fs.tree import Tree
-from fusebundle.tar.extent import Extent
+from fusebundle.tar import Extent
 
 log = logging.getLogger(__name__)
 

@@ -33,13 +33,8 @@ import stat
 from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
-from fusebundle.bundle.entry import Entry
-from fusebundle.bundle.view import (
-    Bundle,
-    Graft,
-    KernelImage,
-    View,
-)
+from fusebundle.bundle import Entry, View
+from fusebundle.bundle.view import Bundle, Graft, KernelImage
 from fusebundle.fs.graft_tree import GraftTree
 from fusebundle.fs.inode import (
     _D,
@@ -54,7 +49,7 @@ from fusebundle.fs.inode import (
     graft_ino,
     split_ino,
 )
-from fusebundle.tar.extent import Extent
+from fusebundle.tar import Extent
 
 log = logging.getLogger(__name__)
 

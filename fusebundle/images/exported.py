@@ -18,9 +18,9 @@ from fusebundle.atomic import TempName, atomic_file
 from fusebundle.errors import CorruptTar, UserError
 from fusebundle.images.handle import Pulled
 from fusebundle.progress import Bar
-from fusebundle.sources.base import ImageInfo, ImageSource, Progress
-from fusebundle.tar.extent import Extent
-from fusebundle.tar.index import TarIndex, open_index
+from fusebundle.sources import ImageInfo
+from fusebundle.sources.base import ImageSource, Progress
+from fusebundle.tar import Extent, TarIndex, open_index
 
 
 def default_cache_dir() -> str:

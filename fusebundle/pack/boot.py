@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable
 
 from fusebundle import testhook
-from fusebundle.bundle.entry import Entry
+from fusebundle.bundle import Entry
 from fusebundle.errors import UserError
 from fusebundle.pack.cpio import CpioWriter, Sources
 from fusebundle.pack.output import finish_temp, open_temp

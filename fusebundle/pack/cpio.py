@@ -13,10 +13,10 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 
-from fusebundle.bundle.entry import Entry
+from fusebundle.bundle import Entry
 from fusebundle.errors import UserError
 from fusebundle.pack.tarball import WINDOW, SourceFiles
-from fusebundle.tar.extent import Extent
+from fusebundle.tar import Extent
 
 MAGIC = b"070701"
 FIRST_INO = 721  # gocpio numbers its entries from 721, the trailer included

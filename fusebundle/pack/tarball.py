@@ -8,9 +8,9 @@ import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
 
-from fusebundle.bundle.entry import Entry
+from fusebundle.bundle import Entry
 from fusebundle.errors import CorruptTar, UserError
-from fusebundle.tar.extent import Extent
+from fusebundle.tar import Extent
 
 BLOCK = 512
 TYPEFLAGS = {"f": b"0", "h": b"1", "l": b"2", "c": b"3", "b": b"4", "d": b"5", "p": b"6"}

@@ -19,8 +19,7 @@ from fusebundle.sources import jsondoc, reference
 from fusebundle.sources import manifest as mf
 from fusebundle.sources.base import LayerRef, NotFound, Platform, ResolvedImage
 from fusebundle.sources.oci import LayoutReader, is_blob, not_regular, read_limited
-from fusebundle.tar.extent import Extent
-from fusebundle.tar.index import TarIndex
+from fusebundle.tar import Extent, TarIndex
 
 _MAX_LINKS = 8  # symlink hops inside the archive before giving up (docker writes one)
 _TYPE_WORDS = {"l": "symlink", "d": "directory", "p": "FIFO", "c": "character device",
