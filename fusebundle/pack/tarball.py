@@ -152,8 +152,12 @@ class SourceFiles:
         fd = self.fd(ext.source.path)
         try:
             yield from ext.chunks(fd, step)
-        except (EOFError, OSError):
+        except EOFError:
             raise short_source(ext) from None
+        except OSError:
+            if ext.fragments is None:
+                raise
+            raise short_source(ext) from None  # as the sparse copy always said it
 
     def close(self) -> None:
         for fd in self.fds.values():
