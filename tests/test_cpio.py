@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from fusebundle.bundle.entry import Entry, directory, regular
 from fusebundle.errors import CorruptTar
 from fusebundle.pack.cpio import NotInitramfs, newc_header, relative_link, trailer, write_cpio
+from fusebundle.tar import Extent, Source
 
 
 def _write(tmp_path, entries: list[Entry]) -> bytes:
@@ -55,7 +56,7 @@ def test_kinds_sizes_and_devices() -> None:
         head, _ = newc_header(e, 900)
         return [int(head[6 + 8 * i: 14 + 8 * i], 16) for i in range(13)]
 
-    f = fields(Entry(path=b"a/f", type="f", mode=0o4755, size=10, data=b"x" * 10))
+    f = fields(Entry(path=b"a/f", type="f", mode=0o4755, size=10, body=b"x" * 10))
     assert f[1] == 0o104755 and f[4] == 1 and f[6] == 10
     sym = Entry(path=b"a/l", type="l", mode=0o777, linkname=b"../target")
     assert fields(sym)[1] == 0o120777 and fields(sym)[6] == len(b"../target")
@@ -138,12 +139,13 @@ def test_file_data_from_every_kind_of_source(tmp_path) -> None:
     sparse_src.write_bytes(b"ABCDE")
     frags = array.array("q", [10, 3, (1 << 20) + 5, 2])
     entries = [
-        Entry(path=b"big", type="f", mode=0o644, size=len(payload), src=str(src), offset=4),
-        Entry(path=b"tiny", type="f", mode=0o644, size=4, src=str(src),
-              offset=4 + len(payload)),
-        Entry(path=b"odd", type="f", mode=0o644, size=3, data=b"xyz"),
-        Entry(path=b"holes", type="f", mode=0o644, size=(2 << 20) + 1, src=str(sparse_src),
-              sparse=frags),
+        Entry(path=b"big", type="f", mode=0o644, size=len(payload),
+              body=Extent(Source(str(src)), 4, len(payload))),
+        Entry(path=b"tiny", type="f", mode=0o644, size=4,
+              body=Extent(Source(str(src)), 4 + len(payload), 4)),
+        Entry(path=b"odd", type="f", mode=0o644, size=3, body=b"xyz"),
+        Entry(path=b"holes", type="f", mode=0o644, size=(2 << 20) + 1,
+              body=Extent(Source(str(sparse_src)), 0, (2 << 20) + 1, frags)),
     ]
     data = _gunzip(_write(tmp_path, entries))
     assert payload in data and b"tiny" in data and b"xyz\0" in data
@@ -166,7 +168,8 @@ def test_a_short_source_is_reported_not_padded(tmp_path) -> None:
     src.write_bytes(b"x" * 10)
     for size in (100, 5 << 20):
         with pytest.raises(CorruptTar, match="ends early"):
-            _write(tmp_path, [Entry(path=b"f", type="f", mode=0o644, size=size, src=str(src))])
+            _write(tmp_path, [Entry(path=b"f", type="f", mode=0o644, size=size,
+                                    body=Extent(Source(str(src)), 0, size))])
 
 
 def test_written_through_a_pipe(tmp_path) -> None:

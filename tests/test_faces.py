@@ -23,7 +23,8 @@ FACES = {
     "fusebundle.sources": ["TRANSPORTS", "ImageInfo", "LayerRef", "LayerSource", "NotFound",
                            "Options", "Platform", "ResolvedImage", "Transport"],
     "fusebundle.config": ["Config", "Container", "FileSpec", "Volume", "load_config"],
-    "fusebundle.tar": ["IndexEntry", "Stamp", "TarIndex", "open_index", "read_sparse"],
+    "fusebundle.tar": ["Extent", "IndexEntry", "Source", "Stamp", "TarIndex", "body_size",
+                       "open_index", "read_sparse"],
 }
 
 

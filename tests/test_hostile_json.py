@@ -42,6 +42,7 @@ from fusebundle.sources.oci import LayoutReader
 from fusebundle.sources.regauth import RegistryError, token_answer
 from fusebundle.sources.registry import Registry
 from fusebundle.store import records
+from fusebundle.tar import Extent, Source
 
 AMD64 = Platform("linux", "amd64")
 REF = "fbtest/odd:1"
@@ -574,7 +575,8 @@ def test_property_save_manifest(items: Any, config: Any, depth: int) -> None:
     manifest = buried(items, depth) if depth > jsondoc.MAX_DEPTH else json.dumps(items).encode()
     archive.files = MemFiles({"manifest.json": manifest, "c.json": json.dumps(config).encode(),
                               "l1/layer.tar": LAYER})  # type: ignore[assignment]
-    archive.files.member = lambda p: (0, len(LAYER)) if p in archive.files else None  # type: ignore[attr-defined]
+    archive.files.member = lambda p: (  # type: ignore[attr-defined]
+        Extent(Source("/nonexistent.tar"), 0, len(LAYER)) if p in archive.files else None)
     try:
         image = archive.resolve(REF, AMD64)
     except UserError as e:

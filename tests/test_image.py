@@ -692,13 +692,16 @@ def test_the_image_merge_is_docker_merge_without_its_artefacts(tmp_path: Path) -
 def test_same_stored_bytes_are_equal_without_reading() -> None:
     from fusebundle.bundle.entry import Entry
     from fusebundle.cli.image import _same_bytes
+    from fusebundle.tar import Extent, Source
     gone = "/nonexistent/layer.tar"  # opening it would fail: the index must decide alone
-    a = Entry(path=b"f", type="f", mode=0o644, size=3, src=gone, offset=512)
-    assert _same_bytes(a, Entry(path=b"f", type="f", mode=0o600, size=3, src=gone, offset=512))
-    assert not _same_bytes(a, Entry(path=b"f", type="f", mode=0o644, size=4, src=gone,
-                                    offset=1024))
+    a = Entry(path=b"f", type="f", mode=0o644, size=3, body=Extent(Source(gone), 512, 3))
+    assert _same_bytes(a, Entry(path=b"f", type="f", mode=0o600, size=3,
+                                body=Extent(Source(gone), 512, 3)))
+    assert not _same_bytes(a, Entry(path=b"f", type="f", mode=0o644, size=4,
+                                    body=Extent(Source(gone), 1024, 4)))
     with pytest.raises(FileNotFoundError):
-        _same_bytes(a, Entry(path=b"f", type="f", mode=0o644, size=3, src=gone, offset=1024))
+        _same_bytes(a, Entry(path=b"f", type="f", mode=0o644, size=3,
+                             body=Extent(Source(gone), 1024, 3)))
 
 
 @pytest.mark.parametrize("name", [b"plain", b'quo"te\\back', "é ü €".encode(), b"bad\xff\xfe",

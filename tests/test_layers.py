@@ -849,10 +849,10 @@ def _view_entries(idx: TarIndex, prefix: bytes) -> list[tuple]:
     g = view.Graft(prefix=prefix, image=_Handle(idx))  # type: ignore[arg-type]
     out = []
     for e in view.graft_entries(g):
-        body = e.data
-        if body is None and e.src is not None:
-            with open(e.src, "rb") as f:
-                body = os.pread(f.fileno(), e.size, e.offset)
+        body = e.body
+        if body is not None and not isinstance(body, bytes):
+            with open(body.source.path, "rb") as f:
+                body = os.pread(f.fileno(), body.size, body.offset)
         out.append((e.path, e.type, e.mode, e.uid, e.gid, e.mtime_ns, e.size, e.linkname,
                     e.devmajor, e.devminor, dict(e.xattrs or {}), body))
     return out
@@ -870,9 +870,9 @@ def _tree_walk(idx: TarIndex, prefix: bytes) -> list[tuple]:
             c = t.content(i)
             body = None
             if c is not None:
-                body = c.data
-                if body is None and c.path is not None:
-                    with open(c.path, "rb") as f:
+                body = c
+                if not isinstance(c, bytes):
+                    with open(c.source.path, "rb") as f:
                         body = os.pread(f.fileno(), c.size, c.offset)
             out.append((path + name, t.stat(i), t.readlink(i), dict(t.xattrs(i) or {}), body))
             if t.is_dir(i):

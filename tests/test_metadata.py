@@ -312,5 +312,5 @@ def test_file_entries_writes_the_metadata(tmp_path: Path) -> None:
     out = file_entries(cfg.files[0], cfg.id_map(), added, cfg)
     assert [(e.path, e.type, e.mode) for e in out] == [(b"etc", "d", 0o700),
                                                        (b"etc/linuxkit-config", "f", 0o600)]
-    assert out[1].data == moby_json(cfg)
+    assert out[1].body == moby_json(cfg)
     assert out[1].size == len(moby_json(cfg))

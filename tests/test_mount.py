@@ -740,13 +740,12 @@ def _later_wins(entries) -> dict[bytes, object]:
 
 
 def _bytes_of(entry=None, content=None) -> bytes:
-    data, src, offset, size = ((entry.data, entry.src, entry.offset, entry.size) if entry
-                               else (content.data, content.path, content.offset, content.size))
-    if data is not None:
-        return data
-    with open(src, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
+    body = entry.body if entry else content
+    if body is None or isinstance(body, bytes):
+        return body or b""
+    with open(body.source.path, "rb") as f:
+        f.seek(body.offset)
+        return f.read(body.size)
 
 
 @pytest.mark.parametrize("fast,saved", [(True, False), (False, False), (True, True)],

@@ -11,6 +11,7 @@ import pytest
 from fusebundle.bundle.entry import Entry, directory, regular
 from fusebundle.errors import CorruptTar
 from fusebundle.pack.tarball import _pax_record, header, write_entries
+from fusebundle.tar import Extent, Source
 
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")
 
@@ -49,17 +50,17 @@ def test_round_trip_of_every_kind(tmp_path) -> None:
     entries = [
         directory(b"top", 0o750, 1000, 1000),
         regular(b"top/small", b"hello\n", 0o4755, 0, 0),
-        Entry(path=b"top/big", type="f", mode=0o644, size=100000, src=str(src), offset=4,
-              mtime_ns=1600000000_500000000),
+        Entry(path=b"top/big", type="f", mode=0o644, size=100000,
+              body=Extent(Source(str(src)), 4, 100000), mtime_ns=1600000000_500000000),
         Entry(path=b"top/hard", type="h", mode=0o644, linkname=b"top/small"),
         Entry(path=b"top/sym", type="l", mode=0o777, linkname=b"../" + b"t" * 150),
         Entry(path=b"top/null", type="c", mode=0o666, devmajor=1, devminor=3),
         Entry(path=b"top/sda", type="b", mode=0o660, gid=6, devmajor=8, devminor=0),
         Entry(path=b"top/fifo", type="p", mode=0o600),
         Entry(path=(long_dir + "f" * 120).encode(), type="f", mode=0o600, size=3,
-              data=b"abc"),
-        Entry(path="top/ünïcødé-名前".encode(), type="f", mode=0o644, size=1, data=b"u"),
-        Entry(path=b"top/cap", type="f", mode=0o755, size=2, data=b"#!",
+              body=b"abc"),
+        Entry(path="top/ünïcødé-名前".encode(), type="f", mode=0o644, size=1, body=b"u"),
+        Entry(path=b"top/cap", type="f", mode=0o755, size=2, body=b"#!",
               xattrs={"security.capability": CAP, "user.note": b"v"}),
         Entry(path=b"top/bigid", type="f", mode=0o644, uid=3_000_000, gid=4_000_000),
         Entry(path=b"top/old", type="d", mode=0o755, mtime_ns=-5_000_000_000),
@@ -90,7 +91,7 @@ def test_round_trip_of_every_kind(tmp_path) -> None:
 def test_gnu_tar_reads_it(tmp_path) -> None:
     path = _write(tmp_path, [
         directory(b"a"),
-        Entry(path=("a/" + "n" * 200).encode(), type="f", mode=0o644, size=2, data=b"hi"),
+        Entry(path=("a/" + "n" * 200).encode(), type="f", mode=0o644, size=2, body=b"hi"),
         Entry(path=b"a/l", type="l", mode=0o777, linkname=("x" * 180).encode()),
     ])
     listing = subprocess.run(["tar", "-tvf", path], check=True, capture_output=True,
@@ -108,7 +109,8 @@ def test_short_source_is_reported_not_padded(tmp_path) -> None:
     src = tmp_path / "short"
     src.write_bytes(b"x" * 10)
     with pytest.raises(CorruptTar, match="ends early"):
-        _write(tmp_path, [Entry(path=b"f", type="f", mode=0o644, size=100, src=str(src))])
+        _write(tmp_path, [Entry(path=b"f", type="f", mode=0o644, size=100,
+                                body=Extent(Source(str(src)), 0, 100))])
 
 
 def test_large_copy_through_a_pipe(tmp_path) -> None:
@@ -121,7 +123,7 @@ def test_large_copy_through_a_pipe(tmp_path) -> None:
         reader = subprocess.Popen(["cat"], stdin=r, stdout=sink)
         os.close(r)
         write_entries([Entry(path=b"f", type="f", mode=0o644, size=len(payload),
-                             src=str(src))], w, False)
+                             body=Extent(Source(str(src)), 0, len(payload)))], w, False)
         os.close(w)
         assert reader.wait(timeout=30) == 0
     with tarfile.open(tmp_path / "piped.tar") as t:

@@ -374,8 +374,8 @@ def test_metadata_json_writes_what_metadata_yaml_writes(tmp_path):
     def content(kind: str) -> bytes:
         cfg = _config(tmp_path, f"init: [a]\nfiles:\n  - path: etc/m\n    metadata: {kind}\n")
         (entry,) = file_entries(cfg.files[0], {}, {"etc"}, cfg)
-        assert entry.data is not None
-        return entry.data
+        assert isinstance(entry.body, bytes)
+        return entry.body
 
     # the same document (which names the file's own metadata kind)
     assert content("json") == content("yaml").replace(b'"metadata": "yaml"',

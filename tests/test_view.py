@@ -48,9 +48,9 @@ def test_symlinked_etc_files_become_regular_files(tmp_path) -> None:
     r = RootfsBuilder().dir("etc").file("etc/real-hosts", "x").symlink("etc/hosts", "real-hosts")
     r.symlink("etc/resolv.conf", "/run/systemd/resolve/stub-resolv.conf")
     out = _graft(_image(tmp_path, r))
-    assert out[b"p/etc/hosts"].type == "f" and out[b"p/etc/hosts"].data == HOSTS
+    assert out[b"p/etc/hosts"].type == "f" and out[b"p/etc/hosts"].body == HOSTS
     assert out[b"p/etc/hosts"].mode == 0o644  # a symlink's 0777 would be wrong for a file
-    assert out[b"p/etc/resolv.conf"].data == NO_RESOLV
+    assert out[b"p/etc/resolv.conf"].body == NO_RESOLV
     assert out[b"p/etc/hosts"].mtime_ns == PINNED_MTIME_NS
 
 
@@ -61,7 +61,7 @@ def test_dot_slash_names_are_matched_and_prefixed(tmp_path) -> None:
     r.hardlink("./etc/keep2", "./etc/keep").file("./Dockerfile", "FROM x")
     out = _graft(_image(tmp_path, r))
     assert set(out) == {b"p/etc", b"p/etc/hosts", b"p/etc/keep", b"p/etc/keep2"}
-    assert out[b"p/etc/hosts"].data == HOSTS and out[b"p/etc/hosts"].mode == 0o600
+    assert out[b"p/etc/hosts"].body == HOSTS and out[b"p/etc/hosts"].mode == 0o600
     assert out[b"p/etc/keep2"].linkname == b"p/etc/keep"
 
 
@@ -79,7 +79,7 @@ def test_hard_link_to_a_dropped_file_keeps_its_bytes(tmp_path) -> None:
     name = out[b"p/etc/name"]
     assert name.type == "f" and name.size == 4
     with open(img.path, "rb") as f:
-        f.seek(name.offset)
+        f.seek(name.body.offset)
         assert f.read(name.size) == b"box\n"
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import array
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from fusebundle.tar import Extent
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +23,9 @@ class Entry:
     devmajor: int = 0
     devminor: int = 0
     xattrs: Mapping[str, bytes] | None = None  # None when there are none
-    data: bytes | None = None  # content made by the tool
-    src: str | None = None  # else content read from this file at `offset`
-    offset: int = 0
-    sparse: array.array[int] | None = None  # a sparse member's fragments there (read_sparse)
+    # A regular file's bytes: made by the tool, or where they are in a source (None: empty).
+    # `size` stays a field: pack's walk reads it for every entry.
+    body: Extent | bytes | None = None
 
 
 def directory(path: bytes, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Entry:
@@ -35,4 +35,4 @@ def directory(path: bytes, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Ent
 
 def regular(path: bytes, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0) -> Entry:
     """A regular file whose content the tool holds."""
-    return Entry(path=path, type="f", mode=mode, uid=uid, gid=gid, size=len(data), data=data)
+    return Entry(path=path, type="f", mode=mode, uid=uid, gid=gid, size=len(data), body=data)

@@ -9,7 +9,6 @@ reads files and gives the entries as a raw graft for the renderers (`pack`'s wri
 from __future__ import annotations
 
 import hashlib
-import os
 from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any, NamedTuple, Protocol
@@ -17,13 +16,12 @@ from typing import Any, NamedTuple, Protocol
 from fusebundle.bundle.entry import Entry, directory
 from fusebundle.bundle.view import Graft, View, graft_entries
 from fusebundle.errors import UserError
-from fusebundle.sources.base import ImageInfo, ResolvedImage
-from fusebundle.tar.index import IndexEntry, TarIndex, read_sparse
+from fusebundle.sources import ImageInfo, ResolvedImage
+from fusebundle.tar import Extent, IndexEntry, TarIndex
 
 # Symlinks followed in one lookup before it is called a loop: Linux's MAXSYMLINKS (40).
 MAX_HOPS = 40
 ROOT = -1  # the image's root directory: no entry of the index names it
-CHUNK = 1 << 20  # bytes read from a layer tar at a time: pack's sparse copy reads as much
 _SEP = b"\x00"  # '/' as the walk order sorts it (flatten's)
 
 
@@ -213,17 +211,12 @@ class ImageFS:
         e = self.data_entry(i)
         if e.size == 0:
             return
-        with open(e.src, "rb") as f:
-            fd = f.fileno()
-            for pos in range(0, e.size, CHUNK):
-                n = min(CHUNK, e.size - pos)
-                if e.sparse is not None:
-                    yield read_sparse(fd, e.offset, e.sparse, e.size, pos, n)
-                else:
-                    data = os.pread(fd, n, e.offset + pos)
-                    if len(data) != n:
-                        raise UserError(f"{e.src}: ends early inside {e.name!r}")
-                    yield data
+        ext = self.idx.extent_of(e)
+        with open(ext.source.path, "rb") as f:
+            try:
+                yield from ext.chunks(f.fileno())
+            except EOFError:
+                raise UserError(f"{e.src}: ends early inside {e.name!r}") from None
 
     def sha256(self, i: int) -> str:
         """The hex sha256 of a regular file's bytes."""
@@ -251,8 +244,8 @@ class ImageFS:
                 assert j is not None
                 t = self.idx.entry(j)
                 e = Entry(path=e.path, type="f", mode=e.mode, uid=e.uid, gid=e.gid,
-                          mtime_ns=e.mtime_ns, size=t.size, xattrs=e.xattrs, src=t.src,
-                          offset=t.offset, sparse=t.sparse)
+                          mtime_ns=e.mtime_ns, size=t.size, xattrs=e.xattrs,
+                          body=self.idx.extent_of(t))
             yield e
 
 
@@ -286,6 +279,9 @@ class _Slice:
 
     def entry(self, i: int) -> IndexEntry:
         return self.idx.entry(i)
+
+    def extent_of(self, e: IndexEntry) -> Extent:
+        return self.idx.extent_of(e)
 
 
 class _Keys:

@@ -12,15 +12,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from fusebundle.bundle.entry import Entry, directory, regular
-from fusebundle.config import metadata, schema
+from fusebundle.config import Config, Container, FileSpec, Volume, metadata, schema
 from fusebundle.config import runtime as oci
-from fusebundle.config.load import Config, Container, FileSpec, Volume
 from fusebundle.config.schema import LABEL_KEY
 from fusebundle.errors import UserError, shown
+from fusebundle.images import ImageHandle
 from fusebundle.images.flatten import PINNED_MTIME_NS
-from fusebundle.images.handle import ImageHandle
-from fusebundle.sources.base import ImageInfo
-from fusebundle.tar.index import IndexEntry, TarIndex
+from fusebundle.sources import ImageInfo
+from fusebundle.tar import Extent, IndexEntry, TarIndex
 
 # Names docker export always adds that make no sense in a bundle (matched at the image root).
 EXCLUDE = frozenset({b".dockerenv", b"Dockerfile", b"dev/console", b"dev/pts", b"dev/shm",
@@ -109,7 +108,7 @@ class KernelImage:
             # ucode is today's key: its entry has today's mtime; the kernel keeps 2017's 0
             mtime = PINNED_MTIME_NS if path == b"boot/ucode.cpio" else 0
             out[i] = Entry(path=path, type="f", mode=e.mode, mtime_ns=mtime, size=e.size,
-                           data=e.data, src=e.src, offset=e.offset, sparse=e.sparse)
+                           body=e.body)
         return out
 
     def entries(self) -> Iterator[Entry]:
@@ -201,7 +200,7 @@ def _replaced(g: Graft, e: IndexEntry, content: bytes) -> Entry:
     # An image may ship these as symlinks or links; a bundle gets a plain file either way.
     mode = e.mode if e.type == "f" else 0o644
     return Entry(path=name, type="f", mode=mode, uid=e.uid, gid=e.gid,
-                 mtime_ns=_mtime(g, e.name, e), size=len(content), data=content, xattrs=e.xattrs)
+                 mtime_ns=_mtime(g, e.name, e), size=len(content), body=content, xattrs=e.xattrs)
 
 
 def _kept(g: Graft, idx: TarIndex, e: IndexEntry) -> Entry:
@@ -214,15 +213,14 @@ def _kept(g: Graft, idx: TarIndex, e: IndexEntry) -> Entry:
                 t = idx.entry(target)
                 return Entry(path=name, type="f", mode=e.mode, uid=e.uid, gid=e.gid,
                              mtime_ns=_mtime(g, e.name, e), size=t.size, xattrs=e.xattrs,
-                             src=t.src, offset=t.offset, sparse=t.sparse)
+                             body=idx.extent_of(t))
         return Entry(path=name, type="h", mode=e.mode, uid=e.uid, gid=e.gid,
                      mtime_ns=_mtime(g, e.name, e), linkname=g.prefix + e.linkname,
                      xattrs=e.xattrs)
     return Entry(path=name, type=e.type, mode=e.mode, uid=e.uid, gid=e.gid,
                  mtime_ns=_mtime(g, e.name, e), size=e.size, linkname=e.linkname,
                  devmajor=e.devmajor, devminor=e.devminor, xattrs=e.xattrs,
-                 src=e.src if e.type == "f" else None, offset=e.offset,
-                 sparse=e.sparse if e.type == "f" else None)
+                 body=idx.extent_of(e) if e.type == "f" else None)
 
 
 def filter_entry(g: Graft, idx: TarIndex, e: IndexEntry) -> Entry | None:
@@ -453,8 +451,9 @@ def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str],
                          linkname=spec["symlink"].encode()))
     elif source is not None:
         path_, size, data = source
+        body = data if data is not None else Extent.whole(path_, size)
         out.append(Entry(path=name, type="f", mode=mode, uid=uid, gid=gid, size=size,
-                         data=data, src=None if data is not None else path_))
+                         body=body))
     else:
         out.append(regular(name, spec.get("contents", "").encode(), mode, uid, gid))
     return out

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fusebundle.images.exported import default_cache_dir
+from fusebundle.images import default_cache_dir
 from fusebundle.store import Store
 
 SHORT = 12  # hex digits of a digest in a table, as docker shows image IDs

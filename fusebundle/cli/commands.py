@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from fusebundle import __version__
-from fusebundle.bundle.view import build_view, image_label
+from fusebundle.bundle import build_view
+from fusebundle.bundle.view import image_label
 from fusebundle.cli import cache as cachecmd
 from fusebundle.cli import image as imagecmd
 from fusebundle.cli import mount as mountcmd

@@ -21,15 +21,15 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from fusebundle.bundle.entry import Entry
-from fusebundle.bundle.imagefs import CHUNK, ROOT, ImageFS, PathError, Row, split
-from fusebundle.bundle.view import build_view
+from fusebundle.bundle import Entry, ImageFS, build_view
+from fusebundle.bundle.imagefs import ROOT, PathError, Row, split
 from fusebundle.cli.session import open_image, open_session
-from fusebundle.config.load import load_config
+from fusebundle.config import load_config
 from fusebundle.errors import UserError
 from fusebundle.images.refspec import SPELLINGS
 from fusebundle.pack import check_output, write
-from fusebundle.tar.index import TarIndex, read_sparse
+from fusebundle.tar import Extent, Source, TarIndex
+from fusebundle.tar.extent import CHUNK
 
 TYPES = {"f": "file", "d": "dir", "l": "symlink", "h": "hardlink", "c": "char", "b": "block",
          "p": "fifo"}
@@ -217,8 +217,7 @@ def _layer_digest(idx: TarIndex, name: bytes) -> str | None:
     if i is None:
         return None
     e = idx.entry(i)
-    return _digest(Entry(path=e.name, type="f", mode=e.mode, size=e.size, src=idx.tar_path,
-                         offset=e.offset, sparse=e.sparse))
+    return _digest(Entry(path=e.name, type="f", mode=e.mode, size=e.size, body=idx.extent(i)))
 
 
 def _has_below(idx: TarIndex, p: bytes) -> bool:
@@ -356,33 +355,39 @@ def _same_bytes(a: Any, b: Any) -> bool:
     diff_id, same file) or of different sizes; else both are hashed."""
     if a.size != b.size:
         return False
-    if getattr(a, "data", None) is not None or getattr(b, "data", None) is not None:
+    x, y = _body(a), _body(b)
+    if not isinstance(x, Extent) or not isinstance(y, Extent):
         return _bytes(a) == _bytes(b)
-    if a.src == b.src and a.offset == b.offset:
+    if x.source.path == y.source.path and x.offset == y.offset:
         return True
     return _digest(a) == _digest(b)
 
 
+def _body(e: Any) -> Extent | bytes | None:
+    """Where an entry's bytes are: a view's `Entry` says, an index's `IndexEntry` is in its
+    tar (no guard: a diff reads once)."""
+    if isinstance(e, Entry):
+        return e.body
+    return Extent(Source(e.src), e.offset, e.size, e.sparse)
+
+
 def _bytes(e: Any) -> bytes:
-    data = getattr(e, "data", None)
-    return data if data is not None else b"".join(_chunks(e))
+    body = _body(e)
+    return body if isinstance(body, bytes) else b"".join(_chunks(e))
 
 
-def _chunks(e: Any) -> Iterator[bytes]:
+def _chunks(e: Any) -> Iterator[bytes | bytearray]:
     """The bytes of an entry (a view's or an index's), a MiB at a time."""
-    data = getattr(e, "data", None)
-    if data is not None:
-        yield data
+    body = _body(e)
+    if not isinstance(body, Extent):
+        if body is not None:
+            yield body
         return
-    if e.src is None or not e.size:
+    if not body.size:
         return
-    with open(e.src, "rb") as f:
-        for pos in range(0, e.size, CHUNK):
-            n = min(CHUNK, e.size - pos)
-            if e.sparse is not None:
-                yield read_sparse(f.fileno(), e.offset, e.sparse, e.size, pos, n)
-            else:
-                yield os.pread(f.fileno(), n, e.offset + pos)
+    with open(body.source.path, "rb") as f:
+        for pos in range(0, body.size, CHUNK):
+            yield body.read(f.fileno(), pos, CHUNK)
 
 
 def _digest(e: Any) -> str:

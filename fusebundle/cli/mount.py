@@ -36,11 +36,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusebundle.atomic import Temp, atomic_file
-from fusebundle.bundle.imagefs import image_view
-from fusebundle.bundle.view import View, build_view
+from fusebundle.bundle import View, build_view, image_view
 from fusebundle.cli.session import load_session, open_image
 from fusebundle.errors import UserError, shown
-from fusebundle.images.exported import default_cache_dir
+from fusebundle.images import default_cache_dir
 
 log = logging.getLogger("fusebundle")
 

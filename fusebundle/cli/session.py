@@ -6,15 +6,19 @@ import argparse
 import sys
 from typing import Any
 
-from fusebundle.config.load import load_config
-from fusebundle.images import refspec
-from fusebundle.images.exported import default_cache_dir
-from fusebundle.images.handle import ImageHandle, PullableImage
-from fusebundle.images.layered import LayeredImage
-from fusebundle.images.layout import LayoutImage
-from fusebundle.images.resolver import Resolver, parse_spec
+from fusebundle.config import load_config
+from fusebundle.images import (
+    ImageHandle,
+    LayeredImage,
+    LayoutImage,
+    PullableImage,
+    Resolver,
+    default_cache_dir,
+    refspec,
+)
+from fusebundle.images.resolver import parse_spec
 from fusebundle.progress import enabled
-from fusebundle.sources.base import Platform
+from fusebundle.sources import Platform
 
 
 def resolver(args: argparse.Namespace, sources: list[str] | None, **more: Any) -> Resolver:

@@ -1,7 +1,7 @@
 """The view served through FUSE (read-only). Importing this package imports pyfuse3 and trio:
 only the mount's server does, at one place (`cli.mount.serve`).
 
-`inode`: inode numbers, `Stat`, `Content`; `tree`: the view as inodes (synthetic nodes, and
+`inode`: inode numbers and `Stat`; `tree`: the view as inodes (synthetic nodes, and
 the grafts placed among them); `graft_tree`: one graft's arrays over its image's index, saved
 beside it; `ops`: the FUSE calls; `reader`: the bytes of regular files out of their sources
 (descriptors, mappings, sparse reads, source checks, the preload's reading); `mapped`: a

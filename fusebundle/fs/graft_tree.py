@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
 
-from fusebundle.bundle.entry import Entry
+from fusebundle.bundle import Entry
 from fusebundle.bundle.view import (
     DOCKER_CREATED,
     EXCLUDE,
@@ -35,13 +35,12 @@ from fusebundle.fs.inode import (
     _IMPLICIT_DIR,
     _L,
     _TYPE_BITS,
-    Content,
     Stat,
     _entry_stat,
     graft_ino,
 )
-from fusebundle.tar import colfile
-from fusebundle.tar.index import Blob, Stamp, TarIndex
+from fusebundle.tar import Extent, Stamp, TarIndex, colfile
+from fusebundle.tar.index import Blob
 
 log = logging.getLogger(__name__)
 
@@ -491,24 +490,18 @@ class GraftTree:
             return over.xattrs
         return self.idx.entry(i).xattrs or None
 
-    def content(self, i: int) -> Content | None:
+    def content(self, i: int) -> Extent | bytes | None:
+        """Where regular file i's bytes are; None for anything else."""
         over = self.over.get(i)
         if over is not None:
-            if over.type != "f":
-                return None
-            if over.data is not None:
-                return Content(size=len(over.data), data=over.data)
-            return Content(size=over.size, path=over.src, offset=over.offset, graft=self.k,
-                           sparse=over.sparse)
+            return (over.body if over.body is not None else b"") if over.type == "f" else None
         if i >= self.n or self.types[i] != _F:
             return None
+        idx = self.idx
         if self.cols is not None:
-            size, offset = self.cols[3][i], self.cols[5][i]
-        else:
-            e = self.idx.entry(i)
-            size, offset = e.size, e.offset
-        return Content(size=size, path=self.idx.data_path(i), offset=offset, graft=self.k,
-                       sparse=self.idx.sparse_map(i))
+            return Extent(idx.source(idx.data_path(i)), self.cols[5][i], self.cols[3][i],
+                          idx.sparse_map(i))
+        return idx.extent(i)
 
 
 _NUMERIC = ("modes", "uids", "gids", "sizes", "mtimes", "offsets", "devmajors", "devminors",

@@ -1,14 +1,12 @@
 """The words every part of the tree shares: inode numbers (a graft's are packed from graft,
-alias and local position), `Stat` tuples and `Content` (where a regular file's bytes are)."""
+alias and local position) and `Stat` tuples."""
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
-from dataclasses import dataclass
 
-from fusebundle.bundle.entry import Entry, directory
+from fusebundle.bundle import Entry, directory
 
 ROOT_INO = 1
 GRAFT_SHIFT = 48
@@ -28,18 +26,6 @@ _IMPLICIT_DIR = directory(b"")
 
 # (st_mode, st_nlink, st_uid, st_gid, st_rdev, st_size, st_mtime_ns)
 Stat = tuple[int, int, int, int, int, int, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Content:
-    """Where the bytes of one regular file are."""
-
-    size: int
-    data: bytes | None = None  # held in memory
-    path: str | None = None  # else in this file at `offset`
-    offset: int = 0
-    graft: int = -1  # the graft whose tar `path` is, -1 for a files: source
-    sparse: Sequence[int] | None = None  # a sparse member's fragments at `offset`
 
 
 def graft_ino(k: int, alias: int, local: int) -> int:

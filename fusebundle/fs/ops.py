@@ -24,9 +24,10 @@ import pyfuse3
 import trio
 
 from fusebundle.errors import UserError
-from fusebundle.fs.inode import Content, Stat
+from fusebundle.fs.inode import Stat
 from fusebundle.fs.reader import Reader, SourceError
 from fusebundle.fs.tree import Tree
+from fusebundle.tar import Extent, body_size
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class Operations(pyfuse3.Operations):
         self.direct_io_min = direct_io_min
         # direct_io is a flag of an open's reply: with it, files are opened (not directories).
         self._no_open = NO_OPEN and not direct_io_min
-        self._files: dict[int, tuple[Content, int]] = {}  # fh (or inode) -> (content, fd or -1)
+        self._files: dict[int, tuple[Extent | bytes, int]] = {}  # fh (or inode) -> (body, fd)
         self._fh_ino: dict[int, int] = {}  # fh -> inode, when open hands out handles
         self._dirs: dict[int, Any] = {}  # fh (or inode) -> DirListing
         self._dir_of: dict[int, int] = {}  # file inode -> the directory it was listed in
@@ -346,21 +347,21 @@ class Operations(pyfuse3.Operations):
         fh = self._new_fh()
         self._files[fh] = self._open_content(inode)
         self._fh_ino[fh] = inode
-        content = self._files[fh][0]
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=self._direct(content.size))
+        body = self._files[fh][0]
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=self._direct(body_size(body)))
 
-    def _open_content(self, inode: int) -> tuple[Content, int]:
-        """A file's Content and the descriptor of its source (-1 for bytes in memory)."""
-        content = self.tree.content(inode)
-        if content is None:
+    def _open_content(self, inode: int) -> tuple[Extent | bytes, int]:
+        """A file's body and the descriptor of its source (-1 for bytes in memory)."""
+        body = self.tree.content(inode)
+        if body is None:
             raise pyfuse3.FUSEError(errno.EISDIR if self.tree.is_dir(inode) else errno.EINVAL)
         try:
-            return content, self.reader.source_fd(content)
+            return body, self.reader.source_fd(body)
         except SourceError as e:
-            self._report(content.path or "?", str(e))
+            self._report(_source_path(body), str(e))
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    def _file(self, fh: int) -> tuple[Content, int]:
+    def _file(self, fh: int) -> tuple[Extent | bytes, int]:
         """What a read of `fh` reads: its open's, or (without opens) the inode's."""
         found = self._files.get(fh)
         if found is not None:
@@ -419,8 +420,8 @@ class Operations(pyfuse3.Operations):
         content, fd = self._file(fh)
         if off == 0:
             self._preload_siblings(fh)
-        if content.data is not None:
-            return content.data[off : off + size]
+        if isinstance(content, bytes):
+            return content[off : off + size]
         if off >= content.size:
             return b""
         n = min(size, content.size - off)
@@ -435,7 +436,7 @@ class Operations(pyfuse3.Operations):
                                                      limiter=self._io)
             return data
         except SourceError as e:
-            self._report(content.path or "?", str(e))
+            self._report(content.source.path, str(e))
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def release(self, fh: int) -> None:
@@ -491,3 +492,7 @@ def tune_connection(conn: Any) -> None:
     # path walk through a link asks again).  libfuse 3.14's FUSE_CAP_CACHE_SYMLINKS.
     if conn.capable & CAP_CACHE_SYMLINKS:
         conn.want |= CAP_CACHE_SYMLINKS
+
+
+def _source_path(body: Extent | bytes) -> str:
+    return body.source.path if isinstance(body, Extent) else "?"

@@ -14,10 +14,9 @@ import logging
 import os
 
 from fusebundle import testhook
-from fusebundle.fs.inode import Content
 from fusebundle.fs.mapped import Mapping
 from fusebundle.fs.tree import Tree
-from fusebundle.tar.index import read_sparse
+from fusebundle.tar import Extent
 
 log = logging.getLogger(__name__)
 
@@ -39,37 +38,37 @@ class Reader:
         self.nowait = hasattr(os, "RWF_NOWAIT")
         self._inline = bytearray()
 
-    def source_fd(self, content: Content) -> int:
+    def source_fd(self, body: Extent | bytes) -> int:
         """The descriptor of the file's source, opened once (-1 for bytes in memory)."""
-        if content.data is not None or content.path is None:
+        if not isinstance(body, Extent):
             return -1
-        fd = self._fds.get(content.path, -1)
+        path = body.source.path
+        fd = self._fds.get(path, -1)
         if fd < 0:
             try:
-                fd = os.open(content.path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as e:
-                raise SourceError(f"{content.path}: cannot open: {e.strerror}") from None
-            self._fds[content.path] = fd
+                raise SourceError(f"{path}: cannot open: {e.strerror}") from None
+            self._fds[path] = fd
         return fd
 
-    def open_fd(self, content: Content) -> int:
+    def open_fd(self, body: Extent | bytes) -> int:
         """The source's descriptor if it is open already, else -1 (the preload opens none)."""
-        return self._fds.get(content.path, -1) if content.path else -1
+        return self._fds.get(body.source.path, -1) if isinstance(body, Extent) else -1
 
-    def cached(self, content: Content, fd: int, off: int, n: int) -> memoryview | None:
+    def cached(self, ext: Extent, fd: int, off: int, n: int) -> memoryview | None:
         """n bytes at `off` if the page cache has them (a view of the mapped source for a large
         read, else the shared buffer); None when a read would wait for the disk."""
         data = None
-        if n >= MAP_MIN and content.sparse is None and fd >= 0:
-            data = self.mapped(content, fd, off, n)
+        if n >= MAP_MIN and ext.fragments is None and fd >= 0:
+            data = self.mapped(ext, fd, off, n)
         if data is None and self.nowait:
-            data = self.pread(content, fd, off, self.inline_view(n), os.RWF_NOWAIT)
+            data = self.pread(ext, fd, off, self.inline_view(n), os.RWF_NOWAIT)
         return data
 
-    def mapped(self, content: Content, fd: int, off: int, n: int) -> memoryview | None:
+    def mapped(self, ext: Extent, fd: int, off: int, n: int) -> memoryview | None:
         """The bytes as a view of the mapped source, for the kernel to copy; None if not cached."""
-        path = content.path
-        assert path is not None
+        path = ext.source.path
         if path not in self._maps:
             try:
                 self._maps[path] = Mapping(fd, os.fstat(fd).st_size)
@@ -79,10 +78,10 @@ class Reader:
         m = self._maps[path]
         if m is None:
             return None
-        view = m.view(content.offset + off, n)
+        view = m.view(ext.offset + off, n)
         if view is not None:
             # Checked after the residency test: a cut there leaves the pages out of the cache.
-            self.check_source(content)
+            self.check_source(ext)
             testhook.stop_at("read-reply")
         return view
 
@@ -96,18 +95,15 @@ class Reader:
             self._inline = bytearray(n)
         return memoryview(self._inline)[:n]
 
-    def pread(self, content: Content, fd: int, off: int, buf: memoryview,
-               flags: int) -> memoryview | None:
-        """Fill buf with a file's bytes from offset `off` of its source, or raise SourceError.
-
-        With RWF_NOWAIT in `flags`, None when the bytes are not all in the page cache.
+    def pread(self, ext: Extent, fd: int, off: int, buf: memoryview,
+              flags: int) -> memoryview | None:
+        """Fill buf with a file's bytes from `off` (dense or sparse: one read_into), or raise
+        SourceError.  With RWF_NOWAIT in `flags`, None when they are not all in the page cache.
         """
-        path = content.path
+        path = ext.source.path
         n = len(buf)
-        if content.sparse is not None:
-            return self._pread_sparse(content, fd, off, buf, flags)
         try:
-            got = os.preadv(fd, [buf], content.offset + off, flags)
+            got = ext.read_into(fd, off, buf, flags)
         except BlockingIOError:
             return None
         except OSError as e:
@@ -117,53 +113,31 @@ class Reader:
             raise SourceError(f"{path}: read failed: {e.strerror}") from None
         if got != n and flags:
             return None  # partly cached: read the rest in a thread (or find it short there)
-        data = buf if got == n else buf[:got]
-        self.check_source(content)
-        if len(data) != n:
-            raise SourceError(f"{path}: ends early ({len(data)} of {n} bytes at offset "
-                               f"{content.offset + off})")
-        return data
+        self.check_source(ext)
+        if got != n:
+            if ext.fragments is not None:
+                raise SourceError(f"{path}: read failed: sparse member data past end of file")
+            raise SourceError(f"{path}: ends early ({got} of {n} bytes at offset "
+                              f"{ext.offset + off})")
+        return buf
 
-    def check_source(self, content: Content) -> None:
+    def check_source(self, ext: Extent) -> None:
         """Raise SourceError unless the file's source is still the one its offsets are for."""
-        path = content.path
-        if content.graft >= 0:
-            # The tar must still be the one indexed: else the offsets may point anywhere.
-            if not self.tree.verify(content.graft):
-                raise SourceError(f"{path}: changed or removed since it was indexed")
-            return
-        try:
-            st = os.stat(path)  # type: ignore[arg-type]
-        except OSError as e:
-            raise SourceError(f"{path}: {e.strerror}") from None
-        if st.st_size != content.size:
-            raise SourceError(f"{path}: its size changed from {content.size} to "
-                               f"{st.st_size} bytes")
+        why = ext.source.changed()
+        if why is not None:
+            raise SourceError(why)
 
-    def _pread_sparse(self, content: Content, fd: int, off: int, buf: memoryview,
-                      flags: int) -> memoryview | None:
-        """_pread for a sparse member: its fragments, holes as zeros (always in a thread)."""
-        if flags:
-            return None
-        try:
-            data = read_sparse(fd, content.offset, content.sparse, content.size, off, len(buf))
-        except OSError as e:
-            raise SourceError(f"{content.path}: read failed: {e.strerror}") from None
-        self.check_source(content)
-        buf[: len(data)] = data
-        return buf[: len(data)]
-
-    def batch(self, files: list[tuple[int, Content, int]]
+    def batch(self, files: list[tuple[int, Extent | bytes, int]]
               ) -> list[tuple[int, int, bytes | memoryview]]:
         """The preload's (inode, 0, bytes) for small files: in memory, or read in one span per
         source (at most PRELOAD_SPAN) whose tar still is the one indexed."""
         batch: list[tuple[int, int, bytes | memoryview]] = []
-        spans: dict[int, list[tuple[int, Content]]] = {}
-        for ino, content, fd in files:
-            if content.data is not None:
-                batch.append((ino, 0, content.data))
-            elif content.sparse is None and content.graft >= 0 and fd >= 0:
-                spans.setdefault(fd, []).append((ino, content))
+        spans: dict[int, list[tuple[int, Extent]]] = {}
+        for ino, body, fd in files:
+            if not isinstance(body, Extent):
+                batch.append((ino, 0, body))
+            elif body.fragments is None and body.source.indexed and fd >= 0:
+                spans.setdefault(fd, []).append((ino, body))
         for fd, group in spans.items():
             lo = min(c.offset for _, c in group)
             hi = max(c.offset + c.size for _, c in group)
@@ -174,7 +148,7 @@ class Reader:
                 got = os.preadv(fd, [buf], lo)
             except OSError:
                 continue  # reads of the files report it
-            if not self.tree.verify(group[0][1].graft):
+            if group[0][1].source.changed() is not None:
                 continue  # the tar changed: reads of the files report it
             view = memoryview(buf)
             batch.extend((ino, 0, view[c.offset - lo : c.offset - lo + c.size])

@@ -31,14 +31,10 @@ from __future__ import annotations
 import logging
 import stat
 from collections.abc import Iterator, Mapping, Sequence
+from typing import NamedTuple
 
-from fusebundle.bundle.entry import Entry
-from fusebundle.bundle.view import (
-    Bundle,
-    Graft,
-    KernelImage,
-    View,
-)
+from fusebundle.bundle import Entry, View
+from fusebundle.bundle.view import Bundle, Graft, KernelImage
 from fusebundle.fs.graft_tree import GraftTree
 from fusebundle.fs.inode import (
     _D,
@@ -47,15 +43,51 @@ from fusebundle.fs.inode import (
     MAX_ALIASES,
     MAX_GRAFTS,
     ROOT_INO,
-    Content,
     Stat,
     _entry_stat,
     _split,
     graft_ino,
     split_ino,
 )
+from fusebundle.tar import Extent
 
 log = logging.getLogger(__name__)
+
+ROOT_UNKNOWN = -1  # a graft directory's position before its graft is loaded: the graft's root
+SYNTHETIC = -1  # the graft of a candidate that is a synthetic node (its ref is an inode)
+
+
+class GraftDir(NamedTuple):
+    """A graft directory merged into a synthetic one: the order of its item in the view
+    (later wins a name), its graft, and its position there."""
+
+    order: int
+    k: int
+    local: int  # ROOT_UNKNOWN until the graft is loaded
+
+
+class GraftPlace(NamedTuple):
+    """A directory of graft k as one alias (--expand) shows it."""
+
+    k: int
+    alias: int
+    local: int  # ROOT_UNKNOWN until the graft is loaded
+
+
+class GraftAttr(NamedTuple):
+    """The graft entry whose attributes a synthetic node shows."""
+
+    k: int
+    local: int
+
+
+class Candidate(NamedTuple):
+    """One source's child of a name while a directory's sources are merged."""
+
+    order: int
+    is_dir: bool
+    k: int  # SYNTHETIC, or the graft
+    ref: int  # the inode of a synthetic node, else the position in graft k
 
 
 # ------------------------------------------------------------------------------ synthetic
@@ -73,11 +105,10 @@ class SynNode:
         self.children: dict[bytes, int] = {}
         self.names: list[bytes] | None = None  # sorted children, once settled
         self.inos: list[int] = []
-        # Graft directories to merge in before the children are known: (order, graft, local).
-        self.pending: list[tuple[int, int, int]] = []
-        # When the children are exactly one graft directory's: (graft, alias, local).
-        self.delegate: tuple[int, int, int] | None = None
-        self.gattr: tuple[int, int] | None = None  # attributes from this graft entry instead
+        self.pending: list[GraftDir] = []  # graft directories to merge in before listing
+        # When the children are exactly one graft directory's.
+        self.delegate: GraftPlace | None = None
+        self.gattr: GraftAttr | None = None  # attributes from this graft entry instead
 
     @property
     def is_dir(self) -> bool:
@@ -178,7 +209,7 @@ class Tree:
         self.grafts.append(slot)
         node = self._dir(_split(g.prefix))
         slot.prefix_ino = node.ino
-        node.pending.append((order, k, -1))  # -1: the graft's root, known once it is loaded
+        node.pending.append(GraftDir(order, k, ROOT_UNKNOWN))
 
     def _expand(self, b: Bundle) -> None:
         """Make the bundle's rootfs/ show its image (a new alias of the graft's directories)."""
@@ -195,8 +226,8 @@ class Tree:
         if alias >= MAX_ALIASES:
             raise ValueError(f"too many bundles share the image of {b.path}")
         slot.owners[alias] = rootfs
-        node.pending.append((slot.order, slot.k, -1))
-        node.delegate = (slot.k, alias, -1)
+        node.pending.append(GraftDir(slot.order, slot.k, ROOT_UNKNOWN))
+        node.delegate = GraftPlace(slot.k, alias, ROOT_UNKNOWN)
 
     def _settle_static(self) -> None:
         """Sort the children of every directory no graft contributes to."""
@@ -207,7 +238,7 @@ class Tree:
             prefix = self.nodes[slot.prefix_ino]
             assert prefix is not None
             if len(prefix.pending) == 1 and not prefix.children and prefix.delegate is None:
-                prefix.delegate = (slot.k, 0, -1)
+                prefix.delegate = GraftPlace(slot.k, 0, ROOT_UNKNOWN)
                 slot.owners[0] = prefix.ino
 
     def _sort(self, node: SynNode) -> None:
@@ -222,7 +253,7 @@ class Tree:
         node = self.nodes[ino]
         if node is None or not node.pending:
             return []
-        return [k for _, k, _ in node.pending if self.grafts[k].tree is None]
+        return [d.k for d in node.pending if self.grafts[d.k].tree is None]
 
     def load_graft(self, k: int) -> None:
         """Index the graft's image (exporting it if needed) and build its arrays. Blocking."""
@@ -250,73 +281,73 @@ class Tree:
             k, alias, local = node.delegate
             tree = self.grafts[k].tree
             assert tree is not None
-            if local < 0:
-                node.delegate = (k, alias, tree.root)
+            if local == ROOT_UNKNOWN:
+                node.delegate = GraftPlace(k, alias, tree.root)
                 if tree.root_entry is not None:
-                    node.gattr = (k, tree.root)
+                    node.gattr = GraftAttr(k, tree.root)
             node.pending = []
             return
-        cands: dict[bytes, list[tuple[int, bool, int, int]]] = {}  # order, is_dir, k, ref
+        cands: dict[bytes, list[Candidate]] = {}
         for name, ino in node.children.items():
             child = self.nodes[ino]
             assert child is not None
-            cands.setdefault(name, []).append((child.order, child.is_dir, -1, ino))
-        best = (node.order, -1, -1)
+            cands.setdefault(name, []).append(Candidate(child.order, child.is_dir, SYNTHETIC,
+                                                        ino))
+        best_order, best = node.order, None  # the latest source that gives the node's entry
         for order, k, local in node.pending:
             tree = self.grafts[k].tree
             assert tree is not None
-            if local < 0:
+            if local == ROOT_UNKNOWN:
                 local = tree.root
-                if tree.root_entry is not None and order > best[0]:
-                    best = (order, k, local)
-            elif order > best[0]:
-                best = (order, k, local)
+                if tree.root_entry is not None and order > best_order:
+                    best_order, best = order, GraftAttr(k, local)
+            elif order > best_order:
+                best_order, best = order, GraftAttr(k, local)
             for pos in range(tree.child_count(local)):
                 name, i = tree.child(local, pos)
-                cands.setdefault(name, []).append((order, tree.is_dir(i), k, i))
-        if best[1] >= 0:
-            node.gattr = (best[1], best[2])
+                cands.setdefault(name, []).append(Candidate(order, tree.is_dir(i), k, i))
+        if best is not None:
+            node.gattr = best
         children: dict[bytes, int] = {}
         for name, found in cands.items():
-            found.sort(key=lambda c: c[0])
+            found.sort(key=lambda c: c.order)
             if len(found) > 1:
                 self._hide(found)
-            if not found[-1][1]:
-                _, _, k, ref = found[-1]
-                children[name] = ref if k < 0 else graft_ino(k, 0, ref)
+            if not found[-1].is_dir:
+                children[name] = _child_ino(found[-1])
                 continue
             dirs = []
             for c in reversed(found):
-                if not c[1]:
+                if not c.is_dir:
                     break
                 dirs.append(c)
             dirs.reverse()
             if len(dirs) == 1:
-                _, _, k, ref = dirs[0]
-                children[name] = ref if k < 0 else graft_ino(k, 0, ref)
+                children[name] = _child_ino(dirs[0])
                 continue
-            syn = [c for c in dirs if c[2] < 0]
+            syn = [c for c in dirs if c.k == SYNTHETIC]
             if syn:
-                merged = self.nodes[syn[-1][3]]
+                merged = self.nodes[syn[-1].ref]
                 assert merged is not None
             else:
                 merged = self._node(node.ino, _IMPLICIT_DIR, -1)
-            if merged.delegate is not None and merged.delegate[1] > 0:
+            if merged.delegate is not None and merged.delegate.alias > 0:
                 pass  # an expanded rootfs/ shows its container's root and nothing else
             else:
                 merged.delegate = None  # a graft's top directory that more sources give
-                merged.pending += [(o, k, ref) for o, _, k, ref in dirs if k >= 0]
+                merged.pending += [GraftDir(c.order, c.k, c.ref) for c in dirs
+                                   if c.k != SYNTHETIC]
             children[name] = merged.ino
         node.children = children
         node.pending = []
         self._sort(node)
 
-    def _hide(self, found: list[tuple[int, bool, int, int]]) -> None:
+    def _hide(self, found: list[Candidate]) -> None:
         """Names a later source hides no longer count as links of their inode."""
-        last_file = max((n for n, c in enumerate(found) if not c[1]), default=-1)
-        keep = len(found) - 1 if not found[-1][1] else last_file + 1
+        last_file = max((n for n, c in enumerate(found) if not c.is_dir), default=-1)
+        keep = len(found) - 1 if not found[-1].is_dir else last_file + 1
         for n, (_, is_dir, k, ref) in enumerate(found):
-            if n >= keep or is_dir or k < 0:
+            if n >= keep or is_dir or k == SYNTHETIC:
                 continue
             tree = self.grafts[k].tree
             assert tree is not None
@@ -332,7 +363,7 @@ class Tree:
 
     def _ready(self, node: SynNode) -> SynNode:
         if node.pending:
-            if any(self.grafts[k].tree is None for _, k, _ in node.pending):
+            if any(self.grafts[d.k].tree is None for d in node.pending):
                 raise LookupError("graft not loaded")  # callers check pending() first
             self._settle(node)
         return node
@@ -356,7 +387,7 @@ class Tree:
         """Attributes of a node; KeyError if there is no such inode."""
         node = self._syn(ino)
         if node is not None:
-            if node.pending and all(self.grafts[k].tree is not None for _, k, _ in node.pending):
+            if node.pending and all(self.grafts[d.k].tree is not None for d in node.pending):
                 self._settle(node)
             if node.gattr is not None:
                 k, local = node.gattr
@@ -476,19 +507,15 @@ class Tree:
             return tree.xattrs(local)
         return node.entry.xattrs if node is not None else None
 
-    def content(self, ino: int) -> Content | None:
+    def content(self, ino: int) -> Extent | bytes | None:
         """Where a regular file's bytes are; None for anything else."""
         node, tree, local = self._renderer(ino)
         if tree is not None:
             return tree.content(local)
         if node is None or node.entry.type != "f":
             return None
-        e = node.entry
-        if e.data is not None:
-            return Content(size=len(e.data), data=e.data)
-        if e.src is not None:
-            return Content(size=e.size, path=e.src, offset=e.offset)
-        return Content(size=0, data=b"")
+        body = node.entry.body
+        return body if body is not None else b""
 
     def counts(self) -> tuple[int, int]:
         """(inodes, bytes) known so far, for statfs."""
@@ -507,6 +534,10 @@ class Tree:
         """True while graft k's tar is the one that was indexed."""
         tree = self.grafts[k].tree
         return tree is not None and tree.idx.verify_unchanged()
+
+
+def _child_ino(c: Candidate) -> int:
+    return c.ref if c.k == SYNTHETIC else graft_ino(c.k, 0, c.ref)
 
 
 class DirListing:

@@ -18,8 +18,9 @@ from fusebundle.atomic import TempName, atomic_file
 from fusebundle.errors import CorruptTar, UserError
 from fusebundle.images.handle import Pulled
 from fusebundle.progress import Bar
-from fusebundle.sources.base import ImageInfo, ImageSource, Progress
-from fusebundle.tar.index import TarIndex, open_index
+from fusebundle.sources import ImageInfo
+from fusebundle.sources.base import ImageSource, Progress
+from fusebundle.tar import Extent, TarIndex, open_index
 
 
 def default_cache_dir() -> str:
@@ -103,7 +104,7 @@ class Cache:
                     if e.sparse is not None:
                         raise UserError(f"image {info.ref}: {name.decode(errors='replace')} "
                                         f"is stored as a sparse file; a nested tar cannot be")
-                    self._copy_out(e.src, e.offset, e.size, path)
+                    self._copy_out(outer.extent(i), path)
         try:
             return open_index(path)
         except CorruptTar as err:
@@ -111,17 +112,13 @@ class Cache:
                              f"valid tar ({err})") from None
 
     @staticmethod
-    def _copy_out(src: str, offset: int, size: int, dest: str) -> None:
-        with atomic_file(dest) as t, open(src, "rb") as f, \
+    def _copy_out(ext: Extent, dest: str) -> None:
+        with atomic_file(dest) as t, open(ext.source.path, "rb") as f, \
                 os.fdopen(t.fd, "wb", closefd=False) as out:
-            f.seek(offset)
-            left = size
-            while left:
-                chunk = f.read(min(left, 1 << 20))
-                if not chunk:
-                    raise CorruptTar(f"{src}: ends early inside an inner tar")
-                out.write(chunk)
-                left -= len(chunk)
+            try:
+                ext.copy_to(f.fileno(), out)
+            except EOFError:
+                raise CorruptTar(f"{ext.source.path}: ends early inside an inner tar") from None
 
     def index(self, info: ImageInfo, source: ImageSource,
               progress: Progress | None = None) -> TarIndex:

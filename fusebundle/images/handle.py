@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from fusebundle.sources.base import ImageInfo
-from fusebundle.tar.index import TarIndex
+from fusebundle.sources import ImageInfo
+from fusebundle.tar import TarIndex
 
 
 @dataclass

@@ -27,10 +27,10 @@ from fusebundle.images import flatten as layermod
 from fusebundle.images.exported import Cache
 from fusebundle.images.handle import Pulled
 from fusebundle.progress import Bar
-from fusebundle.sources.base import ImageInfo, LayerRef, LayerSource, ResolvedImage
+from fusebundle.sources import ImageInfo, LayerRef, LayerSource, ResolvedImage
 from fusebundle.sources.regauth import RegistryError
 from fusebundle.store import BadLayer, CorruptLayer, Store, locks
-from fusebundle.tar.index import TarIndex
+from fusebundle.tar import TarIndex
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

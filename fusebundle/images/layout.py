@@ -22,8 +22,8 @@ from typing import IO, Any
 from fusebundle.atomic import atomic_file
 from fusebundle.errors import CorruptTar, EngineError, UserError
 from fusebundle.images.exported import cache_subdir
-from fusebundle.sources.base import ImageInfo
-from fusebundle.tar.index import TarIndex, open_index
+from fusebundle.sources import ImageInfo
+from fusebundle.tar import TarIndex, open_index
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"

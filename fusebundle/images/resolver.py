@@ -20,9 +20,8 @@ from fusebundle.images import refspec
 from fusebundle.images.exported import Cache, LazyImage, cache_subdir
 from fusebundle.images.handle import PullableImage
 from fusebundle.images.layered import LayeredImage
-from fusebundle.sources import TRANSPORTS, Options, engineapi
+from fusebundle.sources import TRANSPORTS, ImageInfo, LayerSource, Options, Platform, engineapi
 from fusebundle.sources.archive import DockerArchive
-from fusebundle.sources.base import ImageInfo, LayerSource, Platform
 from fusebundle.sources.engine import DockerEngine
 from fusebundle.sources.reference import parse
 from fusebundle.sources.regnet import parse_mirrors

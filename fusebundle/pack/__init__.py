@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterable
 
 from fusebundle import testhook
 from fusebundle.atomic import Temp, atomic_file
-from fusebundle.bundle.entry import Entry
-from fusebundle.bundle.view import View
+from fusebundle.bundle import Entry, View
 from fusebundle.errors import UserError, shown
 from fusebundle.pack.boot import write_kernel_initrd
 from fusebundle.pack.cpio import write_cpio

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable
 
 from fusebundle import testhook
-from fusebundle.bundle.entry import Entry
+from fusebundle.bundle import Entry
 from fusebundle.errors import UserError
 from fusebundle.pack.cpio import CpioWriter, Sources
 from fusebundle.pack.output import finish_temp, open_temp
@@ -62,7 +62,7 @@ class _Split:
     def _copy(self, e: Entry, fd: int) -> None:
         if e.type != "f":
             raise UserError(f"{e.path.decode(errors='replace')}: not a regular file")
-        for chunk in self.sources.chunks(e):
+        for chunk in self.sources.body_chunks(e):
             _write_all(fd, chunk)
         if self.progress:
             self.progress(e.size)
@@ -120,7 +120,7 @@ def _prepend(ucode: Entry, sources: Sources, cpio: tuple[int, str],
     """A new initrd temporary: the ucode cpio as it is, then the gzip'd cpio copied after it."""
     fd, tmp = open_temp(out)
     try:
-        for chunk in sources.chunks(ucode):
+        for chunk in sources.body_chunks(ucode):
             _write_all(fd, chunk)
         src, src_tmp = cpio
         pos = 0

@@ -13,10 +13,10 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 
-from fusebundle.bundle.entry import Entry
+from fusebundle.bundle import Entry
 from fusebundle.errors import UserError
-from fusebundle.pack.tarball import WINDOW, SourceFiles, short_source
-from fusebundle.tar.index import read_sparse
+from fusebundle.pack.tarball import WINDOW, SourceFiles
+from fusebundle.tar import Extent
 
 MAGIC = b"070701"
 FIRST_INO = 721  # gocpio numbers its entries from 721, the trailer included
@@ -136,28 +136,16 @@ class GzipStream:
 class Sources(SourceFiles):
     """The bytes of entries, read from the cached exports and layers they point into."""
 
-    def chunks(self, e: Entry) -> Iterator[bytes]:
+    def body_chunks(self, e: Entry) -> Iterator[bytes | bytearray]:
         """The content of a regular file, at most CHUNK bytes at a time."""
-        if e.data is not None:
-            yield e.data
-        elif e.src is not None and e.sparse is not None:
-            fd = self.fd(e.src)
-            for pos in range(0, e.size, CHUNK):
-                try:
-                    yield read_sparse(fd, e.offset, e.sparse, e.size, pos, CHUNK)
-                except OSError:
-                    raise short_source(e.src, e.offset, e.size) from None
-        elif e.src is not None:
-            fd = self.fd(e.src)
-            if e.size <= WINDOW:
-                yield self.small(e.src, fd, e.offset, e.size)
-                return
-            for pos in range(0, e.size, CHUNK):
-                n = min(CHUNK, e.size - pos)
-                data = os.pread(fd, n, e.offset + pos)
-                if len(data) != n:
-                    raise short_source(e.src, e.offset, e.size)
-                yield data
+        body = e.body
+        if not isinstance(body, Extent):
+            if body is not None:
+                yield body
+        elif body.fragments is None and body.size <= WINDOW:
+            yield self.small(body)
+        else:
+            yield from self.chunks(body, CHUNK)
 
 
 class CpioWriter:
@@ -180,7 +168,7 @@ class CpioWriter:
             self.buf += link
             self._pad(len(link))
         elif e.type == "f" and e.size:
-            for chunk in self.sources.chunks(e):
+            for chunk in self.sources.body_chunks(e):
                 if len(chunk) >= FLUSH_AT:
                     self._flush()
                     self.gz.feed(chunk)

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 
-from fusebundle.bundle.entry import Entry
+from fusebundle.bundle import Entry
 from fusebundle.errors import UserError, shown
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 
-from fusebundle.bundle.entry import Entry
+from fusebundle.bundle import Entry
 from fusebundle.errors import CorruptTar, UserError
-from fusebundle.tar.index import read_sparse
+from fusebundle.tar import Extent
 
 BLOCK = 512
 TYPEFLAGS = {"f": b"0", "h": b"1", "l": b"2", "c": b"3", "b": b"4", "d": b"5", "p": b"6"}
@@ -132,8 +132,10 @@ class SourceFiles:
             self.fds[path] = fd
         return fd
 
-    def small(self, path: str, fd: int, offset: int, size: int) -> bytes:
-        """`size` bytes at `offset` of `fd` (the source `path`), through the window."""
+    def small(self, ext: Extent) -> bytes:
+        """The bytes of a small file stored whole, through the window."""
+        fd = self.fd(ext.source.path)
+        offset, size = ext.offset, ext.size
         wfd, start, data = self.window
         if wfd != fd or offset < start or offset + size > start + len(data):
             data = os.pread(fd, max(size, WINDOW), offset)
@@ -141,8 +143,21 @@ class SourceFiles:
             start = offset
         piece = data[offset - start : offset - start + size]
         if len(piece) != size:
-            raise short_source(path, offset, size)
+            raise short_source(ext)
         return piece
+
+    def chunks(self, ext: Extent, step: int) -> Iterator[bytes | bytearray]:
+        """The file's bytes, `step` at a time (its holes as zeros); CorruptTar if the source
+        ends early."""
+        fd = self.fd(ext.source.path)
+        try:
+            yield from ext.chunks(fd, step)
+        except EOFError:
+            raise short_source(ext) from None
+        except OSError:
+            if ext.fragments is None:
+                raise
+            raise short_source(ext) from None  # as the sparse copy always said it
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -160,7 +175,7 @@ class _Writer:
         self.buf = bytearray()
         self.files = SourceFiles()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.buf += data
         if len(self.buf) >= FLUSH_AT:
             self.flush()
@@ -175,28 +190,25 @@ class _Writer:
             view.release()
         self.buf.clear()
 
-    def copy(self, path: str, offset: int, size: int) -> None:
-        src = self.files.fd(path)
-        if size <= SMALL:
-            self.write(self.files.small(path, src, offset, size))
+    def copy(self, ext: Extent) -> None:
+        """A file's bytes: small ones through the window, large ones handed to the kernel,
+        sparse ones 1 MiB at a time with their holes as zeros."""
+        if ext.fragments is not None:
+            for data in self.files.chunks(ext, 1 << 20):
+                self.write(data)
             return
+        if ext.size <= SMALL:
+            self.write(self.files.small(ext))
+            return
+        src = self.files.fd(ext.source.path)
         self.flush()
         done = 0
-        while done < size:
-            n = self._transfer(src, offset + done, size - done)
+        while done < ext.size:
+            n = self._transfer(src, ext.offset + done, ext.size - done)
             if n <= 0:
-                raise short_source(path, offset, size)
+                raise short_source(ext)
             done += n
             self.pos += n
-
-    def copy_sparse(self, path: str, offset: int, fragments: Sequence[int], size: int) -> None:
-        """A sparse member's bytes, its holes written as zeros, 1 MiB at a time."""
-        src = self.files.fd(path)
-        for pos in range(0, size, 1 << 20):
-            try:
-                self.write(read_sparse(src, offset, fragments, size, pos, 1 << 20))
-            except OSError:
-                raise short_source(path, offset, size) from None
 
     def _transfer(self, src: int, offset: int, count: int) -> int:
         count = min(count, 1 << 30)
@@ -220,8 +232,9 @@ class _Writer:
         self.files.close()
 
 
-def short_source(path: str, offset: int, size: int) -> CorruptTar:
+def short_source(ext: Extent) -> CorruptTar:
     """The error of a source that holds fewer bytes than its index says (every renderer's)."""
+    path, offset, size = ext.source.path, ext.offset, ext.size
     return CorruptTar(f"{path}: ends early: {size} bytes expected at offset {offset}; "
                       f"delete it to export the image again")
 
@@ -234,12 +247,11 @@ def write_entries(entries: Iterable[Entry], fd: int, seekable: bool,
         for e in entries:
             w.write(header(e))
             if e.type == "f" and e.size:
-                if e.data is not None:
-                    w.write(e.data)
-                elif e.sparse is not None and e.src is not None:
-                    w.copy_sparse(e.src, e.offset, e.sparse, e.size)
-                elif e.src is not None:
-                    w.copy(e.src, e.offset, e.size)
+                body = e.body
+                if isinstance(body, Extent):
+                    w.copy(body)
+                elif body is not None:
+                    w.write(body)
                 w.write(_padding(e.size))
                 if progress:
                     progress(e.size)

@@ -9,7 +9,6 @@ are served as bounded views (pread at the member's offset); nothing is written b
 
 from __future__ import annotations
 
-import io
 import os
 import posixpath
 import threading
@@ -20,74 +19,11 @@ from fusebundle.sources import jsondoc, reference
 from fusebundle.sources import manifest as mf
 from fusebundle.sources.base import LayerRef, NotFound, Platform, ResolvedImage
 from fusebundle.sources.oci import LayoutReader, is_blob, not_regular, read_limited
-from fusebundle.tar.index import TarIndex
+from fusebundle.tar import Extent, TarIndex
 
 _MAX_LINKS = 8  # symlink hops inside the archive before giving up (docker writes one)
 _TYPE_WORDS = {"l": "symlink", "d": "directory", "p": "FIFO", "c": "character device",
                "b": "block device"}
-
-
-class _Member(io.RawIOBase):
-    """Read-only view of `size` bytes at `offset` of an open file; short data is an error."""
-
-    def __init__(self, fd: int, offset: int, size: int, what: str) -> None:
-        super().__init__()
-        self._fd = fd
-        self._offset = offset
-        self._size = size
-        self._pos = 0
-        self._what = what
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + pos < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + pos
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def _short(self) -> UserError:
-        # The archive shrank after it was indexed: never hand out a silently short blob.
-        return UserError(f"{self._what}: truncated (the archive ends inside it)")
-
-    def read(self, size: int | None = -1) -> bytes:
-        """Up to `size` bytes (all that is left if negative); one pread, no copy."""
-        left = self._size - self._pos
-        want = left if size is None or size < 0 else min(size, left)
-        if want <= 0:
-            return b""
-        data = os.pread(self._fd, want, self._offset + self._pos)
-        if len(data) < want:
-            raise self._short()
-        self._pos += want
-        return data
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buf: Any) -> int:
-        view = memoryview(buf).cast("B")
-        want = min(len(view), self._size - self._pos)
-        if want <= 0:
-            return 0
-        got = os.preadv(self._fd, [view[:want]], self._offset + self._pos)
-        if got < want:
-            raise self._short()
-        self._pos += want
-        return want
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-        super().close()
 
 
 class TarFiles:
@@ -113,8 +49,8 @@ class TarFiles:
                     raise UserError(f"{self.name}: {e.strerror or e}") from None
             return self._index
 
-    def member(self, path: str) -> tuple[int, int] | None:
-        """(offset, size) of the regular member at `path`, links followed; None if absent."""
+    def member(self, path: str) -> Extent | None:
+        """Where the regular member at `path` is, links followed; None if absent."""
         index = self.index()
         name = path
         for _ in range(_MAX_LINKS):
@@ -123,7 +59,7 @@ class TarFiles:
                 return None
             entry = index.entry(i)
             if entry.type == "f":
-                return entry.offset, entry.size
+                return index.extent(i)
             if is_blob(path) and entry.type != "h":  # a hard link names a member's bytes
                 raise not_regular(f"{self.name}: member {path}", _TYPE_WORDS.get(
                     entry.type, "special file"))
@@ -152,13 +88,14 @@ class TarFiles:
         where = self.member(path)
         if where is None:
             raise UserError(f"{self.name}: no member {path} in the archive")
-        offset, size = where
+        what = f"{self.name}: member {path}"
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            # Unbuffered: the store reads in large chunks, and each read is one pread.
+            # The archive shrinking after it was indexed is an error, never a short blob.
+            return cast(BinaryIO, where.open(
+                lambda: UserError(f"{what}: truncated (the archive ends inside it)")))
         except OSError as e:
             raise UserError(f"{self.name}: {e.strerror or e}") from None
-        # Unbuffered: the store reads in large chunks, and each read is one pread.
-        return cast(BinaryIO, _Member(fd, offset, size, f"{self.name}: member {path}"))
 
 
 class DockerArchive:
@@ -243,7 +180,7 @@ class DockerArchive:
                 else diff_id
             mf.hex_of(digest, f"{what}: layer {path}")
             self._layer_paths[digest] = path
-            layers.append({"mediaType": mf.DOCKER_LAYER, "digest": digest, "size": where[1]})
+            layers.append({"mediaType": mf.DOCKER_LAYER, "digest": digest, "size": where.size})
         return mf.image_from(ref, name, self.name, plat, "", config_bytes, layers)
 
     # -- LayerSource ---------------------------------------------------------------------------

@@ -35,11 +35,11 @@ from typing import BinaryIO
 from fusebundle import testhook
 from fusebundle.atomic import TempName, atomic_file
 from fusebundle.errors import CorruptTar, UserError
-from fusebundle.sources.base import LayerRef, ResolvedImage
+from fusebundle.sources import LayerRef, ResolvedImage
 from fusebundle.store import locks, records
 from fusebundle.store.records import ImageRecord, digest_hex
 from fusebundle.store.stream import Outcome, ReadError, WriteError, unpack
-from fusebundle.tar.index import TarIndex, open_index
+from fusebundle.tar import TarIndex, open_index
 
 __all__ = ["BadLayer", "CorruptLayer", "ImageRecord", "LayerInfo", "PruneReport", "Store",
            "StoreError"]

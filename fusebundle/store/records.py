@@ -19,8 +19,7 @@ from typing import Any
 
 from fusebundle.atomic import TempName, atomic_file
 from fusebundle.errors import UserError
-from fusebundle.sources import jsondoc
-from fusebundle.sources.base import LayerRef, ResolvedImage
+from fusebundle.sources import LayerRef, ResolvedImage, jsondoc
 
 VERSION = 1
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")

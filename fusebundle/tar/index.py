@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from fusebundle.errors import CorruptTar
 from fusebundle.tar import colfile
+from fusebundle.tar.extent import Extent, Source
 from fusebundle.tar.header import _Corrupt, read_sparse
 from fusebundle.tar.scan import _scan
 
@@ -250,7 +251,7 @@ class TarIndex:
         "tar_path", "_stat", "_types", "_modes", "_uids", "_gids", "_sizes", "_mtimes",
         "_offsets", "_devmajors", "_devminors", "_names", "_name_ends", "_links",
         "_link_ends", "_xattrs", "_sparse", "_by_name", "_maps", "_sources", "_stamps",
-        "_srcs",
+        "_srcs", "_source_of",
     )  # fmt: skip
 
     tar_path: str
@@ -292,6 +293,7 @@ class TarIndex:
         self._by_name = None
         self._maps: list = []  # the file's mappings, once loaded from one
         self._sources, self._stamps, self._srcs = [tar_path], [stat_key], None
+        self._source_of: dict[str, Source] = {}  # data path -> its Source, one per file
 
     def columns(self) -> Columns:
         """The arrays behind the entries (read-only by convention)."""
@@ -396,6 +398,26 @@ class TarIndex:
     def sources(self) -> list[str]:
         """The tars the entries' data is in (one, or a flattened image's layers, bottom first)."""
         return list(self._sources)
+
+    def source(self, path: str) -> Source:
+        """The Source for `path` (this tar, or a layer of a merged image), guarded by this
+        index's stamps: one object per file, shared by every extent into it."""
+        src = self._source_of.get(path)
+        if src is None:
+            src = self._source_of[path] = Source(path, self.verify_unchanged)
+        return src
+
+    def extent(self, i: int) -> Extent:
+        """Where regular member i's bytes are."""
+        n = len(self._types)
+        if i < 0:
+            i += n
+        return Extent(self.source(self.data_path(i)), self._offsets[i], self._sizes[i],
+                      self._sparse.get(i) if self._sparse else None)
+
+    def extent_of(self, e: IndexEntry) -> Extent:
+        """Where the bytes of an entry this index yielded are."""
+        return Extent(self.source(e.src), e.offset, e.size, e.sparse)
 
     def find(self, name: bytes) -> int | None:
         """Index of the last member called *name* (already normalised), or None."""
