@@ -933,3 +933,23 @@ def test_a_single_layer_and_an_empty_layer(tmp_path: Path) -> None:
     assert names(m) == [b"a"] and len(m) == 1 + len(INIT_NAMES)
     assert {m.data_path(i) for i in range(len(m))} <= {str(tmp_path / "layer0.tar"),
                                                        str(tmp_path / "layer1.tar")}
+
+
+def test_find_by_bisection_agrees_with_the_name_dict(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first lookups bisect the names (walk order: '/' below every byte); later ones use
+    # the dict of every name. Both must give the same entry, and None for what is not there.
+    b = RootfsBuilder()
+    for d in (b"a", b"a-b", b"a/b", b"a/b/c", b"a.b", b"z", b"\xc3\xa9"):
+        b.dir(d.decode())
+    b.file("a/b/c/f", b"x").file("a-b/g", b"y").file("a.b/h", b"").symlink("a/l", "/z")
+    m = flatten(tmp_path, b)
+    names = [e.name for e in m]
+    assert len(names) > 10
+    absent = [b"a/b/c/nope", b"a/", b"", b"zz", b"a-b/g/x", b"\xc3"]
+    monkeypatch.setattr(MergedIndex, "BISECT_LOOKUPS", len(names) + len(absent))
+    bisected = [m.find(n) for n in names + absent]
+    assert m._by_name is None
+    assert bisected == [*range(len(names)), *[None] * len(absent)]
+    dicted = [m.find(n) for n in names + absent]  # the budget is spent: the dict now
+    assert m._by_name is not None and dicted == bisected

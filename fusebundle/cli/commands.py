@@ -12,17 +12,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from fusebundle import __version__
-from fusebundle.bundle.view import build_view, image_label
 from fusebundle.cli import cache as cachecmd
 from fusebundle.cli import image as imagecmd
 from fusebundle.cli import mount as mountcmd
 from fusebundle.cli.session import load_session
-from fusebundle.config import runtime as oci
 from fusebundle.errors import UserError
 from fusebundle.images.resolver import SOURCES_HELP
-from fusebundle.pack import check_output, pack
-from fusebundle.pack.boot import refuse_stdout
-from fusebundle.progress import Bar
 
 EXIT_INTERRUPTED = 130
 
@@ -127,6 +122,12 @@ def parser() -> argparse.ArgumentParser:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     """fusebundle pack: build the view and write it as one tar."""
+    # Here, not at the top: the writers are not loaded by the commands that do not pack.
+    from fusebundle.bundle.view import build_view
+    from fusebundle.pack import check_output, pack
+    from fusebundle.pack.boot import refuse_stdout
+    from fusebundle.progress import Bar
+
     if args.format == "kernel+initrd":
         refuse_stdout(args.output)
 
@@ -181,6 +182,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """fusebundle config: show how each container's config.json comes about."""
+    from fusebundle.bundle.view import image_label
+    from fusebundle.config import runtime as oci
+
     cfg, session = load_session(args)
     id_map = cfg.id_map()
     found = False

@@ -23,12 +23,9 @@ from typing import Any
 
 from fusebundle.bundle.entry import Entry
 from fusebundle.bundle.imagefs import CHUNK, ROOT, ImageFS, PathError, Row, split
-from fusebundle.bundle.view import build_view
 from fusebundle.cli.session import open_image, open_session
-from fusebundle.config.load import load_config
 from fusebundle.errors import UserError
 from fusebundle.images.refspec import SPELLINGS
-from fusebundle.pack import check_output, write
 from fusebundle.tar.index import TarIndex, read_sparse
 
 TYPES = {"f": "file", "d": "dir", "l": "symlink", "h": "hardlink", "c": "char", "b": "block",
@@ -265,6 +262,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ export
 def cmd_export(args: argparse.Namespace) -> int:
     """fusebundle image export: the image's filesystem (or a subtree) as one tar."""
+    from fusebundle.pack import check_output, write  # not at the top: ls and cat write no tar
+
     check_output(args.output)  # a bad -o is said before the image is fetched, as pack does
     if args.output == "-" and os.isatty(sys.stdout.fileno()):
         raise UserError("refusing to write a tar to a terminal; use -o FILE or a pipe")
@@ -295,6 +294,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _side(args: argparse.Namespace, what: str) -> Any:
     """An image's own merged index, or a config's bundle tree as path -> entry."""
     if os.path.isfile(what):
+        from fusebundle.bundle.view import build_view
+        from fusebundle.config.load import load_config
+
         args.configs = [what]
         cfg = load_config([what])
         session = open_session(args)

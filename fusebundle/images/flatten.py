@@ -425,12 +425,38 @@ _SAVED = (*_COLUMNS, ("_srcs", "H"), ("_from", "H"))
 class MergedIndex(TarIndex):
     """A TarIndex over several layer tars: entry i's data is in data_path(i) at its offset."""
 
-    __slots__ = ("_srcs", "_from", "_layer_paths", "_layer_stats")
+    __slots__ = ("_srcs", "_from", "_layer_paths", "_layer_stats", "_lookups")
 
     _srcs: array.array[int]
     _from: array.array[int]
     _layer_paths: list[str]
     _layer_stats: list[Stamp]
+
+    # A few lookups (`image cat` of one path: one per component) search the names, which are
+    # in walk order, by bisection; past this many, a dict of every name is made once, as
+    # TarIndex.find does (100k names: ~40 ms, 17 bisection steps a lookup: ~10 us).
+    BISECT_LOOKUPS = 64
+
+    def __init__(self, tar_path: str, stat_key: Stamp) -> None:
+        super().__init__(tar_path, stat_key)
+        self._lookups = 0
+
+    def find(self, name: bytes) -> int | None:
+        """Index of the entry called *name* (already normalised), or None."""
+        if self._by_name is not None or self._lookups >= self.BISECT_LOOKUPS:
+            return super().find(name)
+        self._lookups += 1
+        key, names, ends = name.replace(b"/", _SEP), self._names, self._name_ends
+        lo, hi = 0, len(ends)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if bytes(names[ends[mid - 1] if mid else 0 : ends[mid]]).replace(b"/", _SEP) < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(ends) and names[ends[lo - 1] if lo else 0 : ends[lo]] == name:
+            return lo
+        return None
 
     def layer_of(self, i: int) -> int | None:
         """Which layer (0 = bottom) gave entry i: the topmost whose tar has a header for its

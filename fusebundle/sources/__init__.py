@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fusebundle.sources.archive import DockerArchive, OCIArchive
 from fusebundle.sources.base import (
@@ -23,8 +24,9 @@ from fusebundle.sources.base import (
     ResolvedImage,
 )
 from fusebundle.sources.oci import OCILayout
-from fusebundle.sources.registry import Registry
-from fusebundle.sources.regnet import Mirror
+
+if TYPE_CHECKING:  # the registry client (ssl, http) is imported only when one is opened
+    from fusebundle.sources.regnet import Mirror
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class Transport:
 
 
 def _registry(_path: str, o: Options) -> LayerSource:
+    from fusebundle.sources.registry import Registry
+
     return Registry(insecure=o.insecure, cert_dir=o.cert_dir, mirrors=o.mirrors)
 
 
