@@ -10,17 +10,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fusebundle.bundle.entry import Entry, directory, regular
-from fusebundle.config import metadata, schema
-from fusebundle.config import runtime as oci
-from fusebundle.config.load import Config, Container, FileSpec, Volume
-from fusebundle.config.schema import LABEL_KEY
 from fusebundle.errors import UserError, shown
 from fusebundle.images.flatten import PINNED_MTIME_NS
 from fusebundle.images.handle import ImageHandle
 from fusebundle.sources.base import ImageInfo
 from fusebundle.tar.index import IndexEntry, TarIndex
+
+if TYPE_CHECKING:  # the config (and its YAML parser) is loaded by what builds a bundle view,
+    # not by the one-image commands that only graft an image (image cat/ls/export)
+    from fusebundle.config.load import Config, Container, FileSpec, Volume
 
 # Names docker export always adds that make no sense in a bundle (matched at the image root).
 EXCLUDE = frozenset({b".dockerenv", b"Dockerfile", b"dev/console", b"dev/pts", b"dev/shm",
@@ -258,6 +259,9 @@ def prefix_dirs(path: str) -> list[Entry]:
 
 def image_label(info: ImageInfo, where: str) -> dict | None:
     """The image's validated org.mobyproject.config label, errors naming the container."""
+    from fusebundle.config import schema
+    from fusebundle.config.schema import LABEL_KEY
+
     return schema.image_label(info.config, f"{where}: image {info.ref}: label {LABEL_KEY}")
 
 
@@ -275,6 +279,8 @@ class _Builder:
         self.view.items.append(item)
 
     def bundle(self, c: Container, id_map: dict[str, int]) -> None:
+        from fusebundle.config import runtime as oci
+
         handle = self.resolve(c.image)
         info = handle.info
         spec, runtime = oci.build_oci(c.spec, image_label(info, c.where), info.config, id_map,
@@ -424,6 +430,9 @@ def _source_file(f: FileSpec) -> tuple[str, int, bytes | None] | None:
 def file_entries(f: FileSpec, id_map: dict[str, int], added: set[str],
                  cfg: Config) -> list[Entry]:
     """Entries for one files: item: missing parents (once), then the item itself."""
+    from fusebundle.config import metadata
+    from fusebundle.config import runtime as oci
+
     spec = f.spec
     path = spec["path"]
     directory_kind = bool(spec.get("directory"))

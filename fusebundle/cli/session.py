@@ -6,7 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-from fusebundle.config.load import load_config
 from fusebundle.images import refspec
 from fusebundle.images.exported import default_cache_dir
 from fusebundle.images.handle import ImageHandle, PullableImage
@@ -73,6 +72,8 @@ def open_image(args: argparse.Namespace, text: str) -> LayeredImage:
 
 def load_session(args: argparse.Namespace) -> tuple[Any, _Session]:
     """The merged config of the command's files, and a session to resolve its images."""
+    from fusebundle.config.load import load_config  # the YAML parser: not for image commands
+
     cfg = load_config(args.configs)
     if cfg.trust and not args.quiet:
         print("fusebundle: warning: trust: is not supported (no notary); images are used "
