@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_real.py lies beside
+import bench_image  # noqa: E402
 import bench_real  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1034,6 +1035,7 @@ TARGETS: list[tuple[str, str, str, Callable[[Row], bool]]] = [
 ]
 
 TARGETS += bench_real.targets(_v)
+TARGETS += bench_image.targets(_v)
 
 # The scale rows' own targets, where they differ from the default run's.
 SCALE_TARGETS: list[tuple[str, str, str, Callable[[Row], bool]]] = [
@@ -1096,8 +1098,8 @@ def report(results: dict[str, Row]) -> str:
     """A markdown table: a row per metric, median (lowest–highest run) in each peer's cell."""
     cols = ["fusebundle", "fusebundle (no preload)", "ratarmount", "archivemount", "podman",
             "tar -xf", "limit (tar)", "limit (disk)", "tar -cf", "pack + gzip -1", "docker",
-            "gzip -dc", "1 layer", "5 layers", "docker pull", "skopeo", "pyfuse3 + trio", "all",
-            "input"]
+            "umoci", "gzip -dc", "1 layer", "5 layers", "docker pull", "skopeo", "pyfuse3 + trio",
+            "all", "input"]
     cols = [c for c in cols if any(c in r for r in results.values())]
     lines = ["| metric | " + " | ".join(cols) + " | fusebundle / peer | target | met |",
              "|---" * (len(cols) + 4) + "|"]
@@ -1122,10 +1124,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="10k files and 256 MiB, 3 runs")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    ap.add_argument("--part", choices=("all", "mount", "sources", "cpio", "real"),
+    ap.add_argument("--part", choices=("all", "mount", "sources", "cpio", "real", "image"),
                     help="mount: the engine-export mounts; sources: OCI layouts, no engine; "
                          "cpio: only pack --format cpio against pack + gzip -1; real: a Debian "
-                         "image built with mmdebstrap and docker build, idle and busy "
+                         "image built with mmdebstrap and docker build, idle and busy; image: "
+                         "image cat/ls/export and diff against docker, umoci and tar "
                          "(default: all, or none with --scale)")
     ap.add_argument("--scale", action="store_true",
                     help="fusebundle's costs at 10k, 100k and 1M small files (inputs kept in "
@@ -1152,6 +1155,8 @@ def main() -> int:
             if part in ("all", "real"):
                 bench_real.measure_real(b, sys.modules[__name__])
                 b.results.update(bench_real.derived(b.results))
+            if part in ("all", "image"):
+                bench_image.measure_image(b, sys.modules[__name__])
             if args.scale or args.scale_sizes:
                 b.measure_scale(sizes)
         finally:
@@ -1160,6 +1165,8 @@ def main() -> int:
     inputs = []
     if part == "real":
         inputs.append("a Debian image of 7 layers (mmdebstrap + docker build)")
+    elif part == "image":
+        inputs.append(f"one image of {b.small_files} files (a gzip OCI layout)")
     elif part != "none":
         inputs.append(f"{'quick' if args.quick else 'full'} inputs ({b.small_files} files, "
                       f"{b.large_size >> 20} MiB)")

@@ -206,3 +206,52 @@ def test_the_no_preload_peer_finds_the_preload_constant() -> None:
     p = subprocess.run([str(REPO / ".venv/bin/python"), "-c", broken, "--version"],
                        capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 1 and "PRELOAD_THREADS not found" in p.stderr
+
+
+def test_image_rows_are_held_to_issue_19s_goals() -> None:
+    image = bench.bench_image
+    s = bench.Spread.of
+    cat = image.M_CAT
+    assert bench.met(cat, {"fusebundle": s([0.2]), "docker": s([2.5])}) == "yes"
+    assert bench.met(cat, {"fusebundle": s([0.3]), "docker": s([5.0])}) == "NO"  # > 0.25 s
+    assert bench.met(cat, {"fusebundle": s([0.2]), "docker": s([1.0])}) == "NO"  # > 1/10
+    assert bench.met(cat, {"fusebundle": s([0.2])}) == "?"  # docker did not run
+    assert bench.ratio(cat, {"fusebundle": 0.2, "docker": 2.0}) == "0.10"
+    for cold in (image.M_CAT_COLD, image.M_LS_COLD):
+        assert bench.met(cold, {"fusebundle": 3.0, "umoci": 9.0}) == "yes"
+        assert bench.met(cold, {"fusebundle": 3.1, "umoci": 9.0}) == "NO"
+    assert bench.met(image.M_LS_JSON, {"fusebundle": 1.5}) == "yes"
+    assert bench.met(image.M_LS_JSON, {"fusebundle": 1.6}) == "NO"
+    assert bench.met(image.M_DIFF, {"fusebundle": 1.01}) == "NO"
+    assert bench.met(image.M_EXPORT, {"fusebundle": 2.0, "tar -cf": 2.0}) == "yes"
+    assert bench.met(image.M_EXPORT, {"fusebundle": 2.1, "tar -cf": 2.0}) == "NO"
+    # the CPU rows are shown beside the wall-clock ones, with their ratio and no goal
+    cpu = image.cpu_metric(image.M_EXPORT)
+    assert cpu == "image export, CPU (s)"
+    assert bench.met(cpu, {"fusebundle": 9.0, "tar -cf": 1.0}) == ""
+    assert bench.ratio(cpu, {"fusebundle": 3.0, "tar -cf": 2.0}) == "1.50"
+    assert "| umoci |" in bench.report({image.M_CAT_COLD: {"fusebundle": 1.0, "umoci": 4.0}})
+
+
+def test_image_rows_top_layer_changes_the_file_cat_reads(tmp_path: Path) -> None:
+    # diff's second image differs from the first in exactly the file the cat rows read
+    image = bench.bench_image
+    (tmp_path / "top.tar").write_bytes(image.top_layer())
+    bench.write_small(tmp_path / "base.tar", 3)
+    with tarfile.open(tmp_path / "top.tar") as top, tarfile.open(tmp_path / "base.tar") as base:
+        names = top.getnames()
+        assert names == [image.CAT_PATH.lstrip("/")]
+        assert names[0] in base.getnames()
+        assert top.extractfile(names[0]).read() != base.extractfile(names[0]).read()
+
+
+def test_cpu_time_counts_the_command_and_its_children(tmp_path: Path) -> None:
+    # A grandchild (python under bash) does some work and writes down its own CPU time: the
+    # measured CPU includes it. A sleep adds wall time and no CPU.
+    own = tmp_path / "own"
+    work = ("import resource, sys; sum(range(10**7)); r = resource.getrusage(resource.RUSAGE_SELF);"
+            " open(sys.argv[1], 'w').write(str(r.ru_utime + r.ru_stime))")
+    script = f"sleep 0.5; {sys.executable} -c \"{work}\" {own}"
+    wall, cpu = bench.bench_image.timed(bench, ["bash", "-c", script])
+    assert cpu >= float(own.read_text()) > 0
+    assert wall >= 0.5 + cpu * 0.5  # the sleep is in the wall time, not in the CPU time

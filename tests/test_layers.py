@@ -1053,3 +1053,23 @@ def test_one_layer_merge_holds_no_object_per_entry(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert len(m) == 20_200 + len(INIT_NAMES)
     assert peak / len(m) < 64  # 64: between the two, with room for the allocator's rounding
+
+
+def test_find_by_bisection_agrees_with_the_name_dict(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first lookups bisect the names (walk order: '/' below every byte); later ones use
+    # the dict of every name. Both must give the same entry, and None for what is not there.
+    b = RootfsBuilder()
+    for d in (b"a", b"a-b", b"a/b", b"a/b/c", b"a.b", b"z", b"\xc3\xa9"):
+        b.dir(d.decode())
+    b.file("a/b/c/f", b"x").file("a-b/g", b"y").file("a.b/h", b"").symlink("a/l", "/z")
+    m = flatten(tmp_path, b)
+    names = [e.name for e in m]
+    assert len(names) > 10
+    absent = [b"a/b/c/nope", b"a/", b"", b"zz", b"a-b/g/x", b"\xc3"]
+    monkeypatch.setattr(MergedIndex, "BISECT_LOOKUPS", len(names) + len(absent))
+    bisected = [m.find(n) for n in names + absent]
+    assert m._by_name is None
+    assert bisected == [*range(len(names)), *[None] * len(absent)]
+    dicted = [m.find(n) for n in names + absent]  # the budget is spent: the dict now
+    assert m._by_name is not None and dicted == bisected

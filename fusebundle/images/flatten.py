@@ -605,9 +605,35 @@ class MergedIndex(TarIndex):
     """A TarIndex over an image's layer tars (its sources, bottom first): how it is merged,
     saved and loaded, and which layer gave each entry."""
 
-    __slots__ = ("_from",)
+    __slots__ = ("_from", "_lookups")
 
     _from: array.array[int]
+
+    # A few lookups (`image cat` of one path: one per component) search the names, which are
+    # in walk order, by bisection; past this many, a dict of every name is made once, as
+    # TarIndex.find does (100k names: ~40 ms, 17 bisection steps a lookup: ~10 us).
+    BISECT_LOOKUPS = 64
+
+    def __init__(self, tar_path: str, stat_key: Stamp) -> None:
+        super().__init__(tar_path, stat_key)
+        self._lookups = 0
+
+    def find(self, name: bytes) -> int | None:
+        """Index of the entry called *name* (already normalised), or None."""
+        if self._by_name is not None or self._lookups >= self.BISECT_LOOKUPS:
+            return super().find(name)
+        self._lookups += 1
+        key, names, ends = name.replace(b"/", _SEP), self._names, self._name_ends
+        lo, hi = 0, len(ends)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if bytes(names[ends[mid - 1] if mid else 0 : ends[mid]]).replace(b"/", _SEP) < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(ends) and names[ends[lo - 1] if lo else 0 : ends[lo]] == name:
+            return lo
+        return None
 
     def layer_of(self, i: int) -> int | None:
         """Which layer (0 = bottom) gave entry i: the topmost whose tar has a header for its

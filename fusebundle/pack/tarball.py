@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import struct
 from collections.abc import Callable, Iterable, Iterator
+from zlib import adler32
 
 from fusebundle.bundle import Entry
 from fusebundle.errors import CorruptTar, UserError
@@ -30,33 +32,32 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
     return str(size).encode() + body
 
 
-def _octal(n: int, width: int) -> bytes:
-    return b"%0*o\0" % (width - 1, n)
+# The ustar block as moby's writer fills it: name, then mode, uid, gid, size and mtime as one
+# run of octal fields, the checksum, typeflag, linkname, magic "ustar\0" and version "00",
+# empty uname and gname, devmajor and devminor, an empty prefix and the pad. struct pads each
+# field with NULs, as the format wants.
+_USTAR = struct.Struct("100s48s8s1s100s8s64s16s167s")
+_MAGIC = b"ustar\x0000"
+_PADS = [b"\0" * n for n in range(BLOCK)]
+# The checksum is the sum of the block's bytes with its own field as eight spaces. The fixed
+# part (those spaces and the magic) is summed once; the rest is summed by adler32, in C: its
+# low half is 1 + the byte sum modulo 65521, exact here, as name and linkname (100 bytes of at
+# most 255 each) and the octal fields (64 bytes of at most '7') sum to at most 54520.
+_FIXED_SUM = 8 * ord(" ") + sum(_MAGIC)
 
 
-def _ustar(name: bytes, e: Entry, size: int, typeflag: bytes, linkname: bytes,
-           mtime: int, uid: int, gid: int) -> bytes:
-    fields = [
-        name[:100].ljust(100, b"\0"),
-        _octal(e.mode & 0o7777, 8),
-        _octal(uid, 8),
-        _octal(gid, 8),
-        _octal(size, 12),
-        _octal(mtime, 12),
-        b" " * 8,  # checksum placeholder: spaces, as the format says
-        typeflag,
-        linkname[:100].ljust(100, b"\0"),
-        b"ustar\x0000",
-        b"\0" * 32,
-        b"\0" * 32,
-        _octal(e.devmajor, 8) if e.type in "cb" else b"\0" * 8,
-        _octal(e.devminor, 8) if e.type in "cb" else b"\0" * 8,
-        b"\0" * 155,
-        b"\0" * 12,
-    ]
-    hdr = bytearray(b"".join(fields))
-    hdr[148:156] = b"%06o\0 " % sum(hdr)
-    return bytes(hdr)
+def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
+           typeflag: bytes, linkname: bytes, dev: bytes) -> bytes:
+    """One ustar block; every number already fits its field (header() sees to that)."""
+    name, linkname = name[:100], linkname[:100]
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    total = adler32(dev, adler32(numbers, adler32(linkname, adler32(name)))) & 0xFFFF
+    checksum = b"%06o\0 " % (_FIXED_SUM + typeflag[0] + total - 1)
+    return _USTAR.pack(name, numbers, checksum, typeflag, linkname, _MAGIC, b"", dev, b"")
+
+
+def _dev(e: Entry) -> bytes:
+    return b"%07o\0%07o\0" % (e.devmajor, e.devminor) if e.type in "cb" else b""
 
 
 def _fits(s: bytes) -> bool:
@@ -66,12 +67,25 @@ def _fits(s: bytes) -> bool:
 def header(e: Entry) -> bytes:
     """The header block(s) of one entry: a PAX record set first when ustar cannot hold it."""
     size = e.size if e.type == "f" else 0
+    sec, ns = divmod(e.mtime_ns, 1_000_000_000)
+    path, link = e.path, e.linkname
+    # The common entry needs no PAX record: one block, no record list built.
+    if (not ns and 0 <= sec <= MAX_OCTAL_12 and e.uid <= MAX_OCTAL_8 and e.gid <= MAX_OCTAL_8
+            and size <= MAX_OCTAL_12 and not e.xattrs and len(path) <= 100
+            and len(link) <= 100 and path.isascii() and link.isascii()):
+        return _ustar(path, e.mode & 0o7777, e.uid, e.gid, size, sec, TYPEFLAGS[e.type], link,
+                      _dev(e))
+    return _pax_header(e, size, sec, ns)
+
+
+def _pax_header(e: Entry, size: int, sec: int, ns: int) -> bytes:
+    """An entry's PAX record set (path, linkpath, mtime, uid, gid, size, xattrs, as ustar
+    cannot hold them) and its ustar block."""
     records: list[bytes] = []
     if not _fits(e.path):
         records.append(_pax_record(b"path", e.path))
     if e.linkname and not _fits(e.linkname):
         records.append(_pax_record(b"linkpath", e.linkname))
-    sec, ns = divmod(e.mtime_ns, 1_000_000_000)
     mtime = sec
     if ns or not 0 <= sec <= MAX_OCTAL_12:
         frac = f".{ns:09d}".rstrip("0") if ns else ""
@@ -88,9 +102,8 @@ def header(e: Entry) -> bytes:
         records.append(_pax_record(b"size", str(size).encode()))
     for k, v in sorted((e.xattrs or {}).items()):
         records.append(_pax_record(b"SCHILY.xattr." + k.encode(), bytes(v)))
-    typeflag = TYPEFLAGS[e.type]
-    main = _ustar(e.path, e, 0 if size > MAX_OCTAL_12 else size, typeflag, e.linkname,
-                  mtime, uid, gid)
+    main = _ustar(e.path, e.mode & 0o7777, uid, gid, 0 if size > MAX_OCTAL_12 else size, mtime,
+                  TYPEFLAGS[e.type], e.linkname, _dev(e))
     if not records:
         return main
     for p in (e.path, e.linkname):
@@ -102,13 +115,12 @@ def header(e: Entry) -> bytes:
     data = b"".join(records)
     base = os.path.basename(e.path.rstrip(b"/"))
     pax_name = (b"PaxHeaders/" + base)[:100]
-    pax = Entry(path=pax_name, type="f", mode=0o644)
-    pax_hdr = _ustar(pax_name, pax, len(data), b"x", b"", mtime, 0, 0)
+    pax_hdr = _ustar(pax_name, 0o644, 0, 0, len(data), mtime, b"x", b"", b"")
     return pax_hdr + data + _padding(len(data)) + main
 
 
 def _padding(size: int) -> bytes:
-    return b"\0" * (-size % BLOCK)
+    return _PADS[-size % BLOCK]
 
 
 class SourceFiles:
@@ -243,19 +255,22 @@ def write_entries(entries: Iterable[Entry], fd: int, seekable: bool,
                   progress: Callable[[int], None] | None = None) -> int:
     """Write entries as a tar to `fd`; return the number of bytes written."""
     w = _Writer(fd, seekable)
+    write = w.write
+    pad = b""  # a member's padding goes out with the next header: one write call fewer each
     try:
         for e in entries:
-            w.write(header(e))
+            write(pad + header(e))
+            pad = b""
             if e.type == "f" and e.size:
                 body = e.body
                 if isinstance(body, Extent):
                     w.copy(body)
                 elif body is not None:
                     w.write(body)
-                w.write(_padding(e.size))
+                pad = _padding(e.size)
                 if progress:
                     progress(e.size)
-        w.write(b"\0" * (2 * BLOCK))
+        write(pad + b"\0" * (2 * BLOCK))
         w.flush()
     finally:
         w.close()

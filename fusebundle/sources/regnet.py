@@ -12,14 +12,17 @@ from __future__ import annotations
 import glob
 import ipaddress
 import os
-import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from fusebundle.errors import ConfigError
 from fusebundle.sources import reference
 from fusebundle.sources.regauth import RegistryError, _hostname
+
+if TYPE_CHECKING:  # ssl is imported when a context is made: not on every command's start
+    import ssl
 
 # skopeo / containers/image read the first of these that has a directory for the host, the
 # user's own first; docker reads only the last.  --cert-dir replaces them (skopeo's flag).
@@ -182,6 +185,8 @@ def _read_dir(directory: str) -> HostTLS:
 
 def ssl_context(tls: HostTLS | None, verify: bool) -> ssl.SSLContext:
     """The system CAs plus TLS's, its client certificate; no checks at all if not VERIFY."""
+    import ssl
+
     if verify:
         context = ssl.create_default_context()
     else:  # no CA store to load (tens of ms) for a context that checks nothing
