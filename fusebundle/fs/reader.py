@@ -22,7 +22,6 @@ from fusebundle.tar.index import read_sparse
 log = logging.getLogger(__name__)
 
 MAP_MIN = 128 * 1024  # reads at least this large are answered from a mapping of the source
-PRELOAD_SPAN = 16 << 20  # the most read at once for one directory's small files
 
 
 class SourceError(Exception):
@@ -152,38 +151,6 @@ class Reader:
         self.check_source(content)
         buf[: len(data)] = data
         return buf[: len(data)]
-
-    def batch(self, files: list[tuple[int, Content, int]]
-              ) -> list[tuple[int, int, bytes | memoryview]]:
-        """The preload's (inode, 0, bytes) for small files: in memory, or read in one span per
-        source (at most PRELOAD_SPAN) whose tar still is the one indexed."""
-        batch: list[tuple[int, int, bytes | memoryview]] = []
-        spans: dict[int, list[tuple[int, Content]]] = {}
-        for ino, content, fd in files:
-            if content.data is not None:
-                batch.append((ino, 0, content.data))
-            elif content.sparse is None and content.graft >= 0 and fd >= 0:
-                spans.setdefault(fd, []).append((ino, content))
-        for fd, group in spans.items():
-            lo = min(c.offset for _, c in group)
-            hi = max(c.offset + c.size for _, c in group)
-            if hi - lo > PRELOAD_SPAN:
-                continue
-            buf = bytearray(hi - lo)
-            try:
-                got = os.preadv(fd, [buf], lo)
-            except OSError:
-                continue  # reads of the files report it
-            if not self.tree.verify(group[0][1].graft):
-                continue  # the tar changed: reads of the files report it
-            view = memoryview(buf)
-            batch.extend((ino, 0, view[c.offset - lo : c.offset - lo + c.size])
-                         for ino, c in group if c.offset + c.size - lo <= got)
-        # Last file first: the walk reads them first to last, and a store into a file that
-        # the walk is reading waits for that READ; in the walk's order the two would go in
-        # lock-step (a READ per file), against it they meet once.
-        batch.reverse()
-        return batch
 
     def close(self) -> None:
         """Close every source descriptor and mapping."""
