@@ -40,27 +40,44 @@ WALKS = {
     "grep": "grep -r -D skip -q fbZZnomatchZZ {root} || [ $? -eq 1 ]",
     "find": "find {root} | wc -l",
 }
-# name -> {module: {constant: value}}, set in the server before it mounts.
+# name -> {module: {constant: value}}, set in the server before it mounts; "sys":
+# {"switchinterval": s} sets the GIL's; FB_AB_CODE=DIR runs the fusebundle package under DIR
+# instead (an older commit: `git archive COMMIT fusebundle | tar -x -C DIR`).
+OLD = os.environ.get("FB_AB_OLD", "/tmp/h22/old")
 VARIANTS: dict[str, dict[str, dict[str, object]]] = {
     "on": {},
     "off": {"fusebundle.fs.preload": {"PRELOAD_THREADS": 0}},
+    "gil0.2ms": {"sys": {"switchinterval": 0.0002}},
+    "nospin": {"fusebundle.fs.loop": {"SPIN": 0}},
+    "nospin-off": {"fusebundle.fs.loop": {"SPIN": 0},
+                   "fusebundle.fs.preload": {"PRELOAD_THREADS": 0}},
+    "old": {"code": {"dir": OLD}},
+    "old-off": {"code": {"dir": OLD}, "fusebundle.fs.preload": {"PRELOAD_THREADS": 0}},
 }
 # Sets the variant's constants, counts what the preload read and stored, runs the CLI.
 WRAPPER = """\
 import json, os, runpy, sys, importlib
-for mod, consts in json.loads(os.environ["FB_AB_VARIANT"]).items():
+variant = json.loads(os.environ["FB_AB_VARIANT"])
+if "code" in variant:
+    sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    sys.path.insert(0, variant.pop("code")["dir"])
+if "sys" in variant:
+    sys.setswitchinterval(variant.pop("sys")["switchinterval"])
+for mod, consts in variant.items():
     m = importlib.import_module(mod)
     for k, v in consts.items():
         assert hasattr(m, k), (mod, k)
         setattr(m, k, v)
 from fusebundle.fs import preload
 stats = os.environ["FB_AB_STATS"]
-send = preload.Preload._send_ahead
 def counted(self, *a):
     send(self, *a)
-    with open(stats, "w") as f:
+    with open(stats + ".part", "w") as f:
         f.write(json.dumps(getattr(self, "counts", {})))
-preload.Preload._send_ahead = counted
+    os.replace(stats + ".part", stats)
+hook = "_send_ahead" if hasattr(preload.Preload, "_send_ahead") else "_send"
+send = getattr(preload.Preload, hook)
+setattr(preload.Preload, hook, counted)
 sys.argv = ["fusebundle", *sys.argv[1:]]
 runpy.run_module("fusebundle", run_name="__main__", alter_sys=True)
 """
@@ -114,7 +131,7 @@ def one_walk(kind: str, layout: Path, variant: str, walk: str, cache: Path) -> d
     env.pop("DOCKER_HOST", None)
     bench.settle(sorted(cache.glob("layers/sha256/*.tar")))
     proc = subprocess.Popen([sys.executable, "-c", WRAPPER, "mount", "-f", "--from",
-                             f"oci:{layout}", str(cfg), str(mnt)], env=env,
+                             f"oci:{layout}", str(cfg), str(mnt)], env=env, cwd="/",
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         bench.wait_mounted(mnt, proc)

@@ -1,47 +1,91 @@
 """The sibling preload: on a directory's first read, its other small files go to the kernel.
 
 A walk that reads every file (tar) then finds them in the page cache: no round trip per
-file.  A walk that never reads (find) pays nothing.  Reading and storing run in a thread of
-their own: a store into pages that the kernel holds locked for a READ still queued waits
-until that READ is answered, which the server's loop must stay free to do.
+file.  A walk that never reads (find) pays nothing.  Only dense spans are read: runs of small
+files side by side in their tar, never the bytes of a large file lying between them (issue
+22: in a real layer `usr/bin`'s small files are interleaved with large ones, and reading past
+them doubled the bytes read).  What to send is worked out on the server's loop, in one go;
+the reading and storing run in one thread of the preload's own that holds the GIL only
+between its system calls (so no GIL-interval tuning: under load, every forced hand-off of the
+GIL to a thread the scheduler had not run yet stalled the loop).  A store into pages that the
+kernel holds locked for a READ still queued waits until that READ is answered, which is why
+the loop never stores itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
+import queue
 import stat
-import sys
 import threading
 
 import pyfuse3
 
-from fusebundle.fs.inode import Content
 from fusebundle.fs.reader import Reader
 from fusebundle.fs.tree import Tree
 
 log = logging.getLogger(__name__)
 
 PRELOAD = 128 * 1024  # files up to this size (ops' BLKSIZE) go with their directory's first read
-PRELOAD_THREADS = 4  # directories sent ahead at once (more readers get no preload)
+# Directories waiting to be sent (0: no preload; a walk reading faster than this gets none).
+PRELOAD_THREADS = 4
 PRELOAD_SPAN = 16 << 20  # the most read at once for one directory's small files
-GIL_SLICE = 0.0002  # seconds: see _short_gil_slices
+# Two small files further apart than this have another member's bytes between them (a large
+# file, a subdirectory's files): a tar header, its padding and a PAX record take under 3 KiB.
+GAP = 16 * 1024
+HEADER = 1536  # a small member's own overhead in its tar: header block, padding, PAX record
+MIN_FILES = 2  # a span of one file saves one READ and costs a store: not worth the thread
 DIRS_OF = 1 << 16  # file inode -> directory pairs kept for the sibling preload
+
+Stored = tuple[int, int, "bytes | memoryview"]  # inode, offset, bytes: one store
+# A span to read: fd, its offset, the buffer, its graft, and (inode, end in buffer, bytes).
+Job = tuple[int, int, mmap.mmap, int, list[tuple[int, int, memoryview]]]
+
+
+def dense_spans(members: list[tuple[int, int, int]]) -> list[tuple[int, int, list[int]]]:
+    """(lo, hi, indexes) of the runs of `members` (inode, offset, size in one tar) worth reading.
+
+    A run ends where the next member starts more than GAP past the last one's end; a run is
+    kept if it holds MIN_FILES or more, fits in PRELOAD_SPAN, and the bytes in it that are
+    no member's own, headers aside, are at most the members' bytes (amplification <= 2).
+    """
+    order = sorted(range(len(members)), key=lambda i: members[i][1])
+    runs: list[list[int]] = []
+    end = -1
+    for i in order:
+        _, off, size = members[i]
+        if not runs or off - end > GAP:
+            runs.append([])
+        runs[-1].append(i)
+        end = max(end, off + size)
+    out = []
+    for run in runs:
+        lo = members[run[0]][1]
+        hi = max(members[i][1] + members[i][2] for i in run)
+        own = sum(members[i][2] for i in run)
+        if (len(run) >= MIN_FILES and hi - lo <= PRELOAD_SPAN
+                and hi - lo - own - HEADER * len(run) <= own):
+            out.append((lo, hi, run))
+    return out
 
 
 class Preload:
-    """Where files were listed, which directories went ahead, and the threads sending them."""
+    """Where files were listed, which directories went ahead, and the thread sending them."""
 
     def __init__(self, tree: Tree, reader: Reader) -> None:
         self.tree = tree
         self.reader = reader
         self._dir_of: dict[int, int] = {}  # file inode -> the directory it was listed in
         self._preloaded: set[int] = set()  # directories whose small files went to the kernel
+        self._read: set[int] = set()  # files read from their start: not worth a store any more
         # Read here, not at import: the bench's A/B sets PRELOAD_THREADS = 0 before mounting.
-        self._threads = threading.BoundedSemaphore(PRELOAD_THREADS)  # else: no preload
-        # What the preload cost and gave, for the bench and the tests (no lock: a bench
-        # figure, and CPython's += on a dict item under the GIL loses nothing that matters).
+        self._waiting = threading.BoundedSemaphore(PRELOAD_THREADS)  # else: no preload
+        self._jobs: queue.SimpleQueue[tuple[list[Job], list[Stored]]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        # What the preload cost and gave, for the bench and the tests (one writer: the thread).
         self.counts = {"read_bytes": 0, "stored_bytes": 0, "stored_files": 0}
 
     def dir_map(self) -> dict[int, int]:
@@ -55,85 +99,101 @@ class Preload:
 
     def first_read(self, ino: int) -> None:
         """`ino` is read from its start: send its directory's other small files ahead, once."""
+        if len(self._read) >= DIRS_OF:
+            self._read.clear()
+        self._read.add(ino)
         d = self._dir_of.get(ino)
         if d is None or d in self._preloaded:
             return
         self._preloaded.add(d)
-        if self._threads.acquire(blocking=False):
-            _short_gil_slices()
-            threading.Thread(target=self._send_ahead, args=(d, ino), daemon=True,
-                             name="fusebundle-preload").start()
-
-    def _send_ahead(self, d: int, skip: int) -> None:
-        """The preload thread: find d's small files, read them, store them in the kernel.
-
-        A tar directory's members lie side by side in their tar: one read of the span that
-        holds them serves them all (at most PRELOAD_SPAN, else the span is skipped).  Only
-        sources already open are read (the file just read opened its tar).
-        """
+        if not self._waiting.acquire(blocking=False):
+            return
         try:
-            files = []
-            for _, ino, st in self.tree.listdir(d).rows(0):
-                if ino == skip or not stat.S_ISREG(st[0]) or not 0 < st[5] <= PRELOAD:
-                    continue
-                content = self.tree.content(ino)
-                if content is not None:
-                    files.append((ino, content, self.reader.open_fd(content)))
-            batch = self.batch(files)
-            if batch:
-                _store_all(batch)
-                self.counts["stored_files"] += len(batch)
-                self.counts["stored_bytes"] += sum(len(data) for _, _, data in batch)
+            jobs, inline = self._plan(d, ino)
         except Exception:  # a preload is only a hint: reads report real trouble
             log.debug("preload of directory %d failed", d, exc_info=True)
-        finally:
-            self._threads.release()
+            jobs, inline = [], []
+        if not jobs and not inline:
+            self._waiting.release()
+            return
+        self._jobs.put((jobs, inline))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="fusebundle-preload")
+            self._thread.start()
 
-    def batch(self, files: list[tuple[int, Content, int]]
-              ) -> list[tuple[int, int, bytes | memoryview]]:
-        """The preload's (inode, 0, bytes) for small files: in memory, or read in one span per
-        source (at most PRELOAD_SPAN) whose tar still is the one indexed."""
-        batch: list[tuple[int, int, bytes | memoryview]] = []
-        spans: dict[int, list[tuple[int, Content]]] = {}
-        for ino, content, fd in files:
-            if content.data is not None:
-                batch.append((ino, 0, content.data))
-            elif content.sparse is None and content.graft >= 0 and fd >= 0:
-                spans.setdefault(fd, []).append((ino, content))
-        for fd, group in spans.items():
-            lo = min(c.offset for _, c in group)
-            hi = max(c.offset + c.size for _, c in group)
-            if hi - lo > PRELOAD_SPAN:
+    def _plan(self, d: int, skip: int) -> tuple[list[Job], list[Stored]]:
+        """The dense spans of d's small files to read (see dense_spans), and those in memory.
+
+        Only sources already open are read (the file just read opened its tar).
+        """
+        inline: list[Stored] = []
+        by_fd: dict[int, list[tuple[int, int, int]]] = {}
+        graft_of: dict[int, int] = {}
+        for _, ino, st in self.tree.listdir(d).rows(0):
+            if ino == skip or not stat.S_ISREG(st[0]) or not 0 < st[5] <= PRELOAD:
                 continue
-            buf = bytearray(hi - lo)
+            content = self.tree.content(ino)
+            if content is None:
+                continue
+            if content.data is not None:
+                inline.append((ino, 0, content.data))
+            elif content.sparse is None and content.graft >= 0:
+                fd = self.reader.open_fd(content)
+                if fd >= 0:
+                    by_fd.setdefault(fd, []).append((ino, content.offset, content.size))
+                    graft_of[fd] = content.graft
+        jobs: list[Job] = []
+        for fd, members in by_fd.items():
+            for lo, hi, run in dense_spans(members):
+                # Anonymous pages: nothing zeroed here, the read fills them.
+                buf = mmap.mmap(-1, hi - lo)
+                view = memoryview(buf)
+                files = [(ino, off - lo + size, view[off - lo : off - lo + size])
+                         for ino, off, size in (members[i] for i in run)]
+                jobs.append((fd, lo, buf, graft_of[fd], files))
+        return jobs, inline
+
+    def _run(self) -> None:
+        """The preload thread: read and store what the loop planned, one directory at a time."""
+        while True:
+            jobs, inline = self._jobs.get()
+            try:
+                self._send(jobs, inline)
+            except Exception:  # a preload is only a hint: reads report real trouble
+                log.debug("preload failed", exc_info=True)
+            finally:
+                self._waiting.release()
+
+    def _send(self, jobs: list[Job], inline: list[Stored]) -> None:
+        """Read each span, keep the files of tars still the ones indexed, store them all."""
+        read = self._read
+        batch = [s for s in inline if s[0] not in read]
+        checked: dict[int, bool] = {}
+        for fd, lo, buf, graft, files in jobs:
             try:
                 got = os.preadv(fd, [buf], lo)
             except OSError:
                 continue  # reads of the files report it
             self.counts["read_bytes"] += got
-            if not self.tree.verify(group[0][1].graft):
-                continue  # the tar changed: reads of the files report it
-            view = memoryview(buf)
-            batch.extend((ino, 0, view[c.offset - lo : c.offset - lo + c.size])
-                         for ino, c in group if c.offset + c.size - lo <= got)
+            if graft not in checked:
+                checked[graft] = self.tree.verify(graft)
+            if checked[graft]:  # else the tar changed: reads of the files report it
+                # A file the walk has read meanwhile is in the kernel already: no store.
+                batch.extend((ino, 0, view) for ino, end, view in files
+                             if end <= got and ino not in read)
+        if not batch:
+            return
         # Last file first: the walk reads them first to last, and a store into a file that
         # the walk is reading waits for that READ; in the walk's order the two would go in
         # lock-step (a READ per file), against it they meet once.
         batch.reverse()
-        return batch
+        _store_all(batch)
+        self.counts["stored_files"] += len(batch)
+        self.counts["stored_bytes"] += sum(len(data) for _, _, data in batch)
 
 
-def _short_gil_slices() -> None:
-    """Let a preload thread in within 0.2 ms, not CPython's 5 ms.
-
-    The loop keeps the GIL while requests keep coming; with the default slice a preload
-    thread that needs it a few times finishes only after tar has read the whole directory.
-    """
-    if sys.getswitchinterval() > GIL_SLICE:
-        sys.setswitchinterval(GIL_SLICE)
-
-
-def _store_all(batch: list[tuple[int, int, bytes | memoryview]]) -> None:
+def _store_all(batch: list[Stored]) -> None:
     """Hand the bytes to the kernel: with the patched pyfuse3 in one call without the GIL."""
     many = getattr(pyfuse3, "notify_store_many", None)
     if many is not None:
