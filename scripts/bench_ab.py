@@ -49,6 +49,7 @@ VARIANTS: dict[str, dict[str, dict[str, object]]] = {
     "off": {"fusebundle.fs.preload": {"PRELOAD_THREADS": 0}},
     "gil0.2ms": {"sys": {"switchinterval": 0.0002}},
     "nospin": {"fusebundle.fs.loop": {"SPIN": 0}},
+    "spin": {"fusebundle.fs.loop": {"SPIN_BACKOFF": 0}},
     "nospin-off": {"fusebundle.fs.loop": {"SPIN": 0},
                    "fusebundle.fs.preload": {"PRELOAD_THREADS": 0}},
     "old": {"code": {"dir": OLD}},

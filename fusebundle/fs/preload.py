@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import os
 import queue
 import stat
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 PRELOAD = 128 * 1024  # files up to this size (ops' BLKSIZE) go with their directory's first read
 # Directories waiting to be sent (0: no preload; a walk reading faster than this gets none).
 PRELOAD_THREADS = 4
-PRELOAD_SPAN = 16 << 20  # the most read at once for one directory's small files
+PRELOAD_SPAN = 16 << 20  # the most read for one directory's small files (the thread's buffer)
 # Two small files further apart than this have another member's bytes between them (a large
 # file, a subdirectory's files): a tar header, its padding and a PAX record take under 3 KiB.
 GAP = 16 * 1024
@@ -41,8 +40,8 @@ MIN_FILES = 2  # a span of one file saves one READ and costs a store: not worth 
 DIRS_OF = 1 << 16  # file inode -> directory pairs kept for the sibling preload
 
 Stored = tuple[int, int, "bytes | memoryview"]  # inode, offset, bytes: one store
-# A span to read: fd, its offset, the buffer, its graft, and (inode, end in buffer, bytes).
-Job = tuple[int, int, mmap.mmap, int, list[tuple[int, int, memoryview]]]
+# A span to read: fd, its start and end, its graft, and its files (inode, offset, size).
+Job = tuple[int, int, int, int, list[tuple[int, int, int]]]
 
 
 def dense_spans(members: list[tuple[int, int, int]]) -> list[tuple[int, int, list[int]]]:
@@ -85,6 +84,7 @@ class Preload:
         self._waiting = threading.BoundedSemaphore(PRELOAD_THREADS)  # else: no preload
         self._jobs: queue.SimpleQueue[tuple[list[Job], list[Stored]]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._buf = bytearray()  # the thread's, for one directory's spans (<= PRELOAD_SPAN)
         # What the preload cost and gave, for the bench and the tests (one writer: the thread).
         self.counts = {"read_bytes": 0, "stored_bytes": 0, "stored_files": 0}
 
@@ -144,14 +144,13 @@ class Preload:
                     by_fd.setdefault(fd, []).append((ino, content.offset, content.size))
                     graft_of[fd] = content.graft
         jobs: list[Job] = []
+        planned = 0
         for fd, members in by_fd.items():
             for lo, hi, run in dense_spans(members):
-                # Anonymous pages: nothing zeroed here, the read fills them.
-                buf = mmap.mmap(-1, hi - lo)
-                view = memoryview(buf)
-                files = [(ino, off - lo + size, view[off - lo : off - lo + size])
-                         for ino, off, size in (members[i] for i in run)]
-                jobs.append((fd, lo, buf, graft_of[fd], files))
+                if planned + hi - lo > PRELOAD_SPAN:
+                    break  # the thread's buffer holds one directory's spans
+                jobs.append((fd, lo, hi, graft_of[fd], [members[i] for i in run]))
+                planned += hi - lo
         return jobs, inline
 
     def _run(self) -> None:
@@ -166,13 +165,24 @@ class Preload:
                 self._waiting.release()
 
     def _send(self, jobs: list[Job], inline: list[Stored]) -> None:
-        """Read each span, keep the files of tars still the ones indexed, store them all."""
+        """Read each span, keep the files of tars still the ones indexed, store them all.
+
+        The spans are read into one buffer kept for the next directory: a fresh one costs a
+        page fault per 4 KiB, which on the real image was most of the preload's CPU time.
+        """
         read = self._read
         batch = [s for s in inline if s[0] not in read]
+        need = sum(hi - lo for _, lo, hi, _, _ in jobs)
+        if len(self._buf) < need:
+            self._buf = bytearray(need)
+        view = memoryview(self._buf)
+        at = 0
         checked: dict[int, bool] = {}
-        for fd, lo, buf, graft, files in jobs:
+        for fd, lo, hi, graft, members in jobs:
+            span = view[at : at + hi - lo]
+            at += hi - lo
             try:
-                got = os.preadv(fd, [buf], lo)
+                got = os.preadv(fd, [span], lo)
             except OSError:
                 continue  # reads of the files report it
             self.counts["read_bytes"] += got
@@ -180,8 +190,9 @@ class Preload:
                 checked[graft] = self.tree.verify(graft)
             if checked[graft]:  # else the tar changed: reads of the files report it
                 # A file the walk has read meanwhile is in the kernel already: no store.
-                batch.extend((ino, 0, view) for ino, end, view in files
-                             if end <= got and ino not in read)
+                batch.extend((ino, 0, span[off - lo : off - lo + size])
+                             for ino, off, size in members
+                             if off - lo + size <= got and ino not in read)
         if not batch:
             return
         # Last file first: the walk reads them first to last, and a store into a file that
