@@ -50,6 +50,7 @@ VARIANTS: dict[str, dict[str, dict[str, object]]] = {
     "gil0.2ms": {"sys": {"switchinterval": 0.0002}},
     "nospin": {"fusebundle.fs.loop": {"SPIN": 0}},
     "spin": {"fusebundle.fs.loop": {"SPIN_BACKOFF": 0}},
+    "thread-read": {"fusebundle.fs.preload": {"READ_ON_LOOP": False}},
     "nospin-off": {"fusebundle.fs.loop": {"SPIN": 0},
                    "fusebundle.fs.preload": {"PRELOAD_THREADS": 0}},
     "old": {"code": {"dir": OLD}},
@@ -76,7 +77,7 @@ def counted(self, *a):
     with open(stats + ".part", "w") as f:
         f.write(json.dumps(getattr(self, "counts", {})))
     os.replace(stats + ".part", stats)
-hook = "_send_ahead" if hasattr(preload.Preload, "_send_ahead") else "_send"
+hook = next(h for h in ("_send_ahead", "_send", "_store") if hasattr(preload.Preload, h))
 send = getattr(preload.Preload, hook)
 setattr(preload.Preload, hook, counted)
 sys.argv = ["fusebundle", *sys.argv[1:]]

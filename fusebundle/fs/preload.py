@@ -36,6 +36,10 @@ PRELOAD_SPAN = 16 << 20  # the most read for one directory's small files (the th
 # file, a subdirectory's files): a tar header, its padding and a PAX record take under 3 KiB.
 GAP = 16 * 1024
 HEADER = 1536  # a small member's own overhead in its tar: header block, padding, PAX record
+# Read the spans on the loop when the source's pages are cached (RWF_NOWAIT; else the thread
+# reads them): the thread then needs the GIL once a directory, not once a span, and each time
+# it needs it while the loop is busy it waits out a switch interval (5 ms) and falls behind.
+READ_ON_LOOP = True
 MIN_FILES = 2  # a span of one file saves one READ and costs a store: not worth the thread
 DIRS_OF = 1 << 16  # file inode -> directory pairs kept for the sibling preload
 
@@ -82,10 +86,13 @@ class Preload:
         self._read: set[int] = set()  # files read from their start: not worth a store any more
         # Read here, not at import: the bench's A/B sets PRELOAD_THREADS = 0 before mounting.
         self._waiting = threading.BoundedSemaphore(PRELOAD_THREADS)  # else: no preload
-        self._jobs: queue.SimpleQueue[tuple[list[Job], list[Stored]]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[list[Job] | None, list[Stored], bytearray]] = (
+            queue.SimpleQueue())
         self._thread: threading.Thread | None = None
-        self._buf = bytearray()  # the thread's, for one directory's spans (<= PRELOAD_SPAN)
-        # What the preload cost and gave, for the bench and the tests (one writer: the thread).
+        # Buffers for one directory's spans each (<= PRELOAD_SPAN), reused: a fresh one costs
+        # a page fault per 4 KiB.  At most PRELOAD_THREADS are out at once.
+        self._buffers: list[bytearray] = []
+        # What the preload cost and gave, for the bench and the tests.
         self.counts = {"read_bytes": 0, "stored_bytes": 0, "stored_files": 0}
 
     def dir_map(self) -> dict[int, int]:
@@ -116,7 +123,12 @@ class Preload:
         if not jobs and not inline:
             self._waiting.release()
             return
-        self._jobs.put((jobs, inline))
+        buf = self._buffers.pop() if self._buffers else bytearray()
+        if READ_ON_LOOP and self.reader.nowait:
+            batch, buf = self._fill(jobs, inline, buf, os.RWF_NOWAIT)
+            self._jobs.put((None, batch, buf))
+        else:
+            self._jobs.put((jobs, inline, buf))
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, daemon=True,
                                             name="fusebundle-preload")
@@ -154,45 +166,50 @@ class Preload:
         return jobs, inline
 
     def _run(self) -> None:
-        """The preload thread: read and store what the loop planned, one directory at a time."""
+        """The preload thread: read (unless the loop did) and store, one directory at a time."""
         while True:
-            jobs, inline = self._jobs.get()
+            jobs, batch, buf = self._jobs.get()
             try:
-                self._send(jobs, inline)
+                if jobs is not None:
+                    batch, buf = self._fill(jobs, batch, buf, 0)
+                self._store(batch)
             except Exception:  # a preload is only a hint: reads report real trouble
                 log.debug("preload failed", exc_info=True)
             finally:
+                batch = []
+                self._buffers.append(buf)
                 self._waiting.release()
 
-    def _send(self, jobs: list[Job], inline: list[Stored]) -> None:
-        """Read each span, keep the files of tars still the ones indexed, store them all.
-
-        The spans are read into one buffer kept for the next directory: a fresh one costs a
-        page fault per 4 KiB, which on the real image was most of the preload's CPU time.
-        """
-        read = self._read
-        batch = [s for s in inline if s[0] not in read]
+    def _fill(self, jobs: list[Job], inline: list[Stored], buf: bytearray, flags: int
+              ) -> tuple[list[Stored], bytearray]:
+        """Read each span into `buf` (grown if need be): the stores of the files of tars still
+        the ones indexed.  With RWF_NOWAIT in `flags`, a span not all cached is left out."""
+        batch = list(inline)
         need = sum(hi - lo for _, lo, hi, _, _ in jobs)
-        if len(self._buf) < need:
-            self._buf = bytearray(need)
-        view = memoryview(self._buf)
+        if len(buf) < need:
+            buf = bytearray(need)
+        view = memoryview(buf)
         at = 0
         checked: dict[int, bool] = {}
         for fd, lo, hi, graft, members in jobs:
             span = view[at : at + hi - lo]
             at += hi - lo
             try:
-                got = os.preadv(fd, [span], lo)
+                got = os.preadv(fd, [span], lo, flags)
             except OSError:
-                continue  # reads of the files report it
+                continue  # would wait for the disk, or failed: reads of the files see to it
             self.counts["read_bytes"] += got
             if graft not in checked:
                 checked[graft] = self.tree.verify(graft)
             if checked[graft]:  # else the tar changed: reads of the files report it
-                # A file the walk has read meanwhile is in the kernel already: no store.
                 batch.extend((ino, 0, span[off - lo : off - lo + size])
-                             for ino, off, size in members
-                             if off - lo + size <= got and ino not in read)
+                             for ino, off, size in members if off - lo + size <= got)
+        return batch, buf
+
+    def _store(self, batch: list[Stored]) -> None:
+        """Store the files the walk has not read meanwhile (those are in the kernel already)."""
+        read = self._read
+        batch = [s for s in batch if s[0] not in read]
         if not batch:
             return
         # Last file first: the walk reads them first to last, and a store into a file that
