@@ -51,6 +51,7 @@ VARIANTS: dict[str, dict[str, dict[str, object]]] = {
     "nospin": {"fusebundle.fs.loop": {"SPIN": 0}},
     "spin": {"fusebundle.fs.loop": {"SPIN_BACKOFF": 0}},
     "thread-read": {"fusebundle.fs.preload": {"READ_ON_LOOP": False}},
+    "no-handoff": {"fusebundle.fs.preload": {"HANDOFF": 0}},
     "nospin-off": {"fusebundle.fs.loop": {"SPIN": 0},
                    "fusebundle.fs.preload": {"PRELOAD_THREADS": 0}},
     "old": {"code": {"dir": OLD}},

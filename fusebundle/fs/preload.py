@@ -40,6 +40,10 @@ HEADER = 1536  # a small member's own overhead in its tar: header block, padding
 # reads them): the thread then needs the GIL once a directory, not once a span, and each time
 # it needs it while the loop is busy it waits out a switch interval (5 ms) and falls behind.
 READ_ON_LOOP = True
+# The loop waits this long at most (seconds) for the thread to take a directory it queued: the
+# wait hands the thread the GIL at once, where it would otherwise wait out a switch interval
+# (5 ms) while the walk reads on; 2 ms bounds what a thread the scheduler has not run costs.
+HANDOFF = 0.002
 MIN_FILES = 2  # a span of one file saves one READ and costs a store: not worth the thread
 DIRS_OF = 1 << 16  # file inode -> directory pairs kept for the sibling preload
 
@@ -89,6 +93,7 @@ class Preload:
         self._jobs: queue.SimpleQueue[tuple[list[Job] | None, list[Stored], bytearray]] = (
             queue.SimpleQueue())
         self._thread: threading.Thread | None = None
+        self._taken = threading.Event()  # the thread has taken the last directory queued
         # Buffers for one directory's spans each (<= PRELOAD_SPAN), reused: a fresh one costs
         # a page fault per 4 KiB.  At most PRELOAD_THREADS are out at once.
         self._buffers: list[bytearray] = []
@@ -124,6 +129,7 @@ class Preload:
             self._waiting.release()
             return
         buf = self._buffers.pop() if self._buffers else bytearray()
+        self._taken.clear()
         if READ_ON_LOOP and self.reader.nowait:
             batch, buf = self._fill(jobs, inline, buf, os.RWF_NOWAIT)
             self._jobs.put((None, batch, buf))
@@ -133,6 +139,8 @@ class Preload:
             self._thread = threading.Thread(target=self._run, daemon=True,
                                             name="fusebundle-preload")
             self._thread.start()
+        if HANDOFF:
+            self._taken.wait(HANDOFF)
 
     def _plan(self, d: int, skip: int) -> tuple[list[Job], list[Stored]]:
         """The dense spans of d's small files to read (see dense_spans), and those in memory.
@@ -169,6 +177,7 @@ class Preload:
         """The preload thread: read (unless the loop did) and store, one directory at a time."""
         while True:
             jobs, batch, buf = self._jobs.get()
+            self._taken.set()
             try:
                 if jobs is not None:
                     batch, buf = self._fill(jobs, batch, buf, 0)
