@@ -41,7 +41,7 @@ WALKS = {
     "find": "find {root} | wc -l",
 }
 # name -> {module: {constant: value}}, set in the server before it mounts; "sys":
-# {"switchinterval": s} sets the GIL's; FB_AB_CODE=DIR runs the fusebundle package under DIR
+# {"switchinterval": s} sets the GIL's; "code" (FB_AB_OLD=DIR) runs the fusebundle package under DIR
 # instead (an older commit: `git archive COMMIT fusebundle | tar -x -C DIR`).
 OLD = os.environ.get("FB_AB_OLD", "/tmp/h22/old")
 VARIANTS: dict[str, dict[str, dict[str, object]]] = {

@@ -4,10 +4,10 @@ A walk that reads every file (tar) then finds them in the page cache: no round t
 file.  A walk that never reads (find) pays nothing.  Only dense spans are read: runs of small
 files side by side in their tar, never the bytes of a large file lying between them (issue
 22: in a real layer `usr/bin`'s small files are interleaved with large ones, and reading past
-them doubled the bytes read).  What to send is worked out on the server's loop, in one go;
-the reading and storing run in one thread of the preload's own that holds the GIL only
-between its system calls (so no GIL-interval tuning: under load, every forced hand-off of the
-GIL to a thread the scheduler had not run yet stalled the loop).  A store into pages that the
+them doubled the bytes read).  The loop works out what to send and, when the tar's pages are
+cached, reads it too, in one go; one thread of the preload's own stores it, taking the GIL
+once per directory (no GIL-interval tuning: under load, every forced hand-off of the GIL to
+a thread the scheduler had not run yet stalled the loop).  A store into pages that the
 kernel holds locked for a READ still queued waits until that READ is answered, which is why
 the loop never stores itself.
 """
