@@ -170,3 +170,55 @@ def test_trio_gets_a_turn_every_so_often(pipe):
 
     trio.run(main)
     assert stock.calls == 3
+
+
+class CountingPoll:
+    """The waiter's poll object, counting its calls."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def poll(self, timeout: int) -> list[tuple[int, int]]:
+        self.calls += 1
+        return self.inner.poll(timeout)  # type: ignore[attr-defined]
+
+
+def test_a_missed_spin_parks_the_next_waits_at_once(pipe, monkeypatch):
+    r, w = pipe
+    monkeypatch.setattr(loop, "SPIN", 0.02)  # long enough to poll more than once, loaded or not
+    waiter = loop._Waiter(r, Stock())
+    counted = CountingPoll(waiter._poll)
+    waiter._poll = counted
+    assert waiter._queued() == 0  # nothing queued: spins for SPIN, then gives up
+    spun = counted.calls
+    assert spun > 1
+    # The next wait looks once and parks; then two waits do, then four ...
+    for skips in (1, 2, 4):
+        for _ in range(skips):
+            counted.calls = 0
+            assert waiter._queued() == 0
+            assert counted.calls == 1
+        counted.calls = 0
+        assert waiter._queued() == 0
+        assert counted.calls > 1  # spun again, and missed again
+    # A request there on the first look ends the back-off: the next empty wait spins.
+    os.write(w, b"x")
+    assert waiter._queued() != 0
+    os.read(r, 1)
+    counted.calls = 0
+    assert waiter._queued() == 0
+    assert counted.calls > 1
+
+
+def test_without_back_off_every_empty_wait_spins(pipe, monkeypatch):
+    r, _ = pipe
+    monkeypatch.setattr(loop, "SPIN_BACKOFF", 0)
+    monkeypatch.setattr(loop, "SPIN", 0.02)
+    waiter = loop._Waiter(r, Stock())
+    counted = CountingPoll(waiter._poll)
+    waiter._poll = counted
+    for _ in range(3):
+        counted.calls = 0
+        assert waiter._queued() == 0
+        assert counted.calls > 1

@@ -15,7 +15,6 @@ import itertools
 import logging
 import os
 import stat
-import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ import trio
 
 from fusebundle.errors import UserError
 from fusebundle.fs.inode import Stat
+from fusebundle.fs.preload import Preload
 from fusebundle.fs.reader import Reader, SourceError
 from fusebundle.fs.tree import Tree
 from fusebundle.tar import Extent, body_size
@@ -34,14 +34,10 @@ log = logging.getLogger(__name__)
 TIMEOUT = 7 * 24 * 3600.0  # the tree never changes while mounted
 BLKSIZE = 128 * 1024  # st_blksize: what cat and cp use as their buffer size
 IO_THREADS = 16
-PRELOAD = BLKSIZE  # files up to this size go to the kernel with their directory's first read
-PRELOAD_THREADS = 4  # directories sent ahead at once (more readers get no preload)
 LOAD_THREADS = 4
-GIL_SLICE = 0.0002  # seconds: see _short_gil_slices
 DIRECT_BLKSIZE = 1 << 20  # st_blksize of direct_io files: cat then asks for one full READ
 CACHED_FILES = 4096  # inode -> content lookups kept for reads without an open
 CACHED_LISTINGS = 256  # inode -> listing kept for readdir without an opendir
-DIRS_OF = 1 << 16  # file inode -> directory pairs kept for the sibling preload
 ADAPT_LOOKUPS = 32  # --listing=adaptive: lookups of lean-listed files before going plus
 
 # What the patched pyfuse3 (patches/pyfuse3) adds; a stock pyfuse3 runs as before without it.
@@ -105,11 +101,9 @@ class Operations(pyfuse3.Operations):
         self._files: dict[int, tuple[Extent | bytes, int]] = {}  # fh (or inode) -> (body, fd)
         self._fh_ino: dict[int, int] = {}  # fh -> inode, when open hands out handles
         self._dirs: dict[int, Any] = {}  # fh (or inode) -> DirListing
-        self._dir_of: dict[int, int] = {}  # file inode -> the directory it was listed in
-        self._preloaded: set[int] = set()  # directories whose small files went to the kernel
-        self._preloaders = threading.BoundedSemaphore(PRELOAD_THREADS)  # else: no preload
         self._next_fh = 1
         self.reader = Reader(tree)
+        self.preload = Preload(tree, self.reader)
         self._load_locks: dict[str, trio.Lock] = {}
         self._io = trio.CapacityLimiter(IO_THREADS)
         self._loaders = trio.CapacityLimiter(LOAD_THREADS)
@@ -215,22 +209,13 @@ class Operations(pyfuse3.Operations):
         ls -l, du.  After ADAPT_LOOKUPS of those the mount lists with attributes for good;
         a walk that only descends (find) never looks files up and stays lean.
         """
-        self._dir_map()[ino] = parent
+        self.preload.dir_map()[ino] = parent
         if self._adapting and parent in self._lean_dirs:
             self._lean_lookups += 1
             if self._lean_lookups >= ADAPT_LOOKUPS:
                 self._lean = self._adapting = False
                 self._lean_dirs.clear()
                 log.debug("listing: callers stat what they list; attributes from now on")
-
-    def _dir_map(self) -> dict[int, int]:
-        """File inode -> the directory it was seen in, for the sibling preload.
-
-        A hint for recent listings and lookups only: emptied when full, so bounded at any size.
-        """
-        if len(self._dir_of) >= DIRS_OF:
-            self._dir_of.clear()
-        return self._dir_of
 
     @_guarded
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
@@ -278,7 +263,7 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = await self._listing(fh)
         reply = pyfuse3.readdir_reply
-        dir_of = self._dir_map()
+        dir_of = self.preload.dir_map()
         d = listing.ino
         lean = self._lean and getattr(token, "plus", False)
         if lean and self._adapting:
@@ -374,52 +359,11 @@ class Operations(pyfuse3.Operations):
         self._files[fh] = found
         return found
 
-    def _preload_siblings(self, fh: int) -> None:
-        """On a directory's first read, hand its other small files to the kernel.
-
-        A walk that reads every file (tar) then finds them in the page cache: no round trip
-        per file.  A walk that never reads (find) pays nothing.  Reading and storing run in
-        a thread of their own: a store into pages that the kernel holds locked for a READ
-        still queued waits until that READ is answered, which this loop must stay free to do.
-        """
-        ino = fh if self._no_open else self._fh_ino.get(fh, 0)
-        d = self._dir_of.get(ino)
-        if d is None or d in self._preloaded:
-            return
-        self._preloaded.add(d)
-        if self._preloaders.acquire(blocking=False):
-            _short_gil_slices()
-            threading.Thread(target=self._send_ahead, args=(d, ino), daemon=True,
-                             name="fusebundle-preload").start()
-
-    def _send_ahead(self, d: int, skip: int) -> None:
-        """The preload thread: find d's small files, read them, store them in the kernel.
-
-        A tar directory's members lie side by side in their tar: one read of the span that
-        holds them serves them all (at most PRELOAD_SPAN, else the span is skipped).  Only
-        sources already open are read (the file just read opened its tar).
-        """
-        try:
-            files = []
-            for _, ino, st in self.tree.listdir(d).rows(0):
-                if ino == skip or not stat.S_ISREG(st[0]) or not 0 < st[5] <= PRELOAD:
-                    continue
-                content = self.tree.content(ino)
-                if content is not None:
-                    files.append((ino, content, self.reader.open_fd(content)))
-            batch = self.reader.batch(files)
-            if batch:
-                _store_all(batch)
-        except Exception:  # a preload is only a hint: reads report real trouble
-            log.debug("preload of directory %d failed", d, exc_info=True)
-        finally:
-            self._preloaders.release()
-
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         content, fd = self._file(fh)
         if off == 0:
-            self._preload_siblings(fh)
+            self.preload.first_read(fh if self._no_open else self._fh_ino.get(fh, 0))
         if isinstance(content, bytes):
             return content[off : off + size]
         if off >= content.size:
@@ -457,27 +401,6 @@ class Operations(pyfuse3.Operations):
 
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _erofs
     create = write = setxattr = removexattr = _erofs
-
-
-def _short_gil_slices() -> None:
-    """Let a preload thread in within 0.2 ms, not CPython's 5 ms.
-
-    The loop keeps the GIL while requests keep coming; with the default slice a preload
-    thread that needs it a few times finishes only after tar has read the whole directory.
-    """
-    if sys.getswitchinterval() > GIL_SLICE:
-        sys.setswitchinterval(GIL_SLICE)
-
-
-def _store_all(batch: list[tuple[int, int, bytes | memoryview]]) -> None:
-    """Hand the bytes to the kernel: with the patched pyfuse3 in one call without the GIL."""
-    many = getattr(pyfuse3, "notify_store_many", None)
-    if many is not None:
-        many(batch)
-        return
-    for ino, off, data in batch:  # each store wins the GIL back from the loop: slow, correct
-        with contextlib.suppress(OSError):
-            pyfuse3.notify_store(ino, off, data)
 
 
 def tune_connection(conn: Any) -> None:

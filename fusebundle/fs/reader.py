@@ -21,7 +21,6 @@ from fusebundle.tar import Extent
 log = logging.getLogger(__name__)
 
 MAP_MIN = 128 * 1024  # reads at least this large are answered from a mapping of the source
-PRELOAD_SPAN = 16 << 20  # the most read at once for one directory's small files
 
 
 class SourceError(Exception):
@@ -127,37 +126,6 @@ class Reader:
         if why is not None:
             raise SourceError(why)
 
-    def batch(self, files: list[tuple[int, Extent | bytes, int]]
-              ) -> list[tuple[int, int, bytes | memoryview]]:
-        """The preload's (inode, 0, bytes) for small files: in memory, or read in one span per
-        source (at most PRELOAD_SPAN) whose tar still is the one indexed."""
-        batch: list[tuple[int, int, bytes | memoryview]] = []
-        spans: dict[int, list[tuple[int, Extent]]] = {}
-        for ino, body, fd in files:
-            if not isinstance(body, Extent):
-                batch.append((ino, 0, body))
-            elif body.fragments is None and body.source.indexed and fd >= 0:
-                spans.setdefault(fd, []).append((ino, body))
-        for fd, group in spans.items():
-            lo = min(c.offset for _, c in group)
-            hi = max(c.offset + c.size for _, c in group)
-            if hi - lo > PRELOAD_SPAN:
-                continue
-            buf = bytearray(hi - lo)
-            try:
-                got = os.preadv(fd, [buf], lo)
-            except OSError:
-                continue  # reads of the files report it
-            if group[0][1].source.changed() is not None:
-                continue  # the tar changed: reads of the files report it
-            view = memoryview(buf)
-            batch.extend((ino, 0, view[c.offset - lo : c.offset - lo + c.size])
-                         for ino, c in group if c.offset + c.size - lo <= got)
-        # Last file first: the walk reads them first to last, and a store into a file that
-        # the walk is reading waits for that READ; in the walk's order the two would go in
-        # lock-step (a READ per file), against it they meet once.
-        batch.reverse()
-        return batch
 
     def close(self) -> None:
         """Close every source descriptor and mapping."""
