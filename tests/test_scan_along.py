@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,3 +203,13 @@ def test_a_layer_whose_tar_is_corrupt_is_refused_with_the_scan_s_words(tmp_path:
     assert sorted(os.listdir(layers)) == []
     assert all(t.name != "fusebundle-scan-along" for t in threading.enumerate())
 
+
+# ------------------------------------------------------------------------ layers at once
+@pytest.mark.parametrize("cpus", ["0", "all"])
+def test_layers_ingested_at_once_are_bounded_by_the_cores_granted(cpus: str) -> None:
+    granted = sorted(os.sched_getaffinity(0))
+    cpu_list = str(granted[0]) if cpus == "0" else ",".join(map(str, granted))
+    out = subprocess.run(["taskset", "-c", cpu_list, sys.executable, "-c",
+                          "from fusebundle.images.layered import layer_workers as w; print(w())"],
+                         capture_output=True, text=True, check=True).stdout
+    assert int(out) == (1 if cpus == "0" else min(4, len(granted)))
