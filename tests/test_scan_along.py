@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import tarcorpus
+from test_tarindex import END, member, pax
 
 from fusebundle.errors import CorruptTar
 from fusebundle.sources.base import LayerRef
@@ -118,6 +119,27 @@ def test_hostile_extension_headers_are_refused_as_by_the_whole_scan(tmp_path: Pa
         along = scanned_along(data, tar, tmp_path, rng)
         assert isinstance(along, str)
         assert along == scanned_whole(tar, tmp_path)
+
+
+@pytest.mark.parametrize("tail_mib, refused", [(24, False), (8, True)])
+def test_the_xattr_copy_budget_counts_the_whole_tar_along_the_stream(
+        tmp_path: Path, tail_mib: int, refused: bool) -> None:
+    # 1,000 changes of a shared 100-xattr set cost 100,000 copies: 34,464 more than the base,
+    # so only a tar of 17.6 MB or more may make them, and the last member is what takes it
+    # there (or not).  The scan along the stream must wait for the whole tar to know.
+    sets = [(f"SCHILY.xattr.user.k{i}".encode(), b"v") for i in range(100)]
+    parts = [pax(sets, b"g")]
+    for i in range(1_000):
+        parts.append(member(b"f%d" % i))
+        parts.append(pax([(b"SCHILY.xattr.user.k0", b"%d" % i)], b"g"))
+    parts.append(member(b"tail", bytes(tail_mib << 20)))
+    data = b"".join(parts) + END
+    tar = tmp_path / "globals.tar"
+    along = scanned_along(data, tar, tmp_path, random.Random(3))
+    assert along == scanned_whole(tar, tmp_path)
+    assert isinstance(along, str) == refused
+    if refused:
+        assert "change xattrs too often" in along
 
 
 def test_the_feed_serves_pieces_held_and_dropped(tmp_path: Path,
