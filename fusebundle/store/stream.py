@@ -3,7 +3,8 @@
 The compression is sniffed from the first bytes (gzip, zstd, else a plain tar), never taken
 from a media type.  Decompression runs in the calling thread while a second thread hashes both
 sides and writes the tar: igzip, sha256 and write(2) all release the GIL, so on two cores the
-two halves overlap (scripts/bench_store.py measures it).
+two halves overlap (scripts/bench_store.py measures it).  What is written goes on to a `tap`:
+the store's index is scanned from it as the tar is written (tar/feed.py).
 """
 
 from __future__ import annotations
