@@ -35,7 +35,20 @@ from fusebundle.tar import TarIndex
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PARALLEL_LAYERS = 4  # at once, as docker pulls them
+PARALLEL_LAYERS = 4  # at most at once, as docker pulls them
+
+
+def layer_workers() -> int:
+    """Layers to ingest at once: up to PARALLEL_LAYERS, no more than the cores we may run on.
+
+    An ingest keeps a core busy decoding and part of another hashing, writing and indexing
+    (store/stream.py, tar/feed.py); a third layer at once on two cores only shares them.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))  # what taskset, cgroups' cpusets and CI grant us
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(PARALLEL_LAYERS, cores))
 
 
 def image_info(image: ResolvedImage) -> ImageInfo:
@@ -87,7 +100,8 @@ class LayeredImage:
         return os.path.join(self.store.root, "merged", hexdigest + suffix)
 
     def fetch(self) -> Fetched:
-        """Make every layer present in the store (up to 4 at once); count what it cost."""
+        """Make every layer present in the store (layer_workers() at once); count what it
+        cost."""
         layers = self.image.layers
         self.store.hold(layer.diff_id for layer in layers)
         missing = [layer for layer in layers if not self.store.has_layer(layer.diff_id)]
@@ -128,7 +142,7 @@ class LayeredImage:
         if len(missing) == 1:
             one(missing[0])
         else:
-            with ThreadPoolExecutor(min(PARALLEL_LAYERS, len(missing))) as pool:
+            with ThreadPoolExecutor(min(layer_workers(), len(missing))) as pool:
                 for future in [pool.submit(one, layer) for layer in missing]:
                     future.result()
         return self.fetched

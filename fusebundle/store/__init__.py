@@ -40,6 +40,7 @@ from fusebundle.store import locks, records
 from fusebundle.store.records import ImageRecord, digest_hex
 from fusebundle.store.stream import Outcome, ReadError, WriteError, unpack
 from fusebundle.tar import TarIndex, open_index
+from fusebundle.tar.feed import ScanAlong
 
 __all__ = ["BadLayer", "CorruptLayer", "ImageRecord", "LayerInfo", "PruneReport", "Store",
            "StoreError"]
@@ -206,13 +207,17 @@ class Store:
         hex_ = os.path.basename(path)[: -len(".tar")]
         placed = False  # the temp is 0600: unverified bytes are for no one else to read
         try:
-            with atomic_file(path, TempName(f".{hex_}.")) as t:
+            # The layer is indexed as it is written, from the same bytes: the tar is never read
+            # again.  Sparse members (GNU tar, bsdtar) are served with their holes as zeros.
+            # (The scan ends before the file is closed or removed.)
+            with atomic_file(path, TempName(f".{hex_}.")) as t, \
+                    ScanAlong(t.fd, sparse=True) as scan:
                 try:
                     with open_blob() as src:
                         if layer.size < 0:  # only from a record older than sizes being required
                             raise BadLayer(f"{where}: its descriptor gives no size; pull the "
                                            "image again (--pull)")
-                        got = unpack(src, t.fd, progress, limit=layer.size)
+                        got = unpack(src, t.fd, progress, limit=layer.size, tap=scan.push)
                 except ReadError as e:
                     raise BadLayer(f"{where}: {e}") from None
                 except WriteError as e:
@@ -226,8 +231,7 @@ class Store:
                 os.fsync(t.fd)
                 testhook.stop_at("layer-written")
                 try:
-                    # Sparse members (GNU tar, bsdtar) are served with their holes as zeros.
-                    index = TarIndex.scan(t.path, sparse=True)
+                    index = scan.index(t.path)
                 except CorruptTar as e:
                     raise BadLayer(f"{where}: not a valid tar: "
                                    f"{str(e).removeprefix(t.path + ': ')}") from None

@@ -3,7 +3,8 @@
 The compression is sniffed from the first bytes (gzip, zstd, else a plain tar), never taken
 from a media type.  Decompression runs in the calling thread while a second thread hashes both
 sides and writes the tar: igzip, sha256 and write(2) all release the GIL, so on two cores the
-two halves overlap (scripts/bench_store.py measures it).
+two halves overlap (scripts/bench_store.py measures it).  What is written goes on to a `tap`:
+the store's index is scanned from it as the tar is written (tar/feed.py).
 """
 
 from __future__ import annotations
@@ -306,10 +307,13 @@ class Outcome:
 
 class _Sink:
     """Hashes blob and tar bytes and writes the tar: in a thread of its own when `threaded`,
-    so that it overlaps the decompression, else in the caller's."""
+    so that it overlaps the decompression, else in the caller's.  Each piece of the tar goes on
+    to `tap` once it is written."""
 
-    def __init__(self, out_fd: int, threaded: bool) -> None:
+    def __init__(self, out_fd: int, threaded: bool,
+                 tap: Callable[[bytes], None] | None = None) -> None:
         self.out_fd = out_fd
+        self.tap = tap
         self.blob_hash = hashlib.sha256()
         self.tar_hash = hashlib.sha256()
         self.error: OSError | None = None
@@ -338,6 +342,8 @@ class _Sink:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(self.out_fd, view) :]
+                if self.tap is not None:
+                    self.tap(data)
         except OSError as e:
             self.error = e
 
@@ -362,8 +368,10 @@ def _read(src: BinaryIO, n: int) -> bytes:
 
 
 def unpack(src: BinaryIO, out_fd: int, progress: Callable[[int], None] | None = None,
-           threaded: bool = THREADED, limit: int | None = None) -> Outcome:
-    """Read `src` to its end once, writing the tar it holds to `out_fd`.
+           threaded: bool = THREADED, limit: int | None = None,
+           tap: Callable[[bytes], None] | None = None) -> Outcome:
+    """Read `src` to its end once, writing the tar it holds to `out_fd`; `tap(data)` gets each
+    piece of the tar, in order, once it is written.
 
     Raises ReadError if reading fails, WriteError if writing does; a blob that does not decode
     is read to its end anyway (so its digest can be reported first) and named in `problem`.
@@ -382,7 +390,7 @@ def unpack(src: BinaryIO, out_fd: int, progress: Callable[[int], None] | None = 
     compression = sniff(head)
     decoder = _decoder(compression)
     plain = compression == "tar"
-    sink = _Sink(out_fd, threaded)
+    sink = _Sink(out_fd, threaded, tap)
     done, size, tar_size, problem = 0, 0, 0, ""
     try:
         data = head

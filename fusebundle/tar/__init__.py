@@ -4,7 +4,8 @@
 the offsets still hold, read by every renderer; `header`: fields, PAX and GNU records, global
 records, sparse maps and the bounds one archive may ask of us; `scan`: the one-pass scanner's
 hot loop; `index`: `IndexEntry` and the columnar `TarIndex` saved beside a tar; `colfile`: the
-saved indexes' file format (narrowed columns and blobs, used in place through mmap).
+saved indexes' file format (narrowed columns and blobs, used in place through mmap); `feed`:
+the scan of a tar while it is being written.
 """
 
 from fusebundle.tar.extent import Extent, Source, body_size

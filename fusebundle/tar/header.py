@@ -13,6 +13,7 @@ import os
 import struct
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Protocol
 
 _ZERO_BLOCK = bytes(512)
 
@@ -94,6 +95,36 @@ _SPARSE_CARRIERS = frozenset(b"0\x007")  # the regular-file types a PAX sparse m
 
 class _Corrupt(Exception):
     """Internal: a problem found while scanning; the scanner adds the path and offset."""
+
+
+class TarBytes(Protocol):
+    """The bytes of the tar being scanned: a whole file, or one still being written (feed.py)."""
+
+    def read(self, n: int, pos: int) -> bytes:
+        """Bytes [pos, pos + n) of the tar, as pread gives them: fewer only where it ends."""
+        ...
+
+    def at_least(self, size: int) -> int:
+        """A size the tar is known to have: `size` or more, or its whole size if shorter."""
+        ...
+
+
+class FileBytes:
+    """A tar that is all there: a file open on `fd`, `size` bytes long."""
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+
+    def read(self, n: int, pos: int) -> bytes:
+        """Bytes [pos, pos + n), fewer only at the end of the file."""
+        return os.pread(self.fd, n, pos)
+
+    def at_least(self, size: int) -> int:
+        """The file's size (it is known whatever `size` asks)."""
+        return self.size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,15 +265,16 @@ class _Globals:
     The xattrs are one dict shared by all the members they apply to, never copied into each.
     """
 
-    __slots__ = ("fields", "xattrs", "view", "names_len", "values_len", "budget")
+    __slots__ = ("fields", "xattrs", "view", "names_len", "values_len", "spent", "src")
 
-    def __init__(self, file_size: int) -> None:
+    def __init__(self, src: TarBytes) -> None:
         self.fields: dict[bytes, bytes] = {}
         self.xattrs: dict[str, bytes] = {}
         self.view: Mapping[str, bytes] | None = None  # read-only, once a member shares it
         self.names_len = 0
         self.values_len = 0
-        self.budget = _XATTR_COPY_BUDGET_BASE + file_size // 512
+        self.spent = 0  # xattr copies paid so far
+        self.src = src  # its size sets the budget
 
     def update(self, records: dict[bytes, bytes]) -> None:
         """Apply one global header's records."""
@@ -275,8 +307,11 @@ class _Globals:
 
     def spend(self, entries: int) -> None:
         """Pay for copying global xattrs; refuse an archive that makes them cost too much."""
-        self.budget -= entries
-        if self.budget < 0:
+        self.spent += entries
+        # The budget is the base plus one per block of the whole tar: asked of the tar only
+        # when the base is spent, and only as far as this payment needs it to reach.
+        over = self.spent - _XATTR_COPY_BUDGET_BASE
+        if over > 0 and self.src.at_least(512 * over) // 512 < over:
             raise _Corrupt("global PAX headers change xattrs too often")
 
     def shared(self) -> Mapping[str, bytes]:
@@ -348,7 +383,7 @@ def _fragments(numbers: list[int], real_size: int, stored: int) -> array.array[i
     return out
 
 
-def _old_gnu_map(fd: int, blk: bytes, data_pos: int) -> tuple[list[int], int, int]:
+def _old_gnu_map(src: TarBytes, blk: bytes, data_pos: int) -> tuple[list[int], int, int]:
     """(map numbers, real size, data start) of an old GNU 'S' header and its extension blocks."""
     numbers: list[int] = []
 
@@ -363,7 +398,7 @@ def _old_gnu_map(fd: int, blk: bytes, data_pos: int) -> tuple[list[int], int, in
     real_size = _num(blk[483:495], "sparse real size")
     extended = blk[482]
     while extended:
-        ext = os.pread(fd, 512, data_pos)
+        ext = src.read(512, data_pos)
         if len(ext) != 512:
             raise _Corrupt("truncated file (GNU sparse extension block past end of file)")
         take(ext, 21)
@@ -372,7 +407,7 @@ def _old_gnu_map(fd: int, blk: bytes, data_pos: int) -> tuple[list[int], int, in
     return numbers, real_size, data_pos
 
 
-def _map_1_0(fd: int, data_pos: int, size: int) -> tuple[list[int], int]:
+def _map_1_0(src: TarBytes, data_pos: int, size: int) -> tuple[list[int], int]:
     """(map numbers, bytes the map takes) of PAX sparse format 1.0: decimal lines at the
     start of the data (a count, then offset and length pairs), padded to a whole block."""
     chunk = b""
@@ -386,7 +421,7 @@ def _map_1_0(fd: int, data_pos: int, size: int) -> tuple[list[int], int]:
             if len(chunk) >= limit:
                 raise _Corrupt(f"GNU sparse map longer than the member or {_MAX_EXT_HEADER} bytes")
             want = min(max(512, len(chunk)), limit - len(chunk))
-            more = os.pread(fd, want, data_pos + len(chunk))
+            more = src.read(want, data_pos + len(chunk))
             if not more:
                 raise _Corrupt("truncated file (GNU sparse map past end of file)")
             chunk += more
@@ -419,7 +454,7 @@ def _pax_sparse(pax: dict[bytes, bytes]) -> str | None:
 
 
 def _pax_sparse_layout(
-    pax: dict[bytes, bytes], version: str, fd: int, data_pos: int, size: int
+    pax: dict[bytes, bytes], version: str, src: TarBytes, data_pos: int, size: int
 ) -> tuple[list[int], int, int]:
     """(map numbers, real size, bytes of map before the data) of a PAX sparse member."""
     get = pax.get
@@ -428,7 +463,7 @@ def _pax_sparse_layout(
         raise _Corrupt("GNU sparse member without its real size")
     real_size = _pax_int(b"GNU.sparse.size", real)
     if version == "1.0":
-        numbers, map_len = _map_1_0(fd, data_pos, size)
+        numbers, map_len = _map_1_0(src, data_pos, size)
         return numbers, real_size, map_len
     count = _pax_int(b"GNU.sparse.numblocks", get(b"GNU.sparse.numblocks") or b"")
     text = get(b"GNU.sparse.map") or b""
@@ -485,7 +520,7 @@ def _device_fields(blk: bytes) -> tuple[int, int]:
 
 
 def _read_ext(
-    fd: int, file_size: int, buf: bytes, buf_start: int, data_pos: int, size: int, flag: int
+    src: TarBytes, buf: bytes, buf_start: int, data_pos: int, size: int, flag: int
 ) -> bytes:
     """Return the data of a GNU long name/link or PAX header, from *buf* if it holds it."""
     if size < 0:
@@ -495,12 +530,12 @@ def _read_ext(
             f"extension header {chr(flag)!r} of {size} bytes is too large"
             f" (limit {_MAX_EXT_HEADER})"
         )
-    if data_pos + size > file_size:
+    if data_pos + size > src.at_least(data_pos + size):
         raise _Corrupt("truncated file (extension header data past end of file)")
     rel = data_pos - buf_start
     if rel >= 0 and rel + size <= len(buf):
         return buf[rel : rel + size]
-    data = os.pread(fd, size, data_pos)
+    data = src.read(size, data_pos)
     if len(data) != size:
         raise _Corrupt("truncated file (extension header data past end of file)")
     return data

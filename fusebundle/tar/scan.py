@@ -8,7 +8,6 @@ headers, global records, sparse members, links and devices leave it for `header`
 from __future__ import annotations
 
 import array
-import os
 import struct
 import zlib
 from collections.abc import Callable, Mapping
@@ -38,6 +37,7 @@ from fusebundle.tar.header import (
     _UNSUPPORTED,
     _USTAR_MAGIC,
     _ZERO_BLOCK,
+    TarBytes,
     _apply_pax,
     _check_name,
     _checksum_ok,
@@ -132,27 +132,32 @@ _CHUNK_MASK = _CHUNK - 1
 # - Extension headers, global records, sparse maps and link targets are _Pending's,
 #   _sparse_member's and _link_target's: the loop only tests for them.
 def _scan(
-    fd: int, file_size: int, progress: Callable[[int], None] | None, sparse: bool = False
+    src: TarBytes, progress: Callable[[int], None] | None, sparse: bool = False
 ) -> _Columns:
-    """Walk the headers of the tar open on *fd*; raises _Corrupt(what, offset)."""
+    """Walk the headers of the tar `src` holds; raises _Corrupt(what, offset)."""
     cols = _Columns()
-    pend = _Pending(file_size)
-    _walk(cols, pend, fd, file_size, progress, sparse)
+    pend = _Pending(src)
+    _walk(cols, pend, src, progress, sparse)
     if pend.pos >= 0:
         raise _Corrupt("extension header not followed by a member", pend.pos)
     cols.flush()
     if progress is not None:
-        progress(file_size)
+        progress(src.at_least(_WHOLE))
     return cols
 
 
-def _walk(cols: _Columns, pend: _Pending, fd: int, file_size: int,
+_WHOLE = 1 << 63  # more than any tar holds: at_least(_WHOLE) is the tar's size
+
+
+def _walk(cols: _Columns, pend: _Pending, src: TarBytes,
           progress: Callable[[int], None] | None, sparse: bool) -> None:
     """The loop of _scan: every member into `cols`, extension headers into `pend`."""
     types_append, nums_extend, names_append = cols.types.append, cols.nums.extend, \
         cols.names.append
     links, devices, xattrs, sparse_maps = cols.links, cols.devices, cols.xattrs, cols.sparse
-    unpack, adler32, pread = _HEADER.unpack_from, zlib.adler32, os.pread
+    unpack, adler32, read, at_least = _HEADER.unpack_from, zlib.adler32, src.read, src.at_least
+    # Bytes known to be there: a tar still being written is asked again only past them.
+    known = at_least(0)
     # With sparse, an old GNU sparse file is a regular one whose map is in its header.
     type_codes = _TYPE_CODES_SPARSE if sparse else _TYPE_CODES
     zero_block, reg_code, odd_start = _ZERO_BLOCK, _F, _ODD_START
@@ -169,12 +174,14 @@ def _walk(cols: _Columns, pend: _Pending, fd: int, file_size: int,
             hdr_pos = pos
             rel = pos - buf_start
             if rel < 0 or rel + 512 > buf_len:
-                if pos >= file_size:
-                    break  # clean EOF at a header boundary
+                if pos >= known:
+                    known = at_least(pos + 1)
+                    if pos >= known:
+                        break  # clean EOF at a header boundary
                 # Little data skipped: headers are dense here, read more at once.
                 read_size = min(2 * read_size, _READ_MAX) if rel - buf_len < _READ_MIN \
                     else _READ_MIN
-                buf = pread(fd, read_size, pos)
+                buf = read(read_size, pos)
                 buf_start, buf_len, rel = pos, len(buf), 0
                 if progress is not None and pos >= next_report:
                     progress(pos)
@@ -202,7 +209,7 @@ def _walk(cols: _Columns, pend: _Pending, fd: int, file_size: int,
             data_pos = pos + 512
             pax_sparse = None
             if not code:
-                pos = pend.take(fd, buf, buf_start, pos, blk, name, f_size, flag)
+                pos = pend.take(buf, buf_start, pos, blk, name, f_size, flag)
                 rare = pend.pos >= 0 or pend.glob_active
                 continue
 
@@ -249,13 +256,15 @@ def _walk(cols: _Columns, pend: _Pending, fd: int, file_size: int,
                     next_pos = data_pos + ((size + 511) & ~511)
                     if pax_sparse is not None or flag == _GNU_SPARSE:
                         data_pos, next_pos, size = _sparse_member(
-                            fd, blk, file_size, data_pos, next_pos, size, pax, pax_sparse,
-                            sparse_maps, count
+                            src, blk, data_pos, next_pos, size, pax, pax_sparse, sparse_maps,
+                            count
                         )
                     # A cut inside the padding loses no data of this member but hides every
                     # later one: an error too, as in GNU tar.
-                    if next_pos > file_size:
-                        raise _Corrupt("truncated file (member data past end of file)")
+                    if next_pos > known:
+                        known = at_least(next_pos)
+                        if next_pos > known:
+                            raise _Corrupt("truncated file (member data past end of file)")
             else:
                 # Links, directories, devices and FIFOs never carry data (as tarfile and Go's
                 # archive/tar read them), whatever their size field says.
@@ -299,18 +308,18 @@ class _Pending:
     """Extension headers read but not yet applied: GNU long names and links, local PAX records
     (they apply to the next member), and global PAX records (they apply to all that follow)."""
 
-    __slots__ = ("pax", "name", "link", "pos", "glob", "glob_active", "file_size")
+    __slots__ = ("pax", "name", "link", "pos", "glob", "glob_active", "src")
 
-    def __init__(self, file_size: int) -> None:
-        self.file_size = file_size
+    def __init__(self, src: TarBytes) -> None:
+        self.src = src
         self.pax: dict[bytes, bytes] | None = None
         self.name: bytes | None = None
         self.link: bytes | None = None
         self.pos = -1  # offset of the first pending extension header, -1 if none
-        self.glob = _Globals(file_size)
+        self.glob = _Globals(src)
         self.glob_active = False  # any global records in force
 
-    def take(self, fd: int, buf: bytes, buf_start: int, pos: int, blk: bytes, name: bytes,
+    def take(self, buf: bytes, buf_start: int, pos: int, blk: bytes, name: bytes,
              f_size: bytes, flag: int) -> int:
         """Read the extension header at `pos` (or refuse an unsupported type); the next one's
         offset."""
@@ -319,14 +328,13 @@ class _Pending:
             what = _UNSUPPORTED.get(flag, "unknown")
             shown = _shown_name(name, blk, self.name, self.pax, self.glob.fields)
             raise _Corrupt(f"unsupported entry type {chr(flag)!r} ({what}) for member {shown!r}")
-        file_size = self.file_size
         data_pos = pos + 512
         size = _num(f_size, "size")
         if flag in (_GNU_LONGNAME, _GNU_LONGLINK):
             # The name ends at its NUL even past the size, within the padding, as GNU tar and
             # tarfile read it (Go stops at the size; writers agree).
             size = (size + 511) & ~511
-        data = _read_ext(fd, file_size, buf, buf_start, data_pos, size, flag)
+        data = _read_ext(self.src, buf, buf_start, data_pos, size, flag)
         if flag == _PAX_GLOBAL:
             self.glob.update(_parse_pax(data))
             self.glob_active = bool(self.glob.fields or self.glob.xattrs)
@@ -341,7 +349,7 @@ class _Pending:
         if self.pos < 0 and flag != _PAX_GLOBAL:
             self.pos = pos
         pos = data_pos + ((size + 511) & ~511)
-        if pos > file_size:
+        if pos > self.src.at_least(pos):
             raise _Corrupt("truncated file (extension header padding past end of file)")
         return pos
 
@@ -401,20 +409,20 @@ class _Pending:
         self.pos = -1
 
 
-def _sparse_member(fd: int, blk: bytes, file_size: int, data_pos: int, next_pos: int,
-                   size: int, pax: dict[bytes, bytes] | None, pax_sparse: str | None,
+def _sparse_member(src: TarBytes, blk: bytes, data_pos: int, next_pos: int, size: int,
+                   pax: dict[bytes, bytes] | None, pax_sparse: str | None,
                    sparse_maps: dict[int, array.array[int]], member: int
                    ) -> tuple[int, int, int]:
     """Read a GNU sparse member's map (old GNU header or PAX records) into `sparse_maps`;
     (where its stored data starts, where the next header is, its real size)."""
-    if next_pos > file_size:
+    if next_pos > src.at_least(next_pos):
         raise _Corrupt("truncated file (member data past end of file)")
     if pax_sparse is None:
-        numbers, real_size, data_pos = _old_gnu_map(fd, blk, data_pos)
+        numbers, real_size, data_pos = _old_gnu_map(src, blk, data_pos)
         stored = size
     else:
         assert pax is not None
-        numbers, real_size, map_len = _pax_sparse_layout(pax, pax_sparse, fd, data_pos, size)
+        numbers, real_size, map_len = _pax_sparse_layout(pax, pax_sparse, src, data_pos, size)
         data_pos += map_len
         stored = size - map_len
     sparse_maps[member] = _fragments(numbers, real_size, stored)
