@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import DOCKER_ENV_NOISE, REPO, LocalRegistry, PrivateDockerd
 from support.imagetools import import_image
-from test_mount import (
+from support.mounts import (
     CONFORMANCE,
     HAVE_FUSE,
     SCENARIOS,

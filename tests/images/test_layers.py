@@ -1,4 +1,4 @@
-"""Flattening layers into an export-like index (fusebundle.layers).
+"""Flattening layers into an export-like index (fusebundle.images.flatten).
 
 Unit tests write layer tars with tarfile (imagetools.RootfsBuilder) and state by hand what the
 merged tree must be; the docker tests compare against `docker export` of a container made from
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.imagetools import T0, T1, RootfsBuilder
+from support.imagetools import T0, T1, RootfsBuilder, docker_archive
 
 from fusebundle.bundle import view
 from fusebundle.errors import CorruptTar, UserError
@@ -758,26 +758,6 @@ def _tree_of_dir(root: Path) -> tuple[dict[bytes, tuple], set[frozenset[bytes]]]
     return tree, {frozenset(g) for g in inodes.values() if len(g) > 1}
 
 
-def docker_archive(dest: Path, layer_paths: list[Path], tag: str) -> Path:
-    """A docker-save (20.10) archive written by hand around the given layer tars."""
-    import hashlib
-    import io
-    import json
-    diff_ids = ["sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in layer_paths]
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
-    cfg_name = hashlib.sha256(config).hexdigest() + ".json"
-    manifest = json.dumps([{"Config": cfg_name, "RepoTags": [tag],
-                            "Layers": [f"l{n}/layer.tar" for n in range(len(layer_paths))]}])
-    out = dest / "hand-save.tar"
-    with tarfile.open(out, "w") as t:
-        for n, p in enumerate(layer_paths):
-            t.add(p, f"l{n}/layer.tar")
-        for name, blob in ((cfg_name, config), ("manifest.json", manifest.encode())):
-            ti = tarfile.TarInfo(name)
-            ti.size = len(blob)
-            t.addfile(ti, io.BytesIO(blob))
-    return out
 
 
 def umoci_rootfs(save: Path, dest: Path) -> Path:

@@ -26,8 +26,7 @@ from typing import Any
 import pytest
 from conftest import LocalRegistry
 from support.faulttools import cli, env_for
-from support.imagetools import T1, RootfsBuilder, write_oci_layout
-from test_layers import docker_archive
+from support.imagetools import T1, RootfsBuilder, docker_archive, write_oci_layout
 
 from fusebundle.errors import ConfigError
 from fusebundle.images import refspec

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from support.faulttools import cli
-from test_layers import docker_archive
-from test_mount import HAVE_FUSE, Mounts
+from support.imagetools import docker_archive
+from support.mounts import HAVE_FUSE, Mounts
 
 from fusebundle.images.flatten import MergedIndex, merge
 from fusebundle.tar.index import TarIndex
