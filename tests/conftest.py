@@ -31,6 +31,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Fixtures that tests in several folders use (the test images, mounts, a kernel image).
+pytest_plugins = ("support.mounts", "support.kernels")
+
 # Variables that would point the docker SDK or the CLI somewhere else than DOCKER_HOST.
 DOCKER_ENV_NOISE = ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT",
                     "DOCKER_API_VERSION")

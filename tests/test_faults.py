@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
 import shutil
@@ -28,9 +27,12 @@ from support.faulttools import (
     kill9,
     locks_free,
     one_line,
+    save_archive,
     sha,
     spawn,
     stopped,
+    tar_bytes,
+    tar_member,
     temps,
     wait_for,
 )
@@ -463,7 +465,7 @@ def test_eight_processes_share_one_store(images, reference, tmp_path):
 
 # ------------------------------------------------------------------------------ a live mount
 @pytest.mark.skipif(not HAVE_FUSE, reason="needs /dev/fuse, fusermount3 and root")
-def test_a_mount_survives_prune_and_reports_a_cut_tar(images, tmp_path):
+def test_a_mount_survives_prune_and_reports_a_cuttar_bytes(images, tmp_path):
     from fusebundle.cli.mount import find_mount
 
     cache, mnt, log = tmp_path / "cache", tmp_path / "mnt", tmp_path / "mount.log"
@@ -505,54 +507,21 @@ def test_a_mount_survives_prune_and_reports_a_cut_tar(images, tmp_path):
 
 
 # ------------------------------------------------------------------------------ hostile layers
-def _member(name: str, data: bytes = b"", **kw: object) -> tuple[tarfile.TarInfo, bytes]:
-    ti = tarfile.TarInfo(name)
-    ti.size = len(data)
-    for k, v in kw.items():
-        setattr(ti, k, v)
-    return ti, data
-
-
-def _tar(members: list[tuple[tarfile.TarInfo, bytes]], fmt: int = tarfile.PAX_FORMAT) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=fmt) as t:
-        for ti, data in members:
-            t.addfile(ti, io.BytesIO(data))
-    return out.getvalue()
-
-
 def _hostile() -> dict[str, bytes]:
-    ok = _tar([_member("etc/ok", b"fine\n")])
-    cut = _tar([_member("a.txt", b"x" * 700), _member("b.txt", b"y" * 10)])
+    ok = tar_bytes([tar_member("etc/ok", b"fine\n")])
+    cut = tar_bytes([tar_member("a.txt", b"x" * 700), tar_member("b.txt", b"y" * 10)])
     # 700 bytes of data end 188 bytes into their second block: cut inside the padding.
     cut = cut[: 512 + 700 + 100]
-    pax = bytearray(_tar([_member("p.txt", b"z", pax_headers={"comment": "c"})]))
+    pax = bytearray(tar_bytes([tar_member("p.txt", b"z", pax_headers={"comment": "c"})]))
     at = pax.index(b" comment=c\n") - 2
     pax[at : at + 2] = b"99"  # a record length that runs past the header's end
     return {
-        "escaping hard link": _tar([_member("x", type=tarfile.LNKTYPE,
+        "escaping hard link": tar_bytes([tar_member("x", type=tarfile.LNKTYPE,
                                             linkname="../../../etc/shadow")]),
         "cut inside padding": cut,
         "hostile PAX header": bytes(pax),
         "ok": ok,
     }
-
-
-def _docker_archive(path: Path, layers: list[bytes], tag: str) -> None:
-    """A docker save archive as the engine writes one: manifest.json, config, layer.tar."""
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
-                         "rootfs": {"type": "layers",
-                                    "diff_ids": [sha(x) for x in layers]}}).encode()
-    cname = sha(config)[7:] + ".json"
-    members = [_member(cname, config)]
-    names = []
-    for i, data in enumerate(layers):
-        names.append(f"l{i}/layer.tar")
-        members += [_member(f"l{i}/", type=tarfile.DIRTYPE, mode=0o755),
-                    _member(names[-1], data)]
-    manifest = json.dumps([{"Config": cname, "RepoTags": [tag], "Layers": names}]).encode()
-    members.append(_member("manifest.json", manifest))
-    path.write_bytes(_tar(members, tarfile.USTAR_FORMAT))
 
 
 WHY = {"escaping hard link": "hostile hard link target b'../../../etc/shadow'",
@@ -564,7 +533,7 @@ WHY = {"escaping hard link": "hostile hard link target b'../../../etc/shadow'",
 def test_a_hostile_layer_through_the_cli(tmp_path, bad, alone):
     layers = _hostile()
     archive = tmp_path / "img.tar"
-    _docker_archive(archive, [layers[bad]] if alone else [layers["ok"], layers[bad]],
+    save_archive(archive, [layers[bad]] if alone else [layers["ok"], layers[bad]],
                     "fbtest/bad:1")
     cfg = tmp_path / "bad.yml"
     cfg.write_text("onboot:\n  - name: bad\n    image: fbtest/bad:1\n")

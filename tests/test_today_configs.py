@@ -16,15 +16,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-import test_mount
 from support.imagetools import RootfsBuilder, busybox_bytes, import_image
-from test_kernel_mount import KERNEL, UCODE
-from test_kernel_mount import kernel_image as kernel_image  # noqa: PLC0414 (a fixture)
-from test_mount import _pack, assert_same_tree
-from test_schema_today import GETTY_BINDS, GETTY_DEVICES, GETTY_LABEL, SSHD_LABEL
-
-images = test_mount.images  # fixtures shared with the mount tests
-mounts = test_mount.mounts
+from support.kernels import KERNEL, UCODE
+from support.labels import GETTY_BINDS, GETTY_DEVICES, GETTY_LABEL, SSHD_LABEL
+from support.mounts import RUNC, _pack, _runc, assert_same_tree
 
 
 def _rootfs(marker: str) -> RootfsBuilder:
@@ -273,14 +268,14 @@ onboot:
 """
 
 
-@pytest.mark.skipif(not os.access(test_mount.RUNC, os.X_OK), reason="no runc")
+@pytest.mark.skipif(not os.access(RUNC, os.X_OK), reason="no runc")
 def test_runc_makes_the_device_a_bundle_asks_for(mounts, images, tmp_path):
     config = tmp_path / "dev.yml"
     config.write_text(RUNC_YML)
     mnt = mounts.mount(config)
     state = tmp_path / "runc"
     state.mkdir()
-    r = test_mount._runc(mnt / "containers/onboot/000-dev", state,
+    r = _runc(mnt / "containers/onboot/000-dev", state,
                          f"fbtest-{uuid.uuid4().hex[:8]}")
     if r.returncode != 0 and "cgroup" in r.stderr:
         pytest.skip(f"runc cannot manage cgroups here: {r.stderr.strip()[-200:]}")

@@ -5,10 +5,13 @@ or an output directory holds afterwards."""
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -204,3 +207,36 @@ class StallingRegistry:
     def stop(self) -> None:
         self.release.set()
         self.reg.stop()
+
+
+def tar_member(name: str, data: bytes = b"", **kw: object) -> tuple[tarfile.TarInfo, bytes]:
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    for k, v in kw.items():
+        setattr(ti, k, v)
+    return ti, data
+
+
+def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes]], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as t:
+        for ti, data in members:
+            t.addfile(ti, io.BytesIO(data))
+    return out.getvalue()
+
+
+def save_archive(path: Path, layers: list[bytes], tag: str) -> None:
+    """A docker save archive as the engine writes one: manifest.json, config, layer.tar."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+                         "rootfs": {"type": "layers",
+                                    "diff_ids": [sha(x) for x in layers]}}).encode()
+    cname = sha(config)[7:] + ".json"
+    members = [tar_member(cname, config)]
+    names = []
+    for i, data in enumerate(layers):
+        names.append(f"l{i}/layer.tar")
+        members += [tar_member(f"l{i}/", type=tarfile.DIRTYPE, mode=0o755),
+                    tar_member(names[-1], data)]
+    manifest = json.dumps([{"Config": cname, "RepoTags": [tag], "Layers": names}]).encode()
+    members.append(tar_member("manifest.json", manifest))
+    path.write_bytes(tar_bytes(members, tarfile.USTAR_FORMAT))

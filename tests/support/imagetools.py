@@ -321,3 +321,25 @@ def demo_layers(busybox_path: str = BUSYBOX) -> list[bytes]:
 
 DEMO_CONFIG = {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin", "GREETING=hello"],
                "WorkingDir": "/home/demo"}
+
+
+def docker_archive(dest: Path, layer_paths: list[Path], tag: str) -> Path:
+    """A docker-save (20.10) archive written by hand around the given layer tars."""
+    import hashlib
+    import io
+    import json
+    diff_ids = ["sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in layer_paths]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    cfg_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": cfg_name, "RepoTags": [tag],
+                            "Layers": [f"l{n}/layer.tar" for n in range(len(layer_paths))]}])
+    out = dest / "hand-save.tar"
+    with tarfile.open(out, "w") as t:
+        for n, p in enumerate(layer_paths):
+            t.add(p, f"l{n}/layer.tar")
+        for name, blob in ((cfg_name, config), ("manifest.json", manifest.encode())):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(blob)
+            t.addfile(ti, io.BytesIO(blob))
+    return out

@@ -22,7 +22,7 @@ from typing import Any
 import pyfuse3
 import pytest
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/
 FS = HERE / "support" / "patchfs.py"
 PATCHES = sorted((HERE.parent / "patches" / "pyfuse3").glob("*.patch"))
 A = b"alpha " * 1000

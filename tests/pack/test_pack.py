@@ -326,7 +326,7 @@ def test_output_to_stdout(fb, images, tmp_path, dockerd, cache_dir) -> None:
     _pack(fb, cfg, out)
     piped = tmp_path / "piped.tar"
     env = dict(os.environ, DOCKER_HOST=dockerd.host, FUSEBUNDLE_CACHE_DIR=str(cache_dir),
-               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     with open(piped, "wb") as f:
         r = subprocess.run([sys.executable, "-m", "fusebundle", "pack", str(cfg), "-o", "-"],
                            stdout=f, stderr=subprocess.PIPE, env=env, timeout=120, check=False)
@@ -446,7 +446,7 @@ def test_two_processes_share_one_cache(dockerd, tmp_path, cache_dir, fb) -> None
     big_id = import_image(dockerd.client, tmp_path / "big.tar", "fbtest/big:1", ['CMD ["/x"]'])
     cfg = _yaml(tmp_path, "onboot:\n  - name: a\n    image: fbtest/big:1\n")
     env = dict(os.environ, DOCKER_HOST=dockerd.host, FUSEBUNDLE_CACHE_DIR=str(cache_dir),
-               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     time.sleep(1.1)
     t0 = time.time()
     procs = [subprocess.Popen([sys.executable, "-m", "fusebundle", "pack", str(cfg), "-o",
@@ -474,7 +474,7 @@ def test_interrupted_export_leaves_nothing(dockerd, tmp_path, cache_dir, sig) ->
     (tmp_path / "big.tar").unlink()
     cfg = _yaml(tmp_path, "onboot:\n  - name: a\n    image: fbtest/bigger:1\n")
     env = dict(os.environ, DOCKER_HOST=dockerd.host, FUSEBUNDLE_CACHE_DIR=str(cache_dir),
-               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     before = {c["Id"] for c in list_containers(dockerd.client)}
     out = tmp_path / "out.tar"
     p = subprocess.Popen([sys.executable, "-m", "fusebundle", "pack", str(cfg), "-o", str(out)],

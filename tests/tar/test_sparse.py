@@ -16,46 +16,19 @@ from pathlib import Path
 
 import pytest
 from support.faulttools import cli
-from test_layers import docker_archive
-from test_mount import HAVE_FUSE, Mounts
+from support.imagetools import docker_archive
+from support.mounts import HAVE_FUSE, Mounts
+from support.sparse import MIB, sparse_file, sparse_layer
 
 from fusebundle.images.flatten import MergedIndex, merge
 from fusebundle.tar.index import TarIndex
 
-MIB = 1 << 20
 FORMATS = [("gnu", None), ("pax", "0.0"), ("pax", "0.1"), ("pax", "1.0")]
-
-
-def _sparse_file(path: Path) -> bytes:
-    """An 8 MiB file that is mostly holes, with data at its start, middle and end."""
-    with open(path, "wb") as f:
-        for offset, data in ((0, b"head" * 1000), (3 * MIB + 7, b"middle" * 3000),
-                             (8 * MIB - 5000, b"tail!" * 1000)):
-            f.seek(offset)
-            f.write(data)
-    return path.read_bytes()
-
-
-def _layer(tmp: Path, fmt: str, version: str | None) -> tuple[Path, bytes]:
-    if shutil.which("tar") is None:
-        pytest.skip("GNU tar is not installed")
-    root = tmp / f"root-{fmt}-{version}"
-    (root / "data").mkdir(parents=True)
-    want = _sparse_file(root / "data" / "sparse.bin")
-    (root / "data" / "plain.txt").write_text("plain\n")
-    out = tmp / f"layer-{fmt}-{version}.tar"
-    cmd = ["tar", "--sparse", f"--format={fmt}", "--owner=0", "--group=0", "--numeric-owner",
-           "--mtime=@1600000000", "-C", str(root), "-cf", str(out), "data"]
-    if version:
-        cmd.insert(2, f"--sparse-version={version}")
-    subprocess.run(cmd, check=True)
-    assert out.stat().st_size < 2 * MIB  # really stored sparse, not as 8 MiB of zeros
-    return out, want
 
 
 @pytest.mark.parametrize(("fmt", "version"), FORMATS)
 def test_a_merged_index_keeps_sparse_maps_through_save_and_load(tmp_path, fmt, version):
-    layer, want = _layer(tmp_path, fmt, version)
+    layer, want = sparse_layer(tmp_path, fmt, version)
     idx = TarIndex.scan(str(layer), sparse=True)
     merged = merge([idx], ["sha256:" + "1" * 64], "img", str(tmp_path / "m.idx"))
     merged.save()
@@ -92,7 +65,7 @@ def _mounted(tmp_path: Path, cfg: Path, save: Path) -> Iterator[Path]:
 
 @pytest.mark.parametrize(("fmt", "version"), FORMATS)
 def test_pack_and_mount_serve_sparse_files_with_their_holes(tmp_path, fmt, version):
-    layer, want = _layer(tmp_path, fmt, version)
+    layer, want = sparse_layer(tmp_path, fmt, version)
     save = docker_archive(tmp_path, [layer], "fbtest/sparse:1")
     cfg = tmp_path / "sparse.yml"
     cfg.write_text("onboot:\n  - name: s\n    image: fbtest/sparse:1\n    readonly: true\n")
@@ -119,7 +92,7 @@ def test_a_sparse_kernel_binary_is_served_whole(tmp_path):
         pytest.skip("GNU tar is not installed")
     root = tmp_path / "root"
     root.mkdir()
-    want = _sparse_file(root / "kernel")
+    want = sparse_file(root / "kernel")
     layer = tmp_path / "layer.tar"
     subprocess.run(["tar", "--sparse", "--format=pax", "--owner=0", "--group=0",
                     "--numeric-owner", "--mtime=@1600000000", "-C", str(root), "-cf",

@@ -1,4 +1,4 @@
-"""Tests of fusebundle.oci: the goldens of the reference, then every field on its own."""
+"""Tests of fusebundle.config.runtime: the goldens of the reference, then every field alone."""
 
 from __future__ import annotations
 

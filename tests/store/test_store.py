@@ -27,7 +27,7 @@ from fusebundle.sources.base import LayerRef, ResolvedImage
 from fusebundle.store import BadLayer, Store, StoreError, locks
 from fusebundle.store.stream import WriteError, unpack
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZST = "application/vnd.oci.image.layer.v1.tar+zstd"
 TAR = "application/vnd.oci.image.layer.v1.tar"

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.faulttools import cli, one_line, temps
+from support.faulttools import cli, one_line, save_archive, temps
 from support.imagetools import T1, RootfsBuilder, busybox_bytes, write_oci_layout
-from test_faults import _docker_archive
 
 ROOT = os.geteuid() == 0
 HAVE_CPIO = shutil.which("cpio") is not None
@@ -132,7 +131,7 @@ def _world(root: Path, kernel: bytes, onboot_cmd: list[str]) -> World:
     for i, (ref, layer) in enumerate(layers.items()):
         write_oci_layout(layout, ref, [layer], CONFIG)
         archives.append(root / f"image{i}.tar")
-        _docker_archive(archives[-1], [layer], ref)
+        save_archive(archives[-1], [layer], ref)
     cmd = ", ".join(f'"{a}"' for a in onboot_cmd)
     config = root / "boot.yml"
     config.write_text(f"""kernel:

@@ -1,4 +1,4 @@
-"""Tests of fusebundle.metadata: `metadata: yaml` files, byte for byte as the reference writes them.
+"""Tests of fusebundle.config.metadata: `metadata: yaml` files, byte for byte as the reference.
 
 The expected texts are derived by hand from the Go rules: json.MarshalIndent(m, "", "    ") of
 moby's Moby struct (config.go at linuxkit cfa5d273b7) after yaml.v2 decoded the config files.

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.labels import GETTY_BINDS, GETTY_DEVICES, GETTY_LABEL, SSHD_LABEL
 
 from fusebundle.config.load import load_config
 from fusebundle.config.metadata import moby_dict
@@ -31,24 +32,6 @@ from fusebundle.errors import ConfigError
 WHERE = "t.yml: services[0] (t)"
 IMAGE = {"Entrypoint": None, "Cmd": ["/bin/sh"], "Env": None, "WorkingDir": "",
          "Labels": None}
-
-# pkg/getty/build.yml's label (`linuxkit pkg build` writes it as JSON; mode stays a string)
-GETTY_BINDS = ["/etc/resolv.conf:/etc/resolv.conf", "/run:/run", "/tmp:/tmp",
-               "/etc:/hostroot/etc", "/usr/bin/ctr:/usr/bin/ctr",
-               "/usr/bin/runc:/usr/bin/runc", "/containers:/containers", "/var/log:/var/log",
-               "/var/lib/containerd:/var/lib/containerd", "/dev:/dev", "/sys:/sys"]
-GETTY_DEVICES = [("/dev/console", 5, 1), ("/dev/tty0", 4, 0), ("/dev/ttyS0", 4, 64),
-                 ("/dev/ttyAMA0", 204, 64), ("/dev/hvc0", 229, 0)]
-GETTY_LABEL = json.dumps({
-    "pid": "host", "net": "host", "binds": GETTY_BINDS,
-    "devices": [{"path": p, "type": "c", "major": ma, "minor": mi, "mode": "0666"}
-                for p, ma, mi in GETTY_DEVICES],
-    "capabilities": ["all"],
-})
-# pkg/sshd/build.yml's label
-SSHD_LABEL = json.dumps({"pid": "host", "binds": GETTY_BINDS, "capabilities": ["all"],
-                         "devices": [{"path": "all", "type": "a"}]})
-
 
 def build(yaml: dict | None = None, label: str | None = None, volumes: dict | None = None,
           ) -> tuple[dict, dict]:

@@ -1,4 +1,4 @@
-"""Flattening layers into an export-like index (fusebundle.layers).
+"""Flattening layers into an export-like index (fusebundle.images.flatten).
 
 Unit tests write layer tars with tarfile (imagetools.RootfsBuilder) and state by hand what the
 merged tree must be; the docker tests compare against `docker export` of a container made from
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.imagetools import T0, T1, RootfsBuilder
+from support.imagetools import T0, T1, RootfsBuilder, docker_archive
+from support.trees import INIT_NAMES, data, tree_of_dir, tree_of_merged
 
 from fusebundle.bundle import view
 from fusebundle.errors import CorruptTar, UserError
@@ -23,8 +24,6 @@ from fusebundle.images.flatten import MergedIndex, merge
 from fusebundle.tar.index import TarIndex
 
 PINNED = 1492533000 * 10**9
-INIT_NAMES = {b".dockerenv", b"dev", b"dev/console", b"dev/pts", b"dev/shm", b"etc",
-              b"etc/hostname", b"etc/hosts", b"etc/mtab", b"etc/resolv.conf", b"proc", b"sys"}
 CAP_V2 = bytes.fromhex("01000002") + bytes.fromhex("00200000") + bytes(12)  # cap_net_bind_service
 CAP_V3 = bytes.fromhex("01000003") + bytes.fromhex("00200000") + bytes(12) + (1000).to_bytes(4,
                                                                                         "little")
@@ -43,12 +42,6 @@ def flatten(tmp: Path, *builders: RootfsBuilder, **kw: Any) -> MergedIndex:
     idx = layer_files(tmp, *builders)
     return merge(idx, [f"sha256:{n:064x}" for n in range(len(idx))], "fbtest/img:1",
                  str(tmp / "merged.idx"), **kw)
-
-
-def data(idx: TarIndex, i: int) -> bytes:
-    e = idx.entry(i)
-    with open(idx.data_path(i), "rb") as f:
-        return os.pread(f.fileno(), e.size, e.offset)
 
 
 def rows(idx: TarIndex, init: bool = False) -> list[tuple]:
@@ -713,73 +706,6 @@ def test_merged_index_saved_and_loaded_equals_export(built: dict[str, Any]) -> N
 
 
 # ------------------------------------------------------------------------------ against umoci
-def _tree_of_merged(m: TarIndex) -> tuple[dict[bytes, tuple], set[frozenset[bytes]]]:
-    import hashlib
-    tree: dict[bytes, tuple] = {}
-    groups: dict[bytes, set[bytes]] = {}
-    for i, e in enumerate(m):
-        if e.name in INIT_NAMES:
-            continue
-        if e.type == "h":
-            groups.setdefault(e.linkname, {e.linkname}).add(e.name)
-            target = tree[e.linkname]
-            tree[e.name] = target
-            continue
-        digest = hashlib.sha256(data(m, i)).hexdigest() if e.type == "f" else None
-        tree[e.name] = (e.type, e.mode, e.uid, e.gid, e.size if e.type == "f" else 0, digest,
-                        e.linkname if e.type == "l" else b"")
-    return tree, {frozenset(g) for g in groups.values()}
-
-
-def _tree_of_dir(root: Path) -> tuple[dict[bytes, tuple], set[frozenset[bytes]]]:
-    import hashlib
-    import stat as st
-    tree: dict[bytes, tuple] = {}
-    inodes: dict[int, set[bytes]] = {}
-    top = os.fsencode(root)
-    for dirpath, dirnames, filenames in os.walk(top):
-        for base in dirnames + filenames:
-            path = os.path.join(dirpath, base)
-            name = path[len(top) + 1:]
-            if name in INIT_NAMES:
-                continue
-            s = os.lstat(path)
-            kind = {st.S_IFREG: "f", st.S_IFDIR: "d", st.S_IFLNK: "l", st.S_IFCHR: "c",
-                    st.S_IFBLK: "b", st.S_IFIFO: "p"}[st.S_IFMT(s.st_mode)]
-            digest = None
-            if kind == "f":
-                with open(path, "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()
-                if s.st_nlink > 1:
-                    inodes.setdefault(s.st_ino, set()).add(name)
-            tree[name] = (kind, st.S_IMODE(s.st_mode), s.st_uid, s.st_gid,
-                          s.st_size if kind == "f" else 0, digest,
-                          os.readlink(path) if kind == "l" else b"")
-    return tree, {frozenset(g) for g in inodes.values() if len(g) > 1}
-
-
-def docker_archive(dest: Path, layer_paths: list[Path], tag: str) -> Path:
-    """A docker-save (20.10) archive written by hand around the given layer tars."""
-    import hashlib
-    import io
-    import json
-    diff_ids = ["sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in layer_paths]
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
-    cfg_name = hashlib.sha256(config).hexdigest() + ".json"
-    manifest = json.dumps([{"Config": cfg_name, "RepoTags": [tag],
-                            "Layers": [f"l{n}/layer.tar" for n in range(len(layer_paths))]}])
-    out = dest / "hand-save.tar"
-    with tarfile.open(out, "w") as t:
-        for n, p in enumerate(layer_paths):
-            t.add(p, f"l{n}/layer.tar")
-        for name, blob in ((cfg_name, config), ("manifest.json", manifest.encode())):
-            ti = tarfile.TarInfo(name)
-            ti.size = len(blob)
-            t.addfile(ti, io.BytesIO(blob))
-    return out
-
-
 def umoci_rootfs(save: Path, dest: Path) -> Path:
     import shutil
     import subprocess
@@ -815,7 +741,7 @@ def test_merge_equals_umoci_where_the_engine_is_the_odd_one_out(tmp_path: Path) 
     merged = merge([TarIndex.scan(str(p)) for p in paths], ["sha256:" + "0" * 64] * 2,
                    "odd", str(tmp_path / "m.idx"))
     rootfs = umoci_rootfs(docker_archive(tmp_path, paths, "fbtest/odd:1"), tmp_path)
-    got, want = _tree_of_merged(merged), _tree_of_dir(rootfs)
+    got, want = tree_of_merged(merged), tree_of_dir(rootfs)
     assert got == want
     assert b"q/d/old" not in got[0] and got[0][b"t/new"][5] is not None
     assert frozenset({b"hl/two", b"hl/three"}) in got[1]
@@ -828,7 +754,7 @@ def test_merge_of_docker_built_image_equals_umoci(built: dict[str, Any]) -> None
                    "fbtest/layers:1", str(tmp / "m2.idx"))
     dest = tmp / "umoci"
     dest.mkdir()
-    got, want = _tree_of_merged(merged), _tree_of_dir(umoci_rootfs(built["save"], dest))
+    got, want = tree_of_merged(merged), tree_of_dir(umoci_rootfs(built["save"], dest))
     # umoci does not re-apply a link header's metadata (notes 3.7); none differ here
     assert got == want
     assert len(got[0]) > 40 and frozenset({b"hl/b", b"hl/z"}) in got[1]

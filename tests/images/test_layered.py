@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import DOCKER_ENV_NOISE, REPO, LocalRegistry, PrivateDockerd
 from support.imagetools import import_image
-from test_mount import (
+from support.mounts import (
     CONFORMANCE,
     HAVE_FUSE,
     SCENARIOS,
@@ -34,6 +34,7 @@ from test_mount import (
     _special_rootfs,
     assert_same_tree,
 )
+from support.trees import tree_of_dir, tree_of_merged
 
 DOCKER = "/usr/bin/docker"
 SKOPEO = shutil.which("skopeo")
@@ -576,7 +577,6 @@ def test_zz_a_second_pack_with_the_registry_stopped_comes_from_the_store(world, 
 @pytest.mark.parametrize("ref", IMAGES)
 def test_every_image_flattens_as_umoci_unpacks_it(world, ref, tmp_path):
     """A second opinion on the layer rules: umoci, an independent implementation."""
-    from test_layers import _tree_of_dir, _tree_of_merged
 
     from fusebundle.images.flatten import merge
     from fusebundle.sources.base import Platform
@@ -599,6 +599,6 @@ def test_every_image_flattens_as_umoci_unpacks_it(world, ref, tmp_path):
                  f"oci:{layout}:t"], ["umoci", "unpack", "--image", f"{layout}:t", str(bundle)]):
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
-    got, want = _tree_of_merged(merged), _tree_of_dir(bundle / "rootfs")
+    got, want = tree_of_merged(merged), tree_of_dir(bundle / "rootfs")
     assert got[0] == want[0], sorted(set(got[0].items()) ^ set(want[0].items()))[:10]
     assert got[1] == want[1]

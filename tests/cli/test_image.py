@@ -26,8 +26,9 @@ from typing import Any
 import pytest
 from conftest import LocalRegistry
 from support.faulttools import cli, env_for
-from support.imagetools import T1, RootfsBuilder, write_oci_layout
-from test_layers import docker_archive
+from support.imagetools import T1, RootfsBuilder, docker_archive, write_oci_layout
+from support.mounts import HAVE_FUSE
+from support.sparse import sparse_layer
 
 from fusebundle.errors import ConfigError
 from fusebundle.images import refspec
@@ -544,7 +545,6 @@ def _members(tar: Path, docker: bool = False) -> dict[str, tuple]:
 # ------------------------------------------------------------------------------ image mount
 @pytest.fixture
 def mnt(tmp_path: Path) -> Any:
-    from test_mount import HAVE_FUSE
     if not HAVE_FUSE:
         pytest.skip("needs /dev/fuse, fusermount3 and root")
     made: list[Path] = []
@@ -642,8 +642,7 @@ def test_config_json_is_one_document(image: dict[str, Any], tmp_path: Path) -> N
 @pytest.mark.parametrize(("fmt", "version"), [("pax", "0.1"), ("pax", "1.0")])
 def test_export_and_mount_of_sparse_files_equal_umoci(tmp_path: Path, mnt: Any, fmt: str,
                                                       version: str | None) -> None:
-    from test_sparse import _layer
-    layer, want_bytes = _layer(tmp_path, fmt, version)
+    layer, want_bytes = sparse_layer(tmp_path, fmt, version)
     top = RootfsBuilder().dir("data").file("data/top", "on top\n")
     write_oci_layout(tmp_path / "lay", "fbtest/sparse:1", [layer.read_bytes(), top.tobytes()],
                      {})

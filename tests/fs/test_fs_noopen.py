@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from support.imagetools import RootfsBuilder, write_oci_layout
-from test_mount import _resident_pages
+from support.mounts import _resident_pages
 
 from fusebundle.fs import ops as fs
 

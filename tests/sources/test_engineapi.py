@@ -12,7 +12,7 @@ from support.imagetools import RootfsBuilder, import_image
 
 from fusebundle.sources import engineapi
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

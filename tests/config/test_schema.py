@@ -1,4 +1,4 @@
-"""Tests of fusebundle.schema: one image entry and the org.mobyproject.config label."""
+"""Tests of fusebundle.config.schema: one image entry and the org.mobyproject.config label."""
 
 from __future__ import annotations
 

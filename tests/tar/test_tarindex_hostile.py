@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import tarcorpus
-from test_tarindex import (
+from support.tarbytes import (
     END,
     b256,
     check_against_tarfile,
