@@ -4,27 +4,21 @@ kernel's directory cache and the --listing modes, on real mounts of an OCI layou
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.imagetools import RootfsBuilder, write_oci_layout
-from support.mounts import _resident_pages
+from support.mounts import NO_OPEN_MOUNT, _resident_pages, mounted
 
 from fusebundle.fs import ops as fs
 
-pytestmark = [
-    pytest.mark.skipif(not (os.path.exists("/dev/fuse") and shutil.which("fusermount3")
-                            and os.geteuid() == 0), reason="needs /dev/fuse, fusermount3, root"),
-    pytest.mark.skipif(not fs.NO_OPEN, reason="needs the patched pyfuse3 (scripts/setup)"),
-]
+pytestmark = NO_OPEN_MOUNT
 
 REF = "fbtest/noopen:1"
 SMALL = {f"f{i:02d}.txt": f"small file {i}\n".encode() * (i + 1) for i in range(12)}
@@ -48,26 +42,6 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_oci_layout(d / "oci", REF, [_rootfs().tobytes()], {"Cmd": ["/bin/sh"]})
     (d / "cfg.yml").write_text(f"onboot:\n  - name: app\n    image: {REF}\n")
     return d
-
-
-@contextlib.contextmanager
-def mounted(layout: Path, tmp_path: Path, *args: str) -> Iterator[Path]:
-    """A fresh fusebundle mount of the layout; yields the rootfs of its one container."""
-    mnt = tmp_path / f"mnt{len(list(tmp_path.glob('mnt*')))}"
-    mnt.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
-    env["FUSEBUNDLE_CACHE_DIR"] = str(tmp_path / "cache")
-    cmd = [sys.executable, "-m", "fusebundle", "mount", "--from", f"oci:{layout / 'oci'}",
-           *args, str(layout / "cfg.yml"), str(mnt)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 0, r.stderr
-    try:
-        yield mnt / "containers/onboot/000-app/lower"
-    finally:
-        subprocess.run([sys.executable, "-m", "fusebundle", "umount", str(mnt)],
-                       capture_output=True, env=env, timeout=60)
-        if os.path.ismount(mnt):
-            subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
 
 
 def _server_pid(mnt_root: Path) -> int:

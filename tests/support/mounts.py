@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fusebundle.cli.mount import _server_pid, find_mount
+from fusebundle.fs import ops as fs_ops
 
 from .imagetools import T1, RootfsBuilder, busybox_bytes, import_image
 
@@ -312,3 +313,31 @@ def _runc(bundle: Path, state: Path, name: str) -> subprocess.CompletedProcess:
     finally:
         subprocess.run([RUNC, "--root", str(state), "delete", "-f", name],
                        capture_output=True, check=False)
+
+
+# The preconditions of a mount of an OCI layout with the patched pyfuse3 (no engine).
+NO_OPEN_MOUNT = [
+    pytest.mark.skipif(not (os.path.exists("/dev/fuse") and shutil.which("fusermount3")
+                            and os.geteuid() == 0), reason="needs /dev/fuse, fusermount3, root"),
+    pytest.mark.skipif(not fs_ops.NO_OPEN, reason="needs the patched pyfuse3 (scripts/setup)"),
+]
+
+
+@contextlib.contextmanager
+def mounted(layout: Path, tmp_path: Path, *args: str) -> Iterator[Path]:
+    """A fresh fusebundle mount of the layout; yields the rootfs of its one container."""
+    mnt = tmp_path / f"mnt{len(list(tmp_path.glob('mnt*')))}"
+    mnt.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    env["FUSEBUNDLE_CACHE_DIR"] = str(tmp_path / "cache")
+    cmd = [sys.executable, "-m", "fusebundle", "mount", "--from", f"oci:{layout / 'oci'}",
+           *args, str(layout / "cfg.yml"), str(mnt)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    try:
+        yield mnt / "containers/onboot/000-app/lower"
+    finally:
+        subprocess.run([sys.executable, "-m", "fusebundle", "umount", str(mnt)],
+                       capture_output=True, env=env, timeout=60)
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)

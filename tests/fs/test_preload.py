@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.imagetools import RootfsBuilder, write_oci_layout
-from test_fs_noopen import mounted, pytestmark  # noqa: F401 - the same mount preconditions
-from test_mount import _resident_pages
+from support.mounts import NO_OPEN_MOUNT, _resident_pages, mounted
 
 from fusebundle.fs import preload
 from fusebundle.fs.preload import GAP, HEADER, dense_spans
@@ -18,6 +17,8 @@ from fusebundle.fs.preload import GAP, HEADER, dense_spans
 REF = "fbtest/noopen:1"  # the name test_fs_noopen's mounts give their config
 SMALL = {f"s{i:02d}": f"small {i}\n".encode() * (i + 3) for i in range(8)}
 LARGE = os.urandom(preload.PRELOAD + 4096)  # too large to preload, and wider than GAP
+
+pytestmark = NO_OPEN_MOUNT  # the same mount preconditions as test_fs_noopen
 
 
 def test_side_by_side_small_files_make_one_span() -> None:

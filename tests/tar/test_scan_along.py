@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import tarcorpus
-from test_tarindex import END, member, pax
+from support.tarbytes import END, member, pax
 
 from fusebundle.errors import CorruptTar
 from fusebundle.sources.base import LayerRef
