@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from support.imagetools import RootfsBuilder, write_oci_layout
-from support.mounts import NO_OPEN_MOUNT, _resident_pages, mounted
+from support.imagetools import RootfsBuilder
+from support.mounts import NO_OPEN_MOUNT, _resident_pages, app_layout, mounted
 
 from fusebundle.fs import ops as fs
 
 pytestmark = NO_OPEN_MOUNT
 
-REF = "fbtest/noopen:1"
 SMALL = {f"f{i:02d}.txt": f"small file {i}\n".encode() * (i + 1) for i in range(12)}
 BIG = os.urandom(300_000)
 
@@ -38,10 +37,7 @@ def _rootfs() -> RootfsBuilder:
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("layout")
-    write_oci_layout(d / "oci", REF, [_rootfs().tobytes()], {"Cmd": ["/bin/sh"]})
-    (d / "cfg.yml").write_text(f"onboot:\n  - name: app\n    image: {REF}\n")
-    return d
+    return app_layout(tmp_path_factory.mktemp("layout"), _rootfs())
 
 
 def _server_pid(mnt_root: Path) -> int:
@@ -169,8 +165,7 @@ def test_adaptive_listing_goes_plus_once_callers_stat_files(tmp_path: Path) -> N
         b.file(f"a/x{i:03d}", b"x")
     for i in range(5):
         b.file(f"b/y{i}", b"y")
-    write_oci_layout(tmp_path / "oci", REF, [b.tobytes()], {"Cmd": ["/bin/sh"]})
-    (tmp_path / "cfg.yml").write_text(f"onboot:\n  - name: app\n    image: {REF}\n")
+    app_layout(tmp_path, b)
 
     def listed_then_stat(root: Path, d: str, names: list[str]) -> int:
         os.listdir(root / d)

@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from support.imagetools import RootfsBuilder, write_oci_layout
-from support.mounts import NO_OPEN_MOUNT, _resident_pages, mounted
+from support.imagetools import RootfsBuilder
+from support.mounts import NO_OPEN_MOUNT, _resident_pages, app_layout, mounted
 
 from fusebundle.fs import preload
 from fusebundle.fs.preload import GAP, HEADER, dense_spans
 
-REF = "fbtest/noopen:1"  # the name test_fs_noopen's mounts give their config
 SMALL = {f"s{i:02d}": f"small {i}\n".encode() * (i + 3) for i in range(8)}
 LARGE = os.urandom(preload.PRELOAD + 4096)  # too large to preload, and wider than GAP
 
@@ -71,10 +70,7 @@ def _rootfs() -> RootfsBuilder:
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("layout")
-    write_oci_layout(d / "oci", REF, [_rootfs().tobytes()], {"Cmd": ["/bin/sh"]})
-    (d / "cfg.yml").write_text(f"onboot:\n  - name: app\n    image: {REF}\n")
-    return d
+    return app_layout(tmp_path_factory.mktemp("layout"), _rootfs())
 
 
 def test_small_files_between_large_ones_are_not_sent_ahead(layout: Path, tmp_path: Path) -> None:

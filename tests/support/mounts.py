@@ -20,7 +20,7 @@ import pytest
 from fusebundle.cli.mount import _server_pid, find_mount
 from fusebundle.fs import ops as fs_ops
 
-from .imagetools import T1, RootfsBuilder, busybox_bytes, import_image
+from .imagetools import T1, RootfsBuilder, busybox_bytes, import_image, write_oci_layout
 
 REPO = Path(__file__).resolve().parents[2]
 CONFORMANCE = Path("/work/shared/conformance")
@@ -341,3 +341,13 @@ def mounted(layout: Path, tmp_path: Path, *args: str) -> Iterator[Path]:
                        capture_output=True, env=env, timeout=60)
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+
+
+NO_OPEN_REF = "fbtest/noopen:1"
+
+
+def app_layout(d: Path, rootfs: RootfsBuilder) -> Path:
+    """An OCI layout of one image and a config running it as `app` (what `mounted` mounts)."""
+    write_oci_layout(d / "oci", NO_OPEN_REF, [rootfs.tobytes()], {"Cmd": ["/bin/sh"]})
+    (d / "cfg.yml").write_text(f"onboot:\n  - name: app\n    image: {NO_OPEN_REF}\n")
+    return d
