@@ -329,7 +329,7 @@ class TarIndex:
             devminor=self._devminors[i],
             offset=self._offsets[i],
             xattrs=self._member_xattrs(i),
-            src=self._sources[self._srcs[i]] if self._srcs is not None else self.tar_path,
+            src=self.data_path(i),
             sparse=self._sparse.get(i) if self._sparse else None,
         )
 
