@@ -12,10 +12,8 @@ import hashlib
 import io
 import json
 import os
-import signal
 import stat
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from pathlib import Path
 import pytest
 from support.fakeregistry import FakeRegistry, Image, make_image
 from support.faulttools import env_for, one_line
+from support.measured import Measured, run_measured
 
 from fusebundle.sources.base import LayerRef, Platform
 from fusebundle.sources.oci import OCILayout
@@ -99,44 +98,14 @@ def config(tmp: Path) -> Path:
     return p
 
 
-class Run:
-    """One CLI run: exit status, stderr, peak RSS in bytes."""
-
-    def __init__(self, code: int, stderr: str, rss: int) -> None:
-        self.code, self.stderr, self.rss = code, stderr, rss
-
-
-# Runs the CLI under an address-space limit and a time limit, and writes its peak RSS to a
-# file.  A fresh small process forks it, so the peak is the CLI's own (a child forked from
-# pytest would start with pytest's pages counted), and kills it when the time is up.
-_MEASURE = """
-import os, resource, signal, sys
-rss_file, memory, seconds, *args = sys.argv[1:]
-resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.executable, [sys.executable, "-m", "fusebundle", *args])
-signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
-signal.alarm(int(seconds))
-_, status, usage = os.wait4(pid, 0)
-with open(rss_file, "w") as f:
-    f.write(str(usage.ru_maxrss * 1024))
-sys.exit(os.waitstatus_to_exitcode(status) % 256)
-"""
-
-
-def run(tmp: Path, *args: str | os.PathLike, cache: Path, timeout: int = 120) -> Run:
+def run(tmp: Path, *args: str | os.PathLike, cache: Path, timeout: int = 120) -> Measured:
     """The CLI as a process limited to MEM_LIMIT of address space and `timeout` seconds, its
     peak RSS measured."""
-    rss = tmp / f"rss.{time.monotonic_ns()}"
-    r = subprocess.run([sys.executable, "-c", _MEASURE, rss, str(MEM_LIMIT), str(timeout),
-                        *map(os.fspath, args)], env=env_for(cache), stdin=subprocess.DEVNULL,
-                       capture_output=True, text=True, timeout=timeout + 30, check=False)
-    assert r.returncode != -signal.SIGKILL % 256, f"killed after {timeout} s: {r.stderr}"
-    return Run(r.returncode, r.stderr, int(rss.read_text()))
+    return run_measured([*map(os.fspath, args)], env_for(cache), memory=MEM_LIMIT,
+                        timeout=timeout, scratch=tmp)
 
 
-def pull(tmp: Path, source: str, cache: Path, *extra: str) -> Run:
+def pull(tmp: Path, source: str, cache: Path, *extra: str) -> Measured:
     return run(tmp, "pull", config(tmp), "--from", source, *extra, cache=cache)
 
 
@@ -146,12 +115,12 @@ def store_is_empty(cache: Path, tmp: Path) -> None:
             if p.is_file() and p.parent.name != "locks"]
     assert left == [], left
     ls = run(tmp, "cache", "ls", cache=cache)
-    assert ls.code == 0, ls.stderr
+    assert ls.returncode == 0, ls.stderr
 
 
-def fails(r: Run, *words: str) -> str:
+def fails(r: Measured, *words: str) -> str:
     line = one_line(r.stderr)
-    assert r.code == 1, r.stderr
+    assert r.returncode == 1, r.stderr
     for w in words:
         assert w in line, line
     return line
@@ -223,7 +192,7 @@ def test_large_compressible_zstd_layer_still_works(tmp_path: Path) -> None:
     one_layer(layout, blob, tar, ZST)
     cache = tmp_path / "cache"
     r = pull(tmp_path, f"oci:{layout}", cache)
-    assert r.code == 0, r.stderr
+    assert r.returncode == 0, r.stderr
     assert r.rss < RSS_BOUND, r.rss
     stored = cache / "layers" / "sha256" / (sha(tar)[7:] + ".tar")
     assert stored.stat().st_size == len(tar)
