@@ -36,6 +36,17 @@ def _on_sigterm(signum: int, frame: Any) -> NoReturn:
     raise _Terminated()
 
 
+def _forget_interrupt() -> None:
+    """Keep the exit status we return after a caught interrupt.
+
+    CPython marks an interrupt that ends a string `exec` (dataclasses and namedtuples build
+    their methods that way, so any import can be one) as unhandled even when it is caught,
+    and under `python -m` then dies by SIGINT instead of exiting with our status. The next
+    string evaluation clears that mark.
+    """
+    eval("None")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message}\n")
@@ -236,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fusebundle: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
+        _forget_interrupt()
         print("fusebundle: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
