@@ -23,8 +23,8 @@ FACES = {
     "fusebundle.sources": ["TRANSPORTS", "ImageInfo", "LayerRef", "LayerSource", "NotFound",
                            "Options", "Platform", "ResolvedImage", "Transport"],
     "fusebundle.config": ["Config", "Container", "FileSpec", "Volume", "load_config"],
-    "fusebundle.tar": ["Extent", "IndexEntry", "Source", "Stamp", "TarIndex", "body_size",
-                       "open_index", "read_sparse"],
+    "fusebundle.tar": ["Extent", "IndexEntry", "Source", "SourceFds", "Stamp", "TarIndex",
+                       "body_size", "open_index", "read_sparse"],
 }
 
 
