@@ -63,9 +63,11 @@ for _flag, _code in (
 del _flag, _code
 _TYPE_CODES_SPARSE = bytearray(_TYPE_CODES)
 _TYPE_CODES_SPARSE[ord("S")] = ord("f")
-_F, _H, _L, _D = b"fhld"
+# The index's types column: one byte per entry, its Entry.type letter (these four are the ones
+# the merge and the tree branch on; devices and FIFOs keep theirs, b"c", b"b", b"p").
+TYPE_F, TYPE_H, TYPE_L, TYPE_D = b"fhld"
 _TYPE_WORDS = {
-    _F: "regular file", _H: "hard link", _L: "symlink", _D: "directory",
+    TYPE_F: "regular file", TYPE_H: "hard link", TYPE_L: "symlink", TYPE_D: "directory",
     ord("c"): "character device", ord("b"): "block device", ord("p"): "FIFO",
 }  # fmt: skip
 _LINKS = frozenset(b"hl")

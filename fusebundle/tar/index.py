@@ -79,7 +79,7 @@ _DROP_MASK = DROP_EVERY_ENTRIES - 1
 _Meta = struct.Struct("<QqQQ")
 
 # Column attribute name -> array typecode, or "s" for a bytes blob; this order is the file order.
-_COLUMNS: tuple[tuple[str, str], ...] = (
+COLUMNS: tuple[tuple[str, str], ...] = (
     ("_types", "s"),
     ("_modes", "H"),
     ("_uids", "I"),
@@ -283,7 +283,7 @@ class TarIndex:
         self.tar_path = tar_path
         self._stat = stat_key
         self._types = b""
-        for attr, typecode in _COLUMNS:
+        for attr, typecode in COLUMNS:
             if typecode != "s":
                 setattr(self, attr, array.array(typecode))
         self._names = b""
@@ -504,7 +504,7 @@ class TarIndex:
         self._sparse = cols.sparse
         return self
 
-    def _sections(self, columns: Sequence[tuple[str, str]] = _COLUMNS
+    def _sections(self, columns: Sequence[tuple[str, str]] = COLUMNS
                   ) -> list[colfile.Section]:
         """The columns as the saved file lays them out, numbers in the narrowest type."""
         out: list[colfile.Section] = []
@@ -558,7 +558,7 @@ class TarIndex:
         if (size, mtime_ns, ino) != stat_key:
             return None  # the tar changed: a stale index, not a damaged one
         self = cls(tar_path, stat_key)
-        self._adopt(mapped, _COLUMNS, n)
+        self._adopt(mapped, COLUMNS, n)
         return self
 
     def _adopt(self, mapped: colfile.Mapped, columns: Sequence[tuple[str, str]],

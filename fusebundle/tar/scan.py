@@ -15,14 +15,11 @@ from itertools import accumulate
 
 from fusebundle.tar.header import (
     _AREGTYPE,
-    _D,
     _DEVICES,
     _EXT_TYPES,
-    _F,
     _GNU_LONGLINK,
     _GNU_LONGNAME,
     _GNU_SPARSE,
-    _H,
     _HEADER,
     _LINKS,
     _MAX_COMPONENT,
@@ -37,6 +34,9 @@ from fusebundle.tar.header import (
     _UNSUPPORTED,
     _USTAR_MAGIC,
     _ZERO_BLOCK,
+    TYPE_D,
+    TYPE_F,
+    TYPE_H,
     TarBytes,
     _apply_pax,
     _check_name,
@@ -160,7 +160,7 @@ def _walk(cols: _Columns, pend: _Pending, src: TarBytes,
     known = at_least(0)
     # With sparse, an old GNU sparse file is a regular one whose map is in its header.
     type_codes = _TYPE_CODES_SPARSE if sparse else _TYPE_CODES
-    zero_block, reg_code, odd_start = _ZERO_BLOCK, _F, _ODD_START
+    zero_block, reg_code, odd_start = _ZERO_BLOCK, TYPE_F, _ODD_START
     link_codes, device_codes = _LINKS, _DEVICES
     owners: dict[bytes, tuple[int, int, int]] = {}
     buf, buf_start, buf_len, read_size = b"", 0, 0, _READ_MIN // 2
@@ -247,7 +247,7 @@ def _walk(cols: _Columns, pend: _Pending, src: TarBytes,
 
             if code == reg_code:
                 if flag == _AREGTYPE and name[-1:] == b"/":
-                    code = _D  # pre-POSIX archives mark directories by a trailing '/'
+                    code = TYPE_D  # pre-POSIX archives mark directories by a trailing '/'
                     size = 0
                     next_pos = data_pos
                 else:
@@ -441,7 +441,7 @@ def _what(e: Exception) -> str:
 def _odd_name(name: bytes, code: int) -> bytes:
     """An odd-looking name normalised; empty only for the archive root itself."""
     name = _normalize(name)
-    if not name and code != _D:
+    if not name and code != TYPE_D:
         # Never dropped in silence: it would take its data and name with it.
         raise _Corrupt(f"{_TYPE_WORDS[code]} with an empty name")
     return name
@@ -453,7 +453,7 @@ def _link_target(code: int, blk: bytes, link: bytes | None, links: dict[int, byt
     checked, in `links` (unless it is empty)."""
     if link is None:
         link = blk[157:257].partition(b"\x00")[0]
-    if code == _H:
+    if code == TYPE_H:
         link = _normalize(link, "hard link target")
         if not link:
             raise _Corrupt("hard link with an empty target")
