@@ -37,7 +37,7 @@ from fusebundle.sources.regauth import (
     Denied,
     DockerConfig,
     RegistryError,
-    _hostname,
+    host_without_port,
     plain_http_allowed,
     scrub,
 )
@@ -170,7 +170,7 @@ class Registry:
     def verifies(self, host: str) -> bool:
         """Is HOST's certificate checked?  Always with a certs.d entry (as skopeo), unless
         --insecure-registry names it; without one, except where plain HTTP is allowed."""
-        named = host in self.insecure or _hostname(host) in self.insecure
+        named = host in self.insecure or host_without_port(host) in self.insecure
         if self.host_tls(host) is not None:
             return not named
         return not plain_http_allowed(host, self.insecure)

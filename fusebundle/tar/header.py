@@ -71,7 +71,7 @@ _TYPE_WORDS = {
     ord("c"): "character device", ord("b"): "block device", ord("p"): "FIFO",
 }  # fmt: skip
 _LINKS = frozenset(b"hl")
-_DEVICES = frozenset(b"cb")
+TYPE_DEVICES = frozenset(b"cb")  # the types column's device codes: character, block
 _AREGTYPE = 0
 _GNU_LONGNAME = ord("L")
 _GNU_LONGLINK = ord("K")

@@ -15,7 +15,6 @@ from itertools import accumulate
 
 from fusebundle.tar.header import (
     _AREGTYPE,
-    _DEVICES,
     _EXT_TYPES,
     _GNU_LONGLINK,
     _GNU_LONGNAME,
@@ -35,6 +34,7 @@ from fusebundle.tar.header import (
     _USTAR_MAGIC,
     _ZERO_BLOCK,
     TYPE_D,
+    TYPE_DEVICES,
     TYPE_F,
     TYPE_H,
     TarBytes,
@@ -161,7 +161,7 @@ def _walk(cols: _Columns, pend: _Pending, src: TarBytes,
     # With sparse, an old GNU sparse file is a regular one whose map is in its header.
     type_codes = _TYPE_CODES_SPARSE if sparse else _TYPE_CODES
     zero_block, reg_code, odd_start = _ZERO_BLOCK, TYPE_F, _ODD_START
-    link_codes, device_codes = _LINKS, _DEVICES
+    link_codes, device_codes = _LINKS, TYPE_DEVICES
     owners: dict[bytes, tuple[int, int, int]] = {}
     buf, buf_start, buf_len, read_size = b"", 0, 0, _READ_MIN // 2
     pos = count = hdr_pos = 0
