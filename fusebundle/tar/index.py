@@ -26,8 +26,8 @@ from typing import NamedTuple
 from fusebundle.errors import CorruptTar
 from fusebundle.tar import colfile
 from fusebundle.tar.extent import Extent, Source
-from fusebundle.tar.header import FileBytes, _Corrupt, read_sparse
-from fusebundle.tar.scan import _Columns, _scan
+from fusebundle.tar.header import Corrupt, FileBytes, read_sparse
+from fusebundle.tar.scan import ScanColumns, scan_tar
 
 __all__ = [
     "Columns", "IndexEntry", "Stamp", "TarIndex", "open_index", "read_sparse", "FORMAT_MAGIC",
@@ -463,14 +463,14 @@ class TarIndex:
         with open(tar_path, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             try:
-                cols = _scan(FileBytes(f.fileno(), st.st_size), progress, sparse)
-            except _Corrupt as exc:
+                cols = scan_tar(FileBytes(f.fileno(), st.st_size), progress, sparse)
+            except Corrupt as exc:
                 what, offset = exc.args
                 raise CorruptTar(f"{tar_path}: {what} at offset {offset}") from None
         return cls.from_columns(tar_path, Stamp.of(st), cols)
 
     @classmethod
-    def from_columns(cls, tar_path: str, stamp: Stamp, cols: _Columns) -> TarIndex:
+    def from_columns(cls, tar_path: str, stamp: Stamp, cols: ScanColumns) -> TarIndex:
         """The index a scan's columns make (they are taken over, not copied)."""
         self = cls(tar_path, stamp)
         n = len(cols.types)
