@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
 from fusebundle.config import yamlload
 from fusebundle.config.schema import check_reference, validate_entry
 from fusebundle.errors import ConfigError, UserError, shown
@@ -169,12 +167,12 @@ def read_yaml(path: str) -> Any:
     text = read_config_text(path)
     try:
         return yamlload.load(text)
-    except MarkedYAMLError as e:
+    except yamlload.YamlError as e:
+        if not e.marked:
+            raise ConfigError(f"{name}: invalid YAML: {_one_line(str(e))}") from None
         mark = e.problem_mark
         loc = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(f"{name}: {loc}{_one_line(str(e.problem or e))}") from None
-    except YAMLError as e:
-        raise ConfigError(f"{name}: invalid YAML: {_one_line(str(e))}") from None
 
 
 def _type_name(v: object) -> str:

@@ -21,9 +21,9 @@ from typing import Any
 
 from fusebundle.config.load import Config, Container, FileSpec, Volume
 from fusebundle.config.runtime import (
-    _id_mappings,
-    _resources,
     go_json,
+    id_mappings,
+    linux_resources,
     mount_struct,
     runtime_struct,
 )
@@ -46,9 +46,9 @@ def _image_field(key: str, value: Any) -> Any:
     if key == "mounts":
         return [mount_struct(m) for m in value]
     if key == "resources":
-        return _resources(value)
+        return linux_resources(value)
     if key in ("uidMappings", "gidMappings"):
-        return _id_mappings(value)
+        return id_mappings(value)
     if key in ("sysctl", "annotations"):
         return {k: value[k] for k in sorted(value)}  # Go sorts map keys
     if key == "devices":  # moby.Device: path, type, major, minor always; mode omitempty

@@ -328,7 +328,7 @@ def _network(n: dict) -> dict:
     return out
 
 
-def _resources(r: dict) -> dict:
+def linux_resources(r: dict) -> dict:
     """specs.LinuxResources from the schema's keys (note blockio -> blockIO)."""
     out: dict[str, Any] = {}
     if r.get("devices"):
@@ -352,7 +352,8 @@ def _resources(r: dict) -> dict:
     return out
 
 
-def _id_mappings(maps: list[dict]) -> list[dict]:
+def id_mappings(maps: list[dict]) -> list[dict]:
+    """specs.LinuxIDMapping list (uidMappings, gidMappings) from the schema's keys."""
     return [{"hostID": m.get("hostID", 0), "containerID": m.get("containerID", 0),
              "size": m.get("size", 0)} for m in maps]
 
@@ -377,7 +378,7 @@ def _devices(entry: dict, label: dict | None, where: str) -> tuple[list[dict], l
 def _linux(entry: dict, label: dict | None, where: str) -> dict:
     linux: dict[str, Any] = {}
     for key in ("uidMappings", "gidMappings"):
-        maps = _id_mappings(_pick(entry, label, key, []))
+        maps = id_mappings(_pick(entry, label, key, []))
         if maps:
             linux[key] = maps
     sysctl = _pick(entry, label, "sysctl", {})
@@ -387,7 +388,7 @@ def _linux(entry: dict, label: dict | None, where: str) -> dict:
     devices, rules = _devices(entry, label, where)
     if rules:
         resources = {**resources, "devices": [*resources.get("devices", []), *rules]}
-    linux["resources"] = _resources(resources)
+    linux["resources"] = linux_resources(resources)
     if _pick(entry, label, "cgroupsPath"):
         linux["cgroupsPath"] = _pick(entry, label, "cgroupsPath")
     linux["namespaces"] = _namespaces(entry, label)

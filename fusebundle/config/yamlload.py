@@ -4,18 +4,20 @@ ruamel.yaml shares an aliased node instead of copying it, but everything after t
 (validation, config.json, metadata) walks the data as a tree, so a few KB of aliases can stand
 for billions of nodes.  The composed document is therefore measured as that tree before any
 value is built, with go-yaml's rule (LinuxKit's parser); nesting and integer length are bounded
-too.  Every refusal is a ruamel MarkedYAMLError, so callers report it as they report bad YAML.
+too.  Every problem, ruamel's or a bound's, is one `YamlError`, which callers report as bad YAML.
+
+ruamel itself (11-14 ms of imports, -X importtime) is imported by `load`, when the first
+document is read: a command that reads no config or label (`image cat`, `image ls`) never
+loads it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.composer import Composer, ComposerError
-from ruamel.yaml.constructor import ConstructorError, SafeConstructor
-from ruamel.yaml.events import AliasEvent
-from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
+if TYPE_CHECKING:
+    from ruamel.yaml.nodes import Node
 
 # LinuxKit's configs (and labels) are a few KB (the repo's examples/demo.yml: 944 bytes); an inline
 # CA bundle (~220 KB) fits four times; a denser 1 MiB document still loads in about 20 s and
@@ -46,8 +48,24 @@ EXPANSION_CAP = 10 * MAX_DOCUMENT_BYTES
 MAX_INT_CHARS = 100
 
 
-class ExcessiveAliasing(ComposerError):
+class YamlError(Exception):
+    """A document that cannot be read: its text is ruamel's message; `problem` and
+    `problem_mark` (line and column, 0-based) are set where ruamel marks where it went wrong
+    (`marked`), as its MarkedYAMLError does."""
+
+    def __init__(self, text: str, problem: str | None = None, problem_mark: Any = None,
+                 marked: bool = False) -> None:
+        super().__init__(text)
+        self.problem = problem
+        self.problem_mark = problem_mark
+        self.marked = marked
+
+
+class ExcessiveAliasing(YamlError):
     """A document whose aliases stand for more nodes than go-yaml's rule allows."""
+
+    def __init__(self, problem: str, problem_mark: Any = None) -> None:
+        super().__init__(problem, problem, problem_mark, marked=True)
 
 
 def allowed_alias_share(nodes: int) -> float:
@@ -60,9 +78,10 @@ def allowed_alias_share(nodes: int) -> float:
 
 
 def _children(node: Node) -> list[Node]:
-    if isinstance(node, SequenceNode):
+    # A node's kind is its class's `id` (ruamel's nodes.py): asked without importing ruamel.
+    if node.id == "sequence":
         return list(node.value)
-    if isinstance(node, MappingNode):
+    if node.id == "mapping":
         return [n for pair in node.value for n in pair]
     return []
 
@@ -87,7 +106,7 @@ def expanded_size(root: Node) -> tuple[int, int, int]:
         if key in size:
             continue
         if key in open_nodes:
-            raise ExcessiveAliasing(None, None, "an alias refers to a node that contains it "
+            raise ExcessiveAliasing("an alias refers to a node that contains it "
                                     "(its expansion never ends)", node.start_mark)
         open_nodes.add(key)
         stack.append((node, True))
@@ -102,65 +121,81 @@ def check_aliases(root: Node) -> None:
     if (aliased > ALIAS_MIN_ALIASED and total > ALIAS_MIN_NODES
             and aliased / total > allowed_alias_share(total)):
         many = f"more than {EXPANSION_CAP}" if total >= EXPANSION_CAP else str(total)
-        raise ExcessiveAliasing(None, None, f"excessive aliasing: {written} nodes written "
-                                f"stand for {many} once aliases are expanded", None)
+        raise ExcessiveAliasing(f"excessive aliasing: {written} nodes written "
+                                f"stand for {many} once aliases are expanded")
     if depth > MAX_DEPTH:
-        raise ExcessiveAliasing(None, None, f"aliases nest deeper than {MAX_DEPTH} levels",
-                                None)
+        raise ExcessiveAliasing(f"aliases nest deeper than {MAX_DEPTH} levels")
 
 
-class _Composer(Composer):
-    def __init__(self, loader: Any = None) -> None:
-        super().__init__(loader)
-        # YAML lets an anchor be defined again; ruamel would print a multi-line warning
-        self.warn_double_anchors = False
+@functools.cache
+def _loader_classes() -> tuple[type, type]:
+    """ruamel's composer and constructor with the bounds above (made once)."""
+    # ruamel is imported here, not at the top: only a command that reads YAML pays for it.
+    from ruamel.yaml.composer import Composer, ComposerError
+    from ruamel.yaml.constructor import ConstructorError, SafeConstructor
+    from ruamel.yaml.events import AliasEvent
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.depth >= MAX_DEPTH and not self.parser.check_event(AliasEvent):
-            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                                self.parser.peek_event().start_mark)
-        return super().compose_node(parent, index)
+    class _Composer(Composer):
+        def __init__(self, loader: Any = None) -> None:
+            super().__init__(loader)
+            # YAML lets an anchor be defined again; ruamel would print a multi-line warning
+            self.warn_double_anchors = False
 
-    def compose_document(self) -> Any:
-        node = super().compose_document()
-        if node is not None:
-            check_aliases(node)
-        return node
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.depth >= MAX_DEPTH and not self.parser.check_event(AliasEvent):
+                raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                    self.parser.peek_event().start_mark)
+            return super().compose_node(parent, index)
 
+        def compose_document(self) -> Any:
+            node = super().compose_document()
+            if node is not None:
+                check_aliases(node)
+            return node
 
-class _Constructor(SafeConstructor):
-    def construct_object(self, node: Any, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)
-        except (ValueError, OverflowError) as e:  # e.g. a date such as 2001-02-30
-            problem = " ".join(str(e).split())
-            raise ConstructorError(None, None, f"cannot read this value: {problem}",
-                                   node.start_mark) from None
+    class _Constructor(SafeConstructor):
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            try:
+                return super().construct_object(node, deep)
+            except (ValueError, OverflowError) as e:  # e.g. a date such as 2001-02-30
+                problem = " ".join(str(e).split())
+                raise ConstructorError(None, None, f"cannot read this value: {problem}",
+                                       node.start_mark) from None
 
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        try:
-            return super().construct_mapping(node, deep)
-        except TypeError:  # a key that is a list holding a list: ruamel cannot hash it
-            raise ConstructorError(None, None, "a mapping key holds a list or mapping",
-                                   node.start_mark) from None
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            try:
+                return super().construct_mapping(node, deep)
+            except TypeError:  # a key that is a list holding a list: ruamel cannot hash it
+                raise ConstructorError(None, None, "a mapping key holds a list or mapping",
+                                       node.start_mark) from None
 
-    def construct_yaml_int(self, node: Any) -> int:
-        text = self.construct_scalar(node)
-        if len(text) > MAX_INT_CHARS:
-            raise ConstructorError(None, None, f"an integer of {len(text)} characters is "
-                                   f"longer than any number a config holds (at most "
-                                   f"{MAX_INT_CHARS}); quote it if it is text", node.start_mark)
-        return int(super().construct_yaml_int(node))
+        def construct_yaml_int(self, node: Any) -> int:
+            text = self.construct_scalar(node)
+            if len(text) > MAX_INT_CHARS:
+                raise ConstructorError(None, None, f"an integer of {len(text)} characters is "
+                                       f"longer than any number a config holds (at most "
+                                       f"{MAX_INT_CHARS}); quote it if it is text", node.start_mark)
+            return int(super().construct_yaml_int(node))
 
-
-_Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_yaml_int)
+    _Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_yaml_int)
+    return _Composer, _Constructor
 
 
 def load(text: str) -> Any:
-    """One YAML 1.2 document as plain data; any problem is a ruamel YAMLError."""
+    """One YAML 1.2 document as plain data; any problem is a YamlError."""
+    # ruamel is imported here, not at the top: only a command that reads YAML pays for it.
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    composer, constructor = _loader_classes()
     # The pure loader speaks YAML 1.2, where `name: n` or `on` stay strings.
     y = YAML(typ="safe", pure=True)
     y.allow_duplicate_keys = False
-    y.Composer = _Composer
-    y.Constructor = _Constructor
-    return y.load(text)
+    y.Composer = composer
+    y.Constructor = constructor
+    try:
+        return y.load(text)
+    except MarkedYAMLError as e:
+        raise YamlError(str(e), e.problem, e.problem_mark, marked=True) from None
+    except YAMLError as e:
+        raise YamlError(str(e)) from None

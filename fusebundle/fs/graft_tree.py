@@ -28,18 +28,14 @@ from fusebundle.bundle.view import (
     filter_entry,
 )
 from fusebundle.fs.inode import (
-    _D,
-    _DEVICES,
-    _F,
-    _H,
-    _IMPLICIT_DIR,
-    _L,
-    _TYPE_BITS,
+    IMPLICIT_DIR,
+    TYPE_BITS,
     Stat,
-    _entry_stat,
+    entry_stat,
     graft_ino,
 )
 from fusebundle.tar import Extent, Stamp, TarIndex, colfile
+from fusebundle.tar.header import TYPE_D, TYPE_DEVICES, TYPE_F, TYPE_H, TYPE_L
 from fusebundle.tar.index import Blob
 
 log = logging.getLogger(__name__)
@@ -193,11 +189,11 @@ class GraftTree:
         c = idx.columns()
         w = _Work(bytearray(c.types), c.names, c.name_ends)
         types, links = w.types, w.links
-        pos = types.find(_H)
+        pos = types.find(TYPE_H)
         while pos >= 0:
             s = c.link_ends[pos - 1] if pos else 0
             links[pos] = c.links[s : c.link_ends[pos]]
-            pos = types.find(_H, pos + 1)
+            pos = types.find(TYPE_H, pos + 1)
         if g.pick is not None:
             w.picked = {}
             for i, out in g.pick(idx).items():
@@ -227,11 +223,11 @@ class GraftTree:
                 if out.type != "h":
                     links.pop(i, None)
             if not name:
-                if types[i] == _D:
+                if types[i] == TYPE_D:
                     self.root_entry = i
                 gone.add(i)
                 continue
-            if types[i] == _D:
+            if types[i] == TYPE_D:
                 dirs[name] = i
             elif name in dirs:
                 del dirs[name]
@@ -244,14 +240,14 @@ class GraftTree:
         one to a missing entry is hidden, as if the tar had no such entry."""
         types, links, blob, ends, picked = w.types, w.links, w.blob, w.ends, w.picked
         for i, target in links.items():
-            if types[i] != _H or last.get(_name(blob, ends, i, picked)) != i:
+            if types[i] != TYPE_H or last.get(_name(blob, ends, i, picked)) != i:
                 continue
             hops = 0
             t = last.get(target)
-            while t is not None and types[t] == _H and hops < 64:
+            while t is not None and types[t] == TYPE_H and hops < 64:
                 t = last.get(links[t]) if t in links else None
                 hops += 1
-            if t is None or types[t] in (_H, _D):
+            if t is None or types[t] in (TYPE_H, TYPE_D):
                 log.debug("%s: hard link %r to a missing entry %r: left out", self.idx.tar_path,
                           _name(blob, ends, i, picked), target)
                 w.hidden.add(i)  # and its name shows nothing, as if the tar had no such entry
@@ -281,7 +277,7 @@ class GraftTree:
         """Pass 3: the directories the tar only implies, unless a non-directory has the name;
         the entries below a non-directory (not reachable)."""
         types, dirs, root = w.types, w.dirs, self.root
-        types.append(_D)  # the root
+        types.append(TYPE_D)  # the root
         orphans: set[int] = set()
         if not loose:
             return orphans
@@ -301,7 +297,7 @@ class GraftTree:
             if top >= 0 and path[:top] not in dirs:
                 continue  # below a blocked name
             d = len(types)
-            types.append(_D)
+            types.append(TYPE_D)
             dirs[path] = d
             parent.append(root if top < 0 else dirs[path[:top]])
         for i in loose:
@@ -348,7 +344,7 @@ class GraftTree:
                 continue
             kids.extend(group)
             for i in group:
-                if tp[resolved.get(i, i)] == _D:
+                if tp[resolved.get(i, i)] == TYPE_D:
                     nsub[p] += 1
         kid_lo[total] = len(kids)
         self.kids, self.kid_lo, self.nsub = kids, kid_lo, nsub
@@ -377,7 +373,7 @@ class GraftTree:
         return self.names[off[i] : off[i + 1]]
 
     def is_dir(self, i: int) -> bool:
-        return self.types[self.links.get(i, i)] == _D
+        return self.types[self.links.get(i, i)] == TYPE_D
 
     def child_count(self, d: int) -> int:
         return self.kid_lo[d + 1] - self.kid_lo[d]
@@ -419,9 +415,9 @@ class GraftTree:
             name = blob[off[i] : off[i + 1]]
             i = links.get(i, i)
             t = types[i]
-            if cols is None or i >= n or i in over or (t != _F and t != _D):
-                yield name, (dirs if t == _D else files) | i, self.stat(i)
-            elif t == _F:
+            if cols is None or i >= n or i in over or (t != TYPE_F and t != TYPE_D):
+                yield name, (dirs if t == TYPE_D else files) | i, self.stat(i)
+            elif t == TYPE_F:
                 yield name, files | i, (stat.S_IFREG | modes[i], nlinks.get(i, 1), uids[i],
                                         gids[i], 0, sizes[i], mtimes[i])
             else:
@@ -434,26 +430,26 @@ class GraftTree:
             if i == self.root and self.root_entry is not None:
                 st = self.stat(self.root_entry)
                 return (st[0], nlink, *st[2:])
-            return _entry_stat(_IMPLICIT_DIR, nlink)
+            return entry_stat(IMPLICIT_DIR, nlink)
         over = self.over.get(i)
         if over is not None:
-            return _entry_stat(over, self._nlink(i))
+            return entry_stat(over, self._nlink(i))
         cols = self.cols
         if cols is not None:
             modes, uids, gids, sizes, mtimes, _, majors, minors, lends = cols
             t = self.types[i]
-            if t == _F:
+            if t == TYPE_F:
                 return (stat.S_IFREG | modes[i], self.nlinks.get(i, 1), uids[i], gids[i], 0,
                         sizes[i], mtimes[i])
-            if t == _D:
+            if t == TYPE_D:
                 return (stat.S_IFDIR | modes[i], 2 + self.nsub[i], uids[i], gids[i], 0, 0,
                         mtimes[i])
-            if t == _L:
+            if t == TYPE_L:
                 size = lends[i] - (lends[i - 1] if i else 0)
                 return (stat.S_IFLNK | modes[i], self.nlinks.get(i, 1), uids[i], gids[i], 0,
                         size, mtimes[i])
-            rdev = os.makedev(majors[i], minors[i]) if t in _DEVICES else 0
-            return (_TYPE_BITS[chr(t)] | modes[i], self.nlinks.get(i, 1), uids[i], gids[i],
+            rdev = os.makedev(majors[i], minors[i]) if t in TYPE_DEVICES else 0
+            return (TYPE_BITS[chr(t)] | modes[i], self.nlinks.get(i, 1), uids[i], gids[i],
                     rdev, 0, mtimes[i])
         e = self.idx.entry(i)
         t = e.type
@@ -466,11 +462,11 @@ class GraftTree:
             return (stat.S_IFLNK | e.mode, self.nlinks.get(i, 1), e.uid, e.gid, 0,
                     len(e.linkname), e.mtime_ns)
         rdev = os.makedev(e.devmajor, e.devminor) if t in "cb" else 0
-        return (_TYPE_BITS[t] | e.mode, self.nlinks.get(i, 1), e.uid, e.gid, rdev, 0,
+        return (TYPE_BITS[t] | e.mode, self.nlinks.get(i, 1), e.uid, e.gid, rdev, 0,
                 e.mtime_ns)
 
     def _nlink(self, i: int) -> int:
-        return 2 + self.nsub[i] if self.types[i] == _D else self.nlinks.get(i, 1)
+        return 2 + self.nsub[i] if self.types[i] == TYPE_D else self.nlinks.get(i, 1)
 
     def readlink(self, i: int) -> bytes | None:
         over = self.over.get(i)
@@ -495,7 +491,7 @@ class GraftTree:
         over = self.over.get(i)
         if over is not None:
             return (over.body if over.body is not None else b"") if over.type == "f" else None
-        if i >= self.n or self.types[i] != _F:
+        if i >= self.n or self.types[i] != TYPE_F:
             return None
         idx = self.idx
         if self.cols is not None:

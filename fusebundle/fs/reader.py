@@ -16,7 +16,7 @@ import os
 from fusebundle import testhook
 from fusebundle.fs.mapped import Mapping
 from fusebundle.fs.tree import Tree
-from fusebundle.tar import Extent
+from fusebundle.tar import Extent, SourceFds
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Reader:
 
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
-        self._fds: dict[str, int] = {}  # source path -> fd, opened once
+        self._fds = SourceFds(SourceError)  # a failed open: EIO for the kernel
         self._maps: dict[str, Mapping | None] = {}  # source path -> its mapping (None: cannot)
         self.nowait = hasattr(os, "RWF_NOWAIT")
         self._inline = bytearray()
@@ -41,19 +41,11 @@ class Reader:
         """The descriptor of the file's source, opened once (-1 for bytes in memory)."""
         if not isinstance(body, Extent):
             return -1
-        path = body.source.path
-        fd = self._fds.get(path, -1)
-        if fd < 0:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as e:
-                raise SourceError(f"{path}: cannot open: {e.strerror}") from None
-            self._fds[path] = fd
-        return fd
+        return self._fds.fd(body.source.path)
 
     def open_fd(self, body: Extent | bytes) -> int:
         """The source's descriptor if it is open already, else -1 (the preload opens none)."""
-        return self._fds.get(body.source.path, -1) if isinstance(body, Extent) else -1
+        return self._fds.opened(body.source.path) if isinstance(body, Extent) else -1
 
     def cached(self, ext: Extent, fd: int, off: int, n: int) -> memoryview | None:
         """n bytes at `off` if the page cache has them (a view of the mapped source for a large
@@ -133,6 +125,4 @@ class Reader:
             if m is not None:
                 m.close()
         self._maps.clear()
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        self._fds.close()

@@ -37,19 +37,19 @@ from fusebundle.bundle import Entry, View
 from fusebundle.bundle.view import Bundle, Graft, KernelImage
 from fusebundle.fs.graft_tree import GraftTree
 from fusebundle.fs.inode import (
-    _D,
-    _IMPLICIT_DIR,
     GRAFT_SHIFT,
+    IMPLICIT_DIR,
     MAX_ALIASES,
     MAX_GRAFTS,
     ROOT_INO,
     Stat,
-    _entry_stat,
-    _split,
+    entry_stat,
     graft_ino,
+    path_parts,
     split_ino,
 )
 from fusebundle.tar import Extent
+from fusebundle.tar.header import TYPE_D
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Tree:
     """The whole tree of a view, with stable inode numbers for the life of the mount."""
 
     def __init__(self, view: View, expand: bool = False) -> None:
-        root = SynNode(ROOT_INO, ROOT_INO, _IMPLICIT_DIR, -1)
+        root = SynNode(ROOT_INO, ROOT_INO, IMPLICIT_DIR, -1)
         self.nodes: list[SynNode | None] = [None, root]
         self.by_path: dict[bytes, int] = {b"": ROOT_INO}
         self.grafts: list[GraftSlot] = []
@@ -167,14 +167,14 @@ class Tree:
             ino = node.children.get(part)
             child = self.nodes[ino] if ino is not None else None
             if child is None or not child.is_dir:
-                child = self._node(node.ino, _IMPLICIT_DIR, -1)
+                child = self._node(node.ino, IMPLICIT_DIR, -1)
                 node.children[part] = child.ino
                 self.by_path[b"/".join(parts[: depth + 1])] = child.ino
             node = child
         return node
 
     def _add_entry(self, order: int, e: Entry) -> None:
-        parts = _split(e.path)
+        parts = path_parts(e.path)
         if not parts:
             if e.type == "d":  # the root itself
                 root = self.nodes[ROOT_INO]
@@ -182,7 +182,7 @@ class Tree:
                 root.entry, root.order = e, order
             return
         if e.type == "h":
-            target = self.by_path.get(b"/".join(_split(e.linkname)))
+            target = self.by_path.get(b"/".join(path_parts(e.linkname)))
             node = self.nodes[target] if target is not None else None
             if node is None or node.is_dir:
                 log.warning("%r: hard link to %r, which is not in the tree: left out",
@@ -207,7 +207,7 @@ class Tree:
             raise ValueError("too many images in one tree")
         slot = GraftSlot(k, g, order)
         self.grafts.append(slot)
-        node = self._dir(_split(g.prefix))
+        node = self._dir(path_parts(g.prefix))
         slot.prefix_ino = node.ino
         node.pending.append(GraftDir(order, k, ROOT_UNKNOWN))
 
@@ -330,7 +330,7 @@ class Tree:
                 merged = self.nodes[syn[-1].ref]
                 assert merged is not None
             else:
-                merged = self._node(node.ino, _IMPLICIT_DIR, -1)
+                merged = self._node(node.ino, IMPLICIT_DIR, -1)
             if merged.delegate is not None and merged.delegate.alias > 0:
                 pass  # an expanded rootfs/ shows its container's root and nothing else
             else:
@@ -398,8 +398,8 @@ class Tree:
                     return (st[0], 2 + self._subdirs(node), *st[2:])
                 return st
             if node.is_dir:
-                return _entry_stat(node.entry, 2 + self._subdirs(node))
-            return _entry_stat(node.entry, 1)
+                return entry_stat(node.entry, 2 + self._subdirs(node))
+            return entry_stat(node.entry, 1)
         g = self._graft(ino)
         if g is None:
             raise KeyError(ino)
@@ -417,7 +417,7 @@ class Tree:
         for ino in node.inos:
             if ino >= 1 << GRAFT_SHIFT:
                 g = self._graft(ino)
-                if g is not None and g[0].types[g[2]] == _D:
+                if g is not None and g[0].types[g[2]] == TYPE_D:
                     n += 1
             else:
                 child = self.nodes[ino]
@@ -430,7 +430,7 @@ class Tree:
         if node is not None:
             return node.is_dir
         g = self._graft(ino)
-        return g is not None and g[0].types[g[2]] == _D
+        return g is not None and g[0].types[g[2]] == TYPE_D
 
     def lookup(self, parent: int, name: bytes) -> int | None:
         """The inode of `name` in directory `parent`, or None (pending grafts loaded first)."""
@@ -455,7 +455,7 @@ class Tree:
         i = tree.find(d, name)
         if i is None:
             return None
-        return graft_ino(k, alias if tree.types[i] == _D else 0, i)
+        return graft_ino(k, alias if tree.types[i] == TYPE_D else 0, i)
 
     def listdir(self, ino: int) -> DirListing:
         """The children of a directory in name order (pending grafts loaded first)."""
@@ -582,4 +582,4 @@ class DirListing:
         gt = self.tree.grafts[self.k].tree
         assert gt is not None
         name, i = gt.child(self.local, pos)
-        return name, graft_ino(self.k, self.alias if gt.types[i] == _D else 0, i)
+        return name, graft_ino(self.k, self.alias if gt.types[i] == TYPE_D else 0, i)

@@ -7,7 +7,7 @@ and docker's init-layer entries, so the view cannot tell a layered image from an
 With `docker=False` the same merge stops at the layers (the image as `umoci raw unpack` makes
 it): no init layer, mtimes as the headers give them, every xattr as the layers carry it.
 
-The merge's working state is `overlay._Merge`; here its walk becomes the merged index: the
+The merge's working state is `overlay.Merge`; here its walk becomes the merged index: the
 same columns a TarIndex has, gathered from the layers' columns in C loops, saved and loaded.
 """
 
@@ -24,22 +24,20 @@ from collections.abc import Callable, Iterator, Sequence
 
 from fusebundle.errors import CorruptTar
 from fusebundle.images.overlay import (
-    _CAP,
-    _D,
-    _H,
-    _INIT_PATHS,
-    _L,
-    _SECOND,
-    _SEP,
-    _WH,
+    CAP_XATTR,
+    INIT_PATHS,
     NO_LAYER,
     PINNED_MTIME_NS,
+    SECOND_NS,
+    SEP,
+    WHITEOUT,
+    Merge,
     Walk,
-    _Merge,
-    _split,
+    split_blob,
 )
 from fusebundle.tar import colfile
-from fusebundle.tar.index import _COLUMNS, Blob, Stamp, TarIndex
+from fusebundle.tar.header import TYPE_D, TYPE_H, TYPE_L
+from fusebundle.tar.index import COLUMNS, Blob, Stamp, TarIndex
 
 __all__ = ["MergedIndex", "merge"]
 
@@ -52,7 +50,7 @@ _VERSION = 3
 _PIECE = 1 << 16
 log = logging.getLogger(__name__)
 
-def _one_layer_walk(m: _Merge) -> tuple[array.array[int], dict[int, bytes]] | None:
+def _one_layer_walk(m: Merge) -> tuple[array.array[int], dict[int, bytes]] | None:
     """A one-layer image in walk order without a dict of every path: the layer's own order
     with the directories it implies put in, when its names already come in walk order (as
     docker and tar write them).  None when the layer needs the full merge: out of order or
@@ -63,43 +61,43 @@ def _one_layer_walk(m: _Merge) -> tuple[array.array[int], dict[int, bytes]] | No
     """
     c = m.layers[0].columns()
     blob, ends, types = c.names, c.name_ends, c.types
-    if types.find(_H) >= 0 or _has(m, blob, b"..") or _has(m, blob, _WH):
+    if types.find(TYPE_H) >= 0 or _has(m, blob, b"..") or _has(m, blob, WHITEOUT):
         return None
     syn, cur = m.syn, m.cur
     mtime = PINNED_MTIME_NS if m.docker else 0  # as settle() dates an implied directory
     syn_names: dict[int, bytes] = {}
     walk = array.array("I")  # ordinals: a tar of 2**32 members would be 2 TiB of headers
-    stack: list[bytes] = []  # the directories above the last entry, each with _SEP at its end
-    prev = below = b""  # the last name; the last non-directory's name with _SEP (or b"")
+    stack: list[bytes] = []  # the directories above the last entry, each with SEP at its end
+    prev = below = b""  # the last name; the last non-directory's name with SEP (or b"")
     start = 0
     for i, end in enumerate(ends):
-        name = blob[start:end].replace(b"/", _SEP)
+        name = blob[start:end].replace(b"/", SEP)
         start = end
         if name <= prev or (below and name.startswith(below)):
             return None
         prev = name
         while stack and not name.startswith(stack[-1]):
             stack.pop()
-        j = name.rfind(_SEP)
+        j = name.rfind(SEP)
         # In walk order a missing parent sorts just before its first child: put it in here.
         pos = len(stack[-1]) if stack else 0
         while 0 < j >= pos:
-            k = name.index(_SEP, pos)
+            k = name.index(SEP, pos)
             p = name[:k]
-            o = syn.add(_D, 0o755, mtime)
+            o = syn.add(TYPE_D, 0o755, mtime)
             syn_names[o] = p
             walk.append(o)
-            stack.append(p + _SEP)
-            if p in _INIT_PATHS:
+            stack.append(p + SEP)
+            if p in INIT_PATHS:
                 cur[p] = o
             pos = k + 1
-        if types[i] == _D:
-            stack.append(name + _SEP)
+        if types[i] == TYPE_D:
+            stack.append(name + SEP)
             below = b""
         else:
-            below = name + _SEP
+            below = name + SEP
         walk.append(i)
-        if name in _INIT_PATHS:
+        if name in INIT_PATHS:
             cur[name] = i
         if not ~i & _PIECE - 1:
             _drop_pages(m.layers)  # read once, in order: a few MB of its pages at a time
@@ -107,7 +105,7 @@ def _one_layer_walk(m: _Merge) -> tuple[array.array[int], dict[int, bytes]] | No
     return walk, syn_names
 
 
-def _has(m: _Merge, blob: Blob, needle: bytes) -> bool:
+def _has(m: Merge, blob: Blob, needle: bytes) -> bool:
     """needle in a layer's blob, searched a piece at a time with the pages let go after each
     (a find() over the whole mapped blob would bring all of it into RSS at once)."""
     step = _PIECE * 64  # 4 MiB
@@ -119,7 +117,7 @@ def _has(m: _Merge, blob: Blob, needle: bytes) -> bool:
     return False
 
 
-def _walk_of(m: _Merge, walk: array.array[int], syn_names: dict[int, bytes]) -> Walk:
+def _walk_of(m: Merge, walk: array.array[int], syn_names: dict[int, bytes]) -> Walk:
     """The names of a one-layer walk: runs of the layer's own blob, copied in pieces into one
     mapping, the layer's pages let go after each piece (they would double the names in RSS)."""
     c = m.layers[0].columns()
@@ -129,7 +127,7 @@ def _walk_of(m: _Merge, walk: array.array[int], syn_names: dict[int, bytes]) -> 
     while k < n:
         o = walk[k]
         if o >= base:
-            runs.append(syn_names[o].replace(_SEP, b"/"))
+            runs.append(syn_names[o].replace(SEP, b"/"))
             k += 1
             continue
         j = k + 1
@@ -171,7 +169,7 @@ def merge(layers: Sequence[TarIndex], digests: Sequence[str], what: str, path: s
     """
     if not layers:
         raise CorruptTar(f"image {what}: no layers")
-    m = _Merge(layers, digests, what, docker)
+    m = Merge(layers, digests, what, docker)
     one = _one_layer_walk(m) if len(layers) == 1 else None
     if one is None:
         m.cur = {}
@@ -198,16 +196,16 @@ def _xattrs_out(attrs: dict[str, bytes], keep_all: bool, docker: bool = True
     not `docker`: every xattr as the layer has it."""
     if not docker:
         return dict(attrs)
-    out = dict(attrs) if keep_all else {k: v for k, v in attrs.items() if k == _CAP}
-    cap = out.get(_CAP)
+    out = dict(attrs) if keep_all else {k: v for k, v in attrs.items() if k == CAP_XATTR}
+    cap = out.get(CAP_XATTR)
     if cap is not None and len(cap) > 3 and cap[3] == 3:
-        out[_CAP] = cap[:3] + b"\x02" + cap[4:20]  # docker drops the root id of v3 caps
+        out[CAP_XATTR] = cap[:3] + b"\x02" + cap[4:20]  # docker drops the root id of v3 caps
     return out
 
 
 # Saved columns, in file order: a layer index's, then which layer each entry's data is in,
 # then which layer gave the entry itself (its header; NO_LAYER if none did).
-_SAVED = (*_COLUMNS, ("_srcs", "H"), ("_from", "H"))
+_SAVED = (*COLUMNS, ("_srcs", "H"), ("_from", "H"))
 
 
 class MergedIndex(TarIndex):
@@ -232,11 +230,11 @@ class MergedIndex(TarIndex):
         if self._by_name is not None or self._lookups >= self.BISECT_LOOKUPS:
             return super().find(name)
         self._lookups += 1
-        key, names, ends = name.replace(b"/", _SEP), self._names, self._name_ends
+        key, names, ends = name.replace(b"/", SEP), self._names, self._name_ends
         lo, hi = 0, len(ends)
         while lo < hi:
             mid = (lo + hi) // 2
-            if bytes(names[ends[mid - 1] if mid else 0 : ends[mid]]).replace(b"/", _SEP) < key:
+            if bytes(names[ends[mid - 1] if mid else 0 : ends[mid]]).replace(b"/", SEP) < key:
                 lo = mid + 1
             else:
                 hi = mid
@@ -261,7 +259,7 @@ class MergedIndex(TarIndex):
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
-    def _build(cls, m: _Merge, path: str, walk: Walk, all_xattrs: bool) -> MergedIndex:
+    def _build(cls, m: Merge, path: str, walk: Walk, all_xattrs: bool) -> MergedIndex:
         syn = m.syn
         names, name_ends, ino = walk
         del walk
@@ -292,14 +290,14 @@ class MergedIndex(TarIndex):
 
         types = bytearray(pick_ino(m.types + syn.types))
         for k in hard:
-            types[k] = _H
+            types[k] = TYPE_H
         self._types = bytes(types)
         self._modes = gather("modes", "H", pick_meta, 0)
         self._uids = gather("uids", "I", pick_meta, 1)
         self._gids = gather("gids", "I", pick_meta, 2)
         mtimes = gather("mtimes", "q", pick_meta, 3)
-        if m.docker and any(t % _SECOND for t in mtimes):  # docker truncates
-            mtimes = _narrow(array.array("q", (t - t % _SECOND for t in mtimes)))
+        if m.docker and any(t % SECOND_NS for t in mtimes):  # docker truncates
+            mtimes = _narrow(array.array("q", (t - t % SECOND_NS for t in mtimes)))
         self._mtimes = mtimes
         del mtimes
         sizes = gather("sizes", "q", pick_ino, None)
@@ -331,7 +329,7 @@ class MergedIndex(TarIndex):
         return self
 
     @staticmethod
-    def _hard_links(m: _Merge, names: bytes, name_ends: array.array[int],
+    def _hard_links(m: Merge, names: bytes, name_ends: array.array[int],
                     ino: array.array[int]) -> tuple[array.array[int], dict[int, bytes]]:
         """Point each hard-linked name in `ino` at its inode's entry (in place); return the
         entries that give mode, owner, mtime and xattrs (`ino` itself when no hard links say
@@ -357,7 +355,7 @@ class MergedIndex(TarIndex):
         return meta, hard
 
     @staticmethod
-    def _sparse_column(m: _Merge, ino: Sequence[int], hard: dict[int, bytes]
+    def _sparse_column(m: Merge, ino: Sequence[int], hard: dict[int, bytes]
                        ) -> dict[int, array.array[int]]:
         """The fragment maps of sparse files, from the layer that holds each file's data."""
         by_ordinal: dict[int, array.array[int]] = {}
@@ -369,13 +367,13 @@ class MergedIndex(TarIndex):
         return {k: by_ordinal[o] for k, o in enumerate(ino) if o in by_ordinal and k not in hard}
 
     @staticmethod
-    def _link_column(m: _Merge, types: bytearray, ino: Sequence[int],
+    def _link_column(m: Merge, types: bytearray, ino: Sequence[int],
                      hard: dict[int, bytes]) -> tuple[bytes, array.array]:
         """Symlink targets (from the inode's layer) and hard-link targets (the first name)."""
         parts: list[tuple[int, bytes]] = []
         layer_links: dict[int, list[bytes]] = {}
         syn = m.syn
-        for k in sorted({*hard, *_all(types, _L)}):
+        for k in sorted({*hard, *_all(types, TYPE_L)}):
             if k in hard:
                 target = hard[k]
             else:
@@ -387,7 +385,7 @@ class MergedIndex(TarIndex):
                     got = layer_links.get(layer)
                     if got is None:
                         c = m.layers[layer].columns()
-                        got = layer_links[layer] = _split(c.links, c.link_ends)
+                        got = layer_links[layer] = split_blob(c.links, c.link_ends)
                     target = got[o - m.bases[layer]]
             parts.append((k, target))
         blob = b"".join(target for _, target in parts)
@@ -405,7 +403,7 @@ class MergedIndex(TarIndex):
         return blob, ends
 
     @staticmethod
-    def _xattr_column(m: _Merge, meta: Sequence[int], all_xattrs: bool
+    def _xattr_column(m: Merge, meta: Sequence[int], all_xattrs: bool
                       ) -> dict[int, dict[str, bytes]]:
         by_ordinal: dict[int, dict[str, bytes]] = {}
         for layer, x in enumerate(m.layers):

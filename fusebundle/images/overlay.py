@@ -16,29 +16,32 @@ from itertools import accumulate
 from typing import NamedTuple
 
 from fusebundle.errors import CorruptTar
+from fusebundle.tar.header import TYPE_D, TYPE_F, TYPE_H, TYPE_L
 from fusebundle.tar.index import TarIndex
 
 NO_LAYER = 0xFFFF  # provenance of an entry no layer has a header for (an implied directory)
-_F, _H, _L, _D = b"fhld"
-_WH = b".wh."
+# A whiteout hides NAME of the layers below as a file .wh.NAME (the OCI image spec's layer
+# "Whiteouts"; aufs's spelling, kept by docker).
+WHITEOUT = b".wh."
 _OPAQUE = b".wh..wh..opq"
 _AUFS_META = b".wh..wh."  # AUFS bookkeeping (.wh..wh.plnk, ...): never shown, never a rule
 # A directory only its children imply is in cur[] as -2 - (the ordinal of the child that
 # implied it): negative, and still datable against whiteouts above it.
 _IMPLIED = -2
-_SECOND = 1_000_000_000
+SECOND_NS = 1_000_000_000  # a second in ns: docker's export keeps whole seconds of mtimes
 # Paths are kept with NUL for '/' while merging: NUL sorts below every byte a name can hold,
 # so a plain sort of the paths is docker's walk (pre-order, each directory's names sorted as
 # bytes), with no sort key to build.
-_SEP = b"\x00"
-_CAP = "security.capability"
+SEP = b"\x00"
+# File capabilities' xattr (capabilities(7)): the one xattr docker's export keeps.
+CAP_XATTR = "security.capability"
 # The mtime docker's own entries get in a reproducible tree (linuxkit's later default,
 # 2017-04-18T16:30Z): the init layer's here, and the view's DOCKER_CREATED entries.
-PINNED_MTIME_NS = 1492533000 * _SECOND
+PINNED_MTIME_NS = 1492533000 * SECOND_NS
 
 # docker's initlayer.Setup: (path, kind); kind b"d" dir, b"f" empty file, else the target of
 # a symlink.  Each path's components that are not directories are removed first.
-_INIT = tuple((path.replace(b"/", _SEP), kind) for path, kind in (
+_INIT = tuple((path.replace(b"/", SEP), kind) for path, kind in (
     (b"dev/pts", b"d"), (b"dev/shm", b"d"), (b"proc", b"d"), (b"sys", b"d"),
     (b".dockerenv", b"f"), (b"etc/resolv.conf", b"f"), (b"etc/hosts", b"f"),
     (b"etc/hostname", b"f"), (b"dev/console", b"f"), (b"etc/mtab", b"/proc/mounts"),
@@ -63,17 +66,18 @@ class _Synthetic:
         return self.base + len(self.rows) - 1
 
 
-def _split(blob: bytes, ends: Sequence[int]) -> list[bytes]:
+def split_blob(blob: bytes, ends: Sequence[int]) -> list[bytes]:
+    """The names in a column blob, cut at their end offsets."""
     starts = [0, *ends[:-1]] if len(ends) else []
     return [blob[s:e] for s, e in zip(starts, ends, strict=True)]
 
 
 def _parent(path: bytes) -> bytes:
-    return path[: max(path.rfind(_SEP), 0)]
+    return path[: max(path.rfind(SEP), 0)]
 
 
 def _show(name: bytes) -> str:
-    return repr(name.replace(_SEP, b"/").decode("utf-8", "backslashreplace"))
+    return repr(name.replace(SEP, b"/").decode("utf-8", "backslashreplace"))
 
 
 class Walk(NamedTuple):
@@ -87,12 +91,12 @@ class Walk(NamedTuple):
 
 # The paths docker's init layer looks at (each _INIT path and its parents): all the one-layer
 # walk needs to keep by name.
-_INIT_PATHS = frozenset(
-    _SEP.join(path.split(_SEP)[:n]) for path, _ in _INIT for n in range(1, path.count(_SEP) + 2)
+INIT_PATHS = frozenset(
+    SEP.join(path.split(SEP)[:n]) for path, _ in _INIT for n in range(1, path.count(SEP) + 2)
 )
 
 
-class _Merge:
+class Merge:
     """One merge: the layers, the state while applying them, and the messages."""
 
     def __init__(self, layers: Sequence[TarIndex], digests: Sequence[str], what: str,
@@ -132,21 +136,22 @@ class _Merge:
         return True
 
     def _is_dir(self, o: int) -> bool:
-        return o < 0 or self._kind(o) == _D
+        return o < 0 or self._kind(o) == TYPE_D
 
     def apply(self, layer: int) -> None:
         """Apply one layer: its whiteouts to what is below, then its entries in tar order."""
         idx = self.layers[layer]
         c = idx.columns()
-        names = _split(_blob(c.names).replace(b"/", _SEP), c.name_ends)
+        names = split_blob(_blob(c.names).replace(b"/", SEP), c.name_ends)
         base = self.bases[layer]
         if c.names.find(b"..") >= 0 or c.links.find(b"..") >= 0:
-            self._check_names(layer, names, _split(_blob(c.links).replace(b"/", _SEP),
+            self._check_names(layer, names, split_blob(_blob(c.links).replace(b"/", SEP),
                                                    c.link_ends),
                               c.types)
-        skip = self._whiteouts(layer, names) if c.names.find(_WH) >= 0 else frozenset()
+        skip = self._whiteouts(layer, names) if c.names.find(WHITEOUT) >= 0 else frozenset()
         cur, kill, types = self.cur, self.kill, self.types
-        links = _split(_blob(c.links).replace(b"/", _SEP), c.link_ends) if _H in c.types else None
+        links = (split_blob(_blob(c.links).replace(b"/", SEP), c.link_ends)
+                 if TYPE_H in c.types else None)
         if self._apply_bulk(layer, names, links, skip):
             return
         suspects = self.suspects
@@ -156,21 +161,21 @@ class _Merge:
             o = base + i
             t = types[o]
             prev = cur.get(name)
-            if t != _D and prev is not None and (
-                    prev < 0 or types[prev] == _D or (kill and not self._alive(name, prev))):
+            if t != TYPE_D and prev is not None and (
+                    prev < 0 or types[prev] == TYPE_D or (kill and not self._alive(name, prev))):
                 kill[name] = o  # a non-directory replaces a directory: its subtree goes
-            if t == _H:
+            if t == TYPE_H:
                 assert links is not None
                 self._link(layer, o, name, links[i])
             cur[name] = o
             # The directories a name implies are registered, so that a non-directory put
             # there later knows it replaces a directory (and whiteouts can date them).
-            j = name.rfind(_SEP)
+            j = name.rfind(SEP)
             if j > 0:
                 q = cur.get(name[:j])
                 if q is None or kill:
                     self._imply(name[:j], o)
-                elif q >= 0 and types[q] != _D:
+                elif q >= 0 and types[q] != TYPE_D:
                     suspects.append(o)  # below a non-directory: settle() decides
 
     def _apply_bulk(self, layer: int, names: list[bytes], links: list[bytes] | None,
@@ -186,7 +191,7 @@ class _Merge:
             return False
         for i in skip:
             del new[names[i]]
-        parents = {n.rpartition(_SEP)[0] for n in new}
+        parents = {n.rpartition(SEP)[0] for n in new}
         parents.discard(b"")
         implied = set()
         for p in parents:
@@ -198,11 +203,11 @@ class _Merge:
                         implied.add(p)  # not there: this layer implies it, and its parents
                         p = _parent(p)
                         continue
-                if q >= 0 and types[q] != _D:
+                if q >= 0 and types[q] != TYPE_D:
                     return False  # below a non-directory: let the ordered loop sort it out
                 break
         if links is not None:
-            pos = types.find(_H, base, base + len(names))
+            pos = types.find(TYPE_H, base, base + len(names))
             while pos >= 0:
                 name = names[pos - base]
                 if new.get(name) == pos:
@@ -212,11 +217,11 @@ class _Merge:
                         self._link_to(layer, pos, name, target, t)
                     else:
                         self._link(layer, pos, name, target)
-                pos = types.find(_H, pos + 1, base + len(names))
+                pos = types.find(TYPE_H, pos + 1, base + len(names))
         for name in new.keys() & cur.keys():
             o, prev = new[name], cur[name]
-            if types[o] != _D and (
-                    prev < 0 or types[prev] == _D or (kill and not self._alive(name, prev))):
+            if types[o] != TYPE_D and (
+                    prev < 0 or types[prev] == TYPE_D or (kill and not self._alive(name, prev))):
                 kill[name] = o  # a non-directory replaces a directory: its subtree goes
         if cur:
             cur.update(new)
@@ -233,7 +238,7 @@ class _Merge:
         while p:
             q = cur.get(p)
             if q is not None and (not self.kill or self._alive(p, q if q >= 0 else _IMPLIED - q)):
-                if q >= 0 and types[q] != _D:
+                if q >= 0 and types[q] != TYPE_D:
                     self.suspects.append(o)
                 return
             cur[p] = _IMPLIED - o
@@ -247,8 +252,8 @@ class _Merge:
         targets of hard links must stay inside.
         """
         for name, link, t in zip(names, links, types, strict=True):
-            for n in (name, link) if t == _H else (name,):
-                if n.find(b"..") >= 0 and b".." in n.split(_SEP):
+            for n in (name, link) if t == TYPE_H else (name,):
+                if n.find(b"..") >= 0 and b".." in n.split(SEP):
                     raise self.fail(layer, name, "escapes the image root")
 
     def _whiteouts(self, layer: int, names: list[bytes]) -> set[int]:
@@ -257,30 +262,30 @@ class _Merge:
         epoch = self.bases[layer]  # whiteouts hide lower layers only, wherever they appear
         cur, kill = self.cur, self.kill
         for i, name in enumerate(names):
-            if name.find(_WH) < 0:
+            if name.find(WHITEOUT) < 0:
                 continue
-            parts = name.split(_SEP)
-            inner = [p for p in parts[:-1] if p.startswith(_WH)]
+            parts = name.split(SEP)
+            inner = [p for p in parts[:-1] if p.startswith(WHITEOUT)]
             if inner:
                 if inner[0].startswith(_AUFS_META):
                     skip.add(i)
                     continue
                 raise self.fail(layer, name, "is inside a whiteout")
             last = parts[-1]
-            if not last.startswith(_WH):
+            if not last.startswith(WHITEOUT):
                 continue
             skip.add(i)
-            directory = _SEP.join(parts[:-1])
+            directory = SEP.join(parts[:-1])
             if last == _OPAQUE:
                 if kill.get(directory, -1) < epoch:
                     kill[directory] = epoch
                 continue
             if last.startswith(_AUFS_META):
                 continue
-            hidden = last[len(_WH):]
-            if hidden in (b"", b".", b"..") or _SEP in hidden:
+            hidden = last[len(WHITEOUT):]
+            if hidden in (b"", b".", b"..") or SEP in hidden:
                 raise self.fail(layer, name, "whiteout of an invalid name")
-            target = directory + _SEP + hidden if directory else hidden
+            target = directory + SEP + hidden if directory else hidden
             cur.pop(target, None)  # a whiteout of a missing path is no error
             if kill.get(target, -1) < epoch:
                 kill[target] = epoch
@@ -321,19 +326,19 @@ class _Merge:
         # A directory no layer has a header for: the image gives it no time of its own.
         mtime = PINNED_MTIME_NS if self.docker else 0
         for p in implied:
-            cur[p] = syn.add(_D, 0o755, mtime)
+            cur[p] = syn.add(TYPE_D, 0o755, mtime)
         for o in self.suspects:
             layer = self.layer_of(o)
             c = self.layers[layer].columns()
             i = o - self.bases[layer]
-            name = c.names[c.name_ends[i - 1] if i else 0 : c.name_ends[i]].replace(b"/", _SEP)
+            name = c.names[c.name_ends[i - 1] if i else 0 : c.name_ends[i]].replace(b"/", SEP)
             if cur.get(name) != o:
                 continue  # replaced or hidden since
             p = _parent(name)
             while p:
                 q = cur.get(p, _IMPLIED)
                 if not self._is_dir(q):
-                    kind = "symlink" if self.types[q] == _L else "non-directory"
+                    kind = "symlink" if self.types[q] == TYPE_L else "non-directory"
                     raise self.fail(layer, name, f"is below {_show(p)}, a {kind}")
                 p = _parent(p)
 
@@ -341,31 +346,31 @@ class _Merge:
         """docker's init layer: what every container (and so every export) has."""
         cur, syn = self.cur, self.syn
         for path, kind in _INIT:
-            parts = path.split(_SEP)
+            parts = path.split(SEP)
             for n in range(1, len(parts) + 1):
-                p = _SEP.join(parts[:n])
+                p = SEP.join(parts[:n])
                 q = cur.get(p)
-                if q is not None and self._kind(q) != _D:
+                if q is not None and self._kind(q) != TYPE_D:
                     del cur[p]  # unlink: files, symlinks, devices go; directories stay
             if path in cur:
                 continue
             for n in range(1, len(parts)):
-                p = _SEP.join(parts[:n])
+                p = SEP.join(parts[:n])
                 if p not in cur:
-                    cur[p] = syn.add(_D, 0o755)
+                    cur[p] = syn.add(TYPE_D, 0o755)
             if kind == b"d":
-                cur[path] = syn.add(_D, 0o755)
+                cur[path] = syn.add(TYPE_D, 0o755)
             elif kind == b"f":
-                cur[path] = syn.add(_F, 0o755)  # O_CREAT with 0755: empty, executable bits
+                cur[path] = syn.add(TYPE_F, 0o755)  # O_CREAT with 0755: empty, executable bits
             else:
-                o = cur[path] = syn.add(_L, 0o777)
+                o = cur[path] = syn.add(TYPE_L, 0o777)
                 syn.links[o] = kind
         for path in _TOUCHED:
             q = cur[path]
             if q < syn.base:  # the image's own directory: its attributes, a new mtime
                 meta = self.meta.get(q, q)
                 mode, uid, gid = (self.column(a, meta) for a in ("modes", "uids", "gids"))
-                o = cur[path] = syn.add(_D, mode, uid=uid, gid=gid)
+                o = cur[path] = syn.add(TYPE_D, mode, uid=uid, gid=gid)
                 syn.like[o] = meta
             else:
                 i = q - syn.base
@@ -377,7 +382,7 @@ class _Merge:
         # an array: no int object per entry
         ino = array.array("q", map(self.cur.__getitem__, order))
         self.cur = {}  # done with: what it held is in order and ino now
-        names = b"".join(order).replace(_SEP, b"/")
+        names = b"".join(order).replace(SEP, b"/")
         ends = array.array("q", accumulate(map(len, order)))
         return Walk(names, ends, ino)
 
@@ -410,7 +415,7 @@ class _Merge:
         def name(o: int) -> bytes:
             if o >= base:
                 return syn_names[o]
-            return blob[ends[o - 1] if o else 0 : ends[o]].replace(b"/", _SEP)
+            return blob[ends[o - 1] if o else 0 : ends[o]].replace(b"/", SEP)
         return name
 
     def _kind(self, o: int) -> int:

@@ -16,11 +16,11 @@ from fusebundle.errors import UserError, shown
 from fusebundle.pack.boot import write_kernel_initrd
 from fusebundle.pack.cpio import write_cpio
 from fusebundle.pack.output import (
-    _output_target,
-    _pack_to_stream,
     check_output,
     finish_temp,
     open_temp,
+    output_target,
+    write_to_stream,
 )
 from fusebundle.pack.tarball import write_entries
 
@@ -59,9 +59,9 @@ def write(entries: Iterable[Entry], out: str, progress: Callable[[int], None] | 
             raise UserError(f"refusing to write a {fmt} to a terminal; use -o FILE or a pipe")
         sys.stdout.flush()
         return render(entries, fd, stat.S_ISREG(os.fstat(fd).st_mode), progress)
-    target = _output_target(out)
+    target = output_target(out)
     if target is None:
-        return _pack_to_stream(render, entries, out, fmt, progress)
+        return write_to_stream(render, entries, out, fmt, progress)
     temp = Temp(*open_temp(out, target))
     try:
         # The next pack to `out` removes the temporary file if even removing it fails here.

@@ -20,7 +20,7 @@ def check_output(out: str) -> None:
     """Refuse now an `out` that `pack` would refuse, before any image is fetched for it."""
     if out == "-":
         return
-    target = _output_target(out)
+    target = output_target(out)
     if target is not None and not os.path.isdir(os.path.dirname(os.path.abspath(target))):
         raise UserError(f"{shown(out)}: directory "
                         f"{shown(os.path.dirname(os.path.abspath(target)))} does not exist")
@@ -34,7 +34,7 @@ _REFUSED = {stat.S_IFDIR: "is a directory",
             stat.S_IFSOCK: "is a socket"}
 
 
-def _output_target(out: str) -> str | None:
+def output_target(out: str) -> str | None:
     """The regular file to replace for `out` (a symlink's target), or None to write into it."""
     try:
         st = os.stat(out)
@@ -53,7 +53,7 @@ def _output_target(out: str) -> str | None:
     return os.path.realpath(out)  # a symlink stays: its target is the file replaced
 
 
-def _pack_to_stream(render: Callable[..., int], entries: Iterable[Entry], out: str, fmt: str,
+def write_to_stream(render: Callable[..., int], entries: Iterable[Entry], out: str, fmt: str,
                     progress: Callable[[int], None] | None) -> int:
     """Write into a character device or FIFO as it is: nothing to rename, nothing to leave."""
     try:

@@ -12,7 +12,7 @@ from zlib import adler32
 
 from fusebundle.bundle import Entry
 from fusebundle.errors import CorruptTar, UserError
-from fusebundle.tar import Extent
+from fusebundle.tar import Extent, SourceFds
 
 BLOCK = 512
 TYPEFLAGS = {"f": b"0", "h": b"1", "l": b"2", "c": b"3", "b": b"4", "d": b"5", "p": b"6"}
@@ -123,26 +123,16 @@ def _padding(size: int) -> bytes:
     return _PADS[-size % BLOCK]
 
 
-class SourceFiles:
-    """The source tars entries point into: one descriptor each, and a window of the last read.
+class SourceFiles(SourceFds):
+    """The source tars entries point into: one descriptor each (fd(), close()), and a window
+    of the last read.
 
     Small files lie one after another in a tar, so one read of WINDOW bytes serves many.
     """
 
     def __init__(self) -> None:
-        self.fds: dict[str, int] = {}
+        super().__init__(UserError)  # a source that cannot be opened: pack's one line
         self.window: tuple[int, int, bytes] = (-1, 0, b"")
-
-    def fd(self, path: str) -> int:
-        """An open descriptor of `path`, kept until close()."""
-        fd = self.fds.get(path)
-        if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as e:
-                raise UserError(f"{path}: cannot open: {e.strerror}") from None
-            self.fds[path] = fd
-        return fd
 
     def small(self, ext: Extent) -> bytes:
         """The bytes of a small file stored whole, through the window."""
@@ -170,11 +160,6 @@ class SourceFiles:
             if ext.fragments is None:
                 raise
             raise short_source(ext) from None  # as the sparse copy always said it
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
 
 
 class _Writer:

@@ -43,7 +43,7 @@ class Denied(RegistryError):
 
 def plain_http_allowed(host: str, insecure: Iterable[str] = ()) -> bool:
     """True for localhost, 127.0.0.0/8, ::1 and hosts named as insecure (with or without port)."""
-    bare = _hostname(host)
+    bare = host_without_port(host)
     if bare == "localhost" or host in insecure or bare in insecure:
         return True
     try:
@@ -52,7 +52,7 @@ def plain_http_allowed(host: str, insecure: Iterable[str] = ()) -> bool:
         return False
 
 
-def _hostname(host: str) -> str:
+def host_without_port(host: str) -> str:
     """`host[:port]` or `[v6]:port` without the port."""
     if host.startswith("["):
         return host[1:].split("]", 1)[0]

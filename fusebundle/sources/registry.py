@@ -10,12 +10,10 @@ threads, where a blocking file-like object is what they consume.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import io
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,7 +35,7 @@ from fusebundle.sources.regauth import (
     Denied,
     DockerConfig,
     RegistryError,
-    _hostname,
+    host_without_port,
     plain_http_allowed,
     scrub,
 )
@@ -52,6 +50,8 @@ from fusebundle.sources.regnet import (
 )
 
 if TYPE_CHECKING:
+    import ssl  # imported by _tls_failure and regnet's contexts, not on every start
+
     import httpx
 
 __all__ = ["Registry", "RegistryError", "Denied", "registry_host"]
@@ -84,6 +84,13 @@ def _caused_by(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bo
     return False
 
 
+def _tls_failure(exc: BaseException) -> bool:
+    """True if a request failed in TLS (an SSLError under it, or one only its text names)."""
+    import ssl  # loaded already (httpx imports it); not at the top, off every start's path
+
+    return _caused_by(exc, (ssl.SSLError,)) or "SSL" in str(exc)
+
+
 def _retry_after(value: str | None, cap: float) -> float | None:
     """Seconds a Retry-After header asks for (delta or HTTP date), capped; None if absent."""
     if not value:
@@ -91,6 +98,9 @@ def _retry_after(value: str | None, cap: float) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
+        # email (3-4 ms of imports, -X importtime) only for a Retry-After given as an HTTP date.
+        import email.utils
+
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
@@ -170,7 +180,7 @@ class Registry:
     def verifies(self, host: str) -> bool:
         """Is HOST's certificate checked?  Always with a certs.d entry (as skopeo), unless
         --insecure-registry names it; without one, except where plain HTTP is allowed."""
-        named = host in self.insecure or _hostname(host) in self.insecure
+        named = host in self.insecure or host_without_port(host) in self.insecure
         if self.host_tls(host) is not None:
             return not named
         return not plain_http_allowed(host, self.insecure)
@@ -282,7 +292,7 @@ class Registry:
                 if isinstance(e, httpx.ProxyError):
                     raise RegistryError(f"{where}: the proxy refused ({self._reason(e)})"
                                         ) from None
-                if _caused_by(e, (ssl.SSLError,)) or "SSL" in str(e):
+                if _tls_failure(e):
                     hint = ("; its CA goes in certs.d/HOST/*.crt or --cert-dir"
                             if "verify failed" in str(e) else "")
                     raise RegistryError(f"{where}: TLS failure ({self._reason(e)}){hint}"

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from fusebundle.errors import ConfigError
 from fusebundle.sources import reference
-from fusebundle.sources.regauth import RegistryError, _hostname
+from fusebundle.sources.regauth import RegistryError, host_without_port
 
 if TYPE_CHECKING:  # ssl is imported when a context is made: not on every command's start
     import ssl
@@ -79,7 +79,7 @@ def parse_proxy(value: str, variable: str) -> Proxy:
 
 def is_loopback(host: str) -> bool:
     """localhost, 127.0.0.0/8 and ::1 (with or without a port): never proxied."""
-    bare = _hostname(host).lower()
+    bare = host_without_port(host).lower()
     if bare == "localhost" or bare.endswith(".localhost"):
         return True
     try:
@@ -102,7 +102,7 @@ def _split_entry(entry: str) -> tuple[str, str]:
 def bypasses(no_proxy: str, host: str) -> bool:
     """True if NO_PROXY sends HOST[:PORT] direct: `*`, hosts, domains (a leading dot or not,
     subdomains too), `host:port`, and CIDRs or addresses for IP hosts, as curl reads it."""
-    bare = _hostname(host).lower().rstrip(".")
+    bare = host_without_port(host).lower().rstrip(".")
     port = _split_entry(host)[1] if host.startswith("[") or host.count(":") == 1 else ""
     try:
         ip = ipaddress.ip_address(bare)

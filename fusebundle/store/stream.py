@@ -17,9 +17,6 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
-import zstandard
-from isal import isal_zlib
-
 CHUNK = 1 << 20  # blob bytes per read
 MAX_OUT = 8 << 20  # tar bytes per igzip call, so a gzip bomb cannot take all memory at once
 # A zstd block decodes to at most 128 KiB (RFC 8878, Block_Maximum_Size): this many blocks per
@@ -122,11 +119,19 @@ class _Gunzip(_Members):
     kind = "gzip"
     magic_len = 2
 
+    def __init__(self) -> None:
+        super().__init__()
+        # isal is imported by the first gzip'd layer, not at start: a command that stores no
+        # layer (image cat, ls, the mount) never needs it.
+        from isal import isal_zlib
+
+        self._zlib = isal_zlib
+
     def _starts_member(self, head: bytes) -> bool:
         return head == GZIP_MAGIC
 
     def _new(self) -> Any:
-        return isal_zlib.decompressobj(wbits=31)
+        return self._zlib.decompressobj(wbits=31)
 
     def _decode(self, member: Any, data: bytes) -> Generator[bytes, None, bytes | None]:
         d = member
@@ -139,7 +144,7 @@ class _Gunzip(_Members):
                 if d.eof or (not tail and len(out) < MAX_OUT):
                     break
                 out = d.decompress(tail, MAX_OUT)
-        except isal_zlib.error as e:
+        except self._zlib.error as e:
             raise StreamError(f"corrupt gzip data ({e})") from None
         return d.unused_data if d.eof else None
 
@@ -255,6 +260,10 @@ class _Unzstd(_Members):
 
     def __init__(self) -> None:
         super().__init__()
+        # zstandard is imported by the first zstd layer, not at start (as isal for gzip).
+        import zstandard
+
+        self._zstd = zstandard
         self._dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
 
     def _starts_member(self, head: bytes) -> bool:
@@ -270,7 +279,7 @@ class _Unzstd(_Members):
             n = walk.cut(view, ZSTD_BLOCKS_PER_CALL)
             try:
                 out = d.decompress(view[:n])
-            except zstandard.ZstdError as e:
+            except self._zstd.ZstdError as e:
                 raise StreamError(f"corrupt zstd data ({e})") from None
             if out:
                 yield out

@@ -4,6 +4,7 @@ A member stored whole is read as tarfile reads it: as a sparse member with one f
 (0, size), so dense and sparse members share `runs` and `read_into`.  Every renderer (the FUSE
 reader, pack's tar and cpio writers, image cat/diff, the copy-out of a nested tar, a member of
 a docker save archive) reads through these; each says a short source in its own words.
+`SourceFds` keeps the sources' descriptors for the renderers that read many files.
 """
 
 from __future__ import annotations
@@ -135,6 +136,39 @@ class Extent(NamedTuple):
         """A read-only, seekable file of the bytes (it owns a descriptor of the source);
         `short()` is raised where the source ends early, never a silently short read."""
         return _View(self, os.open(self.source.path, os.O_RDONLY | os.O_CLOEXEC), short)
+
+
+class SourceFds:
+    """Sources' descriptors, each opened once and kept until close(): the FUSE reader's and
+    pack's writers'.  A failed open is `error("PATH: cannot open: WHY")`: each caller names
+    its own error class (fs turns its into EIO for the kernel, pack prints its one line)."""
+
+    __slots__ = ("_fds", "_error")
+
+    def __init__(self, error: Callable[[str], Exception]) -> None:
+        self._fds: dict[str, int] = {}  # source path -> its descriptor
+        self._error = error
+
+    def fd(self, path: str) -> int:
+        """An open descriptor of `path`, kept until close()."""
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise self._error(f"{path}: cannot open: {e.strerror}") from None
+            self._fds[path] = fd
+        return fd
+
+    def opened(self, path: str) -> int:
+        """`path`'s descriptor if it is open already, else -1 (opens nothing)."""
+        return self._fds.get(path, -1)
+
+    def close(self) -> None:
+        """Close every descriptor (a later fd() opens afresh)."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
 
 
 def body_size(body: Extent | bytes | None) -> int:

@@ -14,9 +14,9 @@ import threading
 from collections import deque
 
 from fusebundle.errors import CorruptTar
-from fusebundle.tar.header import _Corrupt
+from fusebundle.tar.header import Corrupt
 from fusebundle.tar.index import Stamp, TarIndex
-from fusebundle.tar.scan import _Columns, _scan
+from fusebundle.tar.scan import ScanColumns, scan_tar
 
 # The scanner asks for at most 1 MiB at once (an extension header, a sparse map; headers in
 # reads of 512 KiB), and keeps up with a decoder on most layers: 16 MiB is two of the store's
@@ -139,7 +139,7 @@ class ScanAlong:
         self.feed = TarFeed(fd)
         self.push = self.feed.push
         self._sparse = sparse
-        self._cols: _Columns | None = None
+        self._cols: ScanColumns | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="fusebundle-scan-along",
                                         daemon=True)
@@ -147,7 +147,7 @@ class ScanAlong:
 
     def _run(self) -> None:
         try:
-            self._cols = _scan(self.feed, None, self._sparse)
+            self._cols = scan_tar(self.feed, None, self._sparse)
         except BaseException as e:  # handed to the caller by columns()
             self._error = e
         finally:
@@ -158,7 +158,7 @@ class ScanAlong:
         CorruptTar as TarIndex.scan raises it."""
         self.feed.complete()
         self._thread.join()
-        if isinstance(self._error, _Corrupt):
+        if isinstance(self._error, Corrupt):
             what, offset = self._error.args
             raise CorruptTar(f"{tar_path}: {what} at offset {offset}") from None
         if self._error is not None:

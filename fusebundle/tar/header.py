@@ -2,7 +2,9 @@
 records, sparse maps, and the bounds one archive may ask of us.
 
 Everything here is the scanner's rare or careful path (`scan` keeps only the hot loop): a field
-the fast path could not read, an extension header, a sparse member, a link or a device.
+the fast path could not read, an extension header, a sparse member, a link or a device.  Its
+public names are that face, for `scan`, `feed` and `index`; the rest of the house reads tars
+through `index` and `extent` (and the type codes, TYPE_*, of the index's types column).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Protocol
 
-_ZERO_BLOCK = bytes(512)
+ZERO_BLOCK = bytes(512)
 
 # Bounds on what one archive may ask of us.  Anything beyond them is refused with CorruptTar,
 # so a hostile layer costs at most a fixed factor of its own size in memory and time.
@@ -25,9 +27,9 @@ _MAX_EXT_HEADER = 1 << 20
 # A path or hard link target longer than Linux's PATH_MAX (4096 with its NUL) or with a
 # component longer than NAME_MAX (255) could never be created or looked up by the kernel.
 _MAX_NAME = 4095
-_MAX_COMPONENT = 255
+MAX_COMPONENT = 255
 # A symlink's target is limited to PATH_MAX - 1 bytes by symlink(2) as well.
-_MAX_LINK = 4095
+MAX_LINK = 4095
 # Linux xattr limits (include/uapi/linux/limits.h): XATTR_NAME_MAX, XATTR_SIZE_MAX per value,
 # XATTR_LIST_MAX for the NUL-separated list of one file's names (which bounds their count).
 _MAX_XATTR_NAME = 255
@@ -50,34 +52,36 @@ _CLAMP_NS = _NS_MAX // 1_000_000_000 * 1_000_000_000
 # The fields every member needs: name, mode+uid+gid (as one key for a cache), size, mtime,
 # chksum, typeflag.  The rarely needed linkname (157), magic (257), devmajor/devminor (329,
 # 337) and prefix (345) are sliced out of the block on demand.
-_HEADER = struct.Struct("100s24s12s12s8sB")
-_USTAR_MAGIC = b"ustar\x00"
-_ODD_START = (b".", b"/")
+HEADER = struct.Struct("100s24s12s12s8sB")
+USTAR_MAGIC = b"ustar\x00"
+ODD_START = (b".", b"/")
 
-_TYPE_CODES = bytearray(256)
+TYPE_CODES = bytearray(256)
 for _flag, _code in (
     (b"0", b"f"), (b"\x00", b"f"), (b"7", b"f"), (b"1", b"h"), (b"2", b"l"),
     (b"3", b"c"), (b"4", b"b"), (b"5", b"d"), (b"6", b"p"),
 ):  # fmt: skip
-    _TYPE_CODES[_flag[0]] = _code[0]
+    TYPE_CODES[_flag[0]] = _code[0]
 del _flag, _code
-_TYPE_CODES_SPARSE = bytearray(_TYPE_CODES)
-_TYPE_CODES_SPARSE[ord("S")] = ord("f")
-_F, _H, _L, _D = b"fhld"
-_TYPE_WORDS = {
-    _F: "regular file", _H: "hard link", _L: "symlink", _D: "directory",
+TYPE_CODES_SPARSE = bytearray(TYPE_CODES)
+TYPE_CODES_SPARSE[ord("S")] = ord("f")
+# The index's types column: one byte per entry, its Entry.type letter (these four are the ones
+# the merge and the tree branch on; devices and FIFOs keep theirs, b"c", b"b", b"p").
+TYPE_F, TYPE_H, TYPE_L, TYPE_D = b"fhld"
+TYPE_WORDS = {
+    TYPE_F: "regular file", TYPE_H: "hard link", TYPE_L: "symlink", TYPE_D: "directory",
     ord("c"): "character device", ord("b"): "block device", ord("p"): "FIFO",
 }  # fmt: skip
-_LINKS = frozenset(b"hl")
-_DEVICES = frozenset(b"cb")
-_AREGTYPE = 0
-_GNU_LONGNAME = ord("L")
-_GNU_LONGLINK = ord("K")
-_PAX_LOCAL = frozenset(b"xX")  # 'X' is the old Solaris spelling of 'x'
-_PAX_GLOBAL = ord("g")
-_EXT_TYPES = frozenset(b"xXgLK")
+TYPE_LINKS = frozenset(b"hl")
+TYPE_DEVICES = frozenset(b"cb")  # the types column's device codes: character, block
+AREGTYPE = 0
+GNU_LONGNAME = ord("L")
+GNU_LONGLINK = ord("K")
+PAX_LOCAL = frozenset(b"xX")  # 'X' is the old Solaris spelling of 'x'
+PAX_GLOBAL = ord("g")
+EXT_TYPES = frozenset(b"xXgLK")
 # Types refused with a word on what they are, so the user knows what the layer holds.
-_UNSUPPORTED = {
+UNSUPPORTED = {
     ord("S"): "GNU sparse file",
     ord("M"): "GNU multi-volume continuation",
     ord("V"): "GNU volume label",
@@ -89,12 +93,13 @@ _U32_MAX = 0xFFFFFFFF
 _XATTR_PREFIX = b"SCHILY.xattr."
 _SPARSE_PREFIX = b"GNU.sparse."
 _SPARSE_0_0 = frozenset([b"GNU.sparse.offset", b"GNU.sparse.numbytes"])
-_GNU_SPARSE = ord("S")
-_SPARSE_CARRIERS = frozenset(b"0\x007")  # the regular-file types a PAX sparse map may ride on
+GNU_SPARSE = ord("S")
+SPARSE_CARRIERS = frozenset(b"0\x007")  # the regular-file types a PAX sparse map may ride on
 
 
-class _Corrupt(Exception):
-    """Internal: a problem found while scanning; the scanner adds the path and offset."""
+class Corrupt(Exception):
+    """A problem found while scanning (the tar package's own: the index adds the path and
+    offset and raises CorruptTar)."""
 
 
 class TarBytes(Protocol):
@@ -131,7 +136,7 @@ class FileBytes:
 # Field parsing
 
 
-def _num(fld: bytes, what: str) -> int:
+def number_field(fld: bytes, what: str) -> int:
     """Parse the numeric header field *what*: octal text ended by NUL/space, or GNU base-256."""
     if fld and fld[0] & 0x80:
         # Base-256: big-endian two's complement over all bits but the marker bit, so both
@@ -146,23 +151,23 @@ def _num(fld: bytes, what: str) -> int:
         return 0
     # int() would also take signs, underscores and other whitespace; octal fields may not.
     if not text.isdigit():
-        raise _Corrupt(f"bad {what} field {fld!r}")
+        raise Corrupt(f"bad {what} field {fld!r}")
     try:
         return int(text, 8)
     except ValueError:
-        raise _Corrupt(f"bad {what} field {fld!r}") from None
+        raise Corrupt(f"bad {what} field {fld!r}") from None
 
 
 def _pax_int(key: bytes, value: bytes) -> int:
     if not value.isdigit() or len(value) > 30:
-        raise _Corrupt(f"malformed PAX {key.decode('ascii', 'replace')} value {value[:40]!r}")
+        raise Corrupt(f"malformed PAX {key.decode('ascii', 'replace')} value {value[:40]!r}")
     return int(value)
 
 
-def _time_ns(seconds: int) -> int:
+def seconds_ns(seconds: int) -> int:
     """Nanoseconds for a header's whole seconds, clamped to int64 (see _CLAMP_NS)."""
     if not -_MAX_TIME_S <= seconds <= _MAX_TIME_S:
-        raise _Corrupt("mtime out of range")
+        raise Corrupt("mtime out of range")
     ns = seconds * 1_000_000_000
     if -_CLAMP_NS <= ns <= _CLAMP_NS:
         return ns
@@ -174,15 +179,15 @@ def _pax_time_ns(value: bytes) -> int:
     neg = value[:1] == b"-"
     whole, dot, frac = (value[1:] if neg else value).partition(b".")
     if not whole.isdigit() or (dot and frac and not frac.isdigit()) or len(whole) > 30:
-        raise _Corrupt(f"malformed PAX mtime {value[:40]!r}")
+        raise Corrupt(f"malformed PAX mtime {value[:40]!r}")
     seconds = int(whole)
     ns = seconds * 1_000_000_000 + int((frac[:9] or b"0").ljust(9, b"0"))
     if ns > _NS_MAX:
-        return _time_ns(-seconds if neg else seconds)
+        return seconds_ns(-seconds if neg else seconds)
     return -ns if neg else ns
 
 
-def _parse_pax(data: bytes) -> dict[bytes, bytes]:
+def parse_pax(data: bytes) -> dict[bytes, bytes]:
     """Split PAX records ``b"%d %s=%s\\n"``; values are raw bytes (xattrs may be binary)."""
     records: dict[bytes, bytes] = {}
     sparse_0_0: list[bytes] = []
@@ -191,26 +196,26 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
         if data[pos] == 0:
             # Some writers pad the record area; only NULs may follow the last record.
             if data.count(0, pos) != end - pos:
-                raise _Corrupt("malformed PAX header (data after NUL padding)")
+                raise Corrupt("malformed PAX header (data after NUL padding)")
             break
         sp = data.find(b" ", pos, pos + 21)
         if sp <= pos:
-            raise _Corrupt("malformed PAX record (no length)")
+            raise Corrupt("malformed PAX record (no length)")
         length_text = data[pos:sp]
         if not length_text.isdigit():
-            raise _Corrupt("malformed PAX record (bad length)")
+            raise Corrupt("malformed PAX record (bad length)")
         length = int(length_text)
         rec_end = pos + length
         if rec_end > end or length <= sp - pos + 2 or data[rec_end - 1] != 0x0A:
-            raise _Corrupt("malformed PAX record (bad length)")
+            raise Corrupt("malformed PAX record (bad length)")
         key, eq, value = data[sp + 1 : rec_end - 1].partition(b"=")
         if not eq or not key:
-            raise _Corrupt("malformed PAX record (no key=value)")
+            raise Corrupt("malformed PAX record (no key=value)")
         if key in _SPARSE_0_0:
             # Format 0.0 repeats these two keywords, once per fragment, in order: kept as
             # the comma-separated map of format 0.1 (as Go's reader does).
             if b"," in value:
-                raise _Corrupt("malformed PAX GNU sparse record")
+                raise Corrupt("malformed PAX GNU sparse record")
             sparse_0_0.append(value)
         else:
             records[key] = value
@@ -224,20 +229,20 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
 _PAX_FIELDS = frozenset([b"path", b"linkpath", b"size", b"uid", b"gid", b"mtime"])
 
 
-def _xattrs_of(records: dict[bytes, bytes]) -> dict[str, bytes]:
+def xattrs_of(records: dict[bytes, bytes]) -> dict[str, bytes]:
     """The SCHILY.xattr.* records of one PAX header, each checked against the Linux limits."""
     attrs: dict[str, bytes] = {}
     for key, value in records.items():
         if key.startswith(_XATTR_PREFIX):
             attr = key[len(_XATTR_PREFIX) :]
             if not attr:
-                raise _Corrupt("malformed PAX record (empty xattr name)")
+                raise Corrupt("malformed PAX record (empty xattr name)")
             if b"\x00" in attr:
-                raise _Corrupt(f"NUL byte in xattr name {attr[:100]!r}")
+                raise Corrupt(f"NUL byte in xattr name {attr[:100]!r}")
             if len(attr) > _MAX_XATTR_NAME:
-                raise _Corrupt(f"xattr name of {len(attr)} bytes (limit {_MAX_XATTR_NAME})")
+                raise Corrupt(f"xattr name of {len(attr)} bytes (limit {_MAX_XATTR_NAME})")
             if len(value) > _MAX_XATTR_VALUE:
-                raise _Corrupt(
+                raise Corrupt(
                     f"xattr {attr[:100]!r} value of {len(value)} bytes (limit {_MAX_XATTR_VALUE})"
                 )
             attrs[attr.decode("utf-8", "surrogateescape")] = value
@@ -250,14 +255,14 @@ def _attr_len(name: str) -> int:
 
 def _check_xattr_totals(names_len: int, values_len: int) -> None:
     if names_len > _MAX_XATTR_LIST:
-        raise _Corrupt(f"xattr names of {names_len} bytes for one member (limit {_MAX_XATTR_LIST})")
+        raise Corrupt(f"xattr names of {names_len} bytes for one member (limit {_MAX_XATTR_LIST})")
     if values_len > _MAX_XATTR_BYTES:
-        raise _Corrupt(
+        raise Corrupt(
             f"xattr values of {values_len} bytes for one member (limit {_MAX_XATTR_BYTES})"
         )
 
 
-class _Globals:
+class Globals:
     """What the global PAX headers seen so far say about every following member.
 
     Like GNU tar and tarfile (Go and libarchive ignore them), their keywords apply to each
@@ -285,7 +290,7 @@ class _Globals:
                     fields[key] = value
                 else:
                     fields.pop(key, None)
-        attrs = _xattrs_of(records)
+        attrs = xattrs_of(records)
         if not attrs:
             return
         if self.view is not None:
@@ -312,7 +317,7 @@ class _Globals:
         # when the base is spent, and only as far as this payment needs it to reach.
         over = self.spent - _XATTR_COPY_BUDGET_BASE
         if over > 0 and self.src.at_least(512 * over) // 512 < over:
-            raise _Corrupt("global PAX headers change xattrs too often")
+            raise Corrupt("global PAX headers change xattrs too often")
 
     def shared(self) -> Mapping[str, bytes]:
         """The current global xattrs as one read-only mapping for all the members using it."""
@@ -334,24 +339,24 @@ class _Globals:
         _check_xattr_totals(names_len, values_len)
 
 
-def _check_name(name: bytes, what: str) -> None:
+def check_name(name: bytes, what: str) -> None:
     """Refuse a normalised name the kernel could not create (see _MAX_NAME)."""
     if len(name) > _MAX_NAME:
-        raise _Corrupt(f"{what} of {len(name)} bytes (limit {_MAX_NAME}) {name[:100]!r}...")
-    if len(name) > _MAX_COMPONENT and max(map(len, name.split(b"/"))) > _MAX_COMPONENT:
-        raise _Corrupt(f"{what} with a component over {_MAX_COMPONENT} bytes {name[:100]!r}...")
+        raise Corrupt(f"{what} of {len(name)} bytes (limit {_MAX_NAME}) {name[:100]!r}...")
+    if len(name) > MAX_COMPONENT and max(map(len, name.split(b"/"))) > MAX_COMPONENT:
+        raise Corrupt(f"{what} with a component over {MAX_COMPONENT} bytes {name[:100]!r}...")
 
 
-def _normalize(name: bytes, what: str = "name") -> bytes:
+def normalize_name(name: bytes, what: str = "name") -> bytes:
     """Normalise a member name: no leading './' or '/', no empty or '.' components.
 
-    Raises _Corrupt for a component '..' (the member would escape the tree) or a NUL byte.
+    Raises Corrupt for a component '..' (the member would escape the tree) or a NUL byte.
     """
     parts = [p for p in name.split(b"/") if p and p != b"."]
     if b".." in parts:
-        raise _Corrupt(f"hostile {what} {name[:200]!r}")
+        raise Corrupt(f"hostile {what} {name[:200]!r}")
     if b"\x00" in name:
-        raise _Corrupt(f"NUL byte in {what} {name[:200]!r}")
+        raise Corrupt(f"NUL byte in {what} {name[:200]!r}")
     return b"/".join(parts)
 
 
@@ -359,31 +364,31 @@ def _normalize(name: bytes, what: str = "name") -> bytes:
 # GNU sparse members: the stored fragments, one after another, and where they go
 
 
-def _fragments(numbers: list[int], real_size: int, stored: int) -> array.array[int]:
+def checked_fragments(numbers: list[int], real_size: int, stored: int) -> array.array[int]:
     """Check a map of (offset, length) pairs as Go's reader does, drop empty fragments.
 
     Fragments must be in order, not overlap, end within the real size and together hold
     exactly the bytes stored in the archive.
     """
     if not 0 <= real_size <= _NS_MAX:
-        raise _Corrupt(f"GNU sparse real size {real_size} out of range")
+        raise Corrupt(f"GNU sparse real size {real_size} out of range")
     out = array.array("q")
     end = total = 0
     for k in range(0, len(numbers) - 1, 2):
         offset, length = numbers[k], numbers[k + 1]
         if offset < end or length < 0 or offset + length > real_size:
-            raise _Corrupt("GNU sparse map out of order, overlapping or past the real size")
+            raise Corrupt("GNU sparse map out of order, overlapping or past the real size")
         end = offset + length
         total += length
         if length:
             out.append(offset)
             out.append(length)
     if total != stored:
-        raise _Corrupt(f"GNU sparse map holds {total} bytes, the member {stored}")
+        raise Corrupt(f"GNU sparse map holds {total} bytes, the member {stored}")
     return out
 
 
-def _old_gnu_map(src: TarBytes, blk: bytes, data_pos: int) -> tuple[list[int], int, int]:
+def old_gnu_map(src: TarBytes, blk: bytes, data_pos: int) -> tuple[list[int], int, int]:
     """(map numbers, real size, data start) of an old GNU 'S' header and its extension blocks."""
     numbers: list[int] = []
 
@@ -391,16 +396,16 @@ def _old_gnu_map(src: TarBytes, blk: bytes, data_pos: int) -> tuple[list[int], i
         for k in range(0, 24 * count, 24):
             if area[k] == 0:
                 return  # an empty offset ends the list (as in GNU tar, bsdtar and Go)
-            numbers.append(_num(area[k : k + 12], "sparse offset"))
-            numbers.append(_num(area[k + 12 : k + 24], "sparse length"))
+            numbers.append(number_field(area[k : k + 12], "sparse offset"))
+            numbers.append(number_field(area[k + 12 : k + 24], "sparse length"))
 
     take(blk[386:482], 4)
-    real_size = _num(blk[483:495], "sparse real size")
+    real_size = number_field(blk[483:495], "sparse real size")
     extended = blk[482]
     while extended:
         ext = src.read(512, data_pos)
         if len(ext) != 512:
-            raise _Corrupt("truncated file (GNU sparse extension block past end of file)")
+            raise Corrupt("truncated file (GNU sparse extension block past end of file)")
         take(ext, 21)
         extended = ext[504]
         data_pos += 512
@@ -419,26 +424,26 @@ def _map_1_0(src: TarBytes, data_pos: int, size: int) -> tuple[list[int], int]:
         nl = chunk.find(b"\n", at)
         if nl < 0:
             if len(chunk) >= limit:
-                raise _Corrupt(f"GNU sparse map longer than the member or {_MAX_EXT_HEADER} bytes")
+                raise Corrupt(f"GNU sparse map longer than the member or {_MAX_EXT_HEADER} bytes")
             want = min(max(512, len(chunk)), limit - len(chunk))
             more = src.read(want, data_pos + len(chunk))
             if not more:
-                raise _Corrupt("truncated file (GNU sparse map past end of file)")
+                raise Corrupt("truncated file (GNU sparse map past end of file)")
             chunk += more
             continue
         numbers.append(_pax_int(b"GNU sparse map", chunk[at:nl]))
         at = nl + 1
         if len(numbers) == 1:
             if numbers[0] > _MAX_EXT_HEADER // 4:  # each pair takes at least four bytes
-                raise _Corrupt(f"GNU sparse map of {numbers[0]} fragments")
+                raise Corrupt(f"GNU sparse map of {numbers[0]} fragments")
             need = 1 + 2 * numbers[0]
     map_len = (at + 511) & ~511
     if map_len > size:
-        raise _Corrupt("GNU sparse map longer than the member")
+        raise Corrupt("GNU sparse map longer than the member")
     return numbers[1:], map_len
 
 
-def _pax_sparse(pax: dict[bytes, bytes]) -> str | None:
+def pax_sparse_format(pax: dict[bytes, bytes]) -> str | None:
     """The PAX sparse format of a member ('0.x' or '1.0'), None if it is not sparse."""
     get = pax.get
     major, minor = get(b"GNU.sparse.major"), get(b"GNU.sparse.minor")
@@ -447,20 +452,20 @@ def _pax_sparse(pax: dict[bytes, bytes]) -> str | None:
     if major == b"0" and minor in (b"0", b"1"):
         return "0.x"
     if major or minor:
-        raise _Corrupt(f"unsupported GNU sparse version {major!r}.{minor!r}")
+        raise Corrupt(f"unsupported GNU sparse version {major!r}.{minor!r}")
     if get(b"GNU.sparse.map") is not None or get(b"GNU.sparse.size"):
         return "0.x"  # 0.0 and 0.1 wrote no version
     return None  # other GNU.sparse records alone mean nothing (Go ignores them too)
 
 
-def _pax_sparse_layout(
+def pax_sparse_layout(
     pax: dict[bytes, bytes], version: str, src: TarBytes, data_pos: int, size: int
 ) -> tuple[list[int], int, int]:
     """(map numbers, real size, bytes of map before the data) of a PAX sparse member."""
     get = pax.get
     real = get(b"GNU.sparse.size") or get(b"GNU.sparse.realsize")
     if not real:
-        raise _Corrupt("GNU sparse member without its real size")
+        raise Corrupt("GNU sparse member without its real size")
     real_size = _pax_int(b"GNU.sparse.size", real)
     if version == "1.0":
         numbers, map_len = _map_1_0(src, data_pos, size)
@@ -469,7 +474,7 @@ def _pax_sparse_layout(
     text = get(b"GNU.sparse.map") or b""
     parts = text.split(b",") if text else []
     if len(parts) != 2 * count:
-        raise _Corrupt(f"GNU sparse map of {len(parts)} numbers for {count} fragments")
+        raise Corrupt(f"GNU sparse map of {len(parts)} numbers for {count} fragments")
     return [_pax_int(b"GNU.sparse.map", x) for x in parts], real_size, 0
 
 
@@ -500,52 +505,53 @@ def read_sparse(
     return bytes(out)
 
 
-def _owner_fields(fld: bytes) -> tuple[int, int, int]:
+def owner_fields(fld: bytes) -> tuple[int, int, int]:
     """Parse the 24 bytes of mode, uid and gid fields into (mode & 0o7777, uid, gid)."""
     mode, uid, gid = (
-        _num(fld[:8], "mode") & 0o7777,
-        _num(fld[8:16], "uid"),
-        _num(fld[16:], "gid"),
+        number_field(fld[:8], "mode") & 0o7777,
+        number_field(fld[8:16], "uid"),
+        number_field(fld[16:], "gid"),
     )
     if not (0 <= uid <= _U32_MAX and 0 <= gid <= _U32_MAX):
-        raise _Corrupt("uid/gid out of range")
+        raise Corrupt("uid/gid out of range")
     return mode, uid, gid
 
 
-def _device_fields(blk: bytes) -> tuple[int, int]:
-    major, minor = _num(blk[329:337], "devmajor"), _num(blk[337:345], "devminor")
+def device_fields(blk: bytes) -> tuple[int, int]:
+    """(devmajor, devminor) of a device header, each a 32-bit number as Linux's dev_t holds."""
+    major, minor = number_field(blk[329:337], "devmajor"), number_field(blk[337:345], "devminor")
     if not (0 <= major <= _U32_MAX and 0 <= minor <= _U32_MAX):
-        raise _Corrupt("device number out of range")
+        raise Corrupt("device number out of range")
     return major, minor
 
 
-def _read_ext(
+def read_ext(
     src: TarBytes, buf: bytes, buf_start: int, data_pos: int, size: int, flag: int
 ) -> bytes:
     """Return the data of a GNU long name/link or PAX header, from *buf* if it holds it."""
     if size < 0:
-        raise _Corrupt("negative size")
+        raise Corrupt("negative size")
     if size > _MAX_EXT_HEADER:
-        raise _Corrupt(
+        raise Corrupt(
             f"extension header {chr(flag)!r} of {size} bytes is too large"
             f" (limit {_MAX_EXT_HEADER})"
         )
     if data_pos + size > src.at_least(data_pos + size):
-        raise _Corrupt("truncated file (extension header data past end of file)")
+        raise Corrupt("truncated file (extension header data past end of file)")
     rel = data_pos - buf_start
     if rel >= 0 and rel + size <= len(buf):
         return buf[rel : rel + size]
     data = src.read(size, data_pos)
     if len(data) != size:
-        raise _Corrupt("truncated file (extension header data past end of file)")
+        raise Corrupt("truncated file (extension header data past end of file)")
     return data
 
 
-def _checksum_ok(blk: bytes, f_chk: bytes) -> bool:
+def checksum_ok(blk: bytes, f_chk: bytes) -> bool:
     """Exact checksum test, accepting the signed-byte sums some historic tars wrote."""
     try:
-        chk = _num(f_chk, "checksum")
-    except _Corrupt:
+        chk = number_field(f_chk, "checksum")
+    except Corrupt:
         return False
     rest = blk[:148] + blk[156:]
     unsigned = sum(rest) + 8 * 32
@@ -555,7 +561,7 @@ def _checksum_ok(blk: bytes, f_chk: bytes) -> bool:
     return unsigned - 256 * high == chk
 
 
-def _apply_pax(
+def apply_pax(
     pax: dict[bytes, bytes],
     name: bytes,
     link: bytes,
@@ -564,7 +570,7 @@ def _apply_pax(
     gid: int,
     mtime_ns: int,
 ) -> tuple[bytes, bytes, int, int, int, int, bool]:
-    """Let PAX records override the header fields (xattrs are _xattrs_of's job).
+    """Let PAX records override the header fields (xattrs are xattrs_of's job).
 
     The last value says whether GNU.sparse records are present.
 
@@ -575,11 +581,11 @@ def _apply_pax(
     get = pax.get
     if value := get(b"path"):
         if b"\x00" in value:
-            raise _Corrupt(f"NUL byte in PAX path {value[:200]!r}")
+            raise Corrupt(f"NUL byte in PAX path {value[:200]!r}")
         name = value
     if value := get(b"linkpath"):
         if b"\x00" in value:
-            raise _Corrupt(f"NUL byte in PAX linkpath {value[:200]!r}")
+            raise Corrupt(f"NUL byte in PAX linkpath {value[:200]!r}")
         link = value
     if value := get(b"size"):
         size = _pax_int(b"size", value)
@@ -590,12 +596,12 @@ def _apply_pax(
     if value := get(b"mtime"):
         mtime_ns = _pax_time_ns(value)
     if uid > _U32_MAX or gid > _U32_MAX:
-        raise _Corrupt("uid/gid out of range")
+        raise Corrupt("uid/gid out of range")
     sparse_keys = any(key.startswith(_SPARSE_PREFIX) for key in pax)
     return name, link, size, uid, gid, mtime_ns, sparse_keys
 
 
-def _shown_name(
+def shown_name(
     name: bytes,
     blk: bytes,
     pend_name: bytes | None,
@@ -610,6 +616,6 @@ def _shown_name(
     if gfields.get(b"path"):
         return gfields[b"path"][:200]
     name = name.partition(b"\x00")[0]
-    if blk[345] and blk[257:263] == _USTAR_MAGIC:
+    if blk[345] and blk[257:263] == USTAR_MAGIC:
         name = blk[345:500].partition(b"\x00")[0] + b"/" + name
     return name[:200]

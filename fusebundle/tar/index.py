@@ -26,8 +26,8 @@ from typing import NamedTuple
 from fusebundle.errors import CorruptTar
 from fusebundle.tar import colfile
 from fusebundle.tar.extent import Extent, Source
-from fusebundle.tar.header import FileBytes, _Corrupt, read_sparse
-from fusebundle.tar.scan import _Columns, _scan
+from fusebundle.tar.header import Corrupt, FileBytes, read_sparse
+from fusebundle.tar.scan import ScanColumns, scan_tar
 
 __all__ = [
     "Columns", "IndexEntry", "Stamp", "TarIndex", "open_index", "read_sparse", "FORMAT_MAGIC",
@@ -79,7 +79,7 @@ _DROP_MASK = DROP_EVERY_ENTRIES - 1
 _Meta = struct.Struct("<QqQQ")
 
 # Column attribute name -> array typecode, or "s" for a bytes blob; this order is the file order.
-_COLUMNS: tuple[tuple[str, str], ...] = (
+COLUMNS: tuple[tuple[str, str], ...] = (
     ("_types", "s"),
     ("_modes", "H"),
     ("_uids", "I"),
@@ -283,7 +283,7 @@ class TarIndex:
         self.tar_path = tar_path
         self._stat = stat_key
         self._types = b""
-        for attr, typecode in _COLUMNS:
+        for attr, typecode in COLUMNS:
             if typecode != "s":
                 setattr(self, attr, array.array(typecode))
         self._names = b""
@@ -463,14 +463,14 @@ class TarIndex:
         with open(tar_path, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             try:
-                cols = _scan(FileBytes(f.fileno(), st.st_size), progress, sparse)
-            except _Corrupt as exc:
+                cols = scan_tar(FileBytes(f.fileno(), st.st_size), progress, sparse)
+            except Corrupt as exc:
                 what, offset = exc.args
                 raise CorruptTar(f"{tar_path}: {what} at offset {offset}") from None
         return cls.from_columns(tar_path, Stamp.of(st), cols)
 
     @classmethod
-    def from_columns(cls, tar_path: str, stamp: Stamp, cols: _Columns) -> TarIndex:
+    def from_columns(cls, tar_path: str, stamp: Stamp, cols: ScanColumns) -> TarIndex:
         """The index a scan's columns make (they are taken over, not copied)."""
         self = cls(tar_path, stamp)
         n = len(cols.types)
@@ -504,7 +504,7 @@ class TarIndex:
         self._sparse = cols.sparse
         return self
 
-    def _sections(self, columns: Sequence[tuple[str, str]] = _COLUMNS
+    def _sections(self, columns: Sequence[tuple[str, str]] = COLUMNS
                   ) -> list[colfile.Section]:
         """The columns as the saved file lays them out, numbers in the narrowest type."""
         out: list[colfile.Section] = []
@@ -558,7 +558,7 @@ class TarIndex:
         if (size, mtime_ns, ino) != stat_key:
             return None  # the tar changed: a stale index, not a damaged one
         self = cls(tar_path, stat_key)
-        self._adopt(mapped, _COLUMNS, n)
+        self._adopt(mapped, COLUMNS, n)
         return self
 
     def _adopt(self, mapped: colfile.Mapped, columns: Sequence[tuple[str, str]],

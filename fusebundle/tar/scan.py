@@ -14,48 +14,48 @@ from collections.abc import Callable, Mapping
 from itertools import accumulate
 
 from fusebundle.tar.header import (
-    _AREGTYPE,
-    _D,
-    _DEVICES,
-    _EXT_TYPES,
-    _F,
-    _GNU_LONGLINK,
-    _GNU_LONGNAME,
-    _GNU_SPARSE,
-    _H,
-    _HEADER,
-    _LINKS,
-    _MAX_COMPONENT,
-    _MAX_LINK,
-    _ODD_START,
-    _PAX_GLOBAL,
-    _PAX_LOCAL,
-    _SPARSE_CARRIERS,
-    _TYPE_CODES,
-    _TYPE_CODES_SPARSE,
-    _TYPE_WORDS,
-    _UNSUPPORTED,
-    _USTAR_MAGIC,
-    _ZERO_BLOCK,
+    AREGTYPE,
+    EXT_TYPES,
+    GNU_LONGLINK,
+    GNU_LONGNAME,
+    GNU_SPARSE,
+    HEADER,
+    MAX_COMPONENT,
+    MAX_LINK,
+    ODD_START,
+    PAX_GLOBAL,
+    PAX_LOCAL,
+    SPARSE_CARRIERS,
+    TYPE_CODES,
+    TYPE_CODES_SPARSE,
+    TYPE_D,
+    TYPE_DEVICES,
+    TYPE_F,
+    TYPE_H,
+    TYPE_LINKS,
+    TYPE_WORDS,
+    UNSUPPORTED,
+    USTAR_MAGIC,
+    ZERO_BLOCK,
+    Corrupt,
+    Globals,
     TarBytes,
-    _apply_pax,
-    _check_name,
-    _checksum_ok,
-    _Corrupt,
-    _device_fields,
-    _fragments,
-    _Globals,
-    _normalize,
-    _num,
-    _old_gnu_map,
-    _owner_fields,
-    _parse_pax,
-    _pax_sparse,
-    _pax_sparse_layout,
-    _read_ext,
-    _shown_name,
-    _time_ns,
-    _xattrs_of,
+    apply_pax,
+    check_name,
+    checked_fragments,
+    checksum_ok,
+    device_fields,
+    normalize_name,
+    number_field,
+    old_gnu_map,
+    owner_fields,
+    parse_pax,
+    pax_sparse_format,
+    pax_sparse_layout,
+    read_ext,
+    seconds_ns,
+    shown_name,
+    xattrs_of,
 )
 
 # Reads start small after a jump over a big member (its data would be skipped anyway) and
@@ -67,7 +67,7 @@ _PROGRESS_STEP = 8 << 20
 _OWNER_CACHE_LIMIT = 4096
 
 
-class _Columns:
+class ScanColumns:
     """What one scan produces, before it becomes a TarIndex.
 
     Members are taken in chunks of _CHUNK: the interleaved numbers and the names of one chunk
@@ -126,20 +126,20 @@ _CHUNK_MASK = _CHUNK - 1
 #   of its cost.
 # - The checksum: adler32's low half is (1 + byte sum) mod 65521, computed in C.  It is the
 #   exact byte sum when at most 256 bytes are non-zero (sum <= 65280), which holds for nearly
-#   every header; anything else takes the exact slow path (_checksum_ok).
+#   every header; anything else takes the exact slow path (checksum_ok).
 # - (mode, uid, gid) fields repeat across nearly all members: each combination is parsed once.
 # - Names are nearly always clean already; only odd-looking ones get the full work.
 # - Extension headers, global records, sparse maps and link targets are _Pending's,
 #   _sparse_member's and _link_target's: the loop only tests for them.
-def _scan(
+def scan_tar(
     src: TarBytes, progress: Callable[[int], None] | None, sparse: bool = False
-) -> _Columns:
-    """Walk the headers of the tar `src` holds; raises _Corrupt(what, offset)."""
-    cols = _Columns()
+) -> ScanColumns:
+    """Walk the headers of the tar `src` holds; raises Corrupt(what, offset)."""
+    cols = ScanColumns()
     pend = _Pending(src)
     _walk(cols, pend, src, progress, sparse)
     if pend.pos >= 0:
-        raise _Corrupt("extension header not followed by a member", pend.pos)
+        raise Corrupt("extension header not followed by a member", pend.pos)
     cols.flush()
     if progress is not None:
         progress(src.at_least(_WHOLE))
@@ -149,19 +149,19 @@ def _scan(
 _WHOLE = 1 << 63  # more than any tar holds: at_least(_WHOLE) is the tar's size
 
 
-def _walk(cols: _Columns, pend: _Pending, src: TarBytes,
+def _walk(cols: ScanColumns, pend: _Pending, src: TarBytes,
           progress: Callable[[int], None] | None, sparse: bool) -> None:
-    """The loop of _scan: every member into `cols`, extension headers into `pend`."""
+    """The loop of scan_tar: every member into `cols`, extension headers into `pend`."""
     types_append, nums_extend, names_append = cols.types.append, cols.nums.extend, \
         cols.names.append
     links, devices, xattrs, sparse_maps = cols.links, cols.devices, cols.xattrs, cols.sparse
-    unpack, adler32, read, at_least = _HEADER.unpack_from, zlib.adler32, src.read, src.at_least
+    unpack, adler32, read, at_least = HEADER.unpack_from, zlib.adler32, src.read, src.at_least
     # Bytes known to be there: a tar still being written is asked again only past them.
     known = at_least(0)
     # With sparse, an old GNU sparse file is a regular one whose map is in its header.
-    type_codes = _TYPE_CODES_SPARSE if sparse else _TYPE_CODES
-    zero_block, reg_code, odd_start = _ZERO_BLOCK, _F, _ODD_START
-    link_codes, device_codes = _LINKS, _DEVICES
+    type_codes = TYPE_CODES_SPARSE if sparse else TYPE_CODES
+    zero_block, reg_code, odd_start = ZERO_BLOCK, TYPE_F, ODD_START
+    link_codes, device_codes = TYPE_LINKS, TYPE_DEVICES
     owners: dict[bytes, tuple[int, int, int]] = {}
     buf, buf_start, buf_len, read_size = b"", 0, 0, _READ_MIN // 2
     pos = count = hdr_pos = 0
@@ -189,7 +189,7 @@ def _walk(cols: _Columns, pend: _Pending, src: TarBytes,
                 if buf_len < 512:
                     if buf.count(0) == buf_len:
                         break  # a short run of zeros: an end marker cut short
-                    raise _Corrupt("truncated file (partial header)")
+                    raise Corrupt("truncated file (partial header)")
             blk = buf[rel : rel + 512]
             name, f_owner, f_size, f_mtime, f_chk, flag = unpack(blk)
 
@@ -202,8 +202,8 @@ def _walk(cols: _Columns, pend: _Pending, src: TarBytes,
             if chk_calc != chk or blk.count(0) < 256:
                 if blk == zero_block:
                     break  # end-of-archive marker; whatever follows is ignored
-                if not _checksum_ok(blk, f_chk):
-                    raise _Corrupt("bad header checksum")
+                if not checksum_ok(blk, f_chk):
+                    raise Corrupt("bad header checksum")
 
             code = type_codes[flag]
             data_pos = pos + 512
@@ -214,11 +214,11 @@ def _walk(cols: _Columns, pend: _Pending, src: TarBytes,
                 continue
 
             name = name.partition(b"\x00")[0]
-            if blk[345] and blk[257:263] == _USTAR_MAGIC:
+            if blk[345] and blk[257:263] == USTAR_MAGIC:
                 name = blk[345:500].partition(b"\x00")[0] + b"/" + name
             owner = owners.get(f_owner)
             if owner is None:
-                owner = _owner_fields(f_owner)
+                owner = owner_fields(f_owner)
                 if len(owners) < _OWNER_CACHE_LIMIT:
                     owners[f_owner] = owner
             # int() alone would take signs, '_', '0o' and whitespace: digits only here.
@@ -232,8 +232,8 @@ def _walk(cols: _Columns, pend: _Pending, src: TarBytes,
                 mtime_ns = int(mtime_text, 8) * 1_000_000_000
             except ValueError:
                 # Base-256, space padding, garbage: the careful parser sorts it out.
-                size = _num(f_size, "size")
-                mtime_ns = _time_ns(_num(f_mtime, "mtime"))
+                size = number_field(f_size, "size")
+                mtime_ns = seconds_ns(number_field(f_mtime, "mtime"))
 
             link = None
             if rare:
@@ -246,15 +246,15 @@ def _walk(cols: _Columns, pend: _Pending, src: TarBytes,
                 rare = pend.glob_active
 
             if code == reg_code:
-                if flag == _AREGTYPE and name[-1:] == b"/":
-                    code = _D  # pre-POSIX archives mark directories by a trailing '/'
+                if flag == AREGTYPE and name[-1:] == b"/":
+                    code = TYPE_D  # pre-POSIX archives mark directories by a trailing '/'
                     size = 0
                     next_pos = data_pos
                 else:
                     if size < 0:
-                        raise _Corrupt("negative size")
+                        raise Corrupt("negative size")
                     next_pos = data_pos + ((size + 511) & ~511)
-                    if pax_sparse is not None or flag == _GNU_SPARSE:
+                    if pax_sparse is not None or flag == GNU_SPARSE:
                         data_pos, next_pos, size = _sparse_member(
                             src, blk, data_pos, next_pos, size, pax, pax_sparse, sparse_maps,
                             count
@@ -264,7 +264,7 @@ def _walk(cols: _Columns, pend: _Pending, src: TarBytes,
                     if next_pos > known:
                         known = at_least(next_pos)
                         if next_pos > known:
-                            raise _Corrupt("truncated file (member data past end of file)")
+                            raise Corrupt("truncated file (member data past end of file)")
             else:
                 # Links, directories, devices and FIFOs never carry data (as tarfile and Go's
                 # archive/tar read them), whatever their size field says.
@@ -281,13 +281,13 @@ def _walk(cols: _Columns, pend: _Pending, src: TarBytes,
                     pos = next_pos  # the archive root './' itself is not a member
                     xattrs.pop(count, None)
                     continue
-            if len(name) > _MAX_COMPONENT:
-                _check_name(name, "name")
+            if len(name) > MAX_COMPONENT:
+                check_name(name, "name")
             if code != reg_code:
                 if code in link_codes:
                     _link_target(code, blk, link, links, count)
                 elif code in device_codes:
-                    devices[count] = _device_fields(blk)
+                    devices[count] = device_fields(blk)
 
             types_append(code)
             nums_extend(owner + (size, mtime_ns, data_pos))
@@ -296,8 +296,8 @@ def _walk(cols: _Columns, pend: _Pending, src: TarBytes,
             pos = next_pos
             if not count & _CHUNK_MASK:
                 cols.flush()
-    except (_Corrupt, OverflowError, ValueError, IndexError, struct.error, UnicodeError) as e:
-        raise _Corrupt(_what(e), hdr_pos) from None
+    except (Corrupt, OverflowError, ValueError, IndexError, struct.error, UnicodeError) as e:
+        raise Corrupt(_what(e), hdr_pos) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,41 +316,41 @@ class _Pending:
         self.name: bytes | None = None
         self.link: bytes | None = None
         self.pos = -1  # offset of the first pending extension header, -1 if none
-        self.glob = _Globals(src)
+        self.glob = Globals(src)
         self.glob_active = False  # any global records in force
 
     def take(self, buf: bytes, buf_start: int, pos: int, blk: bytes, name: bytes,
              f_size: bytes, flag: int) -> int:
         """Read the extension header at `pos` (or refuse an unsupported type); the next one's
         offset."""
-        if flag not in _EXT_TYPES:
+        if flag not in EXT_TYPES:
             # Checked before any payload is read: the type is the problem, not a size.
-            what = _UNSUPPORTED.get(flag, "unknown")
-            shown = _shown_name(name, blk, self.name, self.pax, self.glob.fields)
-            raise _Corrupt(f"unsupported entry type {chr(flag)!r} ({what}) for member {shown!r}")
+            what = UNSUPPORTED.get(flag, "unknown")
+            shown = shown_name(name, blk, self.name, self.pax, self.glob.fields)
+            raise Corrupt(f"unsupported entry type {chr(flag)!r} ({what}) for member {shown!r}")
         data_pos = pos + 512
-        size = _num(f_size, "size")
-        if flag in (_GNU_LONGNAME, _GNU_LONGLINK):
+        size = number_field(f_size, "size")
+        if flag in (GNU_LONGNAME, GNU_LONGLINK):
             # The name ends at its NUL even past the size, within the padding, as GNU tar and
             # tarfile read it (Go stops at the size; writers agree).
             size = (size + 511) & ~511
-        data = _read_ext(self.src, buf, buf_start, data_pos, size, flag)
-        if flag == _PAX_GLOBAL:
-            self.glob.update(_parse_pax(data))
+        data = read_ext(self.src, buf, buf_start, data_pos, size, flag)
+        if flag == PAX_GLOBAL:
+            self.glob.update(parse_pax(data))
             self.glob_active = bool(self.glob.fields or self.glob.xattrs)
-        elif flag in _PAX_LOCAL:
+        elif flag in PAX_LOCAL:
             # Only the last of consecutive 'x' headers counts, as in GNU tar, bsdtar, Go and
             # tarfile.
-            self.pax = _parse_pax(data)
-        elif flag == _GNU_LONGNAME:
+            self.pax = parse_pax(data)
+        elif flag == GNU_LONGNAME:
             self.name = data.split(b"\x00", 1)[0]
         else:
             self.link = data.split(b"\x00", 1)[0]
-        if self.pos < 0 and flag != _PAX_GLOBAL:
+        if self.pos < 0 and flag != PAX_GLOBAL:
             self.pos = pos
         pos = data_pos + ((size + 511) & ~511)
         if pos > self.src.at_least(pos):
-            raise _Corrupt("truncated file (extension header padding past end of file)")
+            raise Corrupt("truncated file (extension header padding past end of file)")
         return pos
 
     def apply(self, blk: bytes, name: bytes, owner: tuple[int, int, int], size: int,
@@ -362,7 +362,7 @@ class _Pending:
         if self.name is not None:
             name = self.name
         link = self.link if self.link is not None else blk[157:257].partition(b"\x00")[0]
-        # Empty values stay in: to _apply_pax they mean "deleted, use the header".
+        # Empty values stay in: to apply_pax they mean "deleted, use the header".
         gfields = self.glob.fields
         if self.pax is None:
             pax = gfields
@@ -372,19 +372,19 @@ class _Pending:
             pax = self.pax
         pax_sparse = None
         if pax:
-            name, link, size, uid, gid, mtime_ns, sparse_keys = _apply_pax(
+            name, link, size, uid, gid, mtime_ns, sparse_keys = apply_pax(
                 pax, name, link, size, owner[1], owner[2], mtime_ns
             )
             owner = (owner[0], uid, gid)
-            if sparse_keys and (pax_sparse := _pax_sparse(pax)) is not None:
+            if sparse_keys and (pax_sparse := pax_sparse_format(pax)) is not None:
                 shown = pax.get(b"GNU.sparse.name") or name
                 if not sparse:
-                    raise _Corrupt(
+                    raise Corrupt(
                         f"unsupported GNU sparse member {shown[:200]!r}"
                         f" (PAX sparse format {pax_sparse})"
                     )
-                if flag not in _SPARSE_CARRIERS:
-                    raise _Corrupt(f"GNU sparse records on a non-file {shown[:200]!r}")
+                if flag not in SPARSE_CARRIERS:
+                    raise Corrupt(f"GNU sparse records on a non-file {shown[:200]!r}")
                 if value := pax.get(b"GNU.sparse.name"):
                     name = value
         return name, link, size, owner, mtime_ns, pax, pax_sparse
@@ -392,7 +392,7 @@ class _Pending:
     def attach_xattrs(self, xattrs: dict[int, Mapping[str, bytes]], member: int) -> None:
         """Give `member` its xattrs (its own, the shared global set, or both merged), and
         clear what was pending."""
-        local = _xattrs_of(self.pax) if self.pax else None
+        local = xattrs_of(self.pax) if self.pax else None
         glob = self.glob
         shared = glob.xattrs
         if local or shared:
@@ -416,22 +416,22 @@ def _sparse_member(src: TarBytes, blk: bytes, data_pos: int, next_pos: int, size
     """Read a GNU sparse member's map (old GNU header or PAX records) into `sparse_maps`;
     (where its stored data starts, where the next header is, its real size)."""
     if next_pos > src.at_least(next_pos):
-        raise _Corrupt("truncated file (member data past end of file)")
+        raise Corrupt("truncated file (member data past end of file)")
     if pax_sparse is None:
-        numbers, real_size, data_pos = _old_gnu_map(src, blk, data_pos)
+        numbers, real_size, data_pos = old_gnu_map(src, blk, data_pos)
         stored = size
     else:
         assert pax is not None
-        numbers, real_size, map_len = _pax_sparse_layout(pax, pax_sparse, src, data_pos, size)
+        numbers, real_size, map_len = pax_sparse_layout(pax, pax_sparse, src, data_pos, size)
         data_pos += map_len
         stored = size - map_len
-    sparse_maps[member] = _fragments(numbers, real_size, stored)
+    sparse_maps[member] = checked_fragments(numbers, real_size, stored)
     return data_pos, data_pos + ((stored + 511) & ~511), real_size
 
 
 def _what(e: Exception) -> str:
     """What a failure inside the loop says about the member it stopped at."""
-    if isinstance(e, _Corrupt):
+    if isinstance(e, Corrupt):
         return str(e.args[0])
     if isinstance(e, OverflowError):
         return "numeric field out of range"  # the int64 columns refuse beyond 2**63
@@ -440,10 +440,10 @@ def _what(e: Exception) -> str:
 
 def _odd_name(name: bytes, code: int) -> bytes:
     """An odd-looking name normalised; empty only for the archive root itself."""
-    name = _normalize(name)
-    if not name and code != _D:
+    name = normalize_name(name)
+    if not name and code != TYPE_D:
         # Never dropped in silence: it would take its data and name with it.
-        raise _Corrupt(f"{_TYPE_WORDS[code]} with an empty name")
+        raise Corrupt(f"{TYPE_WORDS[code]} with an empty name")
     return name
 
 
@@ -453,12 +453,12 @@ def _link_target(code: int, blk: bytes, link: bytes | None, links: dict[int, byt
     checked, in `links` (unless it is empty)."""
     if link is None:
         link = blk[157:257].partition(b"\x00")[0]
-    if code == _H:
-        link = _normalize(link, "hard link target")
+    if code == TYPE_H:
+        link = normalize_name(link, "hard link target")
         if not link:
-            raise _Corrupt("hard link with an empty target")
-        _check_name(link, "hard link target")
-    elif len(link) > _MAX_LINK:
-        raise _Corrupt(f"symlink target of {len(link)} bytes (limit {_MAX_LINK})")
+            raise Corrupt("hard link with an empty target")
+        check_name(link, "hard link target")
+    elif len(link) > MAX_LINK:
+        raise Corrupt(f"symlink target of {len(link)} bytes (limit {MAX_LINK})")
     if link:
         links[member] = link

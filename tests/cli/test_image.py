@@ -217,6 +217,35 @@ def test_cat_follows_symlinks_as_a_chroot_would(image: dict[str, Any], tmp_path:
     assert two.stdout == "shared bytes\nupper bytes\n"
 
 
+# Libraries only some paths need, and so import where they are used: YAML for configs, the
+# decompressors for storing a layer, TLS and e-mail dates for a registry, the engine's client.
+LAZY = ("ruamel", "zstandard", "isal", "ssl", "email", "httpx", "docker", "pyfuse3", "trio")
+# The command run in this process, then its exit status and the top-level modules it loaded.
+_LOADED = """
+import json, runpy, sys
+sys.argv, code = ["fusebundle", *sys.argv[1:]], 0
+try:
+    runpy.run_module("fusebundle", run_name="__main__")
+except SystemExit as e:
+    code = e.code
+sys.stdout.flush()
+print(json.dumps([code, sorted({m.split(".")[0] for m in sys.modules})]), file=sys.stderr)
+"""
+
+
+def test_cat_of_a_stored_image_loads_no_library_it_does_not_use(image: dict[str, Any],
+                                                                 tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    assert run("image", "cat", oci(image), "/etc/motd", cache=cache).returncode == 0  # stored
+    r = subprocess.run([sys.executable, "-c", _LOADED, "image", "cat", oci(image), "/etc/motd"],
+                       env=env_for(cache), capture_output=True, text=True, timeout=120,
+                       stdin=subprocess.DEVNULL, check=False)
+    assert r.stdout == "hello from the top layer\n"
+    code, loaded = json.loads(r.stderr.splitlines()[-1])
+    assert code == 0 and "fusebundle" in loaded, r.stderr
+    assert sorted(set(loaded) & set(LAZY)) == []
+
+
 # ------------------------------------------------------------------------------ transports
 def test_every_file_transport_gives_the_same_image(image: dict[str, Any], tmp_path: Path) -> None:
     if not HAVE_SKOPEO:

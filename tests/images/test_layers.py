@@ -887,10 +887,10 @@ def test_one_layer_in_walk_order_is_flattened_as_the_full_merge(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, kw: dict[str, Any]) -> None:
     lay = layer_files(tmp_path, _walk_ordered(kind))
     digests = ["sha256:" + "a" * 64]
-    apply = L._Merge.apply
-    monkeypatch.setattr(L._Merge, "apply", _no_dict_merge)
+    apply = L.Merge.apply
+    monkeypatch.setattr(L.Merge, "apply", _no_dict_merge)
     fast = merge(lay, digests, "one", str(tmp_path / "fast.idx"), **kw)
-    monkeypatch.setattr(L._Merge, "apply", apply)
+    monkeypatch.setattr(L.Merge, "apply", apply)
     monkeypatch.setattr(L, "_one_layer_walk", lambda m: None)
     full = merge(lay, digests, "one", str(tmp_path / "full.idx"), **kw)
     assert rows(fast, init=True) == rows(full, init=True)
@@ -907,7 +907,7 @@ def _no_dict_merge(self: Any, layer: int) -> None:
 
 def test_one_layer_in_walk_order_is_not_merged(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(L._Merge, "apply", _no_dict_merge)
+    monkeypatch.setattr(L.Merge, "apply", _no_dict_merge)
     m = flatten(tmp_path, _walk_ordered("implied"))
     assert names(m)[:3] == [b"a", b"a/b", b"a/b/c"]
     with pytest.raises(AssertionError, match="path dict"):  # out of walk order: merged

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from fusebundle.bundle.entry import Entry, directory, regular
-from fusebundle.errors import CorruptTar
+from fusebundle.errors import CorruptTar, UserError
 from fusebundle.pack.tarball import _pax_record, header, write_entries
 from fusebundle.tar import Extent, Source
 
@@ -111,6 +111,14 @@ def test_short_source_is_reported_not_padded(tmp_path) -> None:
     with pytest.raises(CorruptTar, match="ends early"):
         _write(tmp_path, [Entry(path=b"f", type="f", mode=0o644, size=100,
                                 body=Extent(Source(str(src)), 0, 100))])
+
+
+def test_a_source_that_cannot_be_opened_is_one_user_line(tmp_path) -> None:
+    gone = tmp_path / "gone.tar"
+    with pytest.raises(UserError) as e:
+        _write(tmp_path, [Entry(path=b"f", type="f", mode=0o644, size=100,
+                                body=Extent(Source(str(gone)), 0, 100))])
+    assert str(e.value) == f"{gone}: cannot open: No such file or directory"
 
 
 def test_large_copy_through_a_pipe(tmp_path) -> None:

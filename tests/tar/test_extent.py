@@ -4,6 +4,7 @@ and the guard that says when a source no longer holds the offsets."""
 from __future__ import annotations
 
 import array
+import errno
 import io
 import os
 import tarfile
@@ -11,7 +12,7 @@ import tarfile
 import pytest
 
 from fusebundle.errors import UserError
-from fusebundle.tar import Extent, Source, TarIndex, body_size, read_sparse
+from fusebundle.tar import Extent, Source, SourceFds, TarIndex, body_size, read_sparse
 
 
 def _sparse_file(tmp_path) -> tuple[Extent, bytes]:
@@ -136,3 +137,30 @@ def test_the_file_view_seeks_reads_and_refuses_a_short_source(tmp_path) -> None:
 def test_body_size_is_the_file_size_not_the_tuple_length(tmp_path) -> None:
     assert body_size(Extent(Source("x"), 0, 1000)) == 1000
     assert body_size(b"abc") == 3 and body_size(None) == 0
+
+
+class _Refused(Exception):
+    """A caller's own error for a source that cannot be opened."""
+
+
+def test_source_fds_open_each_source_once_until_closed(tmp_path) -> None:
+    path = tmp_path / "src"
+    path.write_bytes(b"bytes")
+    fds = SourceFds(_Refused)
+    assert fds.opened(str(path)) == -1  # asking opens nothing
+    fd = fds.fd(str(path))
+    assert fds.fd(str(path)) == fd and fds.opened(str(path)) == fd
+    assert os.pread(fd, 5, 0) == b"bytes"
+    fds.close()
+    assert fds.opened(str(path)) == -1
+    with pytest.raises(OSError) as closed:
+        os.fstat(fd)
+    assert closed.value.errno == errno.EBADF
+
+
+def test_source_fds_say_a_failed_open_in_the_callers_error(tmp_path) -> None:
+    missing = tmp_path / "gone.tar"
+    for error in (_Refused, UserError):
+        with pytest.raises(error) as e:
+            SourceFds(error).fd(str(missing))
+        assert str(e.value) == f"{missing}: cannot open: No such file or directory"
