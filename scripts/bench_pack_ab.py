@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""An interleaved A/B of `pack` on two checkouts, beside `tar -cf` of the extracted tree.
+
+The inputs are the two images of `scripts/bench --part mount`: the 100k small-file tree
+(scale_input) and one 1 GiB file, as OCI layouts (each stored layer is hashed again by every
+pack), or with --engine imported into the engine at DOCKER_HOST, whose exports the store keeps
+as `--part mount` packs them (no hash). Each checkout packs a config naming both with its own
+store (filled by one untimed pack), to a file, fsynced as pack does; `tar -cf` writes the
+tree that output extracts to, then `sync`s it. The three commands alternate, each run after
+the sources are written back and read once; each cell is the median (lowest-highest) of the
+runs, wall and CPU (user + system), since the machine may be shared. The two packs' outputs
+must be byte-identical (cmp), or the run stops.
+
+    scripts/bench_pack_ab.py A_REPO B_REPO [--runs N] [--work DIR] [--scale-dir DIR] [--engine]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+LARGE_SIZE = 1 << 30  # the mount part's large image: one 1 GiB file
+LARGE_REF = "fbbench/pack-large:1"
+
+
+def large_layout(work: Path) -> Path:
+    """The 1 GiB image as an OCI layout, made once under `work`."""
+    layout = work / "layout-large"
+    if (layout / "index.json").is_file():
+        return layout
+    shutil.rmtree(layout, ignore_errors=True)
+    tar = work / "large.tar"
+    bench.write_large(tar, LARGE_SIZE)
+    bench.write_linked_layout(layout, "docker.io/" + LARGE_REF, tar, bench.sha256_file(tar))
+    return layout
+
+
+def engine_refs(work: Path, small: Path) -> tuple[str, str]:
+    """The two images imported into the engine at DOCKER_HOST (as bench's engine_images)."""
+    import docker
+
+    api = docker.DockerClient(base_url=os.environ["DOCKER_HOST"], version="auto").api
+    refs = ("fbbench/small:1", "fbbench/large:1")
+    large = work / "large.tar"
+    if not large.is_file():
+        bench.write_large(large, LARGE_SIZE)
+    for tar, ref in zip((small, large), refs, strict=True):
+        repo, tag = ref.rsplit(":", 1)
+        api.import_image(src=str(tar), repository=repo, tag=tag, changes=['CMD ["/none"]'])
+    return refs
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system of the command and its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def shown(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("a", type=Path, help="checkout A (with its .venv), e.g. main")
+    p.add_argument("b", type=Path, help="checkout B (with its .venv), e.g. this branch")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--work", type=Path, default=REPO / ".bench" / "pack-ab")
+    p.add_argument("--scale-dir", type=Path, default=bench.SCALE_DIR)
+    p.add_argument("--engine", action="store_true", help="the images from DOCKER_HOST's engine")
+    args = p.parse_args()
+    w = args.work / ("engine" if args.engine else "layouts")
+    w.mkdir(parents=True, exist_ok=True)
+    small = bench.scale_input(100000, args.scale_dir)
+    if args.engine:
+        refs, sources, engine = engine_refs(args.work, small.tar), [], os.environ["DOCKER_HOST"]
+    else:
+        refs = (small.ref, LARGE_REF)
+        sources = ["--from", f"oci:{small.layout}", "--from", f"oci:{large_layout(args.work)}"]
+        engine = f"unix://{w}/no-engine.sock"
+    cfg = w / "pack.yml"
+    cfg.write_text(f"onboot:\n  - name: small\n    image: {refs[0]}\n"
+                   f"  - name: large\n    image: {refs[1]}\n")
+
+    def packer(name: str, checkout: Path) -> tuple[Callable[[], tuple[float, float]], Path]:
+        store, out = w / f"store-{name}", w / f"pack-{name}.tar"
+        env = dict(os.environ, FUSEBUNDLE_CACHE_DIR=str(store), DOCKER_HOST=engine)
+        cmd = [str(checkout / ".venv/bin/python"), "-m", "fusebundle", "pack", "-q",
+               *sources, str(cfg), "-o", str(out)]
+        subprocess.run(cmd, env=env, check=True)  # fills the store, untimed
+
+        def one() -> tuple[float, float]:
+            bench.settle([*store.rglob("*.tar"), *([] if args.engine else [small.tar])])
+            return timed(cmd, env)
+        return one, out
+
+    pack_a, out_a = packer("a", args.a)
+    pack_b, out_b = packer("b", args.b)
+    if subprocess.run(["cmp", str(out_a), str(out_b)]).returncode:
+        print("the two packs differ", file=sys.stderr)
+        return 1
+    tree, tar_out = w / "extracted", w / "tar-cf.tar"
+    bench.drop_to(tree)
+    subprocess.run(["tar", "-C", str(tree), "-xf", str(out_b)], check=True)
+    bench.shell(f"tar -C {tree} -cf - . | wc -c")  # the tree's dentries and inodes warm
+
+    def tar_cf() -> tuple[float, float]:
+        bench.settle([])
+        return timed(["bash", "-c", f"tar -C {tree} -cf {tar_out} . && sync {tar_out} {w}"])
+
+    runs: dict[str, list[tuple[float, float]]] = {"A": [], "B": [], "tar -cf": []}
+    for i in range(args.runs):
+        for who, one in (("A", pack_a), ("B", pack_b), ("tar -cf", tar_cf)):
+            runs[who].append(one())
+            wall, cpu = runs[who][-1]
+            print(f"run {i + 1} {who}: wall {wall:.2f} s, cpu {cpu:.2f} s", file=sys.stderr)
+    if not args.runs:
+        return 0  # the inputs and stores only
+    print(f"pack of both images, {args.runs} interleaved runs: median (lowest-highest)")
+    for who, got in runs.items():
+        label = {"A": f"A {args.a}", "B": f"B {args.b}"}.get(who, who)
+        print(f"  {label}: wall {shown([g[0] for g in got])} s, "
+              f"cpu {shown([g[1] for g in got])} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
