@@ -62,14 +62,15 @@ def engine_refs(work: Path, small: Path) -> tuple[str, str]:
     return refs
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Wall and CPU seconds (user + system of the command and its children)."""
+def timed(cmd: list[str], env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> tuple[float, float, float]:
+    """Wall, user and system seconds (of the command and its children)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
 
 
 def shown(values: list[float]) -> str:
@@ -98,16 +99,24 @@ def main() -> int:
     cfg.write_text(f"onboot:\n  - name: small\n    image: {refs[0]}\n"
                    f"  - name: large\n    image: {refs[1]}\n")
 
-    def packer(name: str, checkout: Path) -> tuple[Callable[[], tuple[float, float]], Path]:
+    def packer(name: str, checkout: Path) -> tuple[Callable[[], tuple[float, float, float]], Path]:
         store, out = w / f"store-{name}", w / f"pack-{name}.tar"
-        env = dict(os.environ, FUSEBUNDLE_CACHE_DIR=str(store), DOCKER_HOST=engine)
-        cmd = [str(checkout / ".venv/bin/python"), "-m", "fusebundle", "pack", "-q",
-               *sources, str(cfg), "-o", str(out)]
-        subprocess.run(cmd, env=env, check=True)  # fills the store, untimed
+        # A worktree's .venv may hold an editable install of another checkout, and `python -m`
+        # puts its working directory first: run in the checkout, with it on PYTHONPATH.
+        env = dict(os.environ, FUSEBUNDLE_CACHE_DIR=str(store), DOCKER_HOST=engine,
+                   PYTHONPATH=str(checkout.resolve()))
+        python = str(checkout / ".venv/bin/python")
+        where = subprocess.run([python, "-c", "import fusebundle; print(fusebundle.__file__)"],
+                               env=env, cwd=checkout, check=True, capture_output=True,
+                               text=True).stdout
+        if not Path(where.strip()).is_relative_to(checkout.resolve()):
+            raise SystemExit(f"{checkout}: its python imports fusebundle from {where.strip()}")
+        cmd = [python, "-m", "fusebundle", "pack", "-q", *sources, str(cfg), "-o", str(out)]
+        subprocess.run(cmd, env=env, cwd=checkout, check=True)  # fills the store, untimed
 
-        def one() -> tuple[float, float]:
+        def one() -> tuple[float, float, float]:
             bench.settle([*store.rglob("*.tar"), *([] if args.engine else [small.tar])])
-            return timed(cmd, env)
+            return timed(cmd, env, checkout)
         return one, out
 
     pack_a, out_a = packer("a", args.a)
@@ -120,23 +129,25 @@ def main() -> int:
     subprocess.run(["tar", "-C", str(tree), "-xf", str(out_b)], check=True)
     bench.shell(f"tar -C {tree} -cf - . | wc -c")  # the tree's dentries and inodes warm
 
-    def tar_cf() -> tuple[float, float]:
+    def tar_cf() -> tuple[float, float, float]:
         bench.settle([])
         return timed(["bash", "-c", f"tar -C {tree} -cf {tar_out} . && sync {tar_out} {w}"])
 
-    runs: dict[str, list[tuple[float, float]]] = {"A": [], "B": [], "tar -cf": []}
+    runs: dict[str, list[tuple[float, float, float]]] = {"A": [], "B": [], "tar -cf": []}
     for i in range(args.runs):
         for who, one in (("A", pack_a), ("B", pack_b), ("tar -cf", tar_cf)):
             runs[who].append(one())
-            wall, cpu = runs[who][-1]
-            print(f"run {i + 1} {who}: wall {wall:.2f} s, cpu {cpu:.2f} s", file=sys.stderr)
+            wall, user, system = runs[who][-1]
+            print(f"run {i + 1} {who}: wall {wall:.2f} s, cpu {user + system:.2f} s "
+                  f"(user {user:.2f}, sys {system:.2f})", file=sys.stderr)
     if not args.runs:
         return 0  # the inputs and stores only
     print(f"pack of both images, {args.runs} interleaved runs: median (lowest-highest)")
     for who, got in runs.items():
         label = {"A": f"A {args.a}", "B": f"B {args.b}"}.get(who, who)
         print(f"  {label}: wall {shown([g[0] for g in got])} s, "
-              f"cpu {shown([g[1] for g in got])} s")
+              f"cpu {shown([g[1] + g[2] for g in got])} s, user {shown([g[1] for g in got])} s, "
+              f"sys {shown([g[2] for g in got])} s")
     return 0
 
 
