@@ -6,10 +6,11 @@ The inputs are the two images of `scripts/bench --part mount`: the 100k small-fi
 pack), or with --engine imported into the engine at DOCKER_HOST, whose exports the store keeps
 as `--part mount` packs them (no hash). Each checkout packs a config naming both with its own
 store (filled by one untimed pack), to a file, fsynced as pack does; `tar -cf` writes the
-tree that output extracts to, then `sync`s it. The three commands alternate, each run after
-the sources are written back and read once; each cell is the median (lowest-highest) of the
-runs, wall and CPU (user + system), since the machine may be shared. The two packs' outputs
-must be byte-identical (cmp), or the run stops.
+tree that output extracts to, then `sync`s it, and once more without the sync, as
+`scripts/bench --part mount` times it. The commands alternate, each run after the sources are
+written back and read once; each cell is the median (lowest-highest) of the runs, wall and CPU
+(user + system), since the machine may be shared. The two packs' outputs must be
+byte-identical (cmp), or the run stops.
 
     scripts/bench_pack_ab.py A_REPO B_REPO [--runs N] [--work DIR] [--scale-dir DIR] [--engine]
 """
@@ -133,9 +134,15 @@ def main() -> int:
         bench.settle([])
         return timed(["bash", "-c", f"tar -C {tree} -cf {tar_out} . && sync {tar_out} {w}"])
 
-    runs: dict[str, list[tuple[float, float, float]]] = {"A": [], "B": [], "tar -cf": []}
+    def tar_cf_unsynced() -> tuple[float, float, float]:  # as `--part mount` times it
+        bench.settle([])
+        return timed(["tar", "-C", str(tree), "-cf", str(tar_out), "."])
+
+    contestants = (("A", pack_a), ("B", pack_b), ("tar -cf", tar_cf),
+                   ("tar -cf, no sync", tar_cf_unsynced))
+    runs: dict[str, list[tuple[float, float, float]]] = {who: [] for who, _ in contestants}
     for i in range(args.runs):
-        for who, one in (("A", pack_a), ("B", pack_b), ("tar -cf", tar_cf)):
+        for who, one in contestants:
             runs[who].append(one())
             wall, user, system = runs[who][-1]
             print(f"run {i + 1} {who}: wall {wall:.2f} s, cpu {user + system:.2f} s "
