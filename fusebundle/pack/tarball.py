@@ -188,23 +188,36 @@ class _Writer:
         self.fd = fd
         self.seekable = seekable
         self.pos = 0
-        self.buf = bytearray()
+        # One buffer filled and written again and again: a bytearray emptied after each write
+        # is freed, and refilling it maps fresh pages, a page fault every 4 KiB written.
+        self.buf = memoryview(bytearray(FLUSH_AT + SMALL + 2 * BLOCK))
+        self.fill = 0
         self.files = SourceFiles()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.buf += data
-        if len(self.buf) >= FLUSH_AT:
+        n = len(data)
+        if self.fill + n > len(self.buf):
+            self.flush()
+            if n > len(self.buf):
+                self._write_all(data)
+                return
+        self.buf[self.fill : self.fill + n] = data
+        self.fill += n
+        if self.fill >= FLUSH_AT:
             self.flush()
 
     def flush(self) -> None:
-        with memoryview(self.buf) as whole:
+        self._write_all(self.buf[: self.fill])
+        self.fill = 0
+
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        with memoryview(data) as whole:
             view = whole
             while view:
                 n = os.write(self.fd, view)
                 view = view[n:]
                 self.pos += n
             view.release()
-        self.buf.clear()
 
     def copy(self, ext: Extent) -> None:
         """A file's bytes: small ones through the window, large ones handed to the kernel,
@@ -322,7 +335,7 @@ class _MemberWriter:
     def write(self, lo: int, hi: int, pad: bytes) -> bytes:
         """Members lo..hi-1 after `pad`; returns the last one's padding."""
         c, w, progress = self.cols, self.w, self.progress
-        out, prefix, apart, extras = w.buf, self.m.graft.prefix, self.m.special, self.extras
+        write, prefix, apart, extras = w.write, self.m.graft.prefix, self.m.special, self.extras
         name_at = c.name_ends[lo - 1] if lo else 0
         link_at = c.link_ends[lo - 1] if lo else 0
         names = c.names[name_at : c.name_ends[hi - 1]]
@@ -333,8 +346,6 @@ class _MemberWriter:
                 range(lo, hi), c.types[lo:hi], c.modes[lo:hi], c.uids[lo:hi], c.gids[lo:hi],
                 c.sizes[lo:hi], c.mtimes[lo:hi], c.name_ends[lo:hi], c.link_ends[lo:hi], srcs,
                 c.offsets[lo:hi], strict=True):
-            if len(out) >= FLUSH_AT:
-                w.flush()
             name, link = names[n0 : n_end - name_at], links[l0 : l_end - link_at]
             n0, l0 = n_end - name_at, l_end - link_at
             path = prefix + name
@@ -348,8 +359,8 @@ class _MemberWriter:
                 continue
             if code != _F:
                 size = 0
-            out += pad
-            out += _ustar(path, mode & 0o7777, uid, gid, size, sec, flag, link, b"")
+            write(pad)
+            write(_ustar(path, mode & 0o7777, uid, gid, size, sec, flag, link, b""))
             pad = _PADS[-size % BLOCK]
             if size:
                 self._body(i, src, offset, size)
@@ -368,7 +379,7 @@ class _MemberWriter:
         piece = self.w.files.piece(fd, offset, size)
         if len(piece) != size:
             raise short_source(self.m.index.extent(i))
-        self.w.buf += piece
+        self.w.write(piece)
 
     def _apart(self, i: int, pad: bytes) -> bytes:
         e = self.m.entry(i)
