@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple, Protocol
 
 from fusebundle.bundle.entry import Entry, directory
-from fusebundle.bundle.view import Graft, View, graft_entries
+from fusebundle.bundle.view import Graft, Members, View, graft_entries, members
 from fusebundle.errors import UserError
 from fusebundle.sources import ImageInfo, ResolvedImage
 from fusebundle.tar import Extent, IndexEntry, TarIndex
@@ -229,6 +229,13 @@ class ImageFS:
     def graft(self) -> Graft:
         """The image as a raw graft at the root: no filter, no pinned mtimes."""
         return Graft(prefix=b"", image=_Own(self.handle), raw=True, docker=False)
+
+    def pieces(self, top: int = ROOT) -> Iterator[Entry | Members]:
+        """The same entries as entries(top), the whole image's as one `Members`."""
+        if top == ROOT:
+            yield members(self.graft())
+            return
+        yield from self.entries(top)
 
     def entries(self, top: int = ROOT) -> Iterator[Entry]:
         """Entries in the image's order: all, or `top` and its subtree (a hard link to a file

@@ -8,7 +8,7 @@ Grafts expand lazily from the image's index, so building a view never reads an i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from fusebundle.bundle.entry import Entry, directory, regular
@@ -165,9 +165,14 @@ class View:
 
     def entries(self) -> Iterator[Entry]:
         """Every entry in pack order (prefix dirs repeat, as in the reference)."""
+        return flat(self.pieces())
+
+    def pieces(self) -> Iterator[Entry | Members]:
+        """The same walk, each graft's entries as one `Members` (for a renderer that writes
+        them from the index's columns)."""
         for item in self.items:
             if isinstance(item, Graft):
-                yield from graft_entries(item)
+                yield members(item)
             elif isinstance(item, KernelImage):
                 yield from item.entries()
             else:
@@ -237,11 +242,51 @@ def filter_entry(g: Graft, idx: TarIndex, e: IndexEntry) -> Entry | None:
 
 def graft_entries(g: Graft) -> Iterator[Entry]:
     """The graft's entries in export order, filtered and prefixed."""
-    idx = g.image.index()
-    for e in idx:
-        out = filter_entry(g, idx, e)
-        if out is not None:
-            yield out
+    return members(g).entries()
+
+
+@dataclass(frozen=True)
+class Members:
+    """A graft's entries in bulk: member i of `index` becomes `graft.prefix` + its name with
+    the index's fields, mtime and data, unless its name is in `special`, whose entries the
+    filter changes or drops: `entry(i)` gives any member's entry (None: dropped)."""
+
+    graft: Graft
+    index: TarIndex
+    special: frozenset[bytes]
+
+    def entry(self, i: int) -> Entry | None:
+        """What member i becomes in the tree, or None when it is dropped."""
+        return filter_entry(self.graft, self.index, self.index.entry(i))
+
+    def entries(self) -> Iterator[Entry]:
+        """Every entry, filtered and prefixed, in the index's order."""
+        g, idx = self.graft, self.index
+        for e in idx:
+            out = filter_entry(g, idx, e)
+            if out is not None:
+                yield out
+
+
+# The names whose entries filter_entry changes: dropped or replaced (docker's filter), and
+# docker's own, whose mtimes are pinned.
+_FILTERED = frozenset({*EXCLUDE, *REPLACE})
+
+
+def members(g: Graft) -> Members:
+    """The graft's members, with the names its filter treats apart."""
+    special = (DOCKER_CREATED if g.docker else frozenset()) | \
+        (frozenset() if g.raw else _FILTERED)
+    return Members(g, g.image.index(), special)
+
+
+def flat(pieces: Iterable[Entry | Members]) -> Iterator[Entry]:
+    """The entries of a walk whose grafts come as `Members`, one by one."""
+    for p in pieces:
+        if isinstance(p, Members):
+            yield from p.entries()
+        else:
+            yield p
 
 
 # ------------------------------------------------------------------------------ building

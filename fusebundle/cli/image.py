@@ -280,7 +280,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError("refusing to write a tar to a terminal; use -o FILE or a pipe")
     fs = ImageFS(open_image(args, args.image))
     top = ROOT if args.path is None else fs.resolve(os.fsencode(args.path))
-    write(fs.entries(top), args.output)
+    write(fs.pieces(top), args.output)
     return 0
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 from fusebundle import testhook
 from fusebundle.atomic import Temp, atomic_file
-from fusebundle.bundle import Entry, View
+from fusebundle.bundle import Entry, Members, View, flat
 from fusebundle.errors import UserError, shown
 from fusebundle.pack.boot import write_kernel_initrd
 from fusebundle.pack.cpio import write_cpio
@@ -41,18 +41,21 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
     if progress_factory is not None:
         # A first pass over the indexes (no data) gives the total for the progress bar.
         progress = progress_factory(sum(e.size for e in view.entries() if e.type == "f"))
-    return write(view.entries(), out, progress, fmt)
+    return write(view.pieces(), out, progress, fmt)
 
 
-def write(entries: Iterable[Entry], out: str, progress: Callable[[int], None] | None = None,
-          fmt: str = "tar") -> int:
+def write(entries: Iterable[Entry | Members], out: str,
+          progress: Callable[[int], None] | None = None, fmt: str = "tar") -> int:
     """Write entries in `fmt` to `out` (a path written atomically, a device or FIFO, or '-'
-    for stdout, never a terminal); return bytes written.  `pack` and `image export` end here."""
+    for stdout, never a terminal); return bytes written.  `pack` and `image export` end here.
+
+    A graft's entries may come as one `Members`: the tar writer renders them from the index's
+    columns, the other formats one entry at a time."""
     if fmt == "kernel+initrd":
-        return write_kernel_initrd(entries, out, progress)
+        return write_kernel_initrd(flat(entries), out, progress)
     render = write_entries
     if fmt == "cpio":
-        render = write_cpio
+        render, entries = write_cpio, flat(entries)
     if out == "-":
         fd = sys.stdout.fileno()
         if os.isatty(fd):

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 
-from fusebundle.bundle import Entry
+from fusebundle.bundle import Entry, Members
 from fusebundle.errors import UserError, shown
 
 
@@ -53,8 +53,8 @@ def output_target(out: str) -> str | None:
     return os.path.realpath(out)  # a symlink stays: its target is the file replaced
 
 
-def write_to_stream(render: Callable[..., int], entries: Iterable[Entry], out: str, fmt: str,
-                    progress: Callable[[int], None] | None) -> int:
+def write_to_stream(render: Callable[..., int], entries: Iterable[Entry | Members], out: str,
+                    fmt: str, progress: Callable[[int], None] | None) -> int:
     """Write into a character device or FIFO as it is: nothing to rename, nothing to leave."""
     try:
         fd = os.open(out, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)

@@ -8,11 +8,13 @@ import errno
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
 from zlib import adler32
 
-from fusebundle.bundle import Entry
+from fusebundle.bundle import Entry, Members
 from fusebundle.errors import CorruptTar, UserError
 from fusebundle.tar import Extent, SourceFds
+from fusebundle.tar.index import DROP_EVERY_ENTRIES
 
 BLOCK = 512
 TYPEFLAGS = {"f": b"0", "h": b"1", "l": b"2", "c": b"3", "b": b"4", "d": b"5", "p": b"6"}
@@ -132,21 +134,23 @@ class SourceFiles(SourceFds):
 
     def __init__(self) -> None:
         super().__init__(UserError)  # a source that cannot be opened: pack's one line
-        self.window: tuple[int, int, bytes] = (-1, 0, b"")
+        self.window: tuple[int, int, memoryview] = (-1, 0, memoryview(b""))
+
+    def piece(self, fd: int, offset: int, size: int) -> memoryview:
+        """`size` bytes of `fd` from `offset` through the window (fewer where `fd` ends)."""
+        wfd, start, data = self.window
+        if wfd != fd or offset < start or offset + size > start + len(data):
+            data = memoryview(os.pread(fd, max(size, WINDOW), offset))
+            self.window = (fd, offset, data)
+            start = offset
+        return data[offset - start : offset - start + size]
 
     def small(self, ext: Extent) -> bytes:
         """The bytes of a small file stored whole, through the window."""
-        fd = self.fd(ext.source.path)
-        offset, size = ext.offset, ext.size
-        wfd, start, data = self.window
-        if wfd != fd or offset < start or offset + size > start + len(data):
-            data = os.pread(fd, max(size, WINDOW), offset)
-            self.window = (fd, offset, data)
-            start = offset
-        piece = data[offset - start : offset - start + size]
-        if len(piece) != size:
+        piece = self.piece(self.fd(ext.source.path), ext.offset, ext.size)
+        if len(piece) != ext.size:
             raise short_source(ext)
-        return piece
+        return bytes(piece)
 
     def chunks(self, ext: Extent, step: int) -> Iterator[bytes | bytearray]:
         """The file's bytes, `step` at a time (its holes as zeros); CorruptTar if the source
@@ -169,23 +173,36 @@ class _Writer:
         self.fd = fd
         self.seekable = seekable
         self.pos = 0
-        self.buf = bytearray()
+        # One buffer filled and written again and again: a bytearray emptied after each write
+        # is freed, and refilling it maps fresh pages, a page fault every 4 KiB written.
+        self.buf = memoryview(bytearray(FLUSH_AT + SMALL + 2 * BLOCK))
+        self.fill = 0
         self.files = SourceFiles()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.buf += data
-        if len(self.buf) >= FLUSH_AT:
+        n = len(data)
+        if self.fill + n > len(self.buf):
+            self.flush()
+            if n > len(self.buf):
+                self._write_all(data)
+                return
+        self.buf[self.fill : self.fill + n] = data
+        self.fill += n
+        if self.fill >= FLUSH_AT:
             self.flush()
 
     def flush(self) -> None:
-        with memoryview(self.buf) as whole:
+        self._write_all(self.buf[: self.fill])
+        self.fill = 0
+
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        with memoryview(data) as whole:
             view = whole
             while view:
                 n = os.write(self.fd, view)
                 view = view[n:]
                 self.pos += n
             view.release()
-        self.buf.clear()
 
     def copy(self, ext: Extent) -> None:
         """A file's bytes: small ones through the window, large ones handed to the kernel,
@@ -236,27 +253,119 @@ def short_source(ext: Extent) -> CorruptTar:
                       f"delete it to export the image again")
 
 
-def write_entries(entries: Iterable[Entry], fd: int, seekable: bool,
+def write_entries(entries: Iterable[Entry | Members], fd: int, seekable: bool,
                   progress: Callable[[int], None] | None = None) -> int:
     """Write entries as a tar to `fd`; return the number of bytes written."""
     w = _Writer(fd, seekable)
-    write = w.write
     pad = b""  # a member's padding goes out with the next header: one write call fewer each
     try:
         for e in entries:
-            write(pad + header(e))
-            pad = b""
-            if e.type == "f" and e.size:
-                body = e.body
-                if isinstance(body, Extent):
-                    w.copy(body)
-                elif body is not None:
-                    w.write(body)
-                pad = _padding(e.size)
-                if progress:
-                    progress(e.size)
-        write(pad + b"\0" * (2 * BLOCK))
+            if isinstance(e, Members):
+                pad = _write_members(w, e, pad, progress)
+            else:
+                pad = _write_entry(w, e, pad, progress)
+        w.write(pad + b"\0" * (2 * BLOCK))
         w.flush()
     finally:
         w.close()
     return w.pos
+
+
+def _write_entry(w: _Writer, e: Entry, pad: bytes,
+                 progress: Callable[[int], None] | None) -> bytes:
+    """One entry after the last one's padding; returns this one's padding."""
+    w.write(pad + header(e))
+    if e.type != "f" or not e.size:
+        return b""
+    body = e.body
+    if isinstance(body, Extent):
+        w.copy(body)
+    elif body is not None:
+        w.write(body)
+    if progress:
+        progress(e.size)
+    return _padding(e.size)
+
+
+def _write_members(w: _Writer, m: Members, pad: bytes,
+                   progress: Callable[[int], None] | None) -> bytes:
+    """A graft's members, a slice of the index at a time with its pages let go after each."""
+    n = len(m.index)
+    members = _MemberWriter(w, m, progress)
+    for lo in range(0, n, DROP_EVERY_ENTRIES):
+        pad = members.write(lo, min(lo + DROP_EVERY_ENTRIES, n), pad)
+        m.index.drop_pages()
+    return pad
+
+
+_NS = 1_000_000_000
+_F = ord("f")
+# The members written from the columns alone: files, directories and symlinks.
+_FLAGS = {ord(t): TYPEFLAGS[t] for t in "fdl"}
+
+
+class _MemberWriter:
+    """A `Members` written from its index's columns: each header straight from the member's
+    fields, small files' bytes sliced from the window. What the columns cannot say alone goes
+    through the member's Entry: the names the filter treats apart, hard links, devices, FIFOs,
+    xattrs and sparse maps, and whatever needs a PAX record."""
+
+    def __init__(self, w: _Writer, m: Members, progress: Callable[[int], None] | None) -> None:
+        self.w, self.m, self.progress = w, m, progress
+        self.cols = m.index.columns()
+        self.sources, self.srcs = m.index.data_sources()
+        self.fds = [-1] * len(self.sources)  # opened on the first read from each
+        self.extras = m.index.with_extras()
+
+    def write(self, lo: int, hi: int, pad: bytes) -> bytes:
+        """Members lo..hi-1 after `pad`; returns the last one's padding."""
+        c, w, progress = self.cols, self.w, self.progress
+        write, prefix, apart, extras = w.write, self.m.graft.prefix, self.m.special, self.extras
+        name_at = c.name_ends[lo - 1] if lo else 0
+        link_at = c.link_ends[lo - 1] if lo else 0
+        names = c.names[name_at : c.name_ends[hi - 1]]
+        links = c.links[link_at : c.link_ends[hi - 1]]
+        srcs = self.srcs[lo:hi] if self.srcs is not None else repeat(0, hi - lo)
+        n0 = l0 = 0
+        for i, code, mode, uid, gid, size, mtime, n_end, l_end, src, offset in zip(
+                range(lo, hi), c.types[lo:hi], c.modes[lo:hi], c.uids[lo:hi], c.gids[lo:hi],
+                c.sizes[lo:hi], c.mtimes[lo:hi], c.name_ends[lo:hi], c.link_ends[lo:hi], srcs,
+                c.offsets[lo:hi], strict=True):
+            name, link = names[n0 : n_end - name_at], links[l0 : l_end - link_at]
+            n0, l0 = n_end - name_at, l_end - link_at
+            path = prefix + name
+            sec, ns = divmod(mtime, _NS)
+            flag = _FLAGS.get(code)
+            if (flag is None or ns or name in apart or i in extras or not 0 <= sec <= MAX_OCTAL_12
+                    or uid > MAX_OCTAL_8 or gid > MAX_OCTAL_8 or size > MAX_OCTAL_12
+                    or len(path) > 100 or len(link) > 100 or not path.isascii()
+                    or not link.isascii()):
+                pad = self._apart(i, pad)
+                continue
+            if code != _F:
+                size = 0
+            write(pad)
+            write(_ustar(path, mode & 0o7777, uid, gid, size, sec, flag, link, b""))
+            pad = _PADS[-size % BLOCK]
+            if size:
+                self._body(i, src, offset, size)
+                if progress:
+                    progress(size)
+        return pad
+
+    def _body(self, i: int, src: int, offset: int, size: int) -> None:
+        """Member i's bytes: a small file's from the window, a large one's handed on."""
+        if size > SMALL:
+            self.w.copy(self.m.index.extent(i))
+            return
+        fd = self.fds[src]
+        if fd < 0:
+            fd = self.fds[src] = self.w.files.fd(self.sources[src])
+        piece = self.w.files.piece(fd, offset, size)
+        if len(piece) != size:
+            raise short_source(self.m.index.extent(i))
+        self.w.write(piece)
+
+    def _apart(self, i: int, pad: bytes) -> bytes:
+        e = self.m.entry(i)
+        return pad if e is None else _write_entry(self.w, e, pad, self.progress)

@@ -394,6 +394,15 @@ class TarIndex:
         """The tar holding entry i's data (at its offset)."""
         return self._sources[self._srcs[i]] if self._srcs is not None else self.tar_path
 
+    def data_sources(self) -> tuple[list[str], Numbers | None]:
+        """The tars the data is in, and each entry's number among them (None: all in the one),
+        for renderers that read many members without an IndexEntry each."""
+        return self._sources, self._srcs
+
+    def with_extras(self) -> set[int]:
+        """The entries that carry more than the columns: xattrs or a sparse map."""
+        return {*self._xattrs, *self._sparse}
+
     @property
     def sources(self) -> list[str]:
         """The tars the entries' data is in (one, or a flattened image's layers, bottom first)."""
