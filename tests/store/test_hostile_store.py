@@ -8,7 +8,6 @@ status, the peak memory, that nothing is left in the store and that `cache ls` s
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -20,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.fakeregistry import FakeRegistry, Image, make_image
+from support.fakeregistry import FakeRegistry, Image, layer_tar, make_image, sha256
 from support.faulttools import env_for, one_line
 from support.measured import Measured, run_measured
 
@@ -37,28 +36,14 @@ RSS_BOUND = 256 << 20  # bounded runs peak near 110 MiB, as gzip bombs; unbounde
 ROOT = os.geteuid() == 0
 
 
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def tar_of(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
-SMALL_TAR = tar_of({"etc/hello": b"hello\n"})
+SMALL_TAR = layer_tar({"etc/hello": b"hello\n"})
 
 
 def put(layout: Path, data: bytes) -> str:
     d = layout / "blobs" / "sha256"
     d.mkdir(parents=True, exist_ok=True)
-    (d / sha(data)[7:]).write_bytes(data)
-    return sha(data)
+    (d / sha256(data)[7:]).write_bytes(data)
+    return sha256(data)
 
 
 def write_layout(layout: Path, layers: list[dict], diff_ids: list[str],
@@ -88,7 +73,7 @@ def one_layer(layout: Path, blob: bytes, tar: bytes, media: str = GZ, **desc: ob
     (a value of None drops the key); the blob's digest."""
     d: dict[str, object] = {"mediaType": media, "digest": put(layout, blob), "size": len(blob)}
     d.update(desc)
-    write_layout(layout, [{k: v for k, v in d.items() if v is not None}], [sha(tar)])
+    write_layout(layout, [{k: v for k, v in d.items() if v is not None}], [sha256(tar)])
     return str(d["digest"])
 
 
@@ -155,7 +140,7 @@ def test_zstd_bomb_of_gibs_is_bounded_and_one_line(tmp_path: Path) -> None:
     one_layer(layout, bomb, SMALL_TAR, ZST)
     with tmpfs(tmp_path / "cache", "64m") as cache:
         r = pull(tmp_path, f"oci:{layout}", cache)
-        fails(r, f"layer {sha(bomb)}", "No space left on device")
+        fails(r, f"layer {sha256(bomb)}", "No space left on device")
         assert r.rss < RSS_BOUND, r.rss
         store_is_empty(cache, tmp_path)
 
@@ -166,8 +151,8 @@ def test_zstd_bomb_with_a_wrong_diff_id_is_read_in_bounded_memory(tmp_path: Path
     one_layer(layout, bomb, SMALL_TAR, ZST)
     cache = tmp_path / "cache"
     r = pull(tmp_path, f"oci:{layout}", cache)
-    fails(r, f"layer {sha(bomb)}", "diff_id mismatch: the zstd blob holds a tar hashing to "
-          + sha(bytes(1 << 30)))
+    fails(r, f"layer {sha256(bomb)}", "diff_id mismatch: the zstd blob holds a tar hashing to "
+          + sha256(bytes(1 << 30)))
     assert r.rss < RSS_BOUND, r.rss
     store_is_empty(cache, tmp_path)
 
@@ -184,7 +169,7 @@ def test_zstd_frame_with_too_large_a_window_is_refused(tmp_path: Path) -> None:
 
 
 def test_large_compressible_zstd_layer_still_works(tmp_path: Path) -> None:
-    tar = tar_of({"disk.img": bytes(384 << 20), "etc/hello": b"hello\n"})
+    tar = layer_tar({"disk.img": bytes(384 << 20), "etc/hello": b"hello\n"})
     blob = subprocess.run(["zstd", "-q", "-3", "-c"], input=tar, capture_output=True,
                           check=True).stdout
     assert len(blob) < len(tar) // 1000
@@ -194,7 +179,7 @@ def test_large_compressible_zstd_layer_still_works(tmp_path: Path) -> None:
     r = pull(tmp_path, f"oci:{layout}", cache)
     assert r.returncode == 0, r.stderr
     assert r.rss < RSS_BOUND, r.rss
-    stored = cache / "layers" / "sha256" / (sha(tar)[7:] + ".tar")
+    stored = cache / "layers" / "sha256" / (sha256(tar)[7:] + ".tar")
     assert stored.stat().st_size == len(tar)
     del tar
 
@@ -303,8 +288,8 @@ def test_registry_layer_without_a_size_is_one_line(tmp_path: Path) -> None:
         cache = tmp_path / "cache"
         r = run(tmp_path, "pull", cfg, "--from", "registry", "--insecure-registry",
                 reg.address, cache=cache)
-        fails(r, f"layer {sha(image.layers[0])} has no size")
-        assert not [s for s in reg.log if "/blobs/" + sha(image.layers[0]) in s.path]
+        fails(r, f"layer {sha256(image.layers[0])} has no size")
+        assert not [s for s in reg.log if "/blobs/" + sha256(image.layers[0]) in s.path]
         store_is_empty(cache, tmp_path)
     finally:
         reg.stop()
@@ -315,7 +300,7 @@ def test_store_and_registry_refuse_a_layer_of_unknown_size(tmp_path: Path) -> No
     from fusebundle.errors import UserError
     from fusebundle.sources.registry import Registry
 
-    ref = LayerRef(sha(SMALL_TAR), sha(SMALL_TAR), TAR)
+    ref = LayerRef(sha256(SMALL_TAR), sha256(SMALL_TAR), TAR)
     with Store(str(tmp_path / "cache")) as store, pytest.raises(UserError) as e:
         store.ingest(ref, lambda: io.BytesIO(SMALL_TAR), "t")
     assert str(e.value) == (f"image t: layer {ref.digest}: its descriptor gives no size; "
@@ -397,12 +382,12 @@ class _Watching(io.RawIOBase):
 def test_store_temporaries_are_0600_until_verified(tmp_path: Path) -> None:
     import gzip
 
-    tar = tar_of({f"f{i}": os.urandom(300_000) for i in range(8)})
+    tar = layer_tar({f"f{i}": os.urandom(300_000) for i in range(8)})
     blob = gzip.compress(tar, mtime=0)
     layers = tmp_path / "layers" / "sha256"
     watch = _Watching(blob, layers)
     with Store(str(tmp_path)) as store:
-        path = store.ingest(LayerRef(sha(blob), sha(tar), GZ, len(blob)),
+        path = store.ingest(LayerRef(sha256(blob), sha256(tar), GZ, len(blob)),
                             lambda: io.BufferedReader(watch, 1 << 20), "t")
         modes_of = {p.name: stat.S_IMODE(p.stat().st_mode) for p in layers.iterdir()}
         store.put_image(_image_of(blob, tar))
@@ -416,9 +401,9 @@ def test_store_temporaries_are_0600_until_verified(tmp_path: Path) -> None:
 def _image_of(blob: bytes, tar: bytes):  # noqa: ANN202
     from fusebundle.sources.base import ResolvedImage
 
-    cfg = json.dumps({"rootfs": {"type": "layers", "diff_ids": [sha(tar)]}}).encode()
+    cfg = json.dumps({"rootfs": {"type": "layers", "diff_ids": [sha256(tar)]}}).encode()
     return ResolvedImage(REF, "docker.io/" + REF, "oci:x", cfg, "linux/amd64",
-                         [LayerRef(sha(blob), sha(tar), GZ, len(blob))])
+                         [LayerRef(sha256(blob), sha256(tar), GZ, len(blob))])
 
 
 # -- defect 9: lookup in a large layout ------------------------------------------------------
@@ -429,7 +414,7 @@ def test_lookup_among_10000_images_is_fast(tmp_path: Path) -> None:
     names = [f"fbtest/img{i}:1" for i in range(10_000)]
     blob = put(layout, SMALL_TAR)
     write_layout(layout, [{"mediaType": TAR, "digest": blob, "size": len(SMALL_TAR)}],
-                 [sha(SMALL_TAR)], names)
+                 [sha256(SMALL_TAR)], names)
     source = OCILayout(str(layout))
     amd64 = Platform.parse("linux/amd64")
     end = time.monotonic() + 20
