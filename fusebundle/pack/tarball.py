@@ -314,7 +314,6 @@ class _MemberWriter:
         self.w, self.m, self.progress = w, m, progress
         self.cols = m.index.columns()
         self.sources, self.srcs = m.index.data_sources()
-        self.fds = [-1] * len(self.sources)  # opened on the first read from each
         self.extras = m.index.with_extras()
 
     def write(self, lo: int, hi: int, pad: bytes) -> bytes:
@@ -358,10 +357,8 @@ class _MemberWriter:
         if size > SMALL:
             self.w.copy(self.m.index.extent(i))
             return
-        fd = self.fds[src]
-        if fd < 0:
-            fd = self.fds[src] = self.w.files.fd(self.sources[src])
-        piece = self.w.files.piece(fd, offset, size)
+        files = self.w.files
+        piece = files.piece(files.fd(self.sources[src]), offset, size)
         if len(piece) != size:
             raise short_source(self.m.index.extent(i))
         self.w.write(piece)
