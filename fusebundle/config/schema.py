@@ -11,7 +11,6 @@ mounts, ids) are checked here too, so that errors come early and name the field.
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -65,21 +64,11 @@ class _Invalid(Exception):
 
 
 # ------------------------------------------------------------------------- scalar checkers
-def _is_bool(v: object) -> bool:
-    """True for a YAML boolean: Python's bool, or ruamel's ScalarBoolean (its round-trip
-    loader's anchored `true`, an int subclass)."""
-    if isinstance(v, bool):
-        return True
-    # A ScalarBoolean exists only once ruamel is loaded: asked here without importing it.
-    scalarbool = sys.modules.get("ruamel.yaml.scalarbool")
-    return scalarbool is not None and isinstance(v, scalarbool.ScalarBoolean)
-
-
 def _kind(v: object) -> str:
     """The YAML name of a value's type, for messages."""
     if v is None:
         return "null"
-    if _is_bool(v):
+    if yamlload.is_bool(v):
         return "boolean"
     if isinstance(v, int):
         return "integer"
@@ -96,7 +85,7 @@ def _kind(v: object) -> str:
 
 def _is_int(v: object) -> bool:
     # YAML true is not an integer (Python's bool and ruamel's anchored ScalarBoolean are ints)
-    return isinstance(v, int) and not _is_bool(v)
+    return isinstance(v, int) and not yamlload.is_bool(v)
 
 
 def _str(v: Any, path: str) -> str:
@@ -107,7 +96,7 @@ def _str(v: Any, path: str) -> str:
 
 def _bool(v: Any, path: str) -> bool:
     # ruamel's round-trip loader gives an anchored `true` as ScalarBoolean (an int subclass)
-    if not _is_bool(v):
+    if not yamlload.is_bool(v):
         raise _Invalid(path, f"expected a boolean, got {_kind(v)}")
     return bool(v)
 

@@ -14,6 +14,7 @@ loads it.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,6 +47,16 @@ EXPANSION_CAP = 10 * MAX_DOCUMENT_BYTES
 # Digits of an integer: 2**64 - 1, the largest value any field takes, has 20; five times that
 # is no number a config means (and Python refuses to convert one past 4,300 digits).
 MAX_INT_CHARS = 100
+
+
+def is_bool(v: object) -> bool:
+    """True for a YAML boolean: Python's bool, or ruamel's ScalarBoolean (its round-trip
+    loader's anchored `true`, an int subclass)."""
+    if isinstance(v, bool):
+        return True
+    # A ScalarBoolean exists only once ruamel is loaded: asked here without importing it.
+    scalarbool = sys.modules.get("ruamel.yaml.scalarbool")
+    return scalarbool is not None and isinstance(v, scalarbool.ScalarBoolean)
 
 
 class YamlError(Exception):
