@@ -231,12 +231,11 @@ class Store:
                 os.fsync(t.fd)
                 testhook.stop_at("layer-written")
                 try:
-                    index = scan.index(t.path)
+                    # The index keys on size, mtime and inode: the rename keeps them.
+                    scan.save(t.path, path + ".idx")
                 except CorruptTar as e:
                     raise BadLayer(f"{where}: not a valid tar: "
                                    f"{str(e).removeprefix(t.path + ': ')}") from None
-                # The index keys on size, mtime and inode: the rename keeps them.
-                index.save(path + ".idx")
                 testhook.stop_at("layer-indexed")
             placed = True
         except OSError as e:

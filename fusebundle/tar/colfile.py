@@ -39,8 +39,17 @@ _SMALL_BLOB = _PAGE
 _CHUNK = 1 << 20
 
 Buffer = bytes | bytearray | memoryview | array.array | mmap.mmap
+
+
+class Pieces(tuple):
+    """A blob given as buffers that follow one another, written without joining them (a
+    scan's names at a million members would otherwise be held twice)."""
+
+    __slots__ = ()
+
+
 # (name, typecode, data): typecode "s" for a blob, else an array typecode of data's items.
-Section = tuple[str, str, Buffer]
+Section = tuple[str, str, Buffer | Pieces]
 
 
 def narrow(values: Sequence[int]) -> tuple[str, Buffer]:
@@ -65,7 +74,9 @@ def narrow(values: Sequence[int]) -> tuple[str, Buffer]:
     return tc, array.array(tc, values)
 
 
-def _nbytes(data: Buffer) -> int:
+def _nbytes(data: Buffer | Pieces) -> int:
+    if isinstance(data, Pieces):
+        return sum(map(_nbytes, data))
     if isinstance(data, memoryview):
         return data.nbytes
     if isinstance(data, array.array):
@@ -97,12 +108,14 @@ def write(path: str, magic: bytes, version: int, meta: bytes, sections: Sequence
             gap = bytes(place - at)
             crc = zlib.crc32(gap, crc)
             f.write(gap)
-            view = memoryview(data).cast("B") if not isinstance(data, mmap.mmap) \
-                else memoryview(data)
-            crc = zlib.crc32(view, crc)
-            f.write(view)
-            at = place + view.nbytes
-            view.release()
+            at = place
+            for piece in data if isinstance(data, Pieces) else (data,):
+                view = memoryview(piece).cast("B") if not isinstance(piece, mmap.mmap) \
+                    else memoryview(piece)
+                crc = zlib.crc32(view, crc)
+                f.write(view)
+                at += view.nbytes
+                view.release()
         f.seek(0)
         f.write(_HEAD.pack(magic, version, _ORDER, len(meta), total, crc, len(sections)))
 

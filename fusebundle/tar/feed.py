@@ -19,9 +19,10 @@ from fusebundle.tar.index import Stamp, TarIndex
 from fusebundle.tar.scan import ScanColumns, scan_tar
 
 # The scanner asks for at most 1 MiB at once (an extension header, a sparse map; headers in
-# reads of 512 KiB), and keeps up with a decoder on most layers: 16 MiB is two of the store's
-# largest pieces (stream.py's MAX_OUT) behind the writer before it reads from the file instead.
-_WINDOW = 16 << 20
+# reads of 512 KiB) and keeps up with a decoder on most layers: 4 MiB is four of the store's
+# largest pieces (stream.py's MAX_OUT) behind the writer before it reads from the file instead
+# (from the page cache: the writer has just put them there).
+_WINDOW = 4 << 20
 
 
 class Abandoned(Exception):
@@ -128,7 +129,7 @@ def _pread_all(fd: int, n: int, pos: int) -> bytes:
 
 class ScanAlong:
     """Index a tar while it is written to `fd`: give it every byte in order with `push`, then
-    `index` gives what `TarIndex.scan` would have made of the file.
+    `save` writes what `TarIndex.scan` would have made of the file.
 
     Use it as a context manager: on the way out a scan not taken is abandoned and its thread
     ended.
@@ -153,9 +154,16 @@ class ScanAlong:
         finally:
             self.feed.finished()
 
-    def index(self, tar_path: str) -> TarIndex:
-        """The index of the tar, now complete at `tar_path` (keyed on the file as it is now);
-        CorruptTar as TarIndex.scan raises it."""
+    def save(self, tar_path: str, index_path: str) -> None:
+        """Save the tar's index at `index_path` once the tar is complete at `tar_path` (keyed on
+        the file as it is now); CorruptTar as TarIndex.scan raises it."""
+        TarIndex.save_columns(index_path, tar_path, self._stamp(), self._columns(tar_path))
+
+    def _stamp(self) -> Stamp:
+        return Stamp.of(os.fstat(self._fd))
+
+    def _columns(self, tar_path: str) -> ScanColumns:
+        """The scan's columns once the tar is whole (they are the caller's from then on)."""
         self.feed.complete()
         self._thread.join()
         if isinstance(self._error, Corrupt):
@@ -165,7 +173,7 @@ class ScanAlong:
             raise self._error
         assert self._cols is not None
         cols, self._cols = self._cols, None
-        return TarIndex.from_columns(tar_path, Stamp.of(os.fstat(self._fd)), cols)
+        return cols
 
     def close(self) -> None:
         """Stop the scan if it still runs, and wait for its thread."""

@@ -481,11 +481,29 @@ class TarIndex:
     @classmethod
     def from_columns(cls, tar_path: str, stamp: Stamp, cols: ScanColumns) -> TarIndex:
         """The index a scan's columns make (they are taken over, not copied)."""
+        self = cls._taking(tar_path, stamp, cols)
+        self._names = b"".join(cols.blob)
+        cols.blob.clear()
+        return self
+
+    @classmethod
+    def save_columns(cls, index_path: str, tar_path: str, stamp: Stamp,
+                     cols: ScanColumns) -> None:
+        """Save the index a scan's columns make, as `save` does, without joining its names in
+        memory (the store keeps only the file); the columns are consumed."""
+        self = cls._taking(tar_path, stamp, cols)
+        self._names = colfile.Pieces(cols.blob)  # type: ignore[assignment]  # only for save
+        cols.blob.clear()
+        self.save(index_path)
+
+    @classmethod
+    def _taking(cls, tar_path: str, stamp: Stamp, cols: ScanColumns) -> TarIndex:
+        """An index of the scan's columns, all but the names (the callers' to place)."""
         self = cls(tar_path, stamp)
         n = len(cols.types)
         self._types = bytes(cols.types)
-        # Narrowed as they will be saved, each before the next, and all before the names are
-        # joined: at a million members the scan's peak is the wide columns plus the names twice.
+        # Narrowed as they will be saved, one after another (the scan keeps them narrow, so
+        # mostly no copy), and all before the names are placed.
         for attr in ("modes", "uids", "gids", "sizes", "mtimes", "offsets", "name_ends"):
             setattr(self, "_" + attr, _narrowed(getattr(cols, attr)))
             setattr(cols, attr, None)
@@ -498,8 +516,6 @@ class TarIndex:
         else:
             majors = minors = array.array("B", bytes(n))  # read-only by convention: shared
         self._devmajors, self._devminors = majors, minors
-        self._names = b"".join(cols.blob)
-        cols.blob.clear()
         if cols.links:
             link_lengths = array.array("q", bytes(8 * n))
             for i, link in cols.links.items():
