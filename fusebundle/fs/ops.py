@@ -22,10 +22,11 @@ import pyfuse3
 import trio
 
 from fusebundle.errors import UserError
+from fusebundle.fs.graft_tree import ColumnsRun
 from fusebundle.fs.inode import Stat
 from fusebundle.fs.preload import Preload
 from fusebundle.fs.reader import Reader, SourceError
-from fusebundle.fs.tree import Tree
+from fusebundle.fs.tree import DirListing, Tree
 from fusebundle.tar import Extent, body_size
 
 log = logging.getLogger(__name__)
@@ -268,12 +269,12 @@ class Operations(pyfuse3.Operations):
         lean = self._lean and getattr(token, "plus", False)
         if lean and self._adapting:
             self._lean_dirs.add(listing.ino)
-        pos = start_id
-        for name, ino in ((b".", listing.ino), (b"..", listing.parent))[start_id:]:
-            if not self._reply_row(token, name, ino, self.tree.stat(ino), pos, lean, listing.ino):
-                return
-            pos += 1
-        first = max(start_id - 2, 0)
+        if start_id >= len(listing) + 2:
+            return  # the end: every directory's listing ends with this empty page
+        if not self._reply_dots(token, listing, start_id):
+            return
+        pos = max(start_id, 2)
+        first = pos - 2
         run = listing.columns_run() if READDIR_COLUMNS else None
         if run is None:
             for name, ino, st in listing.rows(first):
@@ -283,8 +284,22 @@ class Operations(pyfuse3.Operations):
             return
         self._reply_run(token, listing, run, first, pos, lean)
 
-    def _reply_run(self, token: pyfuse3.ReaddirToken, listing: Any, run: Any, first: int,
-                   pos: int, lean: bool) -> None:
+    def _reply_dots(self, token: pyfuse3.ReaddirToken, listing: DirListing, start_id: int) -> bool:
+        """'.' and '..' from `start_id` on: inode and type only (the kernel never takes a dot
+        entry's attributes: fuse_direntplus_link returns before it looks at them)."""
+        a = self._row
+        a.st_mode = stat.S_IFDIR
+        bare = {"lookup": False} if LISTING_MODES else {}
+        for pos, (name, ino) in enumerate(((b".", listing.ino), (b"..", listing.parent))):
+            if pos < start_id:
+                continue
+            a.st_ino = ino
+            if not pyfuse3.readdir_reply(token, name, a, pos + 1, **bare):
+                return False
+        return True
+
+    def _reply_run(self, token: pyfuse3.ReaddirToken, listing: DirListing, run: ColumnsRun,
+                   first: int, pos: int, lean: bool) -> None:
         """Children from position `first` on, in C from the columns; the entries the columns
         cannot render (links, devices, overrides) one at a time through rows()."""
         lo, hi, arrays = run
