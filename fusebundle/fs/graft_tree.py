@@ -59,7 +59,7 @@ class GraftTree:
     __slots__ = (
         "k", "graft", "idx", "n", "root", "root_entry", "types", "parent", "name_off",
         "names", "kid_lo", "kids", "nsub", "links", "nlinks", "over", "size",
-        "cols",
+        "cols", "_kinds", "_runs",
     )  # fmt: skip
 
     def __init__(self, k: int, graft: Graft, idx: TarIndex) -> None:
@@ -74,6 +74,8 @@ class GraftTree:
         self.over: dict[int, Entry] = {}  # entries the filter changed
         self.size = 0  # bytes of regular files, for statfs
         self.cols = _numeric_columns(idx)
+        self._kinds: bytes | None = None  # see columns_run
+        self._runs: dict[int, tuple[object, ...]] = {}  # alias -> columns_run's arrays
         # The arrays are saved beside the index: a later mount loads them instead of building
         # them again, which is faster and never holds the build's temporaries.
         if graft.pick is not None:
@@ -424,6 +426,33 @@ class GraftTree:
                 yield name, dirs | i, (stat.S_IFDIR | modes[i], 2 + nsub[i], uids[i], gids[i],
                                        0, 0, mtimes[i])
 
+    def columns_run(self, d: int, k: int, alias: int) -> ColumnsRun | None:
+        """Directory d's children as the arrays `pyfuse3.readdir_reply_columns` reads, or None
+        without the index's columns.  What rows() answers from the columns, it renders alike."""
+        arrays = self._runs.get(alias)
+        if arrays is None:
+            cols = self.cols
+            if cols is None:
+                return None
+            if self._kinds is None:
+                self._kinds = self._plain_kinds()
+            modes, uids, gids, sizes, mtimes = cols[:5]
+            arrays = (self.kids, self.name_off, self.names, self._kinds, modes, uids, gids,
+                      sizes, mtimes, self.nsub, graft_ino(k, 0, 0), graft_ino(k, alias, 0))
+            self._runs[alias] = arrays
+        return self.kid_lo[d], self.kid_lo[d + 1], arrays
+
+    def _plain_kinds(self) -> bytes:
+        """Per id: 1 a plain file, 2 a plain directory, 0 what rows() renders through stat():
+        other types, hard links, files of several names, overrides, ids of no index entry."""
+        table = bytearray(256)
+        table[TYPE_F], table[TYPE_D] = 1, 2
+        kinds = bytearray(self.types.translate(table))
+        kinds[self.n :] = bytes(len(kinds) - self.n)
+        for i in chain(self.links, self.nlinks, self.over):
+            kinds[i] = 0
+        return bytes(kinds)
+
     def stat(self, i: int) -> Stat:
         if i >= self.n:
             nlink = 2 + self.nsub[i]
@@ -499,6 +528,9 @@ class GraftTree:
                           idx.sparse_map(i))
         return idx.extent(i)
 
+
+# (first, end) positions in kids, then the arguments of readdir_reply_columns from ids to dir_ino.
+ColumnsRun = tuple[int, int, tuple[object, ...]]
 
 _NUMERIC = ("modes", "uids", "gids", "sizes", "mtimes", "offsets", "devmajors", "devminors",
             "link_ends")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import itertools
 import logging
 import os
 import stat
@@ -23,10 +22,11 @@ import pyfuse3
 import trio
 
 from fusebundle.errors import UserError
+from fusebundle.fs.graft_tree import ColumnsRun
 from fusebundle.fs.inode import Stat
 from fusebundle.fs.preload import Preload
 from fusebundle.fs.reader import Reader, SourceError
-from fusebundle.fs.tree import Tree
+from fusebundle.fs.tree import DirListing, Tree
 from fusebundle.tar import Extent, body_size
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,10 @@ ADAPT_LOOKUPS = 32  # --listing=adaptive: lookups of lean-listed files before go
 # What the patched pyfuse3 (patches/pyfuse3) adds; a stock pyfuse3 runs as before without it.
 NO_OPEN = hasattr(pyfuse3.Operations, "inode_for_zero_fh")  # read/readdir get the inode
 LISTING_MODES = hasattr(pyfuse3.Operations, "readdirplus")  # plain READDIR, lean entries
+# Listings of graft directories rendered in C from the index's columns; FUSEBUNDLE_READDIR_
+# COLUMNS=0 keeps the loop in Python (the tests compare the two).
+READDIR_COLUMNS = (hasattr(pyfuse3, "readdir_reply_columns")
+                   and os.environ.get("FUSEBUNDLE_READDIR_COLUMNS") != "0")
 CAP_CACHE_SYMLINKS = 1 << 23  # not among pyfuse3's CAP_* names
 # --listing: READDIRPLUS with every entry's attributes (what tar, ls -l and runc want), lean
 # (attributes for directories only: the kernel makes no inode per file), plain READDIR (names
@@ -262,32 +266,77 @@ class Operations(pyfuse3.Operations):
     @_guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = await self._listing(fh)
-        reply = pyfuse3.readdir_reply
-        dir_of = self.preload.dir_map()
-        d = listing.ino
         lean = self._lean and getattr(token, "plus", False)
         if lean and self._adapting:
-            self._lean_dirs.add(d)
+            self._lean_dirs.add(listing.ino)
+        if start_id >= len(listing) + 2:
+            return  # the end: every directory's listing ends with this empty page
+        if not self._reply_dots(token, listing, start_id):
+            return
+        pos = max(start_id, 2)
+        first = pos - 2
+        run = listing.columns_run() if READDIR_COLUMNS else None
+        if run is None:
+            for name, ino, st in listing.rows(first):
+                if not self._reply_row(token, name, ino, st, pos, lean, listing.ino):
+                    return
+                pos += 1
+            return
+        self._reply_run(token, listing, run, first, pos, lean)
+
+    def _reply_dots(self, token: pyfuse3.ReaddirToken, listing: DirListing, start_id: int) -> bool:
+        """'.' and '..' from `start_id` on: inode and type only (the kernel never takes a dot
+        entry's attributes: fuse_direntplus_link returns before it looks at them)."""
+        a = self._row
+        a.st_mode = stat.S_IFDIR
+        bare = {"lookup": False} if LISTING_MODES else {}
+        for pos, (name, ino) in enumerate(((b".", listing.ino), (b"..", listing.parent))):
+            if pos < start_id:
+                continue
+            a.st_ino = ino
+            if not pyfuse3.readdir_reply(token, name, a, pos + 1, **bare):
+                return False
+        return True
+
+    def _reply_run(self, token: pyfuse3.ReaddirToken, listing: DirListing, run: ColumnsRun,
+                   first: int, pos: int, lean: bool) -> None:
+        """Children from position `first` on, in C from the columns; the entries the columns
+        cannot render (links, devices, overrides) one at a time through rows()."""
+        lo, hi, arrays = run
+        reply = pyfuse3.readdir_reply_columns
+        d = listing.ino
+        dir_of = self.preload.dir_map()
+        j = lo + first
+        while j < hi:
+            sent, full = reply(token, self._row, pos + 1, arrays[0], j, hi, *arrays[1:],
+                               lean=lean, note=dir_of, note_value=d)
+            j += sent
+            pos += sent
+            if full or j >= hi:
+                return
+            name, ino, st = next(listing.rows(j - lo))
+            if not self._reply_row(token, name, ino, st, pos, lean, d):
+                return
+            j += 1
+            pos += 1
+
+    def _reply_row(self, token: pyfuse3.ReaddirToken, name: bytes, ino: int, st: Stat,
+                   pos: int, lean: bool, d: int) -> bool:
+        """One entry at position `pos`; False when the reply is full."""
         # A listing can be 100k entries: one attributes object, refilled (the reply copies it).
         a = self._row
-        dots = [(name, ino, self.tree.stat(ino))
-                for name, ino in ((b".", listing.ino), (b"..", listing.parent))[start_id:]]
-        pos = start_id
-        for name, ino, st in itertools.chain(dots, listing.rows(max(start_id - 2, 0))):
-            a.st_ino = ino
-            a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, size, mtime = st
-            a.st_size = size
-            a.st_atime_ns = a.st_ctime_ns = a.st_mtime_ns = mtime
-            a.st_blocks = (size + 511) // 512
-            if lean and not stat.S_ISDIR(a.st_mode):
-                # No attributes: the kernel lists it without making an inode for it.
-                if not reply(token, name, a, pos + 1, lookup=False):
-                    return
-            else:
-                if not reply(token, name, a, pos + 1):
-                    return
-                dir_of[ino] = d  # where the sibling preload finds its neighbours
-            pos += 1
+        a.st_ino = ino
+        a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, size, mtime = st
+        a.st_size = size
+        a.st_atime_ns = a.st_ctime_ns = a.st_mtime_ns = mtime
+        a.st_blocks = (size + 511) // 512
+        if lean and not stat.S_ISDIR(a.st_mode):
+            # No attributes: the kernel lists it without making an inode for it.
+            return pyfuse3.readdir_reply(token, name, a, pos + 1, lookup=False)
+        if not pyfuse3.readdir_reply(token, name, a, pos + 1):
+            return False
+        self.preload.dir_map()[ino] = d  # where the sibling preload finds its neighbours
+        return True
 
     async def releasedir(self, fh: int) -> None:
         if not NO_OPEN:

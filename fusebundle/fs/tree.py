@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 from fusebundle.bundle import Entry, View
 from fusebundle.bundle.view import Bundle, Graft, KernelImage
-from fusebundle.fs.graft_tree import GraftTree
+from fusebundle.fs.graft_tree import ColumnsRun, GraftTree
 from fusebundle.fs.inode import (
     GRAFT_SHIFT,
     IMPLICIT_DIR,
@@ -574,6 +574,15 @@ class DirListing:
         assert self.inos is not None
         for pos in range(first, len(self.names)):
             yield self.names[pos], self.inos[pos], self.tree.stat(self.inos[pos])
+
+    def columns_run(self) -> ColumnsRun | None:
+        """The children as arrays for pyfuse3.readdir_reply_columns (a graft directory whose
+        index has columns), else None: rows() then renders them."""
+        if self.names is not None:
+            return None
+        gt = self.tree.grafts[self.k].tree
+        assert gt is not None
+        return gt.columns_run(self.local, self.k, self.alias)
 
     def __getitem__(self, pos: int) -> tuple[bytes, int]:
         if self.names is not None:

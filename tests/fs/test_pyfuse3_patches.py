@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -240,6 +241,53 @@ def test_notify_store_many_fills_the_page_cache_from_a_thread(tmp_path: Path) ->
         assert "STORED 1" in m.requests()  # b stored, the unknown inode skipped
         assert (m.path / "b").read_bytes() == B
         assert not [line for line in m.requests() if line in ("READ 1004", "READ 4")]
+
+
+# ---------------------------------------------------------------------------- 0008 columns
+def test_listing_from_columns_carries_every_attribute(tmp_path: Path) -> None:
+    from support.patchfs import MTIME_NS, owner
+
+    with mounted(tmp_path, columns=True) as m:
+        assert sorted(os.listdir(m.path)) == ["a", "b", "d", "t"]
+        # a went out from the arrays, then b (a stop) from Python, then d and t from arrays.
+        runs = [line.split()[1:3] for line in m.requests() if line.startswith("COLUMNS")]
+        assert runs[:2] == [["1", "stop"], ["2", "stop"]]
+        for name, ino, mode, size, nlink in (("a", 3, stat.S_IFREG | 0o644, len(A), 1),
+                                              ("b", 4, stat.S_IFREG | 0o644, len(B), 1),
+                                              ("d", 2, stat.S_IFDIR | 0o755, 0, 2),
+                                              ("t", 6, stat.S_IFREG | 0o644, BACKING_LEN, 1)):
+            st = os.lstat(m.path / name)
+            assert (st.st_ino, st.st_mode, st.st_size, st.st_nlink, st.st_uid, st.st_gid) == (
+                ino, mode, size, nlink, *owner(ino)), name
+            assert st.st_mtime_ns == st.st_atime_ns == st.st_ctime_ns == MTIME_NS
+            assert st.st_blocks == (size + 511) // 512
+        assert m.count("LOOKUP") == 0  # the attributes all came with the listing
+        assert (m.path / "a").read_bytes() == A
+        # Every entry the arrays sent with attributes was noted (b went through Python).
+        noted = [line.split()[3:] for line in m.requests() if line.startswith("COLUMNS")]
+        assert noted[-1] == ["2", "3", "6"]
+
+
+def test_lean_listing_from_columns(tmp_path: Path) -> None:
+    with mounted(tmp_path, columns=True, lean=True) as m:
+        with os.scandir(m.path) as it:
+            assert {e.name: (e.inode(), e.is_dir(follow_symlinks=False)) for e in it} == {
+                "a": (3, False), "b": (4, False), "d": (2, True), "t": (6, False)}
+        noted = [line.split()[3:] for line in m.requests() if line.startswith("COLUMNS")]
+        assert noted[-1] == ["2"]  # only the directory went with attributes
+        for name in ("a", "d"):
+            os.lstat(m.path / name)
+        assert [line for line in m.requests() if line.startswith("LOOKUP")] == ["LOOKUP a"]
+
+
+def test_plain_listing_from_columns(tmp_path: Path) -> None:
+    with mounted(tmp_path, columns=True, readdirplus="never") as m, os.scandir(m.path) as it:
+        assert {e.name: (e.inode(), e.is_dir(follow_symlinks=False)) for e in it} == {
+            "a": (3, False), "b": (4, False), "d": (2, True), "t": (6, False)}
+        assert {line.split()[1] for line in m.requests() if line.startswith("READDIR")} == {
+            "plain"}
+        noted = [line.split()[3:] for line in m.requests() if line.startswith("COLUMNS")]
+        assert noted[-1] == ["2", "3", "6"]
 
 
 # ---------------------------------------------------------------------------- 0006 __version__

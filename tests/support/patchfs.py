@@ -3,13 +3,15 @@
     python patchfs.py MNT CONFIG_JSON LOG
 
 It serves a fixed tree (see TREE) and appends one line per request it receives to LOG
-("OPEN ino", "READ fh", "READDIR plus|plain fh", "LOOKUP name", "OPENDIR ino", "CONN k=v"),
+("OPEN ino", "READ fh", "READDIR plus|plain fh", "LOOKUP name", "OPENDIR ino", "CONN k=v",
+"COLUMNS sent full|stop noted-inodes"),
 so a test can tell which requests reached the server.  CONFIG_JSON switches the patched
 pyfuse3 features on one by one; with none of them set it is a plain pyfuse3 file system.
 """
 
 from __future__ import annotations
 
+import array
 import errno
 import json
 import os
@@ -32,6 +34,36 @@ TREE: dict[int, tuple[int, bytes, int, Any]] = {
 }
 BACKING_OFF = 100
 BACKING_LEN = 300_000
+MTIME_NS = -1_500_000_001  # before 1970, not whole seconds: the C path must round as Python does
+COLUMN_STOPS = {4}  # entries the "columns" config leaves to readdir_reply (kind 0)
+
+
+def owner(ino: int) -> tuple[int, int]:
+    return 1000 + ino, ino
+
+
+def columns() -> tuple[object, ...]:
+    """TREE as the arrays readdir_reply_columns takes, in several widths (local id = inode)."""
+    ids = range(max(TREE) + 1)
+    names, name_off = b"", array.array("H", [0])
+    for i in ids:
+        names += TREE[i][1] if i in TREE else b""
+        name_off.append(len(names))
+    kinds = bytes(0 if i not in TREE or i in COLUMN_STOPS else 2 if stat.S_ISDIR(TREE[i][2])
+                  else 1 for i in ids)
+    modes = array.array("H", [TREE[i][2] & 0o7777 if i in TREE else 0 for i in ids])
+    uids = array.array("I", [owner(i)[0] for i in ids])
+    gids = memoryview(bytes(owner(i)[1] for i in ids))
+    sizes = array.array("Q", [file_size(i) if i in TREE else 0 for i in ids])
+    mtimes = array.array("q", [MTIME_NS] * len(ids))
+    nsub = array.array("B", [sum(stat.S_ISDIR(TREE[c][2]) for c in TREE[i][3])
+                             if i in TREE and stat.S_ISDIR(TREE[i][2]) else 0 for i in ids])
+    return name_off, names, kinds, modes, uids, gids, sizes, mtimes, nsub, 0, 0
+
+
+def file_size(ino: int) -> int:
+    data = TREE[ino][3]
+    return BACKING_LEN if ino == 6 else (len(data) if isinstance(data, bytes) else 0)
 
 
 class ProbeFS(pyfuse3.Operations):
@@ -68,8 +100,14 @@ class ProbeFS(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = ino
         a.st_mode = mode
-        a.st_size = BACKING_LEN if ino == 6 else (len(data) if isinstance(data, bytes) else 0)
+        a.st_size = file_size(ino)
         a.entry_timeout = a.attr_timeout = 3600
+        if self.cfg.get("columns"):  # what the columns say, for the entries they leave to us
+            a.st_uid, a.st_gid = owner(ino)
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = MTIME_NS
+            a.st_blocks = (a.st_size + 511) // 512
+            if stat.S_ISDIR(mode):
+                a.st_nlink = 2 + sum(stat.S_ISDIR(TREE[c][2]) for c in data)
         return a
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -114,12 +152,36 @@ class ProbeFS(pyfuse3.Operations):
         self.note("READDIR", "plus" if plus else "plain", fh)
         ino = fh - 1000 if fh > 1000 else fh
         children = TREE[ino][3]
+        if self.cfg.get("columns"):
+            self.reply_columns(token, children, start, plus)
+            return
         for i in range(start, len(children)):
             child = children[i]
             lean = self.cfg.get("lean") and not stat.S_ISDIR(TREE[child][2])
             kw = {"lookup": False} if lean else {}
             if not pyfuse3.readdir_reply(token, TREE[child][1], self.attr(child), i + 1, **kw):
                 return
+
+    def reply_columns(self, token: pyfuse3.ReaddirToken, children: list[int], start: int,
+                      plus: bool) -> None:
+        """The listing from arrays; the entries they stop at through readdir_reply."""
+        kids = array.array("I", children)
+        lean = bool(self.cfg.get("lean")) and plus
+        seen: dict[int, str] = {}
+        j = start
+        while j < len(kids):
+            sent, full = pyfuse3.readdir_reply_columns(
+                token, self.attr(1), j + 1, kids, j, len(kids), *columns(), lean=lean,
+                note=seen, note_value="listed")
+            self.note("COLUMNS", sent, "full" if full else "stop", *sorted(seen))
+            j += sent
+            if full or j >= len(kids):
+                return
+            child = kids[j]
+            kw = {"lookup": False} if lean and not stat.S_ISDIR(TREE[child][2]) else {}
+            if not pyfuse3.readdir_reply(token, TREE[child][1], self.attr(child), j + 1, **kw):
+                return
+            j += 1
 
     async def releasedir(self, fh: int) -> None:
         pass
