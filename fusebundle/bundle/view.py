@@ -8,8 +8,10 @@ Grafts expand lazily from the image's index, so building a view never reads an i
 from __future__ import annotations
 
 import os
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import compress
 
 from fusebundle.bundle.entry import Entry, directory, regular
 from fusebundle.config import Config, Container, FileSpec, Volume, metadata, schema
@@ -20,6 +22,8 @@ from fusebundle.images import ImageHandle
 from fusebundle.images.flatten import PINNED_MTIME_NS
 from fusebundle.sources import ImageInfo
 from fusebundle.tar import Extent, IndexEntry, TarIndex
+from fusebundle.tar.header import TYPE_F, TYPE_H
+from fusebundle.tar.index import Columns
 
 # Names docker export always adds that make no sense in a bundle (matched at the image root).
 EXCLUDE = frozenset({b".dockerenv", b"Dockerfile", b"dev/console", b"dev/pts", b"dev/shm",
@@ -178,6 +182,16 @@ class View:
             else:
                 yield item
 
+    def file_bytes(self) -> int:
+        """Bytes of the regular files among `entries()`: the total pack's progress counts."""
+        total = 0
+        for piece in self.pieces():
+            if isinstance(piece, Members):
+                total += piece.file_bytes()
+            elif piece.type == "f":
+                total += piece.size
+        return total
+
     def grafts(self) -> list[Graft]:
         """The image grafts, in order."""
         return [i for i in self.items if isinstance(i, Graft)]
@@ -266,6 +280,38 @@ class Members:
             out = filter_entry(g, idx, e)
             if out is not None:
                 yield out
+
+    def file_bytes(self) -> int:
+        """Bytes of the regular files among `entries()` (a progress bar's total), from the
+        columns: only the members the filter may change are made entries."""
+        cols = self.index.columns()
+        total = sum(compress(cols.sizes, cols.types.translate(_IS_FILE)))
+        for i in self._changeable(cols):
+            was = cols.sizes[i] if cols.types[i] == TYPE_F else 0
+            e = self.entry(i)
+            total += (e.size if e is not None and e.type == "f" else 0) - was
+        return total
+
+    def _changeable(self, cols: Columns) -> set[int]:
+        """Members whose entry may differ from their columns: hard links (the filter may give
+        one its dropped target's data) and every member under a name in `special`."""
+        types, names, ends = cols.types, cols.names, cols.name_ends
+        found = set()
+        i = types.find(TYPE_H)
+        while i >= 0:
+            found.add(i)
+            i = types.find(TYPE_H, i + 1)
+        for name in self.special:
+            at = names.find(name)
+            while at >= 0:  # a hit inside or across names is no member of that name
+                i = bisect_right(ends, at)
+                if (ends[i - 1] if i else 0) == at and ends[i] == at + len(name):
+                    found.add(i)
+                at = names.find(name, at + 1)
+        return found
+
+
+_IS_FILE = bytes(1 if t == TYPE_F else 0 for t in range(256))  # bytes.translate table
 
 
 # The names whose entries filter_entry changes: dropped or replaced (docker's filter), and

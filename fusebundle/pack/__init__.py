@@ -39,8 +39,8 @@ def pack(view: View, out: str, progress_factory: Callable[[int], Callable[[int],
         raise ValueError(f"unknown format {fmt!r}")
     progress = None
     if progress_factory is not None:
-        # A first pass over the indexes (no data) gives the total for the progress bar.
-        progress = progress_factory(sum(e.size for e in view.entries() if e.type == "f"))
+        # From the indexes' columns (no data, no entry per member): the progress bar's total.
+        progress = progress_factory(view.file_bytes())
     return write(view.pieces(), out, progress, fmt)
 
 

@@ -59,6 +59,9 @@ def _same_both_ways(tmp_path: Path, idx: TarIndex) -> bytes:
         fast = _written(tmp_path, [members(g)], "members.tar")
         one_by_one = _written(tmp_path, list(graft_entries(g)), "entries.tar")
         assert fast == one_by_one, (idx.tar_path, prefix, raw, docker)
+        # pack's progress total, from the columns: what the writer then counts, exactly.
+        files = sum(e.size for e in graft_entries(g) if e.type == "f")
+        assert members(g).file_bytes() == fast[1] == files, (idx.tar_path, prefix, raw)
     return fast[0]
 
 
