@@ -299,5 +299,8 @@ def test_walking_a_mapped_index_holds_a_bounded_part_of_it(tmp_path, walk):
         tar.unlink()
     (_, small, small_index), (_, big, big_index) = costs
     # Keeping every page it touched would cost the whole index (and pack at a million entries
-    # 50 MB more); what it keeps must stay well below that.
-    assert small < small_index and big < 0.75 * big_index, costs
+    # 50 MB more); what it keeps must stay well below that. The growth holds a fixed part too
+    # (pack's writer: about 2 MB of buffers, as large as the 50k index and varying with the
+    # heap it starts from), so the bound is on what 150k more entries add, and on the whole
+    # growth at 200k, where the fixed part is small beside the index.
+    assert big - small < 0.75 * (big_index - small_index) and big < 0.75 * big_index, costs
