@@ -11,7 +11,7 @@ The house follows the data, top to bottom; every import points down this list:
     sources/  where images come from, one module per transport (TRANSPORTS), engine aside
     config/   YAML -> Config; the reference's config.json, runtime.json and metadata
     tar/      the tar format both ways: the one-pass scan, the saved columnar index
-    errors, atomic, progress, testhook: small leaves every layer may use
+    errors, atomic, heap, progress, testhook: small leaves every layer may use
 
 `pyproject.toml`'s import-linter contract holds this order; `scripts/test` checks it.
 """

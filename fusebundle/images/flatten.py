@@ -22,6 +22,7 @@ import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
 
+from fusebundle import heap
 from fusebundle.errors import CorruptTar
 from fusebundle.images.overlay import (
     CAP_XATTR,
@@ -117,9 +118,11 @@ def _has(m: Merge, blob: Blob, needle: bytes) -> bool:
     return False
 
 
-def _walk_of(m: Merge, walk: array.array[int], syn_names: dict[int, bytes]) -> Walk:
+def _walk_of(m: Merge, walk: array.array[int], syn_names: dict[int, bytes],
+             scratch_dir: str) -> Walk:
     """The names of a one-layer walk: runs of the layer's own blob, copied in pieces into one
-    mapping, the layer's pages let go after each piece (they would double the names in RSS)."""
+    mapping of a scratch file in `scratch_dir`, its pages and the layer's let go after each
+    piece (they would double the names in RSS, and the names would count in the peak)."""
     c = m.layers[0].columns()
     ends, base = c.name_ends, m.syn.base
     runs: list[tuple[int, int] | bytes] = []  # layer ordinals [o, stop), or a synthetic name
@@ -137,7 +140,8 @@ def _walk_of(m: Merge, walk: array.array[int], syn_names: dict[int, bytes]) -> W
         k = j
     total = sum(len(r) if isinstance(r, bytes) else ends[r[1] - 1] - (ends[r[0] - 1] if r[0]
                                                                     else 0) for r in runs)
-    names: bytes | mmap.mmap = mmap.mmap(-1, total) if total else b""
+    names: bytes | mmap.mmap = colfile.scratch(total, scratch_dir) if total else b""
+    dropped = 0
     out = array.array("I" if total < 1 << 32 else "q")
     at = 0
     view = memoryview(c.names)
@@ -154,6 +158,7 @@ def _walk_of(m: Merge, walk: array.array[int], syn_names: dict[int, bytes]) -> W
             out.extend(map((at - a).__add__, ends[o:stop]))
             at += b - a
             _drop_pages(m.layers)
+            dropped = colfile.drop_range(names, dropped, at)  # type: ignore[arg-type]
     view.release()
     return Walk(names, out, walk)
 
@@ -183,7 +188,7 @@ def merge(layers: Sequence[TarIndex], digests: Sequence[str], what: str, path: s
         order, syn_names = one
         if docker:
             order = m.init_layer_into(order, syn_names)
-        walk = _walk_of(m, order, syn_names)
+        walk = _walk_of(m, order, syn_names, os.path.dirname(path) or ".")
     _drop_pages(layers)
     merged = MergedIndex._build(m, path, walk, all_xattrs or not docker)
     _drop_pages(layers)  # walked whole; the merged index is what is read from now on
@@ -443,6 +448,7 @@ class MergedIndex(TarIndex):
             for attr, _ in _SAVED:
                 setattr(self, attr, getattr(mapped, attr))
             self._maps = mapped._maps
+            heap.give_back()  # the arrays just replaced: else the heap keeps their pages
 
     @classmethod
     def load(cls, path: str, layer_paths: Sequence[str]) -> MergedIndex | None:  # type: ignore[override]

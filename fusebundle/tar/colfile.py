@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import io
 import mmap
 import os
 import struct
@@ -26,7 +27,8 @@ from collections.abc import Sequence
 
 from fusebundle.atomic import TempName, atomic_file
 
-__all__ = ["Damaged", "Mapped", "Section", "drop_pages", "narrow", "read", "write"]
+__all__ = ["Damaged", "Mapped", "Section", "drop_pages", "drop_range", "narrow", "read",
+           "scratch", "write"]
 
 # magic, format version, byte order (0 little), metadata length, file length, crc32 of the
 # bytes after the head, number of sections
@@ -46,6 +48,40 @@ class Pieces(tuple):
     scan's names at a million members would otherwise be held twice)."""
 
     __slots__ = ()
+
+
+def scratch(size: int, directory: str) -> mmap.mmap:
+    """A writable mapping of `size` bytes backed by an unnamed file in `directory`.
+
+    What is written to it can leave our RSS (drop_range) and stay in the page cache, which
+    the kernel may write back and reclaim: a million names built for one save (23 MB) then
+    do not count twice in the peak.  The file has no name, so nothing is left behind; where
+    one cannot be made (a read-only store, a file system without O_TMPFILE) the mapping is
+    anonymous, as before.
+    """
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return mmap.mmap(-1, size)
+    try:
+        os.ftruncate(fd, size)
+        return mmap.mmap(fd, size)
+    except OSError:
+        return mmap.mmap(-1, size)
+    finally:
+        os.close(fd)
+
+
+def drop_range(m: mmap.mmap, start: int, stop: int) -> int:
+    """Let the whole pages of m[start:stop] leave our RSS; return where the next drop starts
+    (the page that was cut, which may still be written)."""
+    lo = -(-start // _PAGE) * _PAGE
+    hi = stop - stop % _PAGE if stop < len(m) else len(m)
+    if hi > lo:
+        with contextlib.suppress(OSError, ValueError):
+            m.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        return hi
+    return start
 
 
 # (name, typecode, data): typecode "s" for a blob, else an array typecode of data's items.
@@ -110,14 +146,30 @@ def write(path: str, magic: bytes, version: int, meta: bytes, sections: Sequence
             f.write(gap)
             at = place
             for piece in data if isinstance(data, Pieces) else (data,):
-                view = memoryview(piece).cast("B") if not isinstance(piece, mmap.mmap) \
-                    else memoryview(piece)
+                if isinstance(piece, mmap.mmap):
+                    crc = _write_mapped(f, piece, crc)
+                    at += len(piece)
+                    continue
+                view = memoryview(piece).cast("B")
                 crc = zlib.crc32(view, crc)
                 f.write(view)
                 at += view.nbytes
                 view.release()
         f.seek(0)
         f.write(_HEAD.pack(magic, version, _ORDER, len(meta), total, crc, len(sections)))
+
+
+def _write_mapped(f: io.BufferedWriter, m: mmap.mmap, crc: int) -> int:
+    """Write a mapped blob a chunk at a time, its pages let go after each: writing it whole
+    would map all of it into our RSS at once."""
+    with memoryview(m) as view:
+        for start in range(0, len(m), _CHUNK * 4):
+            piece = view[start : start + _CHUNK * 4]
+            crc = zlib.crc32(piece, crc)
+            f.write(piece)
+            piece.release()
+            drop_range(m, start, start + _CHUNK * 4)
+    return crc
 
 
 class Mapped:
