@@ -28,7 +28,7 @@ from fusebundle.images.exported import Cache
 from fusebundle.images.handle import Pulled
 from fusebundle.progress import Bar
 from fusebundle.sources import ImageInfo, LayerRef, LayerSource, ResolvedImage
-from fusebundle.sources.regauth import RegistryError
+from fusebundle.sources.base import RegistryError
 from fusebundle.store import BadLayer, CorruptLayer, Store, locks
 from fusebundle.tar import TarIndex
 

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""The mount's start-up, A against B: from starting `mount -f` to the first listing answered.
+
+Issue 22's "remount, index saved" measures this with engine images under a private dockerd;
+this times the same path on the demo image of an OCI layout, so it needs no engine and runs
+anywhere.  Every variant is a `fusebundle` executable (e.g. main's venv and a branch's); the
+runs are interleaved (A B A B ...), the store is filled once before the first timed run, and
+each cell is the median with the lowest and highest beside it.  Usage:
+
+    scripts/bench_startup.py [--runs N] NAME=FUSEBUNDLE ...
+
+Also prints the modules and RSS of `import fusebundle.cli.commands, fusebundle.fs.serve` under
+each variant's python (the mount path's imports before it reads the config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+REF = "docker.io/fusebundle-demo/hello:1"
+# Generous against a hang only: a start-up takes well under a second.
+READY_TIMEOUT = 60.0
+IMPORTS = ("import resource, sys, fusebundle.cli.commands, fusebundle.fs.serve; "
+           "print(len(sys.modules), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+
+
+def write_layout(path: Path) -> None:
+    """The demo image (tests/support/imagetools) as an OCI layout at `path`."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from support.imagetools import DEMO_CONFIG, demo_layers, write_oci_layout
+    write_oci_layout(str(path), REF, demo_layers(), DEMO_CONFIG)
+
+
+def one_start(fb: str, layout: Path, mnt: Path, env: dict[str, str]) -> float:
+    """Seconds from starting the server to `ls MNT/containers` answered; unmounts after."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([fb, "mount", "-f", "-q", "--from", f"oci:{layout}",
+                             str(REPO / "examples/demo.yml"), str(mnt)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{fb} exited with {proc.returncode} before the listing")
+            try:
+                os.listdir(mnt / "containers")
+                return time.perf_counter() - t0
+            except OSError:
+                if time.perf_counter() - t0 > READY_TIMEOUT:
+                    raise RuntimeError(f"{fb}: no listing after {READY_TIMEOUT:g} s") from None
+                time.sleep(0.001)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], stderr=subprocess.DEVNULL, check=False)
+        proc.wait(timeout=READY_TIMEOUT)
+
+
+def imports(fb: str, env: dict[str, str]) -> tuple[int, int]:
+    """(modules, max RSS in KiB) of the mount path's imports under `fb`'s python."""
+    python = str(Path(fb).parent / "python")
+    out = subprocess.run([python, "-c", IMPORTS], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def spread(xs: list[float]) -> str:
+    return f"{statistics.median(xs) * 1000:.0f} ms ({min(xs) * 1000:.0f}-{max(xs) * 1000:.0f})"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("variants", nargs="+", metavar="NAME=FUSEBUNDLE")
+    a = ap.parse_args()
+    variants = dict(v.split("=", 1) for v in a.variants)
+    work = Path(tempfile.mkdtemp(prefix="fb-startup-"))
+    try:
+        layout, mnt = work / "layout", work / "mnt"
+        mnt.mkdir()
+        write_layout(layout)
+        env = dict(os.environ, FUSEBUNDLE_CACHE_DIR=str(work / "cache"),
+                   DOCKER_HOST=f"unix://{work}/none.sock")
+        # Bytecode is written by the untimed first run, as an installed package has it: a
+        # start-up that compiles every module measures the compiler.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        for fb in variants.values():  # fill the store and index it, untimed
+            one_start(fb, layout, mnt, env)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(a.runs):
+            for name, fb in variants.items():
+                times[name].append(one_start(fb, layout, mnt, env))
+        for name, fb in variants.items():
+            mods, rss = imports(fb, env)
+            print(f"{name}: start-up to first listing {spread(times[name])}, {a.runs} runs; "
+                  f"mount path imports {mods} modules, max RSS {rss / 1024:.1f} MiB")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
