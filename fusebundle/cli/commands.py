@@ -157,15 +157,18 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
 }
 
 
-def parser(command: str | None = None) -> argparse.ArgumentParser:
+def parser(command: str | None = None, alone: bool = False) -> argparse.ArgumentParser:
     """The argument parser of the fusebundle command, with `command`'s arguments (every
-    command's when None; an unknown name gets none)."""
+    command's when None; an unknown name gets none); with `alone`, without the other commands
+    (only the top level's own help and errors name them)."""
     p = _Parser(prog="fusebundle",
                 description="LinuxKit-style container bundles as one tarball or a read-only "
                             "FUSE filesystem.")
     p.add_argument("--version", action="version", version=f"fusebundle {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (help_line, add_args) in COMMANDS.items():
+        if alone and name != command:
+            continue
         cp = sub.add_parser(name, help=help_line)
         if command is None or command == name:
             add_args(cp)
@@ -270,7 +273,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     (`image ls IMAGE -l /etc /bin`) names that list in `more`: argparse alone stops the list
     at the first option and calls what follows unrecognized."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = parser(given_command(argv))
+    command = given_command(argv)
+    # Nothing before a known command: no top-level help or error follows, so it stands alone.
+    p = parser(command, alone=command in COMMANDS and argv[:1] == [command])
     args, extra = p.parse_known_args(argv)
     more = getattr(args, "more", None)
     if extra and (more is None or any(x.startswith("-") and x != "-" for x in extra)):
