@@ -17,7 +17,6 @@ import tarfile
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -142,6 +141,9 @@ class LayeredImage:
         if len(missing) == 1:
             one(missing[0])
         else:
+            # Imported here: only a fetch of several layers runs a pool (a remount fetches none).
+            from concurrent.futures import ThreadPoolExecutor
+
             with ThreadPoolExecutor(min(layer_workers(), len(missing))) as pool:
                 for future in [pool.submit(one, layer) for layer in missing]:
                     future.result()

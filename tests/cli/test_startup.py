@@ -21,13 +21,15 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_REF = "docker.io/fusebundle-demo/hello:1"
 
 # What a mount of images already in the store never uses: every layer transport, the
-# registry's auth, mirrors and HTTP client, the Docker SDK, and the other commands' modules.
+# registry's auth, mirrors and HTTP client, the Docker SDK, the other commands' modules, and
+# the ingest's decoders, scanner and thread pool.
 NOT_ON_THE_MOUNT_PATH = {
     "fusebundle.sources.registry", "fusebundle.sources.regauth", "fusebundle.sources.regnet",
     "fusebundle.sources.netbounds", "fusebundle.sources.archive", "fusebundle.sources.oci",
     "fusebundle.sources.manifest", "httpx", "http.client", "docker", "requests",
     "fusebundle.pack", "fusebundle.pack.boot", "fusebundle.pack.tarball",
     "fusebundle.cli.image", "fusebundle.cli.cache",
+    "fusebundle.store.stream", "fusebundle.tar.feed", "concurrent.futures",
 }
 
 # Generous against a hang only: a mount of the demo image answers in well under a second.
