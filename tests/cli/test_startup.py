@@ -14,7 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-from support.imagetools import DEMO_CONFIG, demo_layers, write_oci_layout
+from support.imagetools import (
+    DEMO_CONFIG,
+    RootfsBuilder,
+    demo_layers,
+    import_image,
+    write_oci_layout,
+)
 from support.mounts import HAVE_FUSE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,6 +83,33 @@ def test_another_command_still_gets_its_module(tmp_path: Path) -> None:
     assert r.stdout.split() == ["fusebundle.cli.image", "False"]
 
 
+def _served(args: list[str], mnt: Path, env: dict[str, str], loaded: Path) -> set[str]:
+    """Mount `args` (the config, MNT last) in the foreground, check that the first bundle's
+    image is served, unmount; the modules the server had loaded."""
+    server = subprocess.Popen(_fusebundle(["mount", "-f", "-q", *args], loaded),
+                              stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            try:
+                listed = os.listdir(mnt / "containers/onboot/000-hello/lower/etc")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the mount did not answer"
+                time.sleep(0.01)
+        motd = (mnt / "containers/onboot/000-hello/lower/etc/motd").read_bytes()
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+        _, said = server.communicate(timeout=READY_TIMEOUT)
+    assert server.returncode == 0, said
+    assert "motd" in listed
+    assert motd  # served from the stored layers or the export
+    modules = set(loaded.read_text().split())
+    assert "fusebundle.fs.serve" in modules
+    return modules
+
+
 @pytest.mark.skipif(not HAVE_FUSE, reason="needs /dev/fuse, fusermount3 and root")
 def test_a_remount_of_stored_images_loads_no_transport(tmp_path: Path) -> None:
     layout, mnt = tmp_path / "layout", tmp_path / "mnt"
@@ -90,26 +123,30 @@ def test_a_remount_of_stored_images_loads_no_transport(tmp_path: Path) -> None:
     # The control: the first run reads the layout, so its transport was loaded then.
     assert "fusebundle.sources.oci" in loaded.read_text().split()
 
-    server = subprocess.Popen(_fusebundle(["mount", "-f", "-q", "--from", f"oci:{layout}", cfg,
-                                           str(mnt)], loaded),
-                              stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            try:
-                listed = os.listdir(mnt / "containers/onboot")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the mount did not answer"
-                time.sleep(0.01)
-        motd = (mnt / "containers/onboot/000-hello/lower/etc/motd").read_bytes()
-    finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
-        _, said = server.communicate(timeout=READY_TIMEOUT)
-    assert server.returncode == 0, said
-    assert sorted(listed) == ["000-hello", "001-motd"]
-    assert motd  # served from the stored layers
-    modules = set(loaded.read_text().split())
-    assert "fusebundle.fs.serve" in modules
+    modules = _served(["--from", f"oci:{layout}", cfg, str(mnt)], mnt, env, loaded)
+    assert sorted(modules & NOT_ON_THE_MOUNT_PATH) == []
+
+
+@pytest.mark.skipif(not HAVE_FUSE, reason="needs /dev/fuse, fusermount3 and root")
+def test_a_remount_of_engine_exports_asks_the_engine_without_its_sdk(dockerd, tmp_path: Path
+                                                                     ) -> None:
+    # `scripts/bench --part mount`'s remount: engine images, exported before, default order.
+    # The engine is still asked which image each tag names (a tag may have moved), straight
+    # over its socket; nothing else is loaded for it.
+    tag = "fbtest/startup-engine:1"
+    RootfsBuilder().dir("etc").file("etc/motd", "engine\n").write(tmp_path / "r.tar")
+    import_image(dockerd.client, tmp_path / "r.tar", tag, ['CMD ["/bin/true"]'])
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cfg = tmp_path / "engine.yml"
+    cfg.write_text(f"onboot:\n  - name: hello\n    image: {tag}\n")
+    env = dict(_env(tmp_path), DOCKER_HOST=dockerd.host)
+    loaded = tmp_path / "modules"
+    subprocess.run(_fusebundle(["pull", "-q", str(cfg)], loaded), capture_output=True,
+                   text=True, env=env, check=True)
+    # The control: the first run exports through the SDK.
+    assert "docker" in loaded.read_text().split()
+
+    modules = _served([str(cfg), str(mnt)], mnt, env, loaded)
+    assert "fusebundle.sources.engineapi" in modules
     assert sorted(modules & NOT_ON_THE_MOUNT_PATH) == []
