@@ -6,7 +6,8 @@ Issue 22's "remount, index saved" measures this with engine images under a priva
 this times the same path on the demo image of an OCI layout, so it needs no engine and runs
 anywhere.  Every variant is a `fusebundle` executable (e.g. main's venv and a branch's); the
 runs are interleaved (A B A B ...), the store is filled once before the first timed run, and
-each cell is the median with the lowest and highest beside it.  Usage:
+each cell is the median with the lowest and highest beside it; each later variant's
+differences from the first, pair by pair, as well.  Usage:
 
     scripts/bench_startup.py [--runs N] [--listed DIR] NAME=FUSEBUNDLE ...
 
@@ -84,6 +85,12 @@ def spread(xs: list[float]) -> str:
     return f"{statistics.median(xs) * 1000:.0f} ms ({min(xs) * 1000:.0f}-{max(xs) * 1000:.0f})"
 
 
+def paired(a: list[float], b: list[float]) -> str:
+    """The median of b - a over the pairs of runs, with the lowest and highest: in ms."""
+    d = [(y - x) * 1000 for x, y in zip(a, b, strict=True)]
+    return f"{statistics.median(d):+.0f} ms ({min(d):+.0f} to {max(d):+.0f})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=9)
@@ -111,11 +118,15 @@ def main() -> int:
                 seconds, cpu_seconds = one_start(fb, layout, mnt, env, a.listed)
                 wall[name].append(seconds)
                 cpu[name].append(cpu_seconds)
+        first = next(iter(variants))
         for name, fb in variants.items():
             mods, rss = imports(fb, env)
             print(f"{name}: start-up to {a.listed} listed {spread(wall[name])}, server CPU "
                   f"{spread(cpu[name])}, {a.runs} runs; mount path imports {mods} modules, "
                   f"max RSS {rss / 1024:.1f} MiB")
+            if name != first:  # run by run: the load that both of a pair met cancels out
+                print(f"  {name} - {first}, pair by pair: start-up "
+                      f"{paired(wall[first], wall[name])}, CPU {paired(cpu[first], cpu[name])}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
