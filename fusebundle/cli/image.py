@@ -39,7 +39,6 @@ SHORT = 12  # hex digits of a diff_id in `ls -l`, as docker shows image IDs
 DIFF_SAME, DIFF_DIFFERENT, DIFF_TROUBLE = 0, 1, 2  # as diff(1) exits
 
 
-
 def add_image_args(im: argparse.ArgumentParser,
                    image_args: Callable[[argparse.ArgumentParser], None]) -> Any:
     """The verbs under `image`'s parser (made by the fusebundle command); returns their

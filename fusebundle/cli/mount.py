@@ -50,8 +50,6 @@ DIRECT_IO_OPT = "direct_io_min="
 
 
 # ------------------------------------------------------------------------------ the CLI
-
-
 def add_mount_args(m: argparse.ArgumentParser,
                    common: Callable[[argparse.ArgumentParser], None]) -> None:
     """The arguments of `mount` (its parser, made by the fusebundle command)."""

@@ -13,6 +13,7 @@ the registry's auth.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,11 +57,10 @@ class Transport:
             module = importlib.import_module(f"fusebundle.sources.{self.module}")
         except ImportError as e:
             raise UserError(f"the {self.name} transport cannot be loaded: {e}") from None
-        cls = getattr(module, self.cls)
+        cls: Callable[..., LayerSource] = getattr(module, self.cls)
         if self.takes_path:
-            return cls(path)  # type: ignore[no-any-return]
-        return cls(insecure=options.insecure, cert_dir=options.cert_dir,  # type: ignore[no-any-return]
-                   mirrors=options.mirrors)
+            return cls(path)
+        return cls(insecure=options.insecure, cert_dir=options.cert_dir, mirrors=options.mirrors)
 
 
 TRANSPORTS: dict[str, Transport] = {t.name: t for t in (
