@@ -9,7 +9,10 @@ runs are interleaved (A B A B ...), the store is filled once before the first ti
 each cell is the median with the lowest and highest beside it; each later variant's
 differences from the first, pair by pair, as well.  Usage:
 
-    scripts/bench_startup.py [--runs N] [--listed DIR] NAME=FUSEBUNDLE ...
+    scripts/bench_startup.py [--runs N] [--listed DIR] [--config CONFIG.yml] NAME=FUSEBUNDLE ...
+
+With --config, the config's images come from the engine at $DOCKER_HOST, exported into the
+cache by the untimed first run: the bench's own remount.
 
 Also prints the modules and RSS of `import fusebundle.cli.commands, fusebundle.fs.serve` under
 each variant's python (the mount path's imports before it reads the config).
@@ -45,13 +48,13 @@ def write_layout(path: Path) -> None:
     write_oci_layout(str(path), REF, demo_layers(), DEMO_CONFIG)
 
 
-def one_start(fb: str, layout: Path, mnt: Path, env: dict[str, str],
+def one_start(fb: str, config: list[str], mnt: Path, env: dict[str, str],
               listed: str = LISTED) -> tuple[float, float]:
-    """Seconds from starting the server to `ls MNT/<listed>` answered, and the CPU seconds
-    the server used in all (a shared machine's load stretches the first, hardly the second)."""
+    """Seconds from starting the server of `config` (the config and its flags) to
+    `ls MNT/<listed>` answered, and the CPU seconds the server used in all (a shared machine's
+    load stretches the first, hardly the second)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([fb, "mount", "-f", "-q", "--from", f"oci:{layout}",
-                             str(REPO / "examples/demo.yml"), str(mnt)], env=env, cwd="/",
+    proc = subprocess.Popen([fb, "mount", "-f", "-q", *config, str(mnt)], env=env, cwd="/",
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while True:
@@ -96,26 +99,34 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--listed", default=LISTED,
                     help=f"the directory whose listing ends a run (default: {LISTED})")
+    ap.add_argument("--config", metavar="CONFIG.yml",
+                    help="mount this config, its images from the engine at $DOCKER_HOST (as "
+                         "`scripts/bench --part mount` does), instead of the demo image from "
+                         "an OCI layout")
     ap.add_argument("variants", nargs="+", metavar="NAME=FUSEBUNDLE")
     a = ap.parse_args()
     variants = {name: os.path.abspath(fb) for name, fb in (v.split("=", 1) for v in a.variants)}
     work = Path(tempfile.mkdtemp(prefix="fb-startup-"))
     try:
-        layout, mnt = work / "layout", work / "mnt"
+        mnt = work / "mnt"
         mnt.mkdir()
-        write_layout(layout)
-        env = dict(os.environ, FUSEBUNDLE_CACHE_DIR=str(work / "cache"),
-                   DOCKER_HOST=f"unix://{work}/none.sock")
+        env = dict(os.environ, FUSEBUNDLE_CACHE_DIR=str(work / "cache"))
+        if a.config:
+            config = [os.path.abspath(a.config)]
+        else:
+            write_layout(work / "layout")
+            config = ["--from", f"oci:{work / 'layout'}", str(REPO / "examples/demo.yml")]
+            env["DOCKER_HOST"] = f"unix://{work}/none.sock"  # no engine is asked
         # Bytecode is written by the untimed first run, as an installed package has it: a
         # start-up that compiles every module measures the compiler.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         for fb in variants.values():  # fill the store and index it, untimed
-            one_start(fb, layout, mnt, env)
+            one_start(fb, config, mnt, env, a.listed)
         wall: dict[str, list[float]] = {name: [] for name in variants}
         cpu: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(a.runs):
             for name, fb in variants.items():
-                seconds, cpu_seconds = one_start(fb, layout, mnt, env, a.listed)
+                seconds, cpu_seconds = one_start(fb, config, mnt, env, a.listed)
                 wall[name].append(seconds)
                 cpu[name].append(cpu_seconds)
         first = next(iter(variants))
