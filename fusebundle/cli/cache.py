@@ -25,12 +25,12 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
                         "$XDG_CACHE_HOME/fusebundle)")
 
 
-def add_parsers(sub: Any, cache_args: Callable[[argparse.ArgumentParser], None] | None = None
-                ) -> None:
-    """Register `cache ls` and `cache prune` on the subcommand parser of fusebundle."""
+def add_args(c: argparse.ArgumentParser,
+             cache_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """The verbs `cache ls` and `cache prune` under `cache`'s parser (made by the fusebundle
+    command)."""
     add = cache_args or _cache_args
-    c = sub.add_parser("cache", help="list or prune the layer store",
-                       description="The image layers and image records fusebundle keeps.")
+    c.description = "The image layers and image records fusebundle keeps."
     verbs = c.add_subparsers(dest="cache_command", required=True, parser_class=type(c))
     ls = verbs.add_parser("ls", help="list the stored images and layers",
                           description="List the stored images (reference, manifest digest, "

@@ -39,13 +39,13 @@ SHORT = 12  # hex digits of a diff_id in `ls -l`, as docker shows image IDs
 DIFF_SAME, DIFF_DIFFERENT, DIFF_TROUBLE = 0, 1, 2  # as diff(1) exits
 
 
-def add_parsers(sub: Any, image_args: Callable[[argparse.ArgumentParser], None]) -> Any:
-    """Register `image ...` and `diff`; return the image verbs' parser (for `image mount`)."""
-    im = sub.add_parser("image", help="look inside one image: ls, cat, export, inspect, mount",
-                        description="Look inside one image without a config. IMAGE is "
-                                    f"spelled as skopeo does: {SPELLINGS}. What is shown is "
-                                    "the image as its layers make it, without docker's "
-                                    "container artefacts.")
+def add_image_args(im: argparse.ArgumentParser,
+                   image_args: Callable[[argparse.ArgumentParser], None]) -> Any:
+    """The verbs under `image`'s parser (made by the fusebundle command); returns their
+    subparsers (for `image mount`)."""
+    im.description = ("Look inside one image without a config. IMAGE is spelled as skopeo "
+                      f"does: {SPELLINGS}. What is shown is the image as its layers make it, "
+                      "without docker's container artefacts.")
     verbs = im.add_subparsers(dest="image_command", required=True, parser_class=type(im))
     ls = verbs.add_parser("ls", help="list entries, with the layer that gives each",
                           description="List the entries at PATHs (default /): type, mode, "
@@ -90,17 +90,20 @@ def add_parsers(sub: Any, image_args: Callable[[argparse.ArgumentParser], None])
     image_args(ins)
     ins.add_argument("image", metavar="IMAGE")
     ins.set_defaults(run=cmd_inspect)
+    return verbs
 
-    d = sub.add_parser("diff", help="compare two images or configs",
-                       description="Compare A and B (each an image or a config file): the "
-                                   "paths added, removed and changed, and what changed. Exit "
-                                   "0 when equal, 1 when they differ, 2 on an error.")
+
+def add_diff_args(d: argparse.ArgumentParser,
+                  image_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    """The arguments of `diff` (its parser, made with DIFF_HELP)."""
+    d.description = ("Compare A and B (each an image or a config file): the paths added, "
+                     "removed and changed, and what changed. Exit 0 when equal, 1 when they "
+                     "differ, 2 on an error.")
     image_args(d)
     d.add_argument("a", metavar="A")
     d.add_argument("b", metavar="B")
     d.add_argument("--json", action="store_true", help="one JSON object a line")
     d.set_defaults(run=cmd_diff)
-    return verbs
 
 
 # ------------------------------------------------------------------------------ output

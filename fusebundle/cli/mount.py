@@ -50,13 +50,12 @@ DIRECT_IO_OPT = "direct_io_min="
 
 
 # ------------------------------------------------------------------------------ the CLI
-def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Register `mount` and `umount` on the subcommand parser of the fusebundle command."""
-    m = sub.add_parser(
-        "mount", help="serve the bundle tree as a read-only FUSE file system",
-        description="Mount the tree of bundles read-only at MNT. Nothing is extracted: files "
-                    "are read from the cached image exports on demand, and an image is "
-                    "exported the first time its part of the tree is used.")
+def add_mount_args(m: argparse.ArgumentParser,
+                   common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """The arguments of `mount` (its parser, made by the fusebundle command)."""
+    m.description = ("Mount the tree of bundles read-only at MNT. Nothing is extracted: files "
+                     "are read from the cached image exports on demand, and an image is "
+                     "exported the first time its part of the tree is used.")
     common(m)
     m.add_argument("mountpoint", metavar="MNT", help="an empty directory")
     m.add_argument("--expand", action="store_true",
@@ -81,9 +80,11 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
                         "directory)")
     m.set_defaults(run=cmd_mount)
 
-    u = sub.add_parser("umount", help="unmount a fusebundle mount and wait for its server",
-                       description="Unmount MNT and wait until its server has exited; also "
-                                   "clears a stale mount left by a server that was killed.")
+
+def add_umount_args(u: argparse.ArgumentParser) -> None:
+    """The arguments of `umount` (its parser, made by the fusebundle command)."""
+    u.description = ("Unmount MNT and wait until its server has exited; also clears a stale "
+                     "mount left by a server that was killed.")
     u.add_argument("mountpoint", metavar="MNT")
     u.add_argument("-l", "--lazy", action="store_true",
                    help="detach the mount even while it is busy")

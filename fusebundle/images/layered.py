@@ -17,7 +17,6 @@ import tarfile
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,7 +27,7 @@ from fusebundle.images.exported import Cache
 from fusebundle.images.handle import Pulled
 from fusebundle.progress import Bar
 from fusebundle.sources import ImageInfo, LayerRef, LayerSource, ResolvedImage
-from fusebundle.sources.regauth import RegistryError
+from fusebundle.sources.base import RegistryError
 from fusebundle.store import BadLayer, CorruptLayer, Store, locks
 from fusebundle.tar import TarIndex
 
@@ -142,6 +141,9 @@ class LayeredImage:
         if len(missing) == 1:
             one(missing[0])
         else:
+            # Imported here: only a fetch of several layers runs a pool (a remount fetches none).
+            from concurrent.futures import ThreadPoolExecutor
+
             with ThreadPoolExecutor(min(layer_workers(), len(missing))) as pool:
                 for future in [pool.submit(one, layer) for layer in missing]:
                     future.result()

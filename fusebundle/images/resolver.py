@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fusebundle.atomic import TempName, atomic_file
 from fusebundle.errors import ConfigError, EngineError, UserError
@@ -21,11 +22,12 @@ from fusebundle.images.exported import Cache, LazyImage, cache_subdir
 from fusebundle.images.handle import PullableImage
 from fusebundle.images.layered import LayeredImage
 from fusebundle.sources import TRANSPORTS, ImageInfo, LayerSource, Options, Platform, engineapi
-from fusebundle.sources.archive import DockerArchive
 from fusebundle.sources.engine import DockerEngine
 from fusebundle.sources.reference import parse
-from fusebundle.sources.regnet import parse_mirrors
 from fusebundle.store import Store
+
+if TYPE_CHECKING:
+    from fusebundle.sources.regnet import Mirror
 
 SOURCES_HELP = ("where images come from, tried in the order given (repeatable): store, docker "
                 "(or docker-daemon:), registry (or docker://), docker-archive:FILE, oci:DIR, "
@@ -78,8 +80,16 @@ class Resolver:
     def __post_init__(self) -> None:
         self.order = [parse_spec(s) for s in self.specs] if self.specs else [
             (k, "") for k in DEFAULT_ORDER]
-        self.options = Options(self.insecure, self.cert_dir,
-                               parse_mirrors(self.registry_mirrors, self.mirrors))
+        self.options = Options(self.insecure, self.cert_dir, self._mirror_table())
+
+    def _mirror_table(self) -> dict[str, list[Mirror]]:
+        """The mirror flags, checked now (a bad one is an error even if no registry is asked)."""
+        if not self.registry_mirrors and not self.mirrors:
+            return {}
+        # Imported only when mirrors are given: regnet brings the registry's auth with it.
+        from fusebundle.sources.regnet import parse_mirrors
+
+        return parse_mirrors(self.registry_mirrors, self.mirrors)
 
     # -------------------------------------------------------------------------- parts
     @property
@@ -200,8 +210,9 @@ class Resolver:
                                 f"{e.strerror or e}") from None
             except Exception as e:  # the SDK's errors: the engine refused or went away
                 raise EngineError(f"docker save {ref}: {e}") from None
-            image = DockerArchive(path).resolve(ref, self.platform)
-            handle = LayeredImage(image, DockerArchive(path), self.store, self.cache,
+            archive = TRANSPORTS["docker-archive"].open(path, self.options)
+            image = archive.resolve(ref, self.platform)
+            handle = LayeredImage(image, archive, self.store, self.cache,
                                   self.show_progress, self.verify_layers)
             handle.fetch()
         finally:

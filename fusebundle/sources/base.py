@@ -54,6 +54,11 @@ class NotFound(UserError):
     """This source does not have the image; the message says what it has instead."""
 
 
+class RegistryError(UserError):
+    """A registry refused, failed or sent something wrong; one line naming it.  Defined here,
+    not in `regauth` (which raises it), so that catching it loads no registry code."""
+
+
 @dataclass(frozen=True)
 class Platform:
     """os/architecture[/variant], as image indexes and `--platform` write it."""

@@ -25,16 +25,13 @@ from urllib.parse import urlsplit
 
 from fusebundle.errors import UserError
 from fusebundle.sources import jsondoc
+from fusebundle.sources.base import RegistryError
 from fusebundle.sources.netbounds import TOKEN_MAX, TOKEN_WINDOW, Deadline, httpx_module
 
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # where docker keeps docker.io's credentials
 _HELPER_TIMEOUT = 30.0
 _TOKEN_LIFETIME = 60  # seconds, when the token service does not say (as the spec says)
 _CHALLENGE_PARAM = re.compile(r'\s*([A-Za-z_][\w.-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))\s*,?')
-
-
-class RegistryError(UserError):
-    """A registry refused, failed or sent something wrong; one line naming it."""
 
 
 class Denied(RegistryError):

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from fusebundle import testhook
 from fusebundle.atomic import TempName, atomic_file
@@ -38,9 +38,10 @@ from fusebundle.errors import CorruptTar, UserError
 from fusebundle.sources import LayerRef, ResolvedImage
 from fusebundle.store import locks, records
 from fusebundle.store.records import ImageRecord, digest_hex
-from fusebundle.store.stream import Outcome, ReadError, WriteError, unpack
 from fusebundle.tar import TarIndex, open_index
-from fusebundle.tar.feed import ScanAlong
+
+if TYPE_CHECKING:
+    from fusebundle.store.stream import Outcome
 
 __all__ = ["BadLayer", "CorruptLayer", "ImageRecord", "LayerInfo", "PruneReport", "Store",
            "StoreError"]
@@ -203,6 +204,10 @@ class Store:
 
     def _write(self, layer: LayerRef, open_blob: Callable[[], BinaryIO], what: str,
                progress: Callable[[int], None] | None, path: str) -> None:
+        # Imported by the ingest alone: a mount or pack of stored layers decodes and scans none.
+        from fusebundle.store.stream import ReadError, WriteError, unpack
+        from fusebundle.tar.feed import ScanAlong
+
         where = f"image {what}: layer {layer.digest}"
         hex_ = os.path.basename(path)[: -len(".tar")]
         placed = False  # the temp is 0600: unverified bytes are for no one else to read
