@@ -19,8 +19,10 @@ def anon():
 
 big = bytearray(16 << 20)  # mapped on its own; freeing it raises glibc's mmap threshold
 del big
-blocks = [bytearray(512 << 10) for _ in range(100)]  # 50 MB now from the heap
-keep = bytearray(4096)  # above them: the heap's top cannot shrink past it
+blocks, pins = [], []
+for _ in range(100):  # 50 MB now from the heap, each block held in place by a small one after
+    blocks.append(bytearray(512 << 10))
+    pins.append(bytearray(4096))  # so no freed block is the heap's top, which free() trims
 del blocks
 before = anon()
 heap.give_back()
