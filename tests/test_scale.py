@@ -197,6 +197,58 @@ def test_building_the_tree_stays_in_bounded_memory(tmp_path):
     assert kept < 40 * n, f"{kept / n:.0f} bytes an entry kept after the build"
 
 
+_BUILD_PAGES = r"""
+import sys
+from fusebundle.tar.index import open_index
+from fusebundle.fs import graft_tree
+from fusebundle.bundle.view import Graft
+
+class Image:
+    def __init__(self, index):
+        self._index = index
+    def index(self):
+        return self._index
+
+def rss_file():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile"):
+            return int(line.split()[1]) * 1024
+
+index = open_index(sys.argv[1])
+index.drop_pages()
+before = rss_file()
+held = []
+save = graft_tree.GraftTree._save
+
+def noting_save(self):  # the build is done, the arrays not yet saved
+    held.append(rss_file() - before)
+    save(self)
+
+graft_tree.GraftTree._save = noting_save
+tree = graft_tree.GraftTree(0, Graft(prefix=b"", image=Image(index)), index)
+assert tree.child_count(tree.root) == 4, tree.child_count(tree.root)
+print(len(index), held[0])
+"""
+
+
+def test_building_the_tree_lets_the_index_pages_go_as_it_reads(tmp_path):
+    """Each pass of the build reads every name of the mapped index: the pages must leave our
+    RSS as it goes, not stay until the build ends (at 1M entries, 27 MB of the peak of a
+    tree build: 116 -> 89 MB)."""
+    tar = tmp_path / "many.tar"
+    _headers_tar(tar, 200_000)
+    r = subprocess.run([sys.executable, "-c", _BUILD_PAGES, str(tar)], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    n, held = map(int, r.stdout.split())
+    index_bytes = os.path.getsize(str(tar) + ".idx")
+    assert n > 200_000
+    # Kept through the build: 4.5 MB of this 9.2 MB index (the names, their ends, the types);
+    # let go as the passes go: a few hundred kB.
+    assert held < index_bytes // 8, (held, index_bytes)
+
+
 class _Image:
     def __init__(self, index: TarIndex) -> None:
         self._index = index

@@ -36,9 +36,11 @@ from fusebundle.fs.inode import (
 )
 from fusebundle.tar import Extent, Stamp, TarIndex, colfile
 from fusebundle.tar.header import TYPE_D, TYPE_DEVICES, TYPE_F, TYPE_H, TYPE_L
-from fusebundle.tar.index import Blob
+from fusebundle.tar.index import DROP_EVERY_ENTRIES, Blob
 
 log = logging.getLogger(__name__)
+
+_DROP_MASK = DROP_EVERY_ENTRIES - 1  # the build's passes let the index's pages go this often
 
 # Of the arrays saved beside an index; bump when _build changes.  1: JSON head and blobs read
 # into the heap; 2: laid out to be mapped (colfile), kid_hi gone (kid_lo[d + 1] is its end).
@@ -182,6 +184,8 @@ class GraftTree:
         for i in range(total):
             names_blob += base_of(i)
             name_off.append(len(names_blob))
+            if not ~i & _DROP_MASK:
+                w.drop()
         self.parent = parent
         self.names, self.name_off = bytes(names_blob), name_off
 
@@ -189,7 +193,7 @@ class GraftTree:
         """The types (the filter may change a few), hard links and the reference's pick."""
         idx, g = self.idx, self.graft
         c = idx.columns()
-        w = _Work(bytearray(c.types), c.names, c.name_ends)
+        w = _Work(bytearray(c.types), c.names, c.name_ends, drop=idx.drop_pages)
         types, links = w.types, w.links
         pos = types.find(TYPE_H)
         while pos >= 0:
@@ -309,6 +313,9 @@ class GraftTree:
                 orphans.add(i)
             else:
                 parent[i] = p
+        # Loose names lie all over the index, and a fault maps the pages around each one too
+        # (64 KiB): a few hundred of them bring in the whole blob.
+        w.drop()
         return orphans
 
     def _child_pass(self, w: _Work, parent: array.array, skip: set[int], total: int,
@@ -337,6 +344,8 @@ class GraftTree:
         for p in range(total):
             lo, hi = starts[p], starts[p + 1]
             kid_lo[p] = len(kids)
+            if not ~p & _DROP_MASK:
+                w.drop()  # the groups' names read in parent order: near each other
             if lo == hi:
                 continue
             group = grouped[lo:hi]
@@ -349,6 +358,7 @@ class GraftTree:
                 if tp[resolved.get(i, i)] == TYPE_D:
                     nsub[p] += 1
         kid_lo[total] = len(kids)
+        w.drop()
         self.kids, self.kid_lo, self.nsub = kids, kid_lo, nsub
 
     def _base_namer(self, blob: Blob, ends: Sequence[int], picked: dict[int, bytes] | None,
@@ -562,13 +572,25 @@ class _Work:
     gone: set[int] = field(default_factory=set)  # not in the tree: filtered, the root's own
     hidden: set[int] = field(default_factory=set)  # broken hard links: their name shows nothing
     dirs: dict[bytes, int] = field(default_factory=dict)  # directory path -> its id
+    drop: Callable[[], None] = lambda: None  # lets the index's mapped pages go
 
     def names(self) -> Iterator[tuple[int, bytes]]:
-        """(id, path in the graft) of every entry, in index order (a pick's in id order)."""
+        """(id, path in the graft) of every entry, in index order (a pick's in id order); the
+        index's pages let go every DROP_EVERY_ENTRIES, as pack's walk does (each pass reads
+        every name: at 1M entries they would all stay ours, 30 MB, until the build ends)."""
         if self.picked is not None:
             return iter(sorted(self.picked.items()))
-        ends = self.ends
-        return enumerate(map(self.blob.__getitem__, map(slice, chain((0,), ends), ends)))
+        return chain.from_iterable(self._chunks())  # each chunk iterated in C, as before
+
+    def _chunks(self) -> Iterator[Iterator[tuple[int, bytes]]]:
+        ends, blob, step = self.ends, self.blob, DROP_EVERY_ENTRIES
+        for lo in range(0, len(ends), step):
+            if lo:
+                self.drop()  # the chunk before is done with
+            hi = min(lo + step, len(ends))
+            starts = chain((ends[lo - 1] if lo else 0,), ends[lo : hi - 1])
+            yield enumerate(map(blob.__getitem__, map(slice, starts, ends[lo:hi])), lo)
+        self.drop()
 
 
 def _name(blob: Blob, ends: Sequence[int], i: int, picked: dict[int, bytes] | None) -> bytes:
