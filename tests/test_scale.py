@@ -147,9 +147,11 @@ def test_narrow_picks_the_smallest_type():
     assert colfile.narrow([-1, 5])[0] == "q"
 
 
-_BUILD = r"""
+# What the tree-building children share: a graft's image over a mapped index, and RSS fields.
+_TREE_CHILD = r"""
 import os, sys
 from fusebundle.tar.index import open_index
+from fusebundle.fs import graft_tree
 from fusebundle.fs.graft_tree import GraftTree
 from fusebundle.bundle.view import Graft
 
@@ -165,6 +167,9 @@ def rss(field):
             return int(line.split()[1]) * 1024
 
 index = open_index(sys.argv[1])
+"""
+
+_BUILD = _TREE_CHILD + r"""
 for c in index.columns():  # what a build reads anyway: not counted as the build's
     bytes(memoryview(c).cast("B")) if isinstance(c, memoryview) else None
 before = rss("VmRSS")
@@ -197,35 +202,18 @@ def test_building_the_tree_stays_in_bounded_memory(tmp_path):
     assert kept < 40 * n, f"{kept / n:.0f} bytes an entry kept after the build"
 
 
-_BUILD_PAGES = r"""
-import sys
-from fusebundle.tar.index import open_index
-from fusebundle.fs import graft_tree
-from fusebundle.bundle.view import Graft
-
-class Image:
-    def __init__(self, index):
-        self._index = index
-    def index(self):
-        return self._index
-
-def rss_file():
-    for line in open("/proc/self/status"):
-        if line.startswith("RssFile"):
-            return int(line.split()[1]) * 1024
-
-index = open_index(sys.argv[1])
+_BUILD_PAGES = _TREE_CHILD + r"""
 index.drop_pages()
-before = rss_file()
+before = rss("RssFile")
 held = []
 save = graft_tree.GraftTree._save
 
 def noting_save(self):  # the build is done, the arrays not yet saved
-    held.append(rss_file() - before)
+    held.append(rss("RssFile") - before)
     save(self)
 
 graft_tree.GraftTree._save = noting_save
-tree = graft_tree.GraftTree(0, Graft(prefix=b"", image=Image(index)), index)
+tree = GraftTree(0, Graft(prefix=b"", image=Image(index)), index)
 assert tree.child_count(tree.root) == 4, tree.child_count(tree.root)
 print(len(index), held[0])
 """

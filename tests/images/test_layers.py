@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from support.imagetools import T0, T1, RootfsBuilder, docker_archive
-from support.trees import INIT_NAMES, data, tree_of_dir, tree_of_merged
+from support.trees import INIT_NAMES, data, mapped_layer, tree_of_dir, tree_of_merged
 
 from fusebundle.bundle import view
 from fusebundle.errors import CorruptTar, UserError
@@ -962,15 +962,7 @@ def test_one_layer_merge_holds_no_object_per_entry(tmp_path: Path) -> None:
     20k entries; the path dict of the full merge took 156 B)."""
     import tracemalloc
 
-    b = RootfsBuilder()
-    for i in range(20_000):
-        if i % 100 == 0:
-            b.dir(f"d{i // 100:04d}")
-        b.file(f"d{i // 100:04d}/f{i:06d}")
-    path = b.write(tmp_path / "layer.tar")
-    TarIndex.scan(str(path)).save(f"{path}.idx")
-    idx = TarIndex.load(f"{path}.idx", str(path))
-    assert idx is not None
+    idx = mapped_layer(tmp_path / "layer.tar", 20_000)
     tracemalloc.start()
     try:
         m = merge([idx], ["sha256:" + "0" * 64], "big", str(tmp_path / "m.idx"))

@@ -61,3 +61,21 @@ def tree_of_dir(root: Path) -> tuple[dict[bytes, tuple], set[frozenset[bytes]]]:
                           s.st_size if kind == "f" else 0, digest,
                           os.readlink(path) if kind == "l" else b"")
     return tree, {frozenset(g) for g in inodes.values() if len(g) > 1}
+
+
+def mapped_layer(tar: Path, files: int, name: str = "f{i:06d}") -> TarIndex:
+    """A one-layer tar at `tar` of `files` files in directories of 100 (each file's base name
+    `name` formatted with its number i), indexed, and that index loaded mapped."""
+    from support.imagetools import RootfsBuilder
+
+    b = RootfsBuilder()
+    for i in range(files):
+        if i % 100 == 0:
+            b.dir(f"d{i // 100:04d}")
+        b.file(f"d{i // 100:04d}/" + name.format(i=i))
+    b.write(tar)
+    TarIndex.scan(str(tar)).save(f"{tar}.idx")
+    idx = TarIndex.load(f"{tar}.idx", str(tar))
+    assert idx is not None
+    return idx
+

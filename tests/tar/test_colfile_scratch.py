@@ -11,11 +11,10 @@ import os
 import zlib
 from pathlib import Path
 
-from support.imagetools import RootfsBuilder
+from support.trees import mapped_layer
 
 from fusebundle.images.flatten import merge
 from fusebundle.tar import colfile
-from fusebundle.tar.index import TarIndex
 
 MIB = 1 << 20
 
@@ -77,15 +76,7 @@ def test_where_no_file_can_be_made_the_mapping_is_anonymous(tmp_path: Path) -> N
 
 
 def test_one_layer_merge_builds_its_names_beside_the_merged_index(tmp_path: Path) -> None:
-    b = RootfsBuilder()
-    for i in range(3000):
-        if i % 100 == 0:
-            b.dir(f"d{i // 100:03d}")
-        b.file(f"d{i // 100:03d}/file-with-a-longish-name-{i:06d}")
-    path = b.write(tmp_path / "layer.tar")
-    TarIndex.scan(str(path)).save(f"{path}.idx")
-    idx = TarIndex.load(f"{path}.idx", str(path))
-    assert idx is not None
+    idx = mapped_layer(tmp_path / "layer.tar", 3000, "file-with-a-longish-name-{i:06d}")
     out = tmp_path / "merged"
     out.mkdir()
     m = merge([idx], ["sha256:" + "0" * 64], "img", str(out / "m.idx"))
