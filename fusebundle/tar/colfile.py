@@ -56,15 +56,17 @@ def scratch(size: int, directory: str) -> mmap.mmap:
     What is written to it can leave our RSS (drop_range) and stay in the page cache, which
     the kernel may write back and reclaim: a million names built for one save (23 MB) then
     do not count twice in the peak.  The file has no name, so nothing is left behind; where
-    one cannot be made (a read-only store, a file system without O_TMPFILE) the mapping is
-    anonymous, as before.
+    one cannot be made (a read-only store, a file system without O_TMPFILE, a full disk)
+    the mapping is anonymous, as before.
     """
     try:
         fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     except OSError:
         return mmap.mmap(-1, size)
     try:
-        os.ftruncate(fd, size)
+        # The blocks reserved now: a page of a sparse file the disk has no room for would be
+        # SIGBUS when written, not an error.
+        os.posix_fallocate(fd, 0, size)
         return mmap.mmap(fd, size)
     except OSError:
         return mmap.mmap(-1, size)

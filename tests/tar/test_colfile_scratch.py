@@ -8,15 +8,19 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
+import pytest
 from support.trees import mapped_layer
 
 from fusebundle.images.flatten import merge
 from fusebundle.tar import colfile
 
 MIB = 1 << 20
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _region(m: mmap.mmap) -> tuple[str, int]:
@@ -73,6 +77,31 @@ def test_where_no_file_can_be_made_the_mapping_is_anonymous(tmp_path: Path) -> N
     m[:4] = b"abcd"
     assert m[:4] == b"abcd" and _region(m)[0].startswith("/dev/zero")
     m.close()
+
+
+_FILL = r"""
+import sys
+from fusebundle.tar import colfile
+m = colfile.scratch(8 << 20, sys.argv[1])
+m[:] = b"x" * len(m)  # on a sparse file the disk cannot hold: SIGBUS here
+print(m[-1:].decode())
+"""
+
+
+def test_a_full_disk_gets_an_anonymous_mapping_not_a_sigbus(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        r = subprocess.run([sys.executable, "-c", _FILL, str(small)], capture_output=True,
+                           text=True, timeout=60, check=False,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert (r.returncode, r.stdout) == (0, "x\n"), (r.returncode, r.stderr[-300:])
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_one_layer_merge_builds_its_names_beside_the_merged_index(tmp_path: Path) -> None:
