@@ -23,7 +23,7 @@ from fusebundle.images.flatten import PINNED_MTIME_NS
 from fusebundle.sources import ImageInfo
 from fusebundle.tar import Extent, IndexEntry, TarIndex
 from fusebundle.tar.header import TYPE_F, TYPE_H
-from fusebundle.tar.index import Columns
+from fusebundle.tar.index import Columns, of_type
 
 # Names docker export always adds that make no sense in a bundle (matched at the image root).
 EXCLUDE = frozenset({b".dockerenv", b"Dockerfile", b"dev/console", b"dev/pts", b"dev/shm",
@@ -296,11 +296,7 @@ class Members:
         """Members whose entry may differ from their columns: hard links (the filter may give
         one its dropped target's data) and every member under a name in `special`."""
         types, names, ends = cols.types, cols.names, cols.name_ends
-        found = set()
-        i = types.find(TYPE_H)
-        while i >= 0:
-            found.add(i)
-            i = types.find(TYPE_H, i + 1)
+        found = set(of_type(types, TYPE_H))
         for name in self.special:
             at = names.find(name)
             while at >= 0:  # a hit inside or across names is no member of that name

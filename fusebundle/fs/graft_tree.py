@@ -36,7 +36,7 @@ from fusebundle.fs.inode import (
 )
 from fusebundle.tar import Extent, Stamp, TarIndex, colfile
 from fusebundle.tar.header import TYPE_D, TYPE_DEVICES, TYPE_F, TYPE_H, TYPE_L
-from fusebundle.tar.index import DROP_EVERY_ENTRIES, Blob
+from fusebundle.tar.index import DROP_EVERY_ENTRIES, Blob, of_type
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +195,9 @@ class GraftTree:
         c = idx.columns()
         w = _Work(bytearray(c.types), c.names, c.name_ends, drop=idx.drop_pages)
         types, links = w.types, w.links
-        pos = types.find(TYPE_H)
-        while pos >= 0:
+        for pos in of_type(types, TYPE_H):
             s = c.link_ends[pos - 1] if pos else 0
             links[pos] = c.links[s : c.link_ends[pos]]
-            pos = types.find(TYPE_H, pos + 1)
         if g.pick is not None:
             w.picked = {}
             for i, out in g.pick(idx).items():

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from fusebundle.errors import CorruptTar
 from fusebundle.tar.header import TYPE_D, TYPE_F, TYPE_H, TYPE_L
-from fusebundle.tar.index import TarIndex
+from fusebundle.tar.index import TarIndex, of_type
 
 NO_LAYER = 0xFFFF  # provenance of an entry no layer has a header for (an implied directory)
 # A whiteout hides NAME of the layers below as a file .wh.NAME (the OCI image spec's layer
@@ -207,8 +207,7 @@ class Merge:
                     return False  # below a non-directory: let the ordered loop sort it out
                 break
         if links is not None:
-            pos = types.find(TYPE_H, base, base + len(names))
-            while pos >= 0:
+            for pos in of_type(types, TYPE_H, base, base + len(names)):
                 name = names[pos - base]
                 if new.get(name) == pos:
                     target = links[pos - base]
@@ -217,7 +216,6 @@ class Merge:
                         self._link_to(layer, pos, name, target, t)
                     else:
                         self._link(layer, pos, name, target)
-                pos = types.find(TYPE_H, pos + 1, base + len(names))
         for name in new.keys() & cur.keys():
             o, prev = new[name], cur[name]
             if types[o] != TYPE_D and (

@@ -30,8 +30,8 @@ from fusebundle.tar.header import Corrupt, FileBytes, read_sparse
 from fusebundle.tar.scan import ScanColumns, scan_tar
 
 __all__ = [
-    "Columns", "IndexEntry", "Stamp", "TarIndex", "open_index", "read_sparse", "FORMAT_MAGIC",
-    "FORMAT_VERSION",
+    "Columns", "IndexEntry", "Stamp", "TarIndex", "of_type", "open_index", "read_sparse",
+    "FORMAT_MAGIC", "FORMAT_VERSION",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -219,6 +219,17 @@ def _decode_sparse(data: bytes, n: int) -> dict[int, array.array[int]]:
 Numbers = Sequence[int]
 # A blob: bytes, or a read-only mmap (slices are bytes, find() works; no replace()).
 Blob = bytes
+
+
+def of_type(types: Blob | bytearray, code: int, start: int = 0,
+            stop: int | None = None) -> Iterator[int]:
+    """The positions in [start, stop) of a types column that hold `code` (hard links, say), in
+    order, each found with one C-level search from the last."""
+    end = len(types) if stop is None else stop
+    pos = types.find(code, start, end)
+    while pos >= 0:
+        yield pos
+        pos = types.find(code, pos + 1, end)
 
 
 class Columns(NamedTuple):
