@@ -39,6 +39,9 @@ _ORDER = 0 if sys.byteorder == "little" else 1
 # Blobs this small are read into a bytes object: an mmap of its own would cost a page anyway.
 _SMALL_BLOB = _PAGE
 _CHUNK = 1 << 20
+# A mapped blob is saved this much at a time, its pages let go after each: at most this much
+# of it in our RSS (at 1M entries a merged index's names are 23.5 MB).
+_SAVE_PIECE = 4 << 20
 
 Buffer = bytes | bytearray | memoryview | array.array | mmap.mmap
 
@@ -165,12 +168,12 @@ def _write_mapped(f: io.BufferedWriter, m: mmap.mmap, crc: int) -> int:
     """Write a mapped blob a chunk at a time, its pages let go after each: writing it whole
     would map all of it into our RSS at once."""
     with memoryview(m) as view:
-        for start in range(0, len(m), _CHUNK * 4):
-            piece = view[start : start + _CHUNK * 4]
+        for start in range(0, len(m), _SAVE_PIECE):
+            piece = view[start : start + _SAVE_PIECE]
             crc = zlib.crc32(piece, crc)
             f.write(piece)
             piece.release()
-            drop_range(m, start, start + _CHUNK * 4)
+            drop_range(m, start, start + _SAVE_PIECE)
     return crc
 
 
